@@ -1,0 +1,183 @@
+"""Cycling protocols: a sequence of steps, each ending on a duration or a stop condition.
+
+Config form (TOML)::
+
+    [protocol]
+    initial_theta = 0.95            # default: material θ₀ (0.2 if the first step lithiates)
+
+    [[protocol.steps]]
+    type = "charge"                 # charge (= delithiation) | discharge (= lithiation) | rest
+    c_rate = 0.3333                 # or current_mA_g = 100 (specific current, mA per g NMC)
+    duration_min = 60
+    until = ["theta_surface_min <= 0.2"]   # optional stop conditions, any of them ends the step
+
+    [[protocol.steps]]
+    type = "rest"
+    duration_min = 20
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from nmcfx.errors import InputError
+
+#: Quantities a stop condition may watch (all are columns of timeseries.csv).
+STOP_QUANTITIES = ("theta_mean", "theta_center", "theta_surface_min", "theta_surface_max")
+_OPS = ("<=", ">=", "<", ">")
+_COND_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+
+
+@dataclass(frozen=True)
+class StopCondition:
+    quantity: str
+    op: str
+    value: float
+
+    def distance(self, observed: float) -> float:
+        """Signed distance to the threshold: > 0 while not yet reached, ≤ 0 once reached."""
+        return observed - self.value if self.op in ("<", "<=") else self.value - observed
+
+    def __str__(self) -> str:
+        return f"{self.quantity} {self.op} {self.value:g}"
+
+    @classmethod
+    def parse(cls, text: str, field_name: str) -> "StopCondition":
+        m = _COND_RE.match(str(text))
+        if not m:
+            raise InputError(
+                field_name,
+                f"cannot parse {text!r}; expected '<quantity> <op> <number>' with quantity in "
+                f"{list(STOP_QUANTITIES)} and op in {list(_OPS)}",
+            )
+        q, op, val = m.groups()
+        if q not in STOP_QUANTITIES:
+            raise InputError(field_name, f"unknown quantity {q!r}; allowed: {list(STOP_QUANTITIES)}")
+        try:
+            v = float(val)
+        except ValueError:
+            raise InputError(field_name, f"threshold {val!r} is not a number") from None
+        if not 0.0 < v < 1.0:
+            raise InputError(field_name, f"occupancy threshold must be in (0, 1), got {v:g}")
+        return cls(q, op, v)
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: str  # "charge" | "discharge" | "rest"
+    c_rate: float | None = None
+    current_mA_g: float | None = None
+    duration_s: float | None = None
+    until: tuple[StopCondition, ...] = ()
+    label: str = ""
+
+    @property
+    def sign(self) -> int:
+        """+1: Li leaves the particle (charge/delithiation); -1: Li enters; 0: rest."""
+        return {"charge": 1, "discharge": -1, "rest": 0}[self.kind]
+
+    def describe(self) -> str:
+        if self.kind == "rest":
+            what = "rest"
+        elif self.c_rate is not None:
+            what = f"{self.kind} at C/{1 / self.c_rate:.3g}" if self.c_rate < 1 else f"{self.kind} at {self.c_rate:g}C"
+        else:
+            what = f"{self.kind} at {self.current_mA_g:g} mA/g"
+        parts = [what]
+        if self.duration_s is not None:
+            parts.append(f"for {self.duration_s / 60:g} min")
+        if self.until:
+            parts.append("until " + " or ".join(map(str, self.until)))
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    steps: tuple[Step, ...]
+    initial_theta: float
+
+    @property
+    def nominal_duration_s(self) -> float | None:
+        """Sum of step durations, or None if some step ends only on a condition."""
+        if any(s.duration_s is None for s in self.steps):
+            return None
+        return sum(s.duration_s for s in self.steps)
+
+
+_STEP_KEYS = {"type", "c_rate", "current_mA_g", "duration_min", "duration_s", "until", "label"}
+
+
+def _positive(value, field_name: str, unit: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(field_name, f"must be a number ({unit}), got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v <= 0:
+        raise InputError(field_name, f"must be > 0 {unit}, got {value!r}")
+    return v
+
+
+def step_from_dict(d: dict, field_name: str) -> Step:
+    if not isinstance(d, dict):
+        raise InputError(field_name, f"must be a table, got {type(d).__name__}")
+    extra = set(d) - _STEP_KEYS
+    if extra:
+        raise InputError(field_name, f"unknown key(s) {sorted(extra)}; allowed: {sorted(_STEP_KEYS)}")
+    kind = d.get("type")
+    aliases = {"delithiation": "charge", "lithiation": "discharge"}
+    kind = aliases.get(kind, kind)
+    if kind not in ("charge", "discharge", "rest"):
+        raise InputError(f"{field_name}.type", f"must be 'charge', 'discharge' or 'rest', got {d.get('type')!r}")
+    c_rate = current = None
+    if kind != "rest":
+        has_c, has_i = "c_rate" in d, "current_mA_g" in d
+        if has_c == has_i:
+            raise InputError(field_name, "give exactly one of c_rate (1/h) or current_mA_g (mA per g)")
+        if has_c:
+            c_rate = _positive(d["c_rate"], f"{field_name}.c_rate", "1/h")
+        else:
+            current = _positive(d["current_mA_g"], f"{field_name}.current_mA_g", "mA/g")
+    elif "c_rate" in d or "current_mA_g" in d:
+        raise InputError(field_name, "a rest step carries no current (remove c_rate/current_mA_g)")
+    if "duration_min" in d and "duration_s" in d:
+        raise InputError(field_name, "give duration_min or duration_s, not both")
+    duration = None
+    if "duration_min" in d:
+        duration = 60.0 * _positive(d["duration_min"], f"{field_name}.duration_min", "min")
+    elif "duration_s" in d:
+        duration = _positive(d["duration_s"], f"{field_name}.duration_s", "s")
+    until_raw = d.get("until", [])
+    if isinstance(until_raw, str):
+        until_raw = [until_raw]
+    if not isinstance(until_raw, list):
+        raise InputError(f"{field_name}.until", "must be a list of conditions like 'theta_surface_min <= 0.2'")
+    until = tuple(StopCondition.parse(u, f"{field_name}.until[{i}]") for i, u in enumerate(until_raw))
+    if duration is None and not until:
+        raise InputError(field_name, "has no terminating condition: give duration_min and/or until")
+    label = str(d.get("label", ""))
+    return Step(kind, c_rate, current, duration, until, label)
+
+
+def protocol_from_dict(d: dict | None, theta0_default: float) -> Protocol:
+    d = {} if d is None else d
+    if not isinstance(d, dict):
+        raise InputError("protocol", "must be a table")
+    extra = set(d) - {"initial_theta", "steps"}
+    if extra:
+        raise InputError("protocol", f"unknown key(s) {sorted(extra)}; allowed: ['initial_theta', 'steps']")
+    raw_steps = d.get("steps")
+    if not raw_steps:
+        raise InputError("protocol.steps", "at least one step is required")
+    if not isinstance(raw_steps, list):
+        raise InputError("protocol.steps", "must be an array of tables ([[protocol.steps]])")
+    steps = tuple(step_from_dict(s, f"protocol.steps[{i}]") for i, s in enumerate(raw_steps))
+    if "initial_theta" in d:
+        th0 = d["initial_theta"]
+        if isinstance(th0, bool) or not isinstance(th0, (int, float)) or not 0.0 < float(th0) < 1.0:
+            raise InputError("protocol.initial_theta", f"must be in (0, 1), got {th0!r}")
+        th0 = float(th0)
+    else:
+        first_active = next((s for s in steps if s.kind != "rest"), None)
+        th0 = 0.2 if first_active is not None and first_active.kind == "discharge" else theta0_default
+    return Protocol(steps, th0)

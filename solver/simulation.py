@@ -1,0 +1,364 @@
+"""Time integration of a protocol: adaptive steps, exact step ends, located stop events.
+
+Step-size control: backward Euler's local truncation error is estimated from the
+difference between the implicit solution and a linear extrapolation of the last two
+states (Milne's device); steps grow when easy and are cut and retried when the error
+exceeds ``theta_tol`` or Newton fails. Step ends and snapshot times are hit exactly;
+a stop condition (e.g. surface θ reaching 0.2) is located by regula falsi on the step
+length, so the run stops within ``event_tol`` of the threshold, not a step later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from nmcfx.errors import InputError, SolverError
+from nmcfx.materials.constants import FARADAY
+
+from .protocol import Protocol, Step
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    degree: int = 1
+    time_scheme: str = "bdf1"  # "bdf1" (backward Euler) | "bdf2"
+    mass_lumping: bool = True
+    dt_initial_s: float = 0.5
+    dt_min_s: float = 1e-6
+    dt_max_s: float = 120.0
+    theta_tol: float = 2e-3  # local error per step, absolute in θ (max norm)
+    growth_max: float = 2.0
+    event_tol: float = 1e-6  # |θ - threshold| at which a stop event counts as located
+    thickness_um: float = 1.0  # 2D only: depth of the prism the cross-section represents
+    petsc_options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SolverSettings":
+        d = dict(d or {})
+        names = {f for f in cls.__dataclass_fields__}
+        extra = set(d) - names
+        if extra:
+            raise InputError("solver", f"unknown key(s) {sorted(extra)}; allowed: {sorted(names)}")
+        out = {}
+        for key in ("dt_initial_s", "dt_min_s", "dt_max_s", "theta_tol", "event_tol", "thickness_um"):
+            if key in d:
+                v = d[key]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+                    raise InputError(f"solver.{key}", f"must be a positive number, got {v!r}")
+                out[key] = float(v)
+        if "growth_max" in d:
+            v = d["growth_max"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 1.0 < v <= 10.0:
+                raise InputError("solver.growth_max", f"must be in (1, 10], got {v!r}")
+            out["growth_max"] = float(v)
+        if "degree" in d:
+            if d["degree"] not in (1, 2) or isinstance(d["degree"], bool):
+                raise InputError("solver.degree", f"must be 1 or 2, got {d['degree']!r}")
+            out["degree"] = int(d["degree"])
+        if "time_scheme" in d:
+            if d["time_scheme"] not in ("bdf1", "bdf2"):
+                raise InputError("solver.time_scheme", f"must be 'bdf1' or 'bdf2', got {d['time_scheme']!r}")
+            out["time_scheme"] = d["time_scheme"]
+        if "mass_lumping" in d:
+            if not isinstance(d["mass_lumping"], bool):
+                raise InputError("solver.mass_lumping", f"must be true or false, got {d['mass_lumping']!r}")
+            out["mass_lumping"] = d["mass_lumping"]
+        if "petsc_options" in d:
+            if not isinstance(d["petsc_options"], dict):
+                raise InputError("solver.petsc_options", "must be a table of PETSc option names to values")
+            out["petsc_options"] = dict(d["petsc_options"])
+        s = cls(**out)
+        if s.dt_min_s > s.dt_max_s or s.dt_initial_s > s.dt_max_s:
+            raise InputError("solver", "need dt_min_s <= dt_initial_s <= dt_max_s")
+        return s
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepRecord:
+    """One accepted time step: what timeseries.csv stores."""
+
+    time_s: float
+    protocol_step: int
+    theta_mean: float
+    theta_center: float
+    theta_surface_min: float
+    theta_surface_max: float
+    li_extracted_mol: float
+    capacity_mAh_g: float
+    mass_balance_error: float
+    dt_s: float
+    newton_iterations: int
+    steps_total: int
+    rejected_total: int
+    newton_total: int
+    linear_total: int
+
+
+class Simulation:
+    """Runs a :class:`Protocol` on a :class:`TransportSolver`.
+
+    ``observers`` get ``start(sim)``, ``record(sim, rec)`` after every accepted step,
+    ``snapshot(sim, t)`` at requested times, ``step_end(sim, info)`` and ``finish(sim)``.
+    """
+
+    def __init__(self, solver, material, protocol: Protocol, settings: SolverSettings,
+                 *, snapshot_times_s=(), observers=(), center=None):
+        self.solver = solver
+        self.material = material
+        self.protocol = protocol
+        self.settings = settings
+        self.observers = list(observers)
+        self.snapshot_times = sorted(float(t) for t in snapshot_times_s)
+        p = solver.particle
+        self.dim = p.dim
+        self.area = solver.volume  # µm² (2D) or µm³ (3D), from the mesh
+        reactive = [s for s in p.reactive_sectors if s in p.sectors]
+        self.reactive_sectors = reactive
+        self.perimeter = sum(solver.sector_measure[s] for s in reactive)  # µm or µm²
+        self.sector_weights = {s: 1.0 for s in reactive}  # blocking factors (issue 3)
+        center = p.centroid if center is None else center
+        solver.add_probe("center", np.atleast_2d(np.asarray(center, dtype=float)))
+        self.t = 0.0
+        self.history: list[StepRecord] = []
+        self.step_log: list[dict] = []
+        self._ledger = 0.0  # ∫∮ q ds dt, µm^d
+        self._I0 = None
+        self._dt_prev = None
+        self._have_prev = False
+
+    # ------------------------------------------------------------------ physics glue
+    def current_density(self, step: Step) -> float:
+        """Mean boundary current density j̄ (A m⁻², positive for charge) of a step."""
+        if step.kind == "rest":
+            return 0.0
+        if step.c_rate is not None:
+            j = self.material.current_density_for_c_rate(step.c_rate, self.area, self.perimeter)
+        else:
+            j = self.material.current_density_for_specific_current(step.current_mA_g, self.area, self.perimeter)
+        return step.sign * j
+
+    def sector_fluxes(self, j_mean: float) -> dict[str, float]:
+        """Per-sector θ flux (µm s⁻¹): j_s = η_s j_NMC with Σ j_s Γ_s = j̄ Γ."""
+        meas = self.solver.sector_measure
+        denom = sum(self.sector_weights[s] * meas[s] for s in self.reactive_sectors)
+        j_nmc = j_mean * self.perimeter / denom if denom > 0 else 0.0
+        scale = 1e6 / (FARADAY * self.material.site_concentration)  # (A m⁻²) → µm s⁻¹ of θ
+        return {s: self.sector_weights[s] * j_nmc * scale for s in self.reactive_sectors}
+
+    # ------------------------------------------------------------------ observables
+    def observe(self) -> dict:
+        sv = self.solver
+        smin, smax = sv.surface_min_max()
+        return {
+            "theta_mean": sv.theta_mean(),
+            "theta_center": float(sv.probe("center")[0]),
+            "theta_surface_min": smin,
+            "theta_surface_max": smax,
+        }
+
+    def _li_mol(self, dI: float) -> float:
+        depth = self.settings.thickness_um if self.dim == 2 else 1.0
+        return self.material.site_concentration * dI * depth * 1e-18
+
+    def _record(self, obs: dict, k: int, dt: float, its: int):
+        sv = self.solver
+        I = sv.integral_theta()
+        c = sv.counters
+        rec = StepRecord(
+            time_s=self.t,
+            protocol_step=k,
+            theta_mean=obs["theta_mean"],
+            theta_center=obs["theta_center"],
+            theta_surface_min=obs["theta_surface_min"],
+            theta_surface_max=obs["theta_surface_max"],
+            li_extracted_mol=self._li_mol(self._I0 - I),
+            capacity_mAh_g=(self._I0 - I) / self.area * self.material.theoretical_capacity_mAh_g,
+            mass_balance_error=((self._I0 - I) - self._ledger) / self._I0,
+            dt_s=dt,
+            newton_iterations=its,
+            steps_total=c.steps,
+            rejected_total=c.rejected_steps,
+            newton_total=c.newton_iterations,
+            linear_total=c.linear_iterations,
+        )
+        self.history.append(rec)
+        for o in self.observers:
+            o.record(self, rec)
+        return rec
+
+    # ------------------------------------------------------------------ main loop
+    def run(self):
+        sv, st = self.solver, self.settings
+        sv.set_initial(self.protocol.initial_theta)
+        self._I0 = sv.integral_theta()
+        for o in self.observers:
+            o.start(self)
+        obs = self.observe()
+        self._record(obs, 0, 0.0, 0)
+        snaps = list(self.snapshot_times)
+        while snaps and snaps[0] <= 1e-12:
+            self._snapshot(snaps.pop(0))
+        dt = st.dt_initial_s
+        for k, step in enumerate(self.protocol.steps):
+            dt, obs, reason = self._run_step(k, step, dt, obs, snaps)
+            info = {"index": k, "label": step.label, "description": step.describe(), "end_time_s": self.t,
+                    "reason": reason, **obs}
+            self.step_log.append(info)
+            for o in self.observers:
+                o.step_end(self, info)
+            # the flux jumps at a step boundary: restart the history (BDF2 → one BE step)
+            self._have_prev = False
+        # snapshots requested beyond the end of the protocol are not reached
+        for o in self.observers:
+            o.finish(self)
+        return self.history
+
+    def _snapshot(self, t):
+        for o in self.observers:
+            o.snapshot(self, t)
+
+    def _run_step(self, k: int, step: Step, dt: float, obs: dict, snaps: list):
+        sv, st = self.solver, self.settings
+        sv.set_fluxes(self.sector_fluxes(self.current_density(step)))
+        outflow = sv.boundary_outflow()
+        t_start = self.t
+        t_end = t_start + step.duration_s if step.duration_s is not None else math.inf
+        # a condition already met at the start ends the step at once
+        for cond in step.until:
+            if cond.distance(obs[cond.quantity]) <= 0:
+                return dt, obs, f"{cond} at start"
+        dt = min(dt, st.dt_max_s)
+        locating = None  # _EventBracket while a stop condition is being located
+        while True:
+            while snaps and snaps[0] <= self.t * (1 + 1e-12):
+                self._snapshot(snaps.pop(0))
+            # ---- choose the step: do not pass the step end or the next snapshot
+            target = min(t_end, snaps[0] if snaps else math.inf)
+            remaining = target - self.t
+            hit_target = False
+            if locating is None and (dt >= remaining or remaining - dt < 0.05 * dt):
+                dt, hit_target = remaining, True
+            order = 2 if (st.time_scheme == "bdf2" and self._have_prev) else 1
+            guess = self._predict(dt)
+            res = sv.solve_step(dt, self._dt_prev if order == 2 else None, order, guess)
+            if not res.converged:
+                sv.counters.rejected_steps += 1
+                dt *= 0.25
+                locating = None
+                if dt < st.dt_min_s:
+                    raise SolverError(
+                        f"time step fell below solver.dt_min_s={st.dt_min_s:g} s at t = {self.t:.6g} s "
+                        f"(Newton reason {res.reason}); the state may be leaving (0, 1) — check the rate and cut-offs"
+                    )
+                continue
+            # ---- local error control (not while locating an event: steps only shrink then)
+            err = self._error_estimate(guess, dt, order)
+            if locating is None and err > st.theta_tol and dt > 4 * st.dt_min_s:
+                sv.counters.rejected_steps += 1
+                dt = max(dt * max(0.2, 0.9 * math.sqrt(st.theta_tol / err)), st.dt_min_s)
+                continue
+            new_obs = self.observe()
+            # ---- stop conditions: locate the crossing in time by re-solving from θ_n
+            if step.until:
+                g_new = min(c.distance(new_obs[c.quantity]) for c in step.until)
+                if g_new <= 0 or locating is not None:
+                    tiny = locating is not None and locating.width() < 1e-9 * max(1.0, self.t)
+                    if abs(g_new) <= st.event_tol or (tiny and g_new <= 0):
+                        hit = [str(c) for c in step.until if c.distance(new_obs[c.quantity]) <= st.event_tol]
+                        self._accept(dt, outflow, res.newton_iterations, new_obs, k)
+                        return self._next_dt(dt, err, order), new_obs, "reached " + " and ".join(hit)
+                    if locating is None:
+                        g_old = min(c.distance(obs[c.quantity]) for c in step.until)
+                        locating = _EventBracket(0.0, g_old, dt, g_new)
+                    else:
+                        locating.update(dt, g_new)
+                    sv.counters.rejected_steps += 1
+                    dt = locating.hi if tiny else locating.next_point()
+                    continue
+            self._accept(dt, outflow, res.newton_iterations, new_obs, k)
+            obs = new_obs
+            if hit_target:
+                if snaps and abs(self.t - snaps[0]) <= 1e-9 * max(1.0, self.t):
+                    self._snapshot(snaps.pop(0))
+                if abs(self.t - t_end) <= 1e-9 * max(1.0, self.t):
+                    return self._next_dt(dt, err, order), obs, "duration"
+            dt = self._next_dt(dt, err, order)
+
+    def _predict(self, dt: float):
+        sv = self.solver
+        if not self._have_prev or self._dt_prev is None:
+            return None
+        slope = (sv.theta_n.x.array - sv.theta_nm1.x.array) / self._dt_prev
+        guess = sv.theta_n.x.array + dt * slope
+        return np.clip(guess, 1e-6, 1 - 1e-6)
+
+    def _error_estimate(self, guess, dt: float, order: int) -> float:
+        """Max-norm estimate of the local truncation error in θ of the step just solved."""
+        sv = self.solver
+        if guess is None:
+            # first step of a segment: compare with the explicit Euler-free bound |Δθ|/2
+            diff = np.abs(sv.theta.x.array - sv.theta_n.x.array).max(initial=0.0) * 0.5
+            return float(sv.comm.allreduce(diff, op=max_op()))
+        h = self._dt_prev
+        diff = np.abs(sv.theta.x.array - guess).max(initial=0.0)
+        factor = dt / (2 * dt + h) if order == 1 else dt / (3 * dt + 2 * h)
+        return float(sv.comm.allreduce(diff * factor, op=max_op()))
+
+    def _next_dt(self, dt: float, err: float, order: int) -> float:
+        st = self.settings
+        p = 2 if order == 1 else 3
+        if err <= 0:
+            grow = st.growth_max
+        else:
+            grow = min(st.growth_max, max(0.5, 0.9 * (st.theta_tol / err) ** (1.0 / p)))
+        return min(max(dt * grow, st.dt_min_s), st.dt_max_s)
+
+    def _accept(self, dt: float, outflow: float, its: int, obs: dict, k: int):
+        sv = self.solver
+        sv.accept()
+        sv.counters.steps += 1
+        self.t += dt
+        self._ledger += dt * outflow
+        self._dt_prev = dt
+        self._have_prev = True
+        self._record(obs, k, dt, its)
+
+
+class _EventBracket:
+    """Illinois regula falsi on the step length for g(dt) = distance to a stop threshold."""
+
+    def __init__(self, lo: float, g_lo: float, hi: float, g_hi: float):
+        self.lo, self.g_lo, self.hi, self.g_hi = lo, g_lo, hi, g_hi
+        self._side = 0
+
+    def width(self) -> float:
+        return self.hi - self.lo
+
+    def update(self, x: float, g: float):
+        if g <= 0:
+            self.hi, self.g_hi = x, g
+            if self._side == -1:
+                self.g_lo *= 0.5
+            self._side = -1
+        else:
+            self.lo, self.g_lo = x, g
+            if self._side == 1:
+                self.g_hi *= 0.5
+            self._side = 1
+
+    def next_point(self) -> float:
+        frac = self.g_lo / (self.g_lo - self.g_hi) if self.g_lo != self.g_hi else 0.5
+        frac = min(max(frac, 0.01), 0.99)
+        return self.lo + frac * (self.hi - self.lo)
+
+
+def max_op():
+    from mpi4py import MPI
+
+    return MPI.MAX
