@@ -308,12 +308,17 @@ class TransportSolver:
 
 
 class _PointProbe:
-    """Point evaluation that works in parallel: each point is evaluated by one owning rank."""
+    """Point evaluation that works in parallel: each point is evaluated by one owning rank.
 
-    def __init__(self, mesh, points: np.ndarray):
+    With ``allow_outside`` points outside the mesh are kept (value 0, ``inside`` False).
+    """
+
+    def __init__(self, mesh, points: np.ndarray, allow_outside: bool = False):
         gdim = mesh.geometry.dim
+        points = np.atleast_2d(np.asarray(points, dtype=float))
         pts = np.zeros((len(points), 3))
-        pts[:, : points.shape[1]] = points[:, :gdim] if points.shape[1] >= gdim else points
+        k = min(points.shape[1], 3)
+        pts[:, :k] = points[:, :k]
         self.points = pts
         tdim = mesh.topology.dim
         n_owned_cells = mesh.topology.index_map(tdim).size_local
@@ -321,13 +326,15 @@ class _PointProbe:
         cand = dolfinx.geometry.compute_collisions_points(tree, pts)
         colliding = dolfinx.geometry.compute_colliding_cells(mesh, cand, pts)
         comm = mesh.comm
-        found = np.array([len(colliding.links(i)) > 0 for i in range(len(pts))])
-        owner = np.where(found, comm.rank, comm.size)
-        owner = comm.allreduce(owner, op=MPI.MIN)
-        if np.any(owner == comm.size):
-            missing = pts[owner == comm.size][:3, :gdim]
+        found = np.array([len(colliding.links(i)) > 0 for i in range(len(pts))], dtype=bool)
+        owner = np.where(found, comm.rank, comm.size).astype(np.int64)
+        owner_all = np.empty_like(owner)
+        comm.Allreduce(owner, owner_all, op=MPI.MIN)
+        self.inside = owner_all < comm.size
+        if not allow_outside and not self.inside.all():
+            missing = pts[~self.inside][:3, :gdim]
             raise InputError("probe", f"point(s) outside the particle mesh, e.g. {missing.tolist()} µm")
-        mine = np.flatnonzero(owner == comm.rank)
+        mine = np.flatnonzero(owner_all == comm.rank)
         self._idx = mine
         self._cells = np.array([colliding.links(i)[0] for i in mine], dtype=np.int32)
         self._comm = comm
@@ -336,4 +343,14 @@ class _PointProbe:
         out = np.zeros(len(self.points))
         if len(self._idx):
             out[self._idx] = f.eval(self.points[self._idx], self._cells).reshape(-1)
-        return self._comm.allreduce(out, op=MPI.SUM)
+        total = np.empty_like(out)
+        self._comm.Allreduce(out, total, op=MPI.SUM)
+        return total
+
+
+def reduce_array(comm, arr: np.ndarray, op) -> np.ndarray:
+    """Element-wise MPI reduction of a float array (all ranks get the result)."""
+    a = np.ascontiguousarray(arr, dtype=float)
+    out = np.empty_like(a)
+    comm.Allreduce(a, out, op=op)
+    return out

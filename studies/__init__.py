@@ -1,1 +1,1 @@
-"""nmcfx.studies"""
+"""Reproduction studies and built-in example configs (examples/*.toml)."""

@@ -1,0 +1,99 @@
+"""Figures of a run (matplotlib, Agg): θ maps, centre trace, line-cut kymograph.
+
+Pure plotting on NumPy arrays gathered by :mod:`nmcfx.solver.outputs`; rank 0 only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=None, outlines=None):
+    """One panel per snapshot: θ on the pixel grid (NaN outside the particle).
+
+    ``outlines``: optional list of (x, y) polylines (µm) drawn on every panel, e.g. blocked arcs.
+    """
+    plt = _plt()
+    n = len(images)
+    ncol = min(n, 4)
+    nrow = int(np.ceil(n / ncol))
+    finite = np.concatenate([im[np.isfinite(im)] for _, im in images]) if n else np.array([0.0, 1.0])
+    vmin = float(finite.min()) if vmin is None else vmin
+    vmax = float(finite.max()) if vmax is None else vmax
+    if vmax - vmin < 1e-3:
+        vmin, vmax = vmin - 5e-4, vmax + 5e-4
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol + 0.8, 2.5 * nrow + 0.4), squeeze=False,
+                             constrained_layout=True)
+    im_handle = None
+    for ax, (t, img) in zip(axes.flat, images):
+        im_handle = ax.imshow(img, origin="lower", extent=extent, cmap="viridis", vmin=vmin, vmax=vmax,
+                              interpolation="nearest")
+        for line in outlines or ():
+            ax.plot(line[0], line[1], color="crimson", lw=2.5)
+        ax.set_title(f"t = {t / 60:.1f} min", fontsize=10)
+        ax.set_xlabel("x (µm)")
+        ax.set_aspect("equal")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("y (µm)")
+    if im_handle is not None:
+        fig.colorbar(im_handle, ax=axes, label="Li occupancy θ", shrink=0.85)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def center_trace(hist: dict, path: Path, *, title: str = "", step_ends=()):
+    """θ at the centre, mean θ and the surface range against time (002 Fig. 3C-like)."""
+    plt = _plt()
+    t = hist["time_s"] / 60.0
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), constrained_layout=True)
+    ax.fill_between(t, hist["theta_surface_min"], hist["theta_surface_max"], color="tab:orange", alpha=0.25,
+                    label="surface (min–max)")
+    ax.plot(t, hist["theta_mean"], color="k", lw=1.5, label="mean")
+    ax.plot(t, hist["theta_center"], color="tab:blue", lw=2.0, label="centre")
+    for te in step_ends:
+        ax.axvline(te / 60.0, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("Li occupancy θ")
+    ax.legend(frameon=False, fontsize=9)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def kymograph(s_um, times_s, profiles, path: Path, *, title: str = ""):
+    """θ along the line cut (vertical) against time (horizontal), as in 002 Fig. 3D."""
+    plt = _plt()
+    times_s = np.asarray(times_s)
+    profiles = np.asarray(profiles)
+    fig, ax = plt.subplots(figsize=(6.0, 3.6), constrained_layout=True)
+    if len(times_s) >= 2:
+        # resample on a uniform time grid so that pcolormesh columns have equal width
+        tg = np.linspace(times_s[0], times_s[-1], min(400, max(50, len(times_s))))
+        grid = np.empty((len(s_um), len(tg)))
+        for i in range(len(s_um)):
+            grid[i] = np.interp(tg, times_s, profiles[:, i])
+        m = ax.pcolormesh(tg / 60.0, s_um, grid, shading="auto", cmap="viridis")
+        fig.colorbar(m, ax=ax, label="Li occupancy θ")
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("position along line (µm)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

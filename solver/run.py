@@ -1,0 +1,217 @@
+"""From a config dict to a finished run directory.
+
+``prepare`` validates every table and builds the mesh, material and protocol without
+touching the disk, so a bad config fails before anything is written. ``execute``
+then creates the run directory, writes ``metadata.json`` first, runs, and writes
+``summary.json`` last.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from nmcfx.errors import InputError
+
+from .outputs import OutputSettings, RunOutputs, write_json
+from .protocol import Protocol, protocol_from_dict
+from .simulation import Simulation, SolverSettings
+from .transport import TransportSolver
+
+#: Front arrival at the centre: the centre has lost this much occupancy.
+FRONT_DROP = 0.05
+
+
+@dataclass
+class PreparedRun:
+    config: dict
+    particle: object
+    material: object
+    protocol: Protocol
+    solver: SolverSettings
+    output: OutputSettings
+    title: str
+    base_dir: Path
+
+
+def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> PreparedRun:
+    from nmcfx.config import check_top_level
+    from nmcfx.geometries import geometry_from_config
+    from nmcfx.materials import material_from_config
+
+    check_top_level(cfg)
+    base_dir = Path(base_dir)
+    if "protocol" not in cfg:
+        raise InputError("protocol", "missing: a config needs a [protocol] table with at least one step")
+    material = material_from_config(cfg.get("material", {}), base_dir)
+    protocol = protocol_from_dict(cfg["protocol"], material.theta0)
+    solver = SolverSettings.from_dict(cfg.get("solver"))
+    output = OutputSettings.from_dict(cfg.get("output"))
+    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
+    title = cfg.get("title", "")
+    return PreparedRun(cfg, particle, material, protocol, solver, output, title, base_dir)
+
+
+def default_snapshots_s(protocol: Protocol) -> list[float]:
+    total = protocol.nominal_duration_s
+    if total is None:
+        return []
+    return [float(x) for x in np.linspace(0.0, total, 7)[1:]]
+
+
+def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progress: bool | None = None) -> dict:
+    outdir = Path(outdir)
+    if comm.rank == 0:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.json", "timeseries.csv", "steps.csv", "line_profiles.csv"):
+            (outdir / stale).unlink(missing_ok=True)
+    comm.Barrier()
+    wall0 = time.perf_counter()
+    st = run.solver
+    sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
+                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
+    snaps = ([60.0 * t for t in run.output.snapshot_times_min] if run.output.snapshot_times_min is not None
+             else default_snapshots_s(run.protocol))
+    out_settings = run.output
+    if progress is not None:
+        from dataclasses import replace
+
+        out_settings = replace(out_settings, progress=progress)
+    outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
+    sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs])
+    if comm.rank == 0:
+        write_json(outdir / "metadata.json", metadata(run, sv, comm))
+    try:
+        sim.run()
+    finally:
+        outputs.close()
+    wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
+    summary = summarize(sim, wall)
+    if comm.rank == 0:
+        write_json(outdir / "summary.json", summary)
+    return summary
+
+
+def summarize(sim: Simulation, wall_s: float) -> dict:
+    h = sim.history
+    th0 = sim.protocol.initial_theta
+    t = np.array([r.time_s for r in h])
+    tc = np.array([r.theta_center for r in h])
+    arrival = None
+    below = np.flatnonzero(np.abs(tc - th0) >= FRONT_DROP)
+    if below.size:
+        i = below[0]
+        if i > 0:  # linear interpolation between the two records around the crossing
+            target = th0 - FRONT_DROP if tc[i] < th0 else th0 + FRONT_DROP
+            f = (target - tc[i - 1]) / (tc[i] - tc[i - 1])
+            arrival = float(t[i - 1] + f * (t[i] - t[i - 1]))
+        else:
+            arrival = float(t[i])
+    c = sim.solver.counters
+    last = h[-1]
+    return {
+        "title": sim.solver.particle.info.get("shape", "") if hasattr(sim.solver.particle, "info") else "",
+        "end_time_min": last.time_s / 60.0,
+        "front_at_center_min": None if arrival is None else arrival / 60.0,
+        "front_definition": f"first time |theta_center - theta_initial| >= {FRONT_DROP}",
+        "theta_mean_final": last.theta_mean,
+        "theta_center_final": last.theta_center,
+        "li_extracted_mol": last.li_extracted_mol,
+        "capacity_mAh_g": last.capacity_mAh_g,
+        "max_abs_mass_balance_error": float(max(abs(r.mass_balance_error) for r in h)),
+        "dofs": sim.solver.num_dofs,
+        "steps": c.steps,
+        "rejected_steps": c.rejected_steps,
+        "newton_iterations": c.newton_iterations,
+        "linear_iterations": c.linear_iterations,
+        "assembly_time_s": sim.solver.comm.allreduce(c.assembly_time, op=MPI.MAX),
+        "wall_time_s": wall_s,
+        "mpi_size": sim.solver.comm.size,
+        "protocol_steps": sim.step_log,
+    }
+
+
+def format_summary(s: dict) -> str:
+    arrival = "not reached" if s["front_at_center_min"] is None else f"{s['front_at_center_min']:.1f} min"
+    lines = [
+        f"  simulated time        {s['end_time_min']:.1f} min",
+        f"  front at the centre   {arrival}   ({s['front_definition']})",
+        f"  mean θ at the end     {s['theta_mean_final']:.4f}   (centre {s['theta_center_final']:.4f})",
+        f"  Li extracted          {s['li_extracted_mol']:.4e} mol   ({s['capacity_mAh_g']:.1f} mAh/g)",
+        f"  mass-balance error    {s['max_abs_mass_balance_error']:.1e}   (relative to the initial Li content)",
+        f"  cost                  {s['dofs']} DOFs, {s['steps']} steps ({s['rejected_steps']} retried), "
+        f"{s['newton_iterations']} Newton iterations, {s['mpi_size']} rank(s)",
+        f"  wall time             {s['wall_time_s']:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def metadata(run: PreparedRun, sv: TransportSolver, comm) -> dict:
+    from nmcfx import __version__
+
+    p = run.particle
+    return {
+        "nmcfx_version": __version__,
+        "git_revision": git_revision(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": sys.argv,
+        "mpi_size": comm.size,
+        "host": platform.node(),
+        "python": sys.version.split()[0],
+        "versions": package_versions(),
+        "config": run.config,
+        "resolved": {
+            "title": run.title,
+            "geometry": {"dim": p.dim, "measure": p.measure, "boundary_measure": p.boundary_measure,
+                         "sectors": p.sectors, "sector_measure": p.sector_measure,
+                         "reactive_sectors": list(p.reactive_sectors), "centroid": list(p.centroid),
+                         "info": p.info},
+            "material": run.material.describe() if hasattr(run.material, "describe") else repr(run.material),
+            "protocol": {"initial_theta": run.protocol.initial_theta,
+                         "steps": [s.describe() for s in run.protocol.steps]},
+            "solver": run.solver.to_dict() | {"petsc_options": sv.petsc_options, "dofs": sv.num_dofs},
+            "output": run.output.to_dict(),
+        },
+    }
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("nmcfx", "fenics-dolfinx", "dolfinx-solver-real", "fenics-basix", "fenics-ffcx", "fenics-ufl",
+                 "petsc4py", "mpi4py", "gmsh", "numpy", "scipy", "matplotlib"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    try:
+        import dolfinx
+
+        out["dolfinx"] = dolfinx.__version__
+        from petsc4py import PETSc
+
+        out["petsc"] = ".".join(map(str, PETSc.Sys.getVersion()))
+    except Exception:  # noqa: BLE001 - versions are informative only
+        pass
+    return out
+
+
+def git_revision() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if rev.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
