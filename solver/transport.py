@@ -86,6 +86,7 @@ class TransportSolver:
         mass_lumping: bool = True,
         petsc_options: dict | None = None,
         prefix: str = "nmcfx_theta_",
+        extra_residual=None,
     ):
         if degree not in (1, 2):
             raise InputError("solver.degree", f"must be 1 or 2, got {degree!r}")
@@ -109,6 +110,7 @@ class TransportSolver:
         self.dD = fem.Function(V, name="dD_chem")
 
         self.dt = fem.Constant(mesh, PETSc.ScalarType(1.0))
+        self.time = fem.Constant(mesh, PETSc.ScalarType(0.0))  # t_{n+1}, for time-dependent extra terms
         # dθ/dt ≈ (a0 θ + a1 θ_n + a2 θ_{n-1}) / dt ; BE: (1, -1, 0)
         self.bdf = [fem.Constant(mesh, PETSc.ScalarType(c)) for c in (1.0, -1.0, 0.0)]
 
@@ -142,6 +144,11 @@ class TransportSolver:
         J = (a0 / self.dt) * dth * v * dxm
         J += self.D * ufl.inner(grad_p(dth), ufl.grad(v)) * dx
         J += self.dD * dth * ufl.inner(grad_p(th), ufl.grad(v)) * dx
+        if extra_residual is not None:
+            # hook for sources / non-uniform fluxes (manufactured solutions, surface kinetics)
+            extra = extra_residual(self, th, v)
+            F += extra
+            J += ufl.derivative(extra, th, dth)
         self.F_ufl, self.J_ufl = F, J
 
         opts = dict(DEFAULT_PETSC_OPTIONS)
