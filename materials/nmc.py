@@ -237,6 +237,29 @@ class Material:
         ]
         return "\n".join(lines)
 
+    def describe(self) -> dict:
+        """JSON-serialisable description (parameters, derived constants, provenance)."""
+        tab = self.dli_table
+        ocv = self.ocv_model
+        return {
+            "name": self.name,
+            "description": self.description,
+            **{k: getattr(self, k) for k in self.scalar_fields()},
+            "site_concentration_mol_m3": self.site_concentration,
+            "theoretical_capacity_mAh_g": self.theoretical_capacity_mAh_g,
+            "dli_table": {
+                "source": tab.source,
+                "theta": tab.theta.tolist(),
+                "D_Li_m2_s": tab.values.tolist(),
+                "provenance": tab.provenance,
+            },
+            "ocv_model": {
+                "repr": repr(ocv),
+                "source": getattr(ocv, "source", ""),
+                "provenance": getattr(ocv, "provenance", ""),
+            },
+        }
+
     @classmethod
     def scalar_fields(cls) -> tuple[str, ...]:
         """Names of the numeric parameters (overridable in config)."""

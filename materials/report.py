@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +33,21 @@ def _thetas(thetas) -> np.ndarray:
     return th
 
 
+def _checked_table(tab: Mapping) -> dict[str, np.ndarray]:
+    missing = [k for k in COLUMNS if k not in tab]
+    if missing:
+        raise ValueError(f"property table lacks columns {missing}")
+    return {k: np.asarray(tab[k], dtype=float) for k in COLUMNS}
+
+
 def property_table(material: Material, thetas=None) -> dict[str, np.ndarray]:
-    """Material properties on a θ grid; keys are :data:`COLUMNS` (units in the key names)."""
+    """Material properties on a θ grid; keys are :data:`COLUMNS` (units in the key names).
+
+    ``thetas`` defaults to :data:`DEFAULT_THETAS`; a table already returned by this
+    function is accepted too (returned as is).
+    """
+    if isinstance(thetas, Mapping):
+        return _checked_table(thetas)
     th = _thetas(thetas)
     to_cm2 = 1.0 / CM2_S_TO_M2_S
     return {
@@ -47,7 +61,10 @@ def property_table(material: Material, thetas=None) -> dict[str, np.ndarray]:
 
 
 def format_property_table(material: Material, thetas=None, *, header: bool = True) -> str:
-    """Human-readable table (material summary, then aligned columns)."""
+    """Human-readable table (material summary, then aligned columns).
+
+    ``thetas``: θ grid, or a table from :func:`property_table`.
+    """
     tab = property_table(material, thetas)
     names = [f"{COLUMNS[k][0]} [{COLUMNS[k][1]}]" if COLUMNS[k][1] != "-" else COLUMNS[k][0] for k in tab]
     fmt = {
@@ -71,7 +88,10 @@ def format_property_table(material: Material, thetas=None, *, header: bool = Tru
 
 
 def write_property_csv(path, material: Material, thetas=None) -> Path:
-    """Write :func:`property_table` as CSV (``#`` provenance lines, then header and rows)."""
+    """Write :func:`property_table` as CSV (``#`` provenance lines, then header and rows).
+
+    ``thetas``: θ grid, or a table from :func:`property_table`.
+    """
     tab = property_table(material, thetas)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
