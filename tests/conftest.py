@@ -17,25 +17,22 @@ BIN = Path(sys.executable).parent
 
 
 class ConstantDiffusivity:
-    """A material with constant chemical diffusivity D (m² s⁻¹), for analytic checks."""
+    """The NMC material with its chemical diffusivity replaced by a constant D (m² s⁻¹)."""
 
-    def __init__(self, D: float, site_concentration: float = 4.9e4):
+    def __init__(self, D: float, base=None):
+        from nmcfx.materials import get_material
+
+        self._base = base if base is not None else get_material()
         self.D = D
-        self.site_concentration = site_concentration
-        self.theta0 = 0.95
-        self.theoretical_capacity_mAh_g = 275.0
+
+    def __getattr__(self, name):
+        return getattr(self._base, name)
 
     def D_chem(self, theta):
         return np.full_like(np.asarray(theta, dtype=float), self.D)
 
     def dD_chem(self, theta):
         return np.zeros_like(np.asarray(theta, dtype=float))
-
-    def current_density_for_c_rate(self, c_rate, area_um2, perimeter_um):
-        return c_rate * 210.0 * 3.6 * 4.78e6 * area_um2 / perimeter_um * 1e-6  # j = n Q ρ A/Γ
-
-    def current_density_for_specific_current(self, mA_g, area_um2, perimeter_um):
-        return mA_g * 1e-3 * 4.78e6 * area_um2 / perimeter_um * 1e-6
 
 
 @pytest.fixture
