@@ -1,0 +1,92 @@
+"""Collective driver: mesh on rank 0 with gmsh, distribute with DOLFINx, measure."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mpi4py import MPI
+
+from nmcfx.errors import InputError, MeshError, NmcfxError
+
+from ._gmsh import GmshModel
+from .particle import ParticleMesh, measure_mesh
+
+
+def _raw_message(exc: InputError) -> str:
+    text = str(exc)
+    prefix = f"{exc.field}: "
+    return text[len(prefix) :] if exc.field and text.startswith(prefix) else text
+
+
+def build_particle(
+    comm: MPI.Comm,
+    mesh_on_root: Callable[[object], dict],
+    tdim: int,
+    what: str,
+    verbose: bool = False,
+) -> ParticleMesh:
+    """Run ``mesh_on_root(gmsh.model)`` on rank 0 and distribute the result.
+
+    ``mesh_on_root`` builds the CAD model, physical groups and mesh, and returns a
+    picklable dict with keys ``sectors`` (name -> tag), ``reactive`` (names) and
+    ``info``. Errors raised there (InputError, MeshError, gmsh exceptions) are
+    re-raised on every rank.
+    """
+    status: tuple | None = None
+    session: GmshModel | None = None
+    if comm.rank == 0:
+        try:
+            session = GmshModel(verbose)
+            model = session.open()
+            status = ("ok", mesh_on_root(model))
+        except InputError as exc:
+            status = ("input", exc.field, _raw_message(exc))
+        except NmcfxError as exc:
+            status = ("mesh", str(exc))
+        except Exception as exc:  # gmsh raises plain Exception
+            status = ("mesh", f"gmsh failed on the {what}: {exc}")
+        if status[0] != "ok" and session is not None:
+            session.close()
+            session = None
+    try:
+        status = comm.bcast(status, root=0)
+        if status[0] == "input":
+            raise InputError(status[1], status[2])
+        if status[0] == "mesh":
+            raise MeshError(status[1])
+        meta = status[1]
+        from dolfinx.io.gmsh import model_to_mesh
+
+        import gmsh
+
+        try:
+            data = model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=tdim)
+        except Exception as exc:
+            raise MeshError(f"could not convert the gmsh mesh of the {what} to DOLFINx: {exc}") from None
+    finally:
+        if session is not None:
+            session.close()
+
+    if data.facet_tags is None:
+        raise MeshError(f"the {what} mesh has no tagged boundary facets")
+    data.facet_tags.name = "sectors"
+    sectors = dict(meta["sectors"])
+    reactive = tuple(meta["reactive"])
+    m = measure_mesh(data.mesh, data.facet_tags, sectors, reactive)
+    info = dict(meta["info"])
+    for key in ("num_cells", "num_vertices", "num_ranks", "h_min", "h_max", "h_surface_mean", "h_interior_mean"):
+        info[key] = m[key]
+    if info["num_cells"] == 0:
+        raise MeshError(f"the {what} mesh has no cells")
+    return ParticleMesh(
+        mesh=data.mesh,
+        facet_tags=data.facet_tags,
+        sectors=sectors,
+        dim=tdim,
+        centroid=m["centroid"],
+        measure=m["measure"],
+        boundary_measure=m["boundary_measure"],
+        sector_measure=m["sector_measure"],
+        reactive_sectors=reactive,
+        info=info,
+    )

@@ -1,0 +1,361 @@
+"""Closed 2D outlines (circle, ellipse, smooth contour) and their gmsh/OCC curves.
+
+An outline knows its analytic (or densely sampled) area, perimeter and centroid, maps
+polar angles about the centroid and arbitrary points to *arc-length positions*
+``s`` in [0, 1) (counter-clockwise from the boundary point at polar angle 0), and adds
+its curves to an OpenCASCADE model, cut at the positions of a sector layout so that
+every cut point becomes a model vertex (hence a mesh vertex).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.interpolate import splev, splprep
+from scipy.optimize import brentq
+from scipy.special import ellipe, ellipeinc
+
+from nmcfx.errors import InputError
+
+from .sectors import Layout
+
+TWO_PI = 2.0 * math.pi
+
+
+class CircleOutline:
+    kind = "circle"
+
+    def __init__(self, radius: float):
+        self.r = float(radius)
+        self.centroid = (0.0, 0.0)
+        self.area = math.pi * self.r**2
+        self.perimeter = TWO_PI * self.r
+
+    def s_at_angle(self, theta_deg: float, field: str) -> float:
+        return (theta_deg / 360.0) % 1.0
+
+    def s_of_point(self, x: float, y: float) -> float:
+        return (math.atan2(y, x) / TWO_PI) % 1.0
+
+    def add_curves(self, occ, layout: Layout, z: float = 0.0) -> list[int]:
+        if layout.closed:
+            return [occ.addCircle(0.0, 0.0, z, self.r)]
+        angles = [TWO_PI * p[0] for p in layout.pieces]
+        curves = []
+        for k, a0 in enumerate(angles):
+            a1 = angles[(k + 1) % len(angles)]
+            while a1 <= a0:
+                a1 += TWO_PI
+            curves.append(occ.addCircle(0.0, 0.0, z, self.r, angle1=a0, angle2=a1))
+        return curves
+
+
+class EllipseOutline:
+    """Ellipse centred at the origin, semi-axes a (along the rotated x axis) and b."""
+
+    kind = "ellipse"
+
+    def __init__(self, a: float, b: float, angle_deg: float = 0.0):
+        alpha = math.radians(angle_deg)
+        if a < b:  # OCC wants r1 >= r2: rotate the frame by 90°
+            a, b, alpha = b, a, alpha + 0.5 * math.pi
+        self.a, self.b, self.alpha = float(a), float(b), alpha
+        self.m = 1.0 - (self.b / self.a) ** 2
+        self.centroid = (0.0, 0.0)
+        self.area = math.pi * self.a * self.b
+        self.perimeter = 4.0 * self.a * float(ellipe(self.m))
+        self._E90 = float(ellipeinc(0.5 * math.pi, self.m))
+        self.psi0 = self._psi_of_polar(0.0)
+        self.L0 = self._arclength(self.psi0)
+
+    # eccentric anomaly psi: point = R(alpha) (a cos psi, b sin psi)
+    def _arclength(self, psi: float) -> float:
+        """Arc length from psi = 0 to psi (any real psi)."""
+        return self.a * (float(ellipeinc(psi + 0.5 * math.pi, self.m)) - self._E90)
+
+    def _psi_of_polar(self, theta: float) -> float:
+        phi = theta - self.alpha
+        return math.atan2(self.a * math.sin(phi), self.b * math.cos(phi))
+
+    def _s_of_psi(self, psi: float) -> float:
+        return ((self._arclength(psi) - self.L0) / self.perimeter) % 1.0
+
+    def _psi_of_s(self, s: float) -> float:
+        if s <= 0.0:
+            return self.psi0
+        target = self.L0 + s * self.perimeter
+        return brentq(lambda p: self._arclength(p) - target, self.psi0, self.psi0 + TWO_PI, xtol=1e-14, rtol=1e-15)
+
+    def s_at_angle(self, theta_deg: float, field: str) -> float:
+        return self._s_of_psi(self._psi_of_polar(math.radians(theta_deg)))
+
+    def s_of_point(self, x: float, y: float) -> float:
+        c, s = math.cos(self.alpha), math.sin(self.alpha)
+        xr, yr = c * x + s * y, -s * x + c * y
+        return self._s_of_psi(math.atan2(yr / self.b, xr / self.a))
+
+    def add_curves(self, occ, layout: Layout, z: float = 0.0) -> list[int]:
+        axes = dict(zAxis=[0.0, 0.0, 1.0], xAxis=[math.cos(self.alpha), math.sin(self.alpha), 0.0])
+        if layout.closed:
+            return [occ.addEllipse(0.0, 0.0, z, self.a, self.b, **axes)]
+        psis = [self._psi_of_s(p[0]) for p in layout.pieces]
+        curves = []
+        for k, p0 in enumerate(psis):
+            p1 = psis[(k + 1) % len(psis)]
+            while p1 <= p0:
+                p1 += TWO_PI
+            curves.append(occ.addEllipse(0.0, 0.0, z, self.a, self.b, angle1=p0, angle2=p1, **axes))
+        return curves
+
+
+def clean_contour_points(points, field: str) -> np.ndarray:
+    """Validate contour points: (N, 2) finite, >= 3 distinct; returns them CCW.
+
+    Consecutive duplicates and a repeated closing point are dropped.
+    """
+    try:
+        p = np.asarray(points, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise InputError(field, f"must be an (N, 2) array of x, y in µm ({exc})") from None
+    if p.ndim != 2 or p.shape[1] != 2:
+        raise InputError(field, f"must be an (N, 2) array of x, y in µm, got shape {p.shape}")
+    if not np.all(np.isfinite(p)):
+        bad = int(np.argwhere(~np.isfinite(p))[0, 0])
+        raise InputError(f"{field}[{bad}]", "must be finite numbers (no NaN/inf)")
+    if len(p) == 0:
+        raise InputError(field, "needs at least 3 distinct points, got 0")
+    scale = max(float(np.ptp(p[:, 0])), float(np.ptp(p[:, 1])), 1e-300)
+    tol = 1e-9 * scale
+    keep = [0]
+    for i in range(1, len(p)):
+        if np.linalg.norm(p[i] - p[keep[-1]]) > tol:
+            keep.append(i)
+    p = p[keep]
+    while len(p) > 1 and np.linalg.norm(p[-1] - p[0]) <= tol:
+        p = p[:-1]
+    if len(p) < 3:
+        raise InputError(field, f"needs at least 3 distinct points, got {len(p)}")
+    area = polygon_area(p)
+    if abs(area) <= 1e-12 * scale**2:
+        raise InputError(field, "points are collinear (the contour encloses no area)")
+    if area < 0:
+        p = p[::-1].copy()
+    seg = find_self_intersection(p)
+    if seg is not None:
+        i, j = seg
+        raise InputError(
+            field,
+            f"contour intersects itself (segment {i}-{i + 1} crosses segment {j}-{(j + 1) % len(p)}); "
+            "points must trace the outline once, in order",
+        )
+    return p
+
+
+def polygon_area(p: np.ndarray) -> float:
+    x, y = p[:, 0], p[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def polygon_centroid(p: np.ndarray) -> tuple[float, float]:
+    x, y = p[:, 0], p[:, 1]
+    xn, yn = np.roll(x, -1), np.roll(y, -1)
+    cr = x * yn - xn * y
+    a = 0.5 * cr.sum()
+    return float(((x + xn) * cr).sum() / (6 * a)), float(((y + yn) * cr).sum() / (6 * a))
+
+
+def find_self_intersection(p: np.ndarray, chunk: int = 512) -> tuple[int, int] | None:
+    """First pair (i, j) of non-adjacent polygon edges that properly cross, or None."""
+    n = len(p)
+    if n < 4:
+        return None
+    a, b = p, np.roll(p, -1, axis=0)
+    d = b - a
+
+    def orient(o, dv, q):  # sign of cross(dv, q - o), broadcast
+        return dv[..., 0] * (q[..., 1] - o[..., 1]) - dv[..., 1] * (q[..., 0] - o[..., 0])
+
+    idx = np.arange(n)
+    for i0 in range(0, n, chunk):
+        i = idx[i0 : i0 + chunk, None]
+        ai, di = a[i0 : i0 + chunk, None, :], d[i0 : i0 + chunk, None, :]
+        o1 = orient(ai, di, a[None, :, :])
+        o2 = orient(ai, di, b[None, :, :])
+        o3 = orient(a[None, :, :], d[None, :, :], ai)
+        o4 = orient(a[None, :, :], d[None, :, :], ai + di)
+        hit = (o1 * o2 < 0) & (o3 * o4 < 0)
+        j = idx[None, :]
+        adjacent = (np.abs(i - j) <= 1) | (np.abs(i - j) == n - 1)
+        hit &= ~adjacent & (j > i)
+        if hit.any():
+            r, c = np.argwhere(hit)[0]
+            return int(i0 + r), int(c)
+    return None
+
+
+class ContourOutline:
+    """Smooth closed curve through (or, with smoothing, near) contour points.
+
+    The curve is a periodic cubic spline (scipy ``splprep(per=1)``); with
+    ``smoothing_um > 0`` it may deviate from the points by about that much (RMS).
+    gmsh receives OCC splines through dense samples of it (the original points when
+    not smoothing), with matching end tangents at cut points.
+    """
+
+    kind = "contour"
+
+    def __init__(self, points: np.ndarray, smoothing_um: float, field: str):
+        p = np.asarray(points, dtype=float)  # cleaned, CCW
+        self.field = field
+        n = len(p)
+        closed = np.vstack([p, p[:1]])
+        s = n * smoothing_um**2
+        try:
+            self.tck, u = splprep([closed[:, 0], closed[:, 1]], s=s, per=1, k=3, quiet=2)
+        except Exception as exc:  # pragma: no cover - scipy edge cases
+            raise InputError(field, f"could not fit a closed spline through the points ({exc})") from None
+        self.u_points = np.asarray(u[:-1])
+        m = int(min(max(4096, 32 * n), 200_000))
+        self.ud = np.linspace(0.0, 1.0, m + 1)
+        self.xy = np.column_stack(splev(self.ud, self.tck))
+        seg = np.linalg.norm(np.diff(self.xy, axis=0), axis=1)
+        self.Lc = np.concatenate([[0.0], np.cumsum(seg)])
+        self.perimeter = float(self.Lc[-1])
+        poly = self.xy[:-1]
+        self.area = polygon_area(poly)
+        if self.area <= 0:
+            raise InputError(field, "the smoothed contour encloses no area (reduce smoothing_um)")
+        self.centroid = polygon_centroid(poly)
+        # Position 0: where the ray from the centroid along +x meets the curve (outermost hit).
+        hits = self._ray_hits(0.0)
+        if not hits:
+            raise InputError(
+                field, "the centroid lies outside the contour; angle positions are undefined for this shape"
+            )
+        self.u0 = max(hits, key=lambda h: h[1])[0]
+        self.L0 = self._L(self.u0)
+        self.nodes_u = self._node_params(smoothing_um > 0, n)
+        nodes_xy = np.column_stack(splev(self.nodes_u, self.tck))
+        if find_self_intersection(nodes_xy) is not None:
+            raise InputError(
+                field,
+                "the smooth curve through the points intersects itself (points too irregular, or "
+                "smoothing_um too large)",
+            )
+
+    # --- parametrisation helpers -------------------------------------------------
+    def _L(self, u: float) -> float:
+        """Arc length from parameter 0 to u (u taken modulo 1 unless already in [0, 1])."""
+        if not 0.0 <= u <= 1.0:
+            u = u % 1.0
+        return float(np.interp(u, self.ud, self.Lc))
+
+    def _u_of_L(self, L: float) -> float:
+        return float(np.interp(L % self.perimeter, self.Lc, self.ud))
+
+    def _s_of_u(self, u: float) -> float:
+        return ((self._L(u) - self.L0) / self.perimeter) % 1.0
+
+    def _u_of_s(self, s: float) -> float:
+        return self._u_of_L(self.L0 + s * self.perimeter)
+
+    def _point(self, u: float) -> np.ndarray:
+        return np.array([float(v) for v in splev(u % 1.0, self.tck)])
+
+    def _ray_hits(self, theta: float) -> list[tuple[float, float]]:
+        """Curve parameters where the ray from the centroid at angle theta crosses the curve."""
+        c = np.asarray(self.centroid)
+        d = np.array([math.cos(theta), math.sin(theta)])
+        rel = self.xy - c
+        f = d[0] * rel[:, 1] - d[1] * rel[:, 0]
+        g = rel @ d
+        hits = []
+        sign = f >= 0
+        for j in np.nonzero(sign[:-1] != sign[1:])[0]:
+            t = f[j] / (f[j] - f[j + 1])
+            if g[j] + t * (g[j + 1] - g[j]) <= 0:
+                continue  # crossing of the opposite half-line
+            fu = lambda u: float(d[0] * (splev(u, self.tck)[1] - c[1]) - d[1] * (splev(u, self.tck)[0] - c[0]))
+            try:
+                u = brentq(fu, self.ud[j], self.ud[j + 1], xtol=1e-15)
+            except ValueError:
+                u = self.ud[j] + t * (self.ud[j + 1] - self.ud[j])
+            hits.append((u % 1.0, float(g[j] + t * (g[j + 1] - g[j]))))
+        return hits
+
+    def _node_params(self, smoothed: bool, n: int) -> np.ndarray:
+        """Spline parameters of the points handed to gmsh (sorted, in [0, 1))."""
+        target = self.perimeter / 128.0
+        if smoothed:
+            count = int(min(max(n, 128), 1000))
+            L = np.linspace(0.0, self.perimeter, count, endpoint=False)
+            return np.interp(L, self.Lc, self.ud)
+        u = self.u_points
+        out = []
+        for k in range(n):
+            u0 = u[k]
+            u1 = u[k + 1] if k + 1 < n else 1.0
+            length = self._L(u1) - self._L(u0)
+            parts = max(1, int(math.ceil(length / target)))
+            out.extend(u0 + (u1 - u0) * np.arange(parts) / parts)
+        return np.asarray(out)
+
+    # --- outline interface -----------------------------------------------------------
+    def s_at_angle(self, theta_deg: float, field: str) -> float:
+        hits = self._ray_hits(math.radians(theta_deg))
+        if len(hits) != 1:
+            raise InputError(
+                field,
+                f"the ray at {theta_deg:g}° from the contour centroid meets the outline "
+                f"{len(hits)} times (contour not star-shaped there); use start_fraction/end_fraction",
+            )
+        return self._s_of_u(hits[0][0])
+
+    def s_of_point(self, x: float, y: float) -> float:
+        k = int(np.argmin(np.sum((self.xy - np.array([x, y])) ** 2, axis=1)))
+        return self._s_of_u(self.ud[k])
+
+    def add_curves(self, occ, layout: Layout, z: float = 0.0) -> list[int]:
+        nodes = self.nodes_u
+        if layout.closed:
+            xy = np.column_stack(splev(nodes, self.tck))
+            tags = [occ.addPoint(x, y, z) for x, y in xy]
+            return [occ.addSpline(tags + tags[:1])]
+        breaks_u = [self._u_of_s(p[0]) for p in layout.pieces]
+        # Drop dense nodes that would sit too close to a cut point.
+        Ln = np.array([self._L(u) for u in nodes])
+        keep = np.ones(len(nodes), dtype=bool)
+        for ub in breaks_u:
+            Lb = self._L(ub)
+            j = int(np.searchsorted(Ln, Lb)) % len(nodes)
+            i = (j - 1) % len(nodes)
+            gap = (Ln[j] - Ln[i]) % self.perimeter or self.perimeter
+            for q in (i, j):
+                dist = abs(Ln[q] - Lb)
+                dist = min(dist, self.perimeter - dist)
+                if dist < 0.3 * gap:
+                    keep[q] = False
+        nodes, Ln = nodes[keep], Ln[keep]
+        break_tags = []
+        for ub in breaks_u:
+            x, y = self._point(ub)
+            break_tags.append(occ.addPoint(x, y, z))
+        curves = []
+        nb = len(breaks_u)
+        for k in range(nb):
+            ua, ub = breaks_u[k], breaks_u[(k + 1) % nb]
+            La, Lb = self._L(ua), self._L(ub)
+            span = (Lb - La) % self.perimeter
+            rel = (Ln - La) % self.perimeter
+            inner = np.argsort(rel[(rel > 0) & (rel < span)])
+            inner_u = nodes[(rel > 0) & (rel < span)][inner]
+            tags = [break_tags[k]]
+            for x, y in np.column_stack(splev(inner_u, self.tck)) if len(inner_u) else []:
+                tags.append(occ.addPoint(x, y, z))
+            tags.append(break_tags[(k + 1) % nb])
+            t0 = np.array([float(v) for v in splev(ua, self.tck, der=1)])
+            t1 = np.array([float(v) for v in splev(ub, self.tck, der=1)])
+            t0, t1 = t0 / np.linalg.norm(t0), t1 / np.linalg.norm(t1)
+            curves.append(occ.addSpline(tags, tangents=[t0[0], t0[1], 0.0, t1[0], t1[1], 0.0]))
+        return curves

@@ -1,0 +1,188 @@
+"""The meshed particle handed to the solver, and mesh measurements."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from mpi4py import MPI
+
+import dolfinx.mesh
+
+from nmcfx.errors import MeshError
+
+
+@dataclass
+class ParticleMesh:
+    """A distributed particle mesh (coordinates in µm) with named boundary sectors.
+
+    ``facet_tags`` tags every boundary facet with the value ``sectors[name]`` of its
+    sector. All measures are assembled from the mesh itself and are identical on all
+    ranks. ``boundary_measure`` is the perimeter (2D) or the area of the *reactive*
+    surface (3D, excludes the basal faces of prisms).
+    """
+
+    mesh: dolfinx.mesh.Mesh
+    facet_tags: dolfinx.mesh.MeshTags
+    sectors: dict[str, int]
+    dim: int
+    centroid: tuple[float, ...]
+    measure: float
+    boundary_measure: float
+    sector_measure: dict[str, float]
+    reactive_sectors: tuple[str, ...]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def comm(self) -> MPI.Comm:
+        return self.mesh.comm
+
+    def reactive_tags(self) -> tuple[int, ...]:
+        """Facet tag values of the reactive sectors."""
+        return tuple(self.sectors[n] for n in self.reactive_sectors)
+
+    def summary(self) -> str:
+        i = self.info
+        if self.dim == 2:
+            size = f"area {self.measure:.4g} µm², perimeter {self.boundary_measure:.4g} µm"
+            unit_b = "µm"
+        else:
+            size = f"volume {self.measure:.4g} µm³, reactive area {self.boundary_measure:.4g} µm²"
+            unit_b = "µm²"
+        lines = [
+            f"{i.get('shape', 'particle')} ({self.dim}D)",
+            f"  mesh: {i['num_cells']} cells, {i['num_vertices']} vertices on {i.get('num_ranks', 1)} rank(s)",
+            f"  {size}",
+        ]
+        ref = i.get("reference") or {}
+        if ref:
+            parts = []
+            for key, measured, unit in (
+                ("area", self.measure if self.dim == 2 else None, "µm²"),
+                ("perimeter", self.boundary_measure if self.dim == 2 else None, "µm"),
+                ("volume", self.measure if self.dim == 3 else None, "µm³"),
+                ("reactive_area", self.boundary_measure if self.dim == 3 else None, "µm²"),
+            ):
+                if key in ref and measured is not None:
+                    err = 100.0 * (measured - ref[key]) / ref[key]
+                    parts.append(f"{key.replace('_', ' ')} {ref[key]:.4g} {unit} ({err:+.3f} %)")
+            if parts:
+                lines.append("  target: " + ", ".join(parts))
+        lines.append(
+            f"  h: {i['h_min']:.3g}-{i['h_max']:.3g} µm (mean near reactive surface "
+            f"{i['h_surface_mean']:.3g}, elsewhere {i['h_interior_mean']:.3g})"
+        )
+        lines.append(
+            f"  quality ({i.get('quality_measure', '?')}): min {i['quality_min']:.3f}, mean {i['quality_mean']:.3f}"
+        )
+        sec = ", ".join(
+            f"{n}{'' if n in self.reactive_sectors else ' (inert)'} {self.sector_measure[n]:.4g} {unit_b}"
+            for n in self.sectors
+        )
+        lines.append(f"  sectors: {sec}")
+        return "\n".join(lines)
+
+
+def measure_mesh(mesh, facet_tags, sectors: dict[str, int], reactive: tuple[str, ...]) -> dict:
+    """Volume/area, centroid, sector measures and cell sizes from the mesh (numpy).
+
+    Each rank sums over the cells/facets it owns; rank 0 adds the partial sums in rank
+    order and broadcasts, so every rank gets bit-identical numbers.
+    """
+    comm = mesh.comm
+    topo = mesh.topology
+    tdim = topo.dim
+    fdim = tdim - 1
+    x = mesh.geometry.x[:, :tdim]
+    n_cells = topo.index_map(tdim).size_local
+    c = x[mesh.geometry.dofmap[:n_cells]]  # (n, tdim+1, tdim), affine simplices
+    if tdim == 2:
+        e1, e2 = c[:, 1] - c[:, 0], c[:, 2] - c[:, 0]
+        vol = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
+    else:
+        vol = np.abs(np.linalg.det(c[:, 1:] - c[:, :1])) / 6.0
+    moments = (vol[:, None] * c.mean(axis=1)).sum(axis=0) if n_cells else np.zeros(tdim)
+    diam = np.zeros(n_cells)
+    nv = c.shape[1]
+    for a in range(nv):
+        for b in range(a + 1, nv):
+            diam = np.maximum(diam, np.linalg.norm(c[:, a] - c[:, b], axis=1))
+
+    topo.create_connectivity(fdim, tdim)
+    n_facets = topo.index_map(fdim).size_local
+
+    def facet_measure(idx: np.ndarray) -> float:
+        idx = np.asarray(idx, dtype=np.int32)
+        idx = idx[idx < n_facets]
+        if len(idx) == 0:
+            return 0.0
+        p = x[dolfinx.mesh.entities_to_geometry(mesh, fdim, idx)]
+        if tdim == 2:
+            return float(np.linalg.norm(p[:, 1] - p[:, 0], axis=1).sum())
+        return float(0.5 * np.linalg.norm(np.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]), axis=1).sum())
+
+    exterior = dolfinx.mesh.exterior_facet_indices(topo)
+    names = list(sectors)
+    per_sector = [facet_measure(facet_tags.indices[facet_tags.values == sectors[n]]) for n in names]
+
+    # Cells touching the reactive surface vs the others (for the grading check).
+    reactive_facets = facet_tags.indices[np.isin(facet_tags.values, [sectors[n] for n in reactive])]
+    f2c = topo.connectivity(fdim, tdim)
+    near = np.zeros(n_cells, dtype=bool)
+    for f in reactive_facets:
+        for cell in f2c.links(f):
+            if cell < n_cells:
+                near[cell] = True
+
+    local = np.concatenate(
+        [
+            [vol.sum()],
+            moments,
+            [facet_measure(exterior)],
+            per_sector,
+            [diam[near].sum(), near.sum(), diam[~near].sum(), (~near).sum()],
+        ]
+    )
+    extremes = np.array([diam.min() if n_cells else np.inf, -(diam.max() if n_cells else -np.inf)])
+    gathered = comm.gather((local, extremes), root=0)
+    if comm.rank == 0:
+        total = np.zeros_like(local)
+        ext = np.full(2, np.inf)
+        for loc, mm in gathered:
+            total += loc
+            ext = np.minimum(ext, mm)
+        result = (total, ext)
+    else:
+        result = None
+    total, ext = comm.bcast(result, root=0)
+
+    measure = float(total[0])
+    if not measure > 0.0:
+        raise MeshError("the mesh has zero volume/area")
+    centroid = tuple(float(v) / measure for v in total[1 : 1 + tdim])
+    k = 1 + tdim
+    exterior_total = float(total[k])
+    sector_measure = {n: float(v) for n, v in zip(names, total[k + 1 : k + 1 + len(names)])}
+    hb, nb, hi, ni = total[k + 1 + len(names) :]
+    tagged = sum(sector_measure.values())
+    if abs(tagged - exterior_total) > 1e-9 * exterior_total:
+        raise MeshError(
+            f"boundary facets are not all tagged: tagged measure {tagged:.6g} vs boundary {exterior_total:.6g}"
+        )
+    for n, v in sector_measure.items():
+        if not v > 0.0:
+            raise MeshError(f"sector {n!r} received no boundary facets (mesh too coarse for it?)")
+    return {
+        "measure": measure,
+        "centroid": centroid,
+        "sector_measure": sector_measure,
+        "boundary_measure": float(sum(sector_measure[n] for n in reactive)),
+        "h_min": float(ext[0]),
+        "h_max": float(-ext[1]),
+        "h_surface_mean": float(hb / nb) if nb else math.nan,
+        "h_interior_mean": float(hi / ni) if ni else math.nan,
+        "num_cells": int(topo.index_map(tdim).size_global),
+        "num_vertices": int(topo.index_map(0).size_global),
+        "num_ranks": comm.size,
+    }
