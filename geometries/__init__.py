@@ -20,6 +20,7 @@ from .shapes2d import (
     reference_particle_xu2022,
     xu2022_semi_axes_um,
 )
+from .shapes3d import cylinder, prism, sphere
 
 __all__ = [
     "BASAL_BOTTOM",
@@ -34,9 +35,12 @@ __all__ = [
     "ReferenceXu2022",
     "Sector",
     "contour",
+    "cylinder",
     "disk",
     "ellipse",
     "mesh_2d",
+    "prism",
     "reference_particle_xu2022",
+    "sphere",
     "xu2022_semi_axes_um",
 ]
