@@ -4,6 +4,7 @@ All lengths are in µm and mesh coordinates are in µm. Builders are collective 
 their ``comm``: gmsh meshes on rank 0 and DOLFINx distributes the mesh.
 """
 
+from .config import geometry_from_config
 from .particle import ParticleMesh
 from .sectors import BASAL_BOTTOM, BASAL_TOP, SURFACE, Sector
 from .shapes2d import (
@@ -38,6 +39,7 @@ __all__ = [
     "cylinder",
     "disk",
     "ellipse",
+    "geometry_from_config",
     "mesh_2d",
     "prism",
     "reference_particle_xu2022",

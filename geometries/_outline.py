@@ -136,11 +136,6 @@ def clean_contour_points(points, field: str) -> np.ndarray:
         p = p[:-1]
     if len(p) < 3:
         raise InputError(field, f"needs at least 3 distinct points, got {len(p)}")
-    area = polygon_area(p)
-    if abs(area) <= 1e-12 * scale**2:
-        raise InputError(field, "points are collinear (the contour encloses no area)")
-    if area < 0:
-        p = p[::-1].copy()
     seg = find_self_intersection(p)
     if seg is not None:
         i, j = seg
@@ -149,6 +144,11 @@ def clean_contour_points(points, field: str) -> np.ndarray:
             f"contour intersects itself (segment {i}-{i + 1} crosses segment {j}-{(j + 1) % len(p)}); "
             "points must trace the outline once, in order",
         )
+    area = polygon_area(p)
+    if abs(area) <= 1e-12 * scale**2:
+        raise InputError(field, "points are collinear (the contour encloses no area)")
+    if area < 0:
+        p = p[::-1].copy()
     return p
 
 

@@ -253,7 +253,8 @@ def resolve_sizes(
     band = min(boundary * w, measure)
     cells = per * ((measure - band) / h**tdim + band / hb**tdim)
     if cells > MAX_CELLS_ESTIMATE:
-        key = "mesh_size_um" if hs is None else "surface_mesh_size_um"
+        bulk_only = per * measure / h**tdim
+        key = "mesh_size_um" if hs is None or bulk_only > MAX_CELLS_ESTIMATE else "surface_mesh_size_um"
         raise InputError(
             f"{prefix}.{key}",
             f"would give about {cells:.2g} cells (limit {MAX_CELLS_ESTIMATE:.0e}); sizes are in µm — "
