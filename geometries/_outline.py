@@ -227,13 +227,15 @@ class ContourOutline:
         if self.area <= 0:
             raise InputError(field, "the smoothed contour encloses no area (reduce smoothing_um)")
         self.centroid = polygon_centroid(poly)
-        # Position 0: where the ray from the centroid along +x meets the curve (outermost hit).
+        # Position 0: where the ray from the centroid along +x meets the curve (outermost
+        # hit); if it misses (centroid outside a C-shaped particle), the curve point whose
+        # polar angle is closest to 0.
         hits = self._ray_hits(0.0)
-        if not hits:
-            raise InputError(
-                field, "the centroid lies outside the contour; angle positions are undefined for this shape"
-            )
-        self.u0 = max(hits, key=lambda h: h[1])[0]
+        if hits:
+            self.u0 = max(hits, key=lambda h: h[1])[0]
+        else:
+            rel = self.xy[:-1] - np.asarray(self.centroid)
+            self.u0 = float(self.ud[int(np.argmin(np.abs(np.arctan2(rel[:, 1], rel[:, 0]))))])
         self.L0 = self._L(self.u0)
         self.nodes_u = self._node_params(smoothing_um > 0, n)
         nodes_xy = np.column_stack(splev(self.nodes_u, self.tck))
@@ -317,45 +319,43 @@ class ContourOutline:
         return self._s_of_u(self.ud[k])
 
     def add_curves(self, occ, layout: Layout, z: float = 0.0) -> list[int]:
-        nodes = self.nodes_u
-        if layout.closed:
-            xy = np.column_stack(splev(nodes, self.tck))
-            tags = [occ.addPoint(x, y, z) for x, y in xy]
-            return [occ.addSpline(tags + tags[:1])]
-        breaks_u = [self._u_of_s(p[0]) for p in layout.pieces]
-        # Drop dense nodes that would sit too close to a cut point.
-        Ln = np.array([self._L(u) for u in nodes])
-        keep = np.ones(len(nodes), dtype=bool)
-        for ub in breaks_u:
-            Lb = self._L(ub)
-            j = int(np.searchsorted(Ln, Lb)) % len(nodes)
-            i = (j - 1) % len(nodes)
-            gap = (Ln[j] - Ln[i]) % self.perimeter or self.perimeter
-            for q in (i, j):
-                dist = abs(Ln[q] - Lb)
-                dist = min(dist, self.perimeter - dist)
-                if dist < 0.3 * gap:
-                    keep[q] = False
-        nodes, Ln = nodes[keep], Ln[keep]
-        break_tags = []
-        for ub in breaks_u:
-            x, y = self._point(ub)
-            break_tags.append(occ.addPoint(x, y, z))
+        """Add the spline as OCC B-splines, cut at the layout's cut points and at u = 0.
+
+        Each piece is the *same* cubic as the scipy spline, written as one Bézier
+        segment per knot span (degree 3, interior knots of multiplicity 3), so the gmsh
+        curve and the curve used to place sectors coincide exactly and stay C2 across
+        cut points.
+        """
+        cuts = [0.0] if layout.closed else [self._u_of_s(p[0]) for p in layout.pieces]
+        cuts = sorted(set(cuts) | {0.0})
+        merged: list[float] = []
+        for u in cuts:
+            if not merged or u - merged[-1] > 1e-12:
+                merged.append(u)
+        if 1.0 - merged[-1] <= 1e-12 and len(merged) > 1:
+            merged.pop()
+        if len(merged) == 1:
+            merged.append(0.5)
+        ends = merged + [1.0]
+        vertex = [occ.addPoint(*self._point(u), z) for u in merged]
+        vertex.append(vertex[0])
+        knots = np.unique(np.clip(self.tck[0], 0.0, 1.0))
         curves = []
-        nb = len(breaks_u)
-        for k in range(nb):
-            ua, ub = breaks_u[k], breaks_u[(k + 1) % nb]
-            La, Lb = self._L(ua), self._L(ub)
-            span = (Lb - La) % self.perimeter
-            rel = (Ln - La) % self.perimeter
-            inner = np.argsort(rel[(rel > 0) & (rel < span)])
-            inner_u = nodes[(rel > 0) & (rel < span)][inner]
-            tags = [break_tags[k]]
-            for x, y in np.column_stack(splev(inner_u, self.tck)) if len(inner_u) else []:
-                tags.append(occ.addPoint(x, y, z))
-            tags.append(break_tags[(k + 1) % nb])
-            t0 = np.array([float(v) for v in splev(ua, self.tck, der=1)])
-            t1 = np.array([float(v) for v in splev(ub, self.tck, der=1)])
-            t0, t1 = t0 / np.linalg.norm(t0), t1 / np.linalg.norm(t1)
-            curves.append(occ.addSpline(tags, tangents=[t0[0], t0[1], 0.0, t1[0], t1[1], 0.0]))
+        for k in range(len(merged)):
+            ua, ub = ends[k], ends[k + 1]
+            inner = knots[(knots > ua + 1e-12) & (knots < ub - 1e-12)]
+            spans = np.concatenate([[ua], inner, [ub]])
+            pos = np.column_stack(splev(spans, self.tck))
+            der = np.column_stack(splev(spans, self.tck, der=1))
+            tags = [vertex[k]]
+            for i in range(len(spans) - 1):
+                dt = (spans[i + 1] - spans[i]) / 3.0
+                p1 = pos[i] + dt * der[i]
+                p2 = pos[i + 1] - dt * der[i + 1]
+                tags.append(occ.addPoint(p1[0], p1[1], z))
+                tags.append(occ.addPoint(p2[0], p2[1], z))
+                tags.append(vertex[k + 1] if i == len(spans) - 2 else occ.addPoint(pos[i + 1][0], pos[i + 1][1], z))
+            mult = [4] + [3] * (len(spans) - 2) + [4]
+            curves.append(occ.addBSpline(tags, degree=3, knots=list(spans), multiplicities=mult))
+            occ.remove([(0, t) for t in tags[1:-1]])
         return curves

@@ -96,7 +96,7 @@ def measure_mesh(mesh, facet_tags, sectors: dict[str, int], reactive: tuple[str,
     fdim = tdim - 1
     x = mesh.geometry.x[:, :tdim]
     n_cells = topo.index_map(tdim).size_local
-    c = x[mesh.geometry.dofmap[:n_cells]]  # (n, tdim+1, tdim), affine simplices
+    c = x[mesh.geometry.dofmaps[0][:n_cells]]  # (n, tdim+1, tdim), affine simplices
     if tdim == 2:
         e1, e2 = c[:, 1] - c[:, 0], c[:, 2] - c[:, 0]
         vol = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])

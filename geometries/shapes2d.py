@@ -310,7 +310,7 @@ def section_surface(model, outline, layout: Layout, z: float = 0.0) -> tuple[int
         k = piece_of(layout, outline.s_of_point(x, y))
         seen.add(k)
         names[c] = layout.pieces[k][2]
-    if len(boundary) != len(layout.pieces) or len(seen) != len(layout.pieces):
+    if len(seen) != len(layout.pieces):
         raise MeshError(
             f"the outline has {len(boundary)} boundary curves for {len(layout.pieces)} sector pieces "
             "(sector end points too close together?)"
