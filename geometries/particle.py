@@ -68,7 +68,7 @@ class ParticleMesh:
                     err = 100.0 * (measured - ref[key]) / ref[key]
                     parts.append(f"{key.replace('_', ' ')} {ref[key]:.4g} {unit} ({err:+.3f} %)")
             if parts:
-                lines.append("  target: " + ", ".join(parts))
+                lines.append("  exact shape: " + ", ".join(parts))
         lines.append(
             f"  h: {i['h_min']:.3g}-{i['h_max']:.3g} µm (mean near reactive surface "
             f"{i['h_surface_mean']:.3g}, elsewhere {i['h_interior_mean']:.3g})"

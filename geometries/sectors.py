@@ -34,8 +34,9 @@ RESERVED_NAMES = (SURFACE, BASAL_BOTTOM, BASAL_TOP)
 
 UNITS = ("deg", "fraction")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}$")
-# Two sector end points closer than this (as a fraction of the perimeter) are one point.
-POSITION_TOL = 1e-9
+# Two sector end points closer than this (as a fraction of the perimeter) are one point
+# (avoids sliver boundary edges); overlaps shorter than this are ignored.
+POSITION_TOL = 1e-7
 
 
 @dataclass(frozen=True)

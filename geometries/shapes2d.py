@@ -318,7 +318,7 @@ def section_surface(model, outline, layout: Layout, z: float = 0.0) -> tuple[int
     return surf, names
 
 
-def _mesh_section_on_root(model, section, sector_list, sizes: MeshSizes, sectors_field: str, verbose: bool) -> dict:
+def _mesh_section_on_root(model, section, sector_list, sizes: MeshSizes, sectors_field: str) -> dict:
     outline = section.outline()
     layout = place_sectors(outline, sector_list, sectors_field)
     surf, curve_names = section_surface(model, outline, layout)
@@ -369,7 +369,7 @@ def mesh_2d(
     )
     return build_particle(
         comm,
-        lambda model: _mesh_section_on_root(model, section, sector_list, sizes, f"{prefix}.sectors", verbose),
+        lambda model: _mesh_section_on_root(model, section, sector_list, sizes, f"{prefix}.sectors"),
         2,
         section.describe(),
         verbose,

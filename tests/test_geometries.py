@@ -153,6 +153,7 @@ def test_fraction_sectors_and_full_cover():
     assert whole.sector_measure["all"] == pytest.approx(whole.boundary_measure)
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize(
     "sectors, field",
     [
@@ -385,6 +386,7 @@ def test_config_contour_csv_and_prism(tmp_path):
     assert pm3.reactive_sectors == ("a", "surface")
 
 
+@pytest.mark.mpi
 @pytest.mark.parametrize(
     "cfg, field",
     [
@@ -464,6 +466,7 @@ def test_gmsh_state_is_left_alone():
         gmsh.finalize()
 
 
+@pytest.mark.mpi
 def test_gmsh_failure_becomes_mesh_error(monkeypatch):
     from nmcfx.geometries import _outline
 
