@@ -10,6 +10,12 @@ from pathlib import Path
 import numpy as np
 
 
+def _wrap(title: str, width: int = 70) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width)) if title else ""
+
+
 def _plt():
     import matplotlib
 
@@ -51,7 +57,7 @@ def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=N
     if im_handle is not None:
         fig.colorbar(im_handle, ax=axes, label="Li occupancy θ", shrink=0.85)
     if title:
-        fig.suptitle(title, fontsize=11)
+        fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
@@ -72,7 +78,7 @@ def center_trace(hist: dict, path: Path, *, title: str = "", step_ends=()):
     ax.legend(frameon=False, fontsize=9)
     ax.grid(alpha=0.3)
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_wrap(title), fontsize=9)
     fig.savefig(path, dpi=130)
     plt.close(fig)
 
@@ -85,7 +91,7 @@ def kymograph(s_um, times_s, profiles, path: Path, *, title: str = ""):
     fig, ax = plt.subplots(figsize=(6.0, 3.6), constrained_layout=True)
     if len(times_s) >= 2:
         # resample on a uniform time grid so that pcolormesh columns have equal width
-        tg = np.linspace(times_s[0], times_s[-1], min(400, max(50, len(times_s))))
+        tg = np.linspace(times_s[0], times_s[-1], 400)
         grid = np.empty((len(s_um), len(tg)))
         for i in range(len(s_um)):
             grid[i] = np.interp(tg, times_s, profiles[:, i])
@@ -94,6 +100,6 @@ def kymograph(s_um, times_s, profiles, path: Path, *, title: str = ""):
     ax.set_xlabel("time (min)")
     ax.set_ylabel("position along line (µm)")
     if title:
-        ax.set_title(title, fontsize=10)
+        ax.set_title(_wrap(title), fontsize=9)
     fig.savefig(path, dpi=130)
     plt.close(fig)
