@@ -256,8 +256,10 @@ def _json_default(o):
 
 
 def _fmt(v):
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else ""
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v)) if math.isfinite(v) else ""
+    if isinstance(v, np.integer):
+        return int(v)
     return v
 
 

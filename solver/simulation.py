@@ -160,8 +160,8 @@ class Simulation:
         return {
             "theta_mean": sv.theta_mean(),
             "theta_center": float(sv.probe("center")[0]),
-            "theta_surface_min": smin,
-            "theta_surface_max": smax,
+            "theta_surface_min": float(smin),
+            "theta_surface_max": float(smax),
         }
 
     def _li_mol(self, dI: float) -> float:

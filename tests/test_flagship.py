@@ -1,0 +1,91 @@
+"""The flagship run: Li conservation every step, event location, serial ≡ 2 ranks."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from mpi4py import MPI
+
+from conftest import mpiexec_cmd, nmcfx_cmd
+from nmcfx.config import example_path, load_config
+from nmcfx.solver.run import execute, prepare
+
+
+def _read_csv(path):
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+
+
+def _quiet(cfg):
+    cfg = dict(cfg)
+    cfg["output"] = dict(cfg.get("output", {}), fields="none", figures=False, progress=False)
+    return cfg
+
+
+@pytest.mark.mpi
+def test_flagship_conserves_lithium_to_round_off(tmp_path):
+    comm = MPI.COMM_WORLD
+    out = comm.bcast(str(tmp_path), root=0)
+    run = prepare(_quiet(load_config(example_path("flagship"))), comm=comm)
+    summary = execute(run, out, comm=comm)
+    if comm.rank == 0:
+        ts = _read_csv(f"{out}/timeseries.csv")
+        assert np.max(np.abs(ts["mass_balance_error"])) <= 1e-10
+        # the particle really lost Li: C/3 for 1 h removes 1/3 of 210 mAh/g
+        assert ts["capacity_mAh_g"][-1] == pytest.approx(70.0, rel=1e-3)
+        assert ts["time_s"][-1] == pytest.approx(3600.0, rel=1e-12)
+        assert np.all(np.diff(ts["theta_mean"]) < 0)
+    assert summary["max_abs_mass_balance_error"] <= 1e-10
+
+
+@pytest.mark.mpi
+def test_stop_condition_is_located_and_protocol_continues(tmp_path):
+    comm = MPI.COMM_WORLD
+    out = comm.bcast(str(tmp_path), root=0)
+    cfg = {
+        "geometry": {"shape": "disk", "diameter_um": 2.4, "mesh_size_um": 0.15, "surface_mesh_size_um": 0.05},
+        "protocol": {"steps": [
+            {"type": "charge", "current_mA_g": 200, "duration_min": 120, "until": ["theta_surface_min <= 0.8"]},
+            {"type": "rest", "duration_min": 7.5},
+        ]},
+        "output": {"snapshot_times_min": [1.0], "fields": "none", "figures": False, "progress": False},
+    }
+    run = prepare(cfg, comm=comm)
+    summary = execute(run, out, comm=comm)
+    steps = summary["protocol_steps"]
+    assert steps[0]["reason"].startswith("reached theta_surface_min <= 0.8")
+    assert abs(steps[0]["theta_surface_min"] - 0.8) <= 1e-6
+    t_stop = steps[0]["end_time_s"]
+    assert 60 < t_stop < 7200
+    assert steps[1]["end_time_s"] == pytest.approx(t_stop + 450.0, rel=1e-12)
+    # during the rest the surface refills from the core: heterogeneity relaxes
+    assert steps[1]["theta_surface_min"] > 0.8 + 1e-3
+    if comm.rank == 0:
+        ts = _read_csv(f"{out}/timeseries.csv")
+        # no step overshot the threshold during the charge
+        charge = ts["protocol_step"] == 0
+        assert ts["theta_surface_min"][charge].min() >= 0.8 - 1e-6
+
+
+def test_serial_and_two_ranks_agree(tmp_path):
+    runs = {}
+    for n in (1, 2):
+        out = tmp_path / f"np{n}"
+        cmd = (mpiexec_cmd(n) if n > 1 else []) + nmcfx_cmd() + ["run", "--example", "flagship", "-o", str(out), "-q"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs[n] = _read_csv(out / "timeseries.csv")
+        meta = json.loads((out / "metadata.json").read_text())
+        assert meta["mpi_size"] == n
+    a, b = runs[1], runs[2]
+    assert len(a["time_s"]) == len(b["time_s"])
+    for col in ("time_s", "theta_mean", "theta_center", "theta_surface_min", "theta_surface_max", "capacity_mAh_g"):
+        scale = max(1.0, np.abs(a[col]).max())
+        assert np.max(np.abs(a[col] - b[col])) <= 1e-8 * scale, col
+    assert (tmp_path / "np1" / "theta_maps.png").stat().st_size > 10_000
+    assert (tmp_path / "np2" / "kymograph.png").stat().st_size > 10_000
