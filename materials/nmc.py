@@ -184,14 +184,9 @@ class Material:
 
     # ------------------------------------------------------------------ boundary flux
     def _area_over_perimeter_m(self, area_um2, perimeter_um) -> float:
+        """A/Γ in m. In 3D pass the volume (µm³) and the reactive surface area (µm²)."""
         a = _check_number("geometry.area_um2", area_um2, 0.0, math.inf)
         p = _check_number("geometry.perimeter_um", perimeter_um, 0.0, math.inf)
-        if a > p * p / (4.0 * math.pi) * (1.0 + 1e-9):
-            raise InputError(
-                "geometry.area_um2",
-                f"area {a:g} µm² exceeds perimeter²/(4π) = {p * p / (4 * math.pi):g} µm² "
-                "(isoperimetric bound); are area and perimeter swapped?",
-            )
         return a / p * UM_TO_M
 
     def current_density_for_specific_current(self, mA_g, area_um2, perimeter_um) -> float:

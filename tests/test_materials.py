@@ -83,7 +83,6 @@ def test_current_density_worked_numbers(nmc):
         ((float("nan"), 4.87, 8.06), "protocol.c_rate"),
         ((1.0, 0.0, 8.06), "geometry.area_um2"),
         ((1.0, 4.87, -1.0), "geometry.perimeter_um"),
-        ((1.0, 8.06, 4.87), "geometry.area_um2"),  # swapped: violates A <= Γ²/4π
     ],
 )
 def test_current_density_bad_input(nmc, args, field):
