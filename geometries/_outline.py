@@ -14,6 +14,7 @@ import math
 import numpy as np
 from scipy.interpolate import splev, splprep
 from scipy.optimize import brentq
+from scipy.spatial import cKDTree
 from scipy.special import ellipe, ellipeinc
 
 from nmcfx.errors import InputError
@@ -21,6 +22,8 @@ from nmcfx.errors import InputError
 from .sectors import Layout
 
 TWO_PI = 2.0 * math.pi
+# Contours are handed to gmsh as cubic splines with at most this many knot spans.
+MAX_SPANS = 300
 
 
 class CircleOutline:
@@ -157,32 +160,72 @@ def polygon_area(p: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
-def find_self_intersection(p: np.ndarray, chunk: int = 512) -> tuple[int, int] | None:
-    """First pair (i, j) of non-adjacent polygon edges that properly cross, or None."""
+def _segments_cross(p: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """Whether polygon edges i and j (arrays) properly cross."""
+    n = len(p)
+    a1, b1 = p[i], p[(i + 1) % n]
+    a2, b2 = p[j], p[(j + 1) % n]
+
+    def orient(o, q, r):
+        return (q[:, 0] - o[:, 0]) * (r[:, 1] - o[:, 1]) - (q[:, 1] - o[:, 1]) * (r[:, 0] - o[:, 0])
+
+    return (orient(a1, b1, a2) * orient(a1, b1, b2) < 0) & (orient(a2, b2, a1) * orient(a2, b2, b1) < 0)
+
+
+def find_self_intersection(p: np.ndarray) -> tuple[int, int] | None:
+    """First pair (i, j), i < j, of non-adjacent polygon edges that properly cross, or None.
+
+    Edges are bucketed on a grid (cell ~ 2 median edge lengths) and only edges sharing a
+    cell are tested, so this is ~O(n) for reasonable outlines.
+    """
     n = len(p)
     if n < 4:
         return None
     a, b = p, np.roll(p, -1, axis=0)
-    d = b - a
-
-    def orient(o, dv, q):  # sign of cross(dv, q - o), broadcast
-        return dv[..., 0] * (q[..., 1] - o[..., 1]) - dv[..., 1] * (q[..., 0] - o[..., 0])
-
-    idx = np.arange(n)
-    for i0 in range(0, n, chunk):
-        i = idx[i0 : i0 + chunk, None]
-        ai, di = a[i0 : i0 + chunk, None, :], d[i0 : i0 + chunk, None, :]
-        o1 = orient(ai, di, a[None, :, :])
-        o2 = orient(ai, di, b[None, :, :])
-        o3 = orient(a[None, :, :], d[None, :, :], ai)
-        o4 = orient(a[None, :, :], d[None, :, :], ai + di)
-        hit = (o1 * o2 < 0) & (o3 * o4 < 0)
-        j = idx[None, :]
-        adjacent = (np.abs(i - j) <= 1) | (np.abs(i - j) == n - 1)
-        hit &= ~adjacent & (j > i)
-        if hit.any():
-            r, c = np.argwhere(hit)[0]
-            return int(i0 + r), int(c)
+    lo_xy, hi_xy = np.minimum(a, b), np.maximum(a, b)
+    cell = 2.0 * float(np.median(np.linalg.norm(b - a, axis=1)))
+    origin = p.min(axis=0)
+    if not cell > 0:
+        cell = max(float(np.ptp(p)), 1e-300)
+    lo = np.floor((lo_xy - origin) / cell).astype(np.int64)
+    hi = np.floor((hi_xy - origin) / cell).astype(np.int64)
+    counts = (hi[:, 0] - lo[:, 0] + 1) * (hi[:, 1] - lo[:, 1] + 1)
+    if counts.sum() > 50 * n:  # a few very long edges: fall back to all pairs
+        ii, jj = np.triu_indices(n, k=1)
+    else:
+        seg, cx, cy = [], [], []
+        for e in np.nonzero(counts > 0)[0]:
+            xs = np.arange(lo[e, 0], hi[e, 0] + 1)
+            ys = np.arange(lo[e, 1], hi[e, 1] + 1)
+            gx, gy = np.meshgrid(xs, ys, indexing="ij")
+            seg.append(np.full(gx.size, e))
+            cx.append(gx.ravel())
+            cy.append(gy.ravel())
+        seg, cx, cy = np.concatenate(seg), np.concatenate(cx), np.concatenate(cy)
+        key = (cx - cx.min()) * (cy.max() - cy.min() + 1) + (cy - cy.min())
+        order = np.argsort(key, kind="stable")
+        key, seg = key[order], seg[order]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        ends = np.r_[starts[1:], len(key)]
+        pi, pj = [], []
+        for s0, s1 in zip(starts, ends):
+            if s1 - s0 > 1:
+                members = seg[s0:s1]
+                x, y = np.triu_indices(len(members), k=1)
+                pi.append(members[x])
+                pj.append(members[y])
+        if not pi:
+            return None
+        ii, jj = np.concatenate(pi), np.concatenate(pj)
+        ii, jj = np.minimum(ii, jj), np.maximum(ii, jj)
+        pair = np.unique(ii * n + jj)
+        ii, jj = pair // n, pair % n
+    keep = (jj - ii > 1) & ~((ii == 0) & (jj == n - 1))
+    ii, jj = ii[keep], jj[keep]
+    hit = _segments_cross(p, ii, jj)
+    if hit.any():
+        k = int(np.argmax(hit))
+        return int(ii[k]), int(jj[k])
     return None
 
 
@@ -207,10 +250,19 @@ class ContourOutline:
             self.tck, u = splprep([closed[:, 0], closed[:, 1]], s=s, per=1, k=3, quiet=2)
         except Exception as exc:  # pragma: no cover - scipy edge cases
             raise InputError(field, f"could not fit a closed spline through the points ({exc})") from None
-        self.u_points = np.asarray(u[:-1])
+        if self._num_spans() > MAX_SPANS:
+            # Many points: gmsh gets slow with long B-splines. Re-interpolate the curve at
+            # MAX_SPANS points equally spaced in arc length (deviation is reported).
+            uu = np.linspace(0.0, 1.0, 64 * MAX_SPANS + 1)
+            xy = np.column_stack(splev(uu, self.tck))
+            L = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
+            us = np.interp(np.linspace(0.0, L[-1], MAX_SPANS, endpoint=False), L, uu)
+            q = np.column_stack(splev(us, self.tck))
+            q = np.vstack([q, q[:1]])
+            self.tck, _ = splprep([q[:, 0], q[:, 1]], s=0.0, per=1, k=3, quiet=2)
         # Dense table of arc length, and area/centroid by Green's theorem, all with
         # Simpson's rule on a fine grid (errors ~1e-12 relative).
-        m = int(min(max(4096, 32 * n), 200_000))
+        m = int(min(max(4096, 32 * self._num_spans()), 200_000))
         self.ud = np.linspace(0.0, 1.0, m + 1)
         self.xy = np.column_stack(splev(self.ud, self.tck))
         half = np.linspace(0.0, 1.0, 2 * m + 1)
@@ -240,9 +292,9 @@ class ContourOutline:
             rel = self.xy[:-1] - np.asarray(self.centroid)
             self.u0 = float(self.ud[int(np.argmin(np.abs(np.arctan2(rel[:, 1], rel[:, 0]))))])
         self.L0 = self._L(self.u0)
-        self.nodes_u = self._node_params(smoothing_um > 0, n)
-        nodes_xy = np.column_stack(splev(self.nodes_u, self.tck))
-        if find_self_intersection(nodes_xy) is not None:
+        # Distance of the input points from the final curve (nearest dense sample).
+        self.max_deviation = float(cKDTree(self.xy).query(p)[0].max())
+        if find_self_intersection(self._check_polygon()) is not None:
             raise InputError(
                 field,
                 "the smooth curve through the points intersects itself (points too irregular, or "
@@ -289,22 +341,15 @@ class ContourOutline:
             hits.append((u % 1.0, float(g[j] + t * (g[j + 1] - g[j]))))
         return hits
 
-    def _node_params(self, smoothed: bool, n: int) -> np.ndarray:
-        """Spline parameters of the points handed to gmsh (sorted, in [0, 1))."""
-        target = self.perimeter / 128.0
-        if smoothed:
-            count = int(min(max(n, 128), 1000))
-            L = np.linspace(0.0, self.perimeter, count, endpoint=False)
-            return np.interp(L, self.Lc, self.ud)
-        u = self.u_points
-        out = []
-        for k in range(n):
-            u0 = u[k]
-            u1 = u[k + 1] if k + 1 < n else 1.0
-            length = self._L(u1) - self._L(u0)
-            parts = max(1, int(math.ceil(length / target)))
-            out.extend(u0 + (u1 - u0) * np.arange(parts) / parts)
-        return np.asarray(out)
+    def _num_spans(self) -> int:
+        t = self.tck[0]
+        return int(np.unique(t[(t > 0.0) & (t < 1.0)]).size + 1)
+
+    def _check_polygon(self) -> np.ndarray:
+        """Eight samples per knot span: fine enough to see loops of the spline."""
+        knots = np.unique(np.clip(self.tck[0], 0.0, 1.0))
+        u = (knots[:-1, None] + np.diff(knots)[:, None] * np.arange(8)[None, :] / 8.0).ravel()
+        return np.column_stack(splev(u, self.tck))
 
     # --- outline interface -----------------------------------------------------------
     def s_at_angle(self, theta_deg: float, field: str) -> float:

@@ -69,6 +69,8 @@ class ParticleMesh:
                     parts.append(f"{key.replace('_', ' ')} {ref[key]:.4g} {unit} ({err:+.3f} %)")
             if parts:
                 lines.append("  exact shape: " + ", ".join(parts))
+        if "contour_max_deviation_um" in i:
+            lines.append(f"  outline passes within {i['contour_max_deviation_um']:.2g} µm of every contour point")
         lines.append(
             f"  h: {i['h_min']:.3g}-{i['h_max']:.3g} µm (mean near reactive surface "
             f"{i['h_surface_mean']:.3g}, elsewhere {i['h_interior_mean']:.3g})"

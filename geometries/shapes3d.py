@@ -19,7 +19,16 @@ from ._build import build_particle
 from ._validate import positive
 from .particle import ParticleMesh
 from .sectors import BASAL_BOTTOM, BASAL_TOP, SURFACE, parse_sectors
-from .shapes2d import CrossSection, Disk, MeshSizes, place_sectors, resolve_sizes, section_surface, validate_section
+from .shapes2d import (
+    CrossSection,
+    Disk,
+    MeshSizes,
+    outline_info,
+    place_sectors,
+    resolve_sizes,
+    section_surface,
+    validate_section,
+)
 
 
 def _prism_on_root(model, section, height, sector_list, sizes: MeshSizes, sectors_field: str) -> dict:
@@ -61,6 +70,7 @@ def _prism_on_root(model, section, height, sector_list, sizes: MeshSizes, sector
     info["height_um"] = height
     info["cross_section"] = {"area": outline.area, "perimeter": outline.perimeter, "shape": section.describe()}
     info["reference"] = {"volume": outline.area * height, "reactive_area": outline.perimeter * height}
+    info.update(outline_info(outline))
     return {"sectors": tags, "reactive": tuple(lateral_names), "info": info}
 
 
