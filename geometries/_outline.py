@@ -112,10 +112,11 @@ class EllipseOutline:
         return curves
 
 
-def clean_contour_points(points, field: str) -> np.ndarray:
-    """Validate contour points: (N, 2) finite, >= 3 distinct; returns them CCW.
-
-    Consecutive duplicates and a repeated closing point are dropped.
+def clean_contour_points(points, field: str, check_crossings: bool = True) -> np.ndarray:
+    """Validate contour points: (N, 2) finite, >= 3 distinct, not self-crossing (unless
+    ``check_crossings`` is off, e.g. for noisy points that will be smoothed); returns
+    them counter-clockwise. Consecutive duplicates and a repeated closing point are
+    dropped.
     """
     try:
         p = np.asarray(points, dtype=float)
@@ -139,7 +140,7 @@ def clean_contour_points(points, field: str) -> np.ndarray:
         p = p[:-1]
     if len(p) < 3:
         raise InputError(field, f"needs at least 3 distinct points, got {len(p)}")
-    seg = find_self_intersection(p)
+    seg = find_self_intersection(p) if check_crossings else None
     if seg is not None:
         i, j = seg
         raise InputError(

@@ -156,10 +156,12 @@ class Contour:
     points_key: str = field(default="points_um", repr=False)
 
     def validated(self, prefix: str = "geometry") -> Contour:
-        pts = clean_contour_points(self.points_um, f"{prefix}.{self.points_key}")
         sm = number(self.smoothing_um, f"{prefix}.smoothing_um", what="a number >= 0 µm")
         if sm < 0:
             raise InputError(f"{prefix}.smoothing_um", f"must be >= 0 µm, got {sm:g}")
+        # Noisy points may zig-zag across each other; with smoothing only the smoothed
+        # curve must not cross itself (checked when it is built).
+        pts = clean_contour_points(self.points_um, f"{prefix}.{self.points_key}", check_crossings=sm == 0)
         pts.setflags(write=False)
         c = Contour(pts, sm, self.points_key)
         if sm > 0.25 * c.characteristic_size_um():

@@ -217,6 +217,23 @@ def test_contour_angle_sector_and_smoothing():
     assert pm.boundary_measure == pytest.approx(2 * math.pi * 1.5, rel=1e-2)
 
 
+@pytest.mark.mpi
+def test_contour_with_many_noisy_points_is_fast_and_close():
+    import time
+
+    rng = np.random.default_rng(7)
+    t = np.linspace(0, 2 * np.pi, 1500, endpoint=False)
+    r = 2.0 + 0.2 * np.cos(3 * t)
+    pts = np.column_stack([r * np.cos(t), r * np.sin(t)]) + rng.normal(0.0, 0.005, (t.size, 2))
+    start = time.perf_counter()
+    pm = geo.contour(pts, smoothing_um=0.005, mesh_size_um=0.1, sectors=[Sector("lobe", -30, 30)])
+    assert time.perf_counter() - start < 5.0
+    exact_area = math.pi * (2.0**2 + 0.2**2 / 2)  # area of r = 2 + 0.2 cos 3t
+    assert pm.measure == pytest.approx(exact_area, rel=2e-3)
+    assert pm.info["contour_max_deviation_um"] < 0.03
+    assert "contour point" in pm.summary()
+
+
 @pytest.mark.parametrize(
     "points",
     [
@@ -467,6 +484,15 @@ def test_gmsh_state_is_left_alone():
 
 
 @pytest.mark.mpi
+def test_gmsh_is_silent_unless_verbose(capfd):
+    geo.disk(1.0, mesh_size_um=0.3)
+    quiet = capfd.readouterr()
+    assert "Info" not in quiet.out + quiet.err
+    geo.disk(1.0, mesh_size_um=0.3, verbose=True)
+    loud = capfd.readouterr()
+    assert "Info" in loud.out + loud.err
+
+
 def test_gmsh_failure_becomes_mesh_error(monkeypatch):
     from nmcfx.geometries import _outline
 
