@@ -132,10 +132,8 @@ def measure_mesh(mesh, facet_tags, sectors: dict[str, int], reactive: tuple[str,
     reactive_facets = facet_tags.indices[np.isin(facet_tags.values, [sectors[n] for n in reactive])]
     f2c = topo.connectivity(fdim, tdim)
     near = np.zeros(n_cells, dtype=bool)
-    for f in reactive_facets:
-        for cell in f2c.links(f):
-            if cell < n_cells:
-                near[cell] = True
+    cells = f2c.array[f2c.offsets[reactive_facets]]  # a boundary facet has one cell
+    near[cells[cells < n_cells]] = True
 
     local = np.concatenate(
         [

@@ -26,7 +26,7 @@ from ._build import build_particle
 from ._outline import CircleOutline, ContourOutline, EllipseOutline, clean_contour_points, polygon_area
 from ._validate import in_range, number, optional_positive, positive, positive_pair
 from .particle import ParticleMesh
-from .sectors import Arc, Layout, Sector, check_overlaps, make_layout, parse_sectors
+from .sectors import POSITION_TOL, Arc, Layout, Sector, check_overlaps, make_layout, parse_sectors
 
 #: Xu et al., Joule 2022: the particle's measured cross-section.
 XU2022_AREA_UM2 = 4.87
@@ -285,8 +285,8 @@ def place_sectors(outline, sectors: list[Sector], prefix: str) -> Layout:
                 length = 1.0
             else:
                 length = (outline.s_at_angle(s.end, f) - start) % 1.0
-                if length == 0.0:
-                    raise InputError(f, f"sector {s.name!r} has zero length on this outline")
+        if length < 10 * POSITION_TOL:
+            raise InputError(f, f"sector {s.name!r} is shorter than 1e-6 of the perimeter on this outline")
         arcs.append(Arc(s.name, start, length))
     check_overlaps(arcs, prefix)
     return make_layout(arcs)

@@ -174,6 +174,7 @@ def test_fraction_sectors_and_full_cover():
         ([{"start_deg": 0, "end_deg": 10}], "geometry.sectors[0].name"),
         ([{"name": "a", "start_deg": float("nan"), "end_deg": 10}], "geometry.sectors[0].start"),
         ("north", "geometry.sectors"),
+        ([Sector("a", 0.3, 0.3 + 1e-8, "fraction")], "geometry.sectors[0]"),
         # mixed units: 0.1-0.3 of the perimeter overlaps 45°-90° on a disk
         ([Sector("a", 45, 90), Sector("b", 0.1, 0.3, "fraction")], "geometry.sectors[1]"),
     ],
