@@ -89,3 +89,25 @@ def test_serial_and_two_ranks_agree(tmp_path):
         assert np.max(np.abs(a[col] - b[col])) <= 1e-8 * scale, col
     assert (tmp_path / "np1" / "theta_maps.png").stat().st_size > 10_000
     assert (tmp_path / "np2" / "kymograph.png").stat().st_size > 10_000
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("scheme", ["bdf1", "bdf2"])
+def test_mass_balance_with_rest_and_both_schemes(tmp_path, scheme):
+    comm = MPI.COMM_WORLD
+    out = comm.bcast(str(tmp_path), root=0)
+    cfg = {
+        "geometry": {"shape": "ellipse", "semi_axes_um": [1.4, 0.9], "mesh_size_um": 0.15},
+        "protocol": {"initial_theta": 0.3, "steps": [
+            {"type": "discharge", "c_rate": 1.0, "duration_min": 10},
+            {"type": "rest", "duration_min": 10},
+            {"type": "charge", "current_mA_g": 400, "duration_min": 5},
+        ]},
+        "solver": {"time_scheme": scheme, "dt_initial_s": 50.0},  # a too-large first step must be cut
+        "output": {"fields": "none", "figures": False, "progress": False},
+    }
+    summary = execute(prepare(cfg, comm=comm), out, comm=comm)
+    assert summary["max_abs_mass_balance_error"] <= 1e-10
+    assert summary["rejected_steps"] >= 1
+    # net: +1C for 10 min, -400 mA/g for 5 min → capacity = -(210/6) + 400/12 mAh/g
+    assert summary["capacity_mAh_g"] == pytest.approx(-210 / 6 + 400 / 12, rel=1e-9)

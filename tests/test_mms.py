@@ -45,7 +45,7 @@ def theta_exact(x):
     return 0.5 + 0.3 * ufl.sin(2 * x[0]) * ufl.cos(1.5 * x[1])
 
 
-def solve_mms(n: int):
+def solve_mms(n: int, degree: int = 1):
     mat = QuadraticD()
     particle = unit_square_particle(n)
 
@@ -59,7 +59,7 @@ def solve_mms(n: int):
         dsq = ufl.Measure("ds", domain=sv.mesh, metadata={"quadrature_degree": 6})
         return -source * v * dxq + ufl.dot(flux, n_) * v * dsq
 
-    sv = TransportSolver(particle, mat, extra_residual=extra)
+    sv = TransportSolver(particle, mat, degree=degree, extra_residual=extra)
     x = ufl.SpatialCoordinate(sv.mesh)
     expr = fem.Expression(theta_exact(x), sv.V.element.interpolation_points)
     sv.theta_n.interpolate(expr)
@@ -90,3 +90,15 @@ def test_manufactured_solution_rates():
     assert np.all(rh1[-2:] > 0.9) and np.all(rh1[-2:] < 1.2), rh1
     # Newton on the nonlinear problem converges in a handful of iterations
     assert all(e[2].newton_iterations <= 8 for e in errs)
+
+
+@pytest.mark.mpi
+def test_manufactured_solution_rates_p2():
+    ns = [4, 8, 16]
+    errs = [solve_mms(n, degree=2) for n in ns]
+    l2 = np.array([e[0] for e in errs])
+    h1 = np.array([e[1] for e in errs])
+    rl2 = np.log2(l2[:-1] / l2[1:])
+    rh1 = np.log2(h1[:-1] / h1[1:])
+    assert rl2[-1] > 2.8, rl2
+    assert rh1[-1] > 1.85, rh1
