@@ -484,7 +484,6 @@ def test_gmsh_state_is_left_alone():
         gmsh.finalize()
 
 
-@pytest.mark.mpi
 def test_gmsh_is_silent_unless_verbose(capfd):
     geo.disk(1.0, mesh_size_um=0.3)
     quiet = capfd.readouterr()
@@ -494,6 +493,7 @@ def test_gmsh_is_silent_unless_verbose(capfd):
     assert "Info" in loud.out + loud.err
 
 
+@pytest.mark.mpi
 def test_gmsh_failure_becomes_mesh_error(monkeypatch):
     from nmcfx.geometries import _outline
 
