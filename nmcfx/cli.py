@@ -2,6 +2,7 @@
 
     nmcfx run CONFIG.toml [-o DIR]       run a simulation described by a TOML file
     nmcfx run --example NAME [-o DIR]    run a built-in example (see `nmcfx examples`)
+    nmcfx run … -o DIR --resume          continue an interrupted run from its checkpoint
     nmcfx mesh CONFIG.toml               build only the mesh and report it
     nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem
     nmcfx examples                       list the built-in examples
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--example", metavar="NAME", help="run a built-in example instead of a file")
     r.add_argument("-o", "--output", metavar="DIR", help="run directory (default: runs/<name>)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from DIR/checkpoint (same config, same number of ranks)")
 
     m = sub.add_parser("mesh", help="build the mesh of a config and print its summary")
     m.add_argument("config", nargs="?")
@@ -102,7 +105,9 @@ def _cmd_run(args, comm) -> int:
     _say(comm, prepared.particle.summary())
     for i, s in enumerate(prepared.protocol.steps):
         _say(comm, f"  step {i}: {s.describe()}")
-    summary = execute(prepared, outdir, comm=comm, progress=False if args.quiet else None)
+    if args.resume:
+        _say(comm, f"  resuming from {outdir / 'checkpoint'}")
+    summary = execute(prepared, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume)
     _say(comm, "summary:")
     _say(comm, format_summary(summary))
     _say(comm, f"results in {outdir}/ (timeseries.csv, figures *.png, fields theta.bp, metadata.json)")

@@ -101,7 +101,14 @@ class RunOutputs:
         self.profiles: list[np.ndarray] = []
 
     # -------------------------------------------------------------- observer API
-    def start(self, sim):
+    def state(self) -> dict:
+        """What a checkpoint needs to rebuild the figures after a resume (rank 0 data)."""
+        if not self.root:
+            return {}
+        return {"images": [[t, np.asarray(img).tolist()] for t, img in self.images],
+                "profile_times": self.profile_times, "profiles": [p.tolist() for p in self.profiles]}
+
+    def start(self, sim, restore: list | None = None):
         sv = sim.solver
         mesh = sv.mesh
         p = sim.solver.particle
@@ -137,14 +144,26 @@ class RunOutputs:
         self.line_s = s[inside] * np.linalg.norm(b - a)
         self.line_s -= self.line_s[0]
         self._line_inside = inside
+        mine = next((r for r, o in zip(restore or [], sim.observers) if o is self), None)
+        if mine:
+            self.images = [(t, np.array(img, dtype=float)) for t, img in mine["images"]]
+            self.profile_times = list(mine["profile_times"])
+            self.profiles = [np.array(p) for p in mine["profiles"]]
+        # field files cannot be appended to: a resumed run writes its snapshots to a new file
+        stem = "theta"
+        if restore is not None:
+            part = 2
+            while (self.outdir / f"theta-part{part}.bp").exists() or (self.outdir / f"theta-part{part}.xdmf").exists():
+                part += 1
+            stem = f"theta-part{part}"
         if self.settings.fields == "vtx":
             import dolfinx.io
 
-            self._vtx = dolfinx.io.VTXWriter(sv.comm, str(self.outdir / "theta.bp"), [sv.theta], engine="BP4")
+            self._vtx = dolfinx.io.VTXWriter(sv.comm, str(self.outdir / f"{stem}.bp"), [sv.theta], engine="BP4")
         elif self.settings.fields == "xdmf":
             import dolfinx.io
 
-            self._vtx = dolfinx.io.XDMFFile(sv.comm, str(self.outdir / "theta.xdmf"), "w")
+            self._vtx = dolfinx.io.XDMFFile(sv.comm, str(self.outdir / f"{stem}.xdmf"), "w")
             self._vtx.write_mesh(mesh)
         if self.root:
             self._csv_file = open(self.outdir / "timeseries.csv", "w", newline="")
@@ -154,6 +173,11 @@ class RunOutputs:
             self._steps_csv = csv.writer(self._steps_file)
             self._steps_csv.writerow(["index", "label", "description", "end_time_s", "reason", "theta_mean",
                                       "theta_center", "theta_surface_min", "theta_surface_max"])
+            if restore is not None:  # rewrite what the checkpoint already holds
+                for rec in sim.history:
+                    self._csv.writerow([_fmt(getattr(rec, c)) for c in self.COLUMNS])
+                for info in sim.step_log:
+                    self._write_step(info)
             total = sim.protocol.nominal_duration_s
             if self.settings.progress:
                 from tqdm import tqdm
@@ -185,12 +209,15 @@ class RunOutputs:
             else:
                 self._vtx.write_function(sv.theta, t)
 
+    def _write_step(self, info: dict):
+        self._steps_csv.writerow([info["index"], info["label"], info["description"], _fmt(info["end_time_s"]),
+                                  info["reason"], *(_fmt(info[k]) for k in
+                                                    ("theta_mean", "theta_center", "theta_surface_min",
+                                                     "theta_surface_max"))])
+
     def step_end(self, sim, info: dict):
         if self.root:
-            self._steps_csv.writerow([info["index"], info["label"], info["description"], _fmt(info["end_time_s"]),
-                                      info["reason"], *(_fmt(info[k]) for k in
-                                                        ("theta_mean", "theta_center", "theta_surface_min",
-                                                         "theta_surface_max"))])
+            self._write_step(info)
             self._steps_file.flush()
 
     def finish(self, sim):

@@ -20,6 +20,7 @@ from mpi4py import MPI
 
 from nmcfx.errors import InputError
 
+from .checkpoint import Checkpointer
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .simulation import Simulation, SolverSettings
@@ -66,11 +67,17 @@ def default_snapshots_s(protocol: Protocol) -> list[float]:
     return [float(x) for x in np.linspace(0.0, total, 7)[1:]]
 
 
-def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progress: bool | None = None) -> dict:
+def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progress: bool | None = None,
+            resume: bool = False) -> dict:
+    """Run into ``outdir``. With ``resume`` continue from ``outdir/checkpoint`` (same config, same ranks)."""
     outdir = Path(outdir)
+    checkpoint = Checkpointer(outdir / "checkpoint", comm, run.config, every_wall_s=run.solver.checkpoint_wall_s)
+    if resume and not checkpoint.exists():
+        raise InputError("--resume", f"no checkpoint in {outdir / 'checkpoint'} to resume from")
     if comm.rank == 0:
         outdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", "timeseries.csv", "steps.csv", "line_profiles.csv"):
+        for stale in ("summary.json",) if resume else ("summary.json", "timeseries.csv", "steps.csv",
+                                                       "line_profiles.csv", "checkpoint/state.json"):
             (outdir / stale).unlink(missing_ok=True)
     comm.Barrier()
     wall0 = time.perf_counter()
@@ -87,9 +94,9 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
     outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
     sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs])
     if comm.rank == 0:
-        write_json(outdir / "metadata.json", metadata(run, sv, comm))
+        write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), metadata(run, sv, comm))
     try:
-        sim.run()
+        sim.run(checkpoint=checkpoint, resume=resume)
     finally:
         outputs.close()
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)

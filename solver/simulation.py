@@ -35,6 +35,7 @@ class SolverSettings:
     growth_max: float = 2.0
     event_tol: float = 1e-6  # |θ - threshold| at which a stop event counts as located
     thickness_um: float = 1.0  # 2D only: depth of the prism the cross-section represents
+    checkpoint_wall_s: float = 120.0  # wall time between checkpoints (also at every protocol-step end)
     petsc_options: dict = field(default_factory=dict)
 
     @classmethod
@@ -45,7 +46,8 @@ class SolverSettings:
         if extra:
             raise InputError("solver", f"unknown key(s) {sorted(extra)}; allowed: {sorted(names)}")
         out = {}
-        for key in ("dt_initial_s", "dt_min_s", "dt_max_s", "theta_tol", "event_tol", "thickness_um"):
+        for key in ("dt_initial_s", "dt_min_s", "dt_max_s", "theta_tol", "event_tol", "thickness_um",
+                    "checkpoint_wall_s"):
             if key in d:
                 v = d[key]
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
@@ -133,6 +135,7 @@ class Simulation:
         self._I0 = None
         self._dt_prev = None
         self._have_prev = False
+        self._checkpoint = None
 
     # ------------------------------------------------------------------ physics glue
     def current_density(self, step: Step) -> float:
@@ -195,20 +198,32 @@ class Simulation:
         return rec
 
     # ------------------------------------------------------------------ main loop
-    def run(self):
+    def run(self, checkpoint=None, resume: bool = False):
+        """Integrate the whole protocol. ``checkpoint``: a :class:`Checkpointer` (optional);
+        with ``resume`` the run continues from its last saved state."""
         sv, st = self.solver, self.settings
-        sv.set_initial(self.protocol.initial_theta)
-        self._I0 = sv.integral_theta()
-        for o in self.observers:
-            o.start(self)
-        obs = self.observe()
-        self._record(obs, 0, 0.0, 0)
-        snaps = list(self.snapshot_times)
-        while snaps and snaps[0] <= 1e-12:
-            self._snapshot(snaps.pop(0))
-        dt = st.dt_initial_s
-        for k, step in enumerate(self.protocol.steps):
-            dt, obs, reason = self._run_step(k, step, dt, obs, snaps)
+        self._checkpoint = checkpoint
+        if resume:
+            state = checkpoint.load(self)
+            obs, snaps, dt = state["obs"], state["snaps"], state["dt"]
+            k0, t_start0 = state["k"], state["t_step_start"]
+            for o in self.observers:
+                o.start(self, restore=state["observers"])
+        else:
+            sv.set_initial(self.protocol.initial_theta)
+            self._I0 = sv.integral_theta()
+            for o in self.observers:
+                o.start(self)
+            obs = self.observe()
+            self._record(obs, 0, 0.0, 0)
+            snaps = list(self.snapshot_times)
+            while snaps and snaps[0] <= 1e-12:
+                self._snapshot(snaps.pop(0))
+            dt, k0, t_start0 = st.dt_initial_s, 0, 0.0
+        for k in range(k0, len(self.protocol.steps)):
+            step = self.protocol.steps[k]
+            t_start = t_start0 if k == k0 else self.t
+            dt, obs, reason = self._run_step(k, step, dt, obs, snaps, t_start)
             info = {"index": k, "label": step.label, "description": step.describe(), "end_time_s": self.t,
                     "reason": reason, **obs}
             self.step_log.append(info)
@@ -216,20 +231,24 @@ class Simulation:
                 o.step_end(self, info)
             # the flux jumps at a step boundary: restart the history (BDF2 → one BE step)
             self._have_prev = False
+            self._save(k + 1, self.t, dt, obs, snaps, force=True)
         # snapshots requested beyond the end of the protocol are not reached
         for o in self.observers:
             o.finish(self)
         return self.history
 
+    def _save(self, k, t_step_start, dt, obs, snaps, force=False):
+        if self._checkpoint is not None and (force or self._checkpoint.due()):
+            self._checkpoint.save(self, k=k, t_step_start=t_step_start, dt=dt, obs=obs, snaps=snaps)
+
     def _snapshot(self, t):
         for o in self.observers:
             o.snapshot(self, t)
 
-    def _run_step(self, k: int, step: Step, dt: float, obs: dict, snaps: list):
+    def _run_step(self, k: int, step: Step, dt: float, obs: dict, snaps: list, t_start: float):
         sv, st = self.solver, self.settings
         sv.set_fluxes(self.sector_fluxes(self.current_density(step)))
         outflow = sv.boundary_outflow()
-        t_start = self.t
         t_end = t_start + step.duration_s if step.duration_s is not None else math.inf
         # a condition already met at the start ends the step at once
         for cond in step.until:
@@ -291,6 +310,7 @@ class Simulation:
                 if abs(self.t - t_end) <= 1e-9 * max(1.0, self.t):
                     return self._next_dt(dt, err, order), obs, "duration"
             dt = self._next_dt(dt, err, order)
+            self._save(k, t_start, dt, obs, snaps)
 
     def _predict(self, dt: float):
         sv = self.solver
