@@ -143,7 +143,11 @@ class TransportSolver:
             F += self.q[s] * v * ds(particle.sectors[s])
         J = (a0 / self.dt) * dth * v * dxm
         J += self.D * ufl.inner(grad_p(dth), ufl.grad(v)) * dx
-        J += self.dD * dth * ufl.inner(grad_p(th), ufl.grad(v)) * dx
+        # d/dθ_j of Σ_i D(θ_i) φ_i is D'(θ_j) φ_j. For P1 the vertex rule integrates the
+        # product of the nodal D' and the trial function exactly that way (∇θ·∇v is constant
+        # per cell), so the Jacobian is exact and Newton converges quadratically.
+        dx_nodal = ufl.Measure("dx", domain=mesh, metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
+        J += self.dD * dth * ufl.inner(grad_p(th), ufl.grad(v)) * (dx_nodal if degree == 1 else dx)
         if extra_residual is not None:
             # hook for sources / non-uniform fluxes (manufactured solutions, surface kinetics)
             extra = extra_residual(self, th, v)
@@ -152,9 +156,6 @@ class TransportSolver:
         self.F_ufl, self.J_ufl = F, J
 
         opts = dict(DEFAULT_PETSC_OPTIONS)
-        if self.comm.size == 1 and petsc_options is None:
-            # Serial: PETSc's own sparse LU is faster than MUMPS on small 2D systems.
-            opts["pc_factor_mat_solver_type"] = "petsc"
         if petsc_options:
             opts.update({str(k): v for k, v in petsc_options.items()})
         self.petsc_options = opts
