@@ -100,13 +100,13 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
     finally:
         outputs.close()
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
-    summary = summarize(sim, wall)
+    summary = summarize(sim, wall, title=run.title)
     if comm.rank == 0:
         write_json(outdir / "summary.json", summary)
     return summary
 
 
-def summarize(sim: Simulation, wall_s: float) -> dict:
+def summarize(sim: Simulation, wall_s: float, title: str = "") -> dict:
     h = sim.history
     th0 = sim.protocol.initial_theta
     t = np.array([r.time_s for r in h])
@@ -124,7 +124,8 @@ def summarize(sim: Simulation, wall_s: float) -> dict:
     c = sim.solver.counters
     last = h[-1]
     return {
-        "title": sim.solver.particle.info.get("shape", "") if hasattr(sim.solver.particle, "info") else "",
+        "title": title,
+        "geometry": sim.solver.particle.info.get("shape", ""),
         "end_time_min": last.time_s / 60.0,
         "front_at_center_min": None if arrival is None else arrival / 60.0,
         "front_definition": f"first time |theta_center - theta_initial| >= {FRONT_DROP}",
