@@ -1,0 +1,463 @@
+"""One benchmark case in one process (serial or under mpiexec); called by run_benchmarks.py.
+
+    python benchmarks/_worker.py framework --example disk_100mAg --mesh 0.15 0.05 --outputs full --json OUT
+    python benchmarks/_worker.py fixed     --mesh 0.15 0.05 --dt 30 --json OUT
+    python benchmarks/_worker.py reference --mesh 0.0375 0.0125 --theta-tol 1e-5 --json OUT
+    python benchmarks/_worker.py sweep --variants '[{"label": "x", "solver": {"theta_tol": 0.005}}]' --json OUT
+
+Every mode first runs an untimed warm-up (same forms; the whole case with ``--warmup full``,
+else 1 simulated minute) so that the timed
+runs see filled JIT caches and already-imported plotting/IO modules: the figures are
+*warm* in-process times. Timings are taken by wrapping library methods from the outside
+(no library code is changed) and from PETSc's event log; on several ranks every figure is
+the maximum over ranks. Rank 0 writes the JSON.
+"""
+
+from __future__ import annotations
+
+from mpi4py import MPI  # noqa: I001  (must precede dolfinx / petsc4py)
+
+import argparse
+import copy
+import csv
+import functools
+import json
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from petsc4py import PETSc
+
+COMM = MPI.COMM_WORLD
+CLOCK = time.perf_counter
+PETSC_EVENTS = ("PCSetUp", "KSPSolve", "SNESFunctionEval", "SNESJacobianEval", "SNESLineSearch")
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+RSS_AFTER_IMPORT = None  # set in main()
+
+
+# ----------------------------------------------------------------------------- instrumentation
+class Timers:
+    """Accumulated wall time per label, plus call counts."""
+
+    def __init__(self):
+        self.t: dict[str, float] = {}
+        self.n: dict[str, int] = {}
+        self.solver = None  # the last TransportSolver constructed
+
+    def reset(self):
+        self.t.clear()
+        self.n.clear()
+        self.solver = None
+
+    def add(self, key, dt):
+        self.t[key] = self.t.get(key, 0.0) + dt
+        self.n[key] = self.n.get(key, 0) + 1
+
+
+T = Timers()
+
+
+def _timed(key, fn):
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        t0 = CLOCK()
+        try:
+            return fn(*a, **k)
+        finally:
+            T.add(key, CLOCK() - t0)
+
+    return wrapper
+
+
+class _TimedWriter:
+    """Proxy around a VTX/XDMF writer that times writes (field output)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        attr = getattr(self._inner, name)
+        if name in ("write", "write_function", "write_mesh", "close"):
+            return _timed("out_fields", attr)
+        return attr
+
+
+def install_instrumentation():
+    import dolfinx.io
+
+    from nmcfx.solver import figures, outputs, run, simulation, transport
+
+    TS = transport.TransportSolver
+    orig_init = TS.__init__
+
+    def init(self, *a, **k):
+        t0 = CLOCK()
+        orig_init(self, *a, **k)
+        T.add("solver_setup", CLOCK() - t0)
+        T.solver = self
+
+    TS.__init__ = init
+    TS.solve_step = _timed("solve_step", TS.solve_step)
+    TS._update_coefficients = _timed("coefficients", TS._update_coefficients)
+    simulation.Simulation.__init__ = _timed("sim_init", simulation.Simulation.__init__)
+    simulation.Simulation.run = _timed("loop", simulation.Simulation.run)
+    run.metadata = _timed("metadata", run.metadata)
+    RO = outputs.RunOutputs
+    for name in ("start", "record", "snapshot", "step_end", "finish", "close"):
+        setattr(RO, name, _timed(f"out_{name}", getattr(RO, name)))
+    try:  # checkpoints (solver/checkpoint.py), when the library has them
+        from nmcfx.solver import checkpoint
+
+        for name in ("save", "due"):
+            if hasattr(checkpoint.Checkpointer, name):
+                setattr(checkpoint.Checkpointer, name, _timed("checkpoint", getattr(checkpoint.Checkpointer, name)))
+    except ImportError:
+        pass
+    for name in ("theta_maps", "center_trace", "kymograph"):
+        setattr(figures, name, _timed("out_figures", getattr(figures, name)))
+    for name in ("VTXWriter", "XDMFFile"):
+        cls = getattr(dolfinx.io, name)
+
+        def factory(*a, _cls=cls, **k):
+            t0 = CLOCK()
+            w = _cls(*a, **k)
+            T.add("out_fields", CLOCK() - t0)
+            return _TimedWriter(w)
+
+        setattr(dolfinx.io, name, factory)
+
+
+def petsc_times() -> dict:
+    return {e: PETSc.Log.Event(e).getPerfInfo()["time"] for e in PETSC_EVENTS}
+
+
+def reduce_max(d: dict) -> dict:
+    keys = sorted(set().union(*COMM.allgather(set(d))))
+    return {k: COMM.allreduce(float(d.get(k, 0.0)), op=MPI.MAX) for k in keys}
+
+
+# ----------------------------------------------------------------------------- configs
+def example_config(name: str, mesh: tuple[float, float] | None, outputs: str | None) -> dict:
+    from nmcfx.config import example_path, load_config
+
+    cfg = load_config(example_path(name))
+    if mesh is not None:
+        cfg["geometry"] = dict(cfg.get("geometry", {}), mesh_size_um=mesh[0], surface_mesh_size_um=mesh[1])
+    out = dict(cfg.get("output", {}), progress=False)
+    if outputs == "none":
+        out.update(fields="none", figures=False)
+    cfg["output"] = out
+    return cfg
+
+
+def warmup_config(cfg: dict) -> dict:
+    """Same geometry/forms/outputs, one simulated minute: fills JIT and import caches."""
+    w = copy.deepcopy(cfg)
+    for s in w["protocol"]["steps"]:
+        s["duration_min"] = min(float(s.get("duration_min", 1.0)), 1.0)
+    w["output"]["snapshot_times_min"] = [0.5, 1.0]
+    return w
+
+
+def tmpdir() -> Path:
+    d = tempfile.mkdtemp(prefix="nmcfx-bench-") if COMM.rank == 0 else None
+    return Path(COMM.bcast(d, root=0))
+
+
+def observables_from_csv(path: Path, times_s) -> list[dict]:
+    rows = list(csv.DictReader(open(path)))
+    out = []
+    for t in times_s:
+        best = min(rows, key=lambda r: abs(float(r["time_s"]) - t))
+        if abs(float(best["time_s"]) - t) <= 1e-6 * max(1.0, t):
+            out.append({k: float(best[k]) for k in ("time_s", "theta_center", "theta_mean", "theta_surface_min")})
+    return out
+
+
+def observables_from_history(history, times_s) -> list[dict]:
+    out = []
+    for t in times_s:
+        for r in history:
+            if abs(r.time_s - t) <= 1e-6 * max(1.0, t):
+                out.append({"time_s": r.time_s, "theta_center": r.theta_center, "theta_mean": r.theta_mean,
+                            "theta_surface_min": r.theta_surface_min})
+                break
+    return out
+
+
+def median_runs(runs: list[dict]) -> dict:
+    """The repeat with the median wall time (its whole breakdown, so the parts add up)."""
+    order = sorted(range(len(runs)), key=lambda i: runs[i]["timings"]["wall"])
+    out = dict(runs[order[(len(runs) - 1) // 2]])
+    out["wall_s_all"] = [r["timings"]["wall"] for r in runs]
+    return out
+
+
+# ----------------------------------------------------------------------------- modes
+def run_framework(cfg: dict, outdir: Path) -> dict:
+    """prepare + execute exactly as `nmcfx run` does, instrumented."""
+    from nmcfx.solver.run import execute, prepare
+
+    T.reset()
+    ev0 = petsc_times()
+    COMM.Barrier()
+    t0 = CLOCK()
+    prepared = prepare(cfg)
+    t1 = CLOCK()
+    summary = execute(prepared, outdir, progress=False)
+    t2 = CLOCK()
+    ev = {k: v - ev0[k] for k, v in petsc_times().items()}
+    sv = T.solver
+    c = sv.counters
+    t = dict(T.t)
+    outputs_loop = sum(v for k, v in t.items() if k.startswith("out_") and k not in ("out_close", "out_fields",
+                                                                                      "out_figures"))
+    timings = {
+        "mesh": t1 - t0,
+        "execute": t2 - t1,
+        "wall": t2 - t0,
+        "solver_setup": t.get("solver_setup", 0.0),
+        "metadata": t.get("metadata", 0.0),
+        "sim_init": t.get("sim_init", 0.0),
+        "loop": t.get("loop", 0.0),
+        "solve_step": t.get("solve_step", 0.0),
+        "assembly": c.assembly_time,
+        "coefficients": t.get("coefficients", 0.0),
+        "linear_solve": ev["PCSetUp"] + ev["KSPSolve"],
+        "lu_factorization": ev["PCSetUp"],
+        "out_start": t.get("out_start", 0.0),
+        "out_record": t.get("out_record", 0.0),
+        "out_snapshot": t.get("out_snapshot", 0.0),
+        "out_step_end": t.get("out_step_end", 0.0),
+        "out_fields": t.get("out_fields", 0.0),
+        "out_finish": t.get("out_finish", 0.0),
+        "out_figures": t.get("out_figures", 0.0),
+        "outputs": outputs_loop,
+        "checkpoint": t.get("checkpoint", 0.0),
+    }
+    # max over ranks of each measured time first, then the derived ones (rank 0 does the
+    # file/figure work while the others wait in a collective, so per-rank differences mislead)
+    timings = reduce_max(timings)
+    timings["snes_other"] = timings["solve_step"] - timings["assembly"] - timings["linear_solve"]
+    timings["framework_python"] = (timings["loop"] - timings["solve_step"] - timings["outputs"]
+                                   - timings["checkpoint"])
+    timings["setup_other"] = timings["execute"] - timings["loop"]
+    res = {
+        "dofs": summary["dofs"], "steps": c.steps, "rejected_steps": c.rejected_steps,
+        "newton_iterations": c.newton_iterations, "linear_iterations": c.linear_iterations,
+        "residual_evaluations": c.residual_evaluations, "jacobian_evaluations": c.jacobian_evaluations,
+        "end_time_min": summary["end_time_min"], "theta_center_final": summary["theta_center_final"],
+        "front_at_center_min": summary["front_at_center_min"], "timings": timings,
+        "petsc_options": {k: str(v) for k, v in sv.petsc_options.items()},
+    }
+    if COMM.rank == 0:
+        snaps = [60.0 * m for m in cfg["output"].get("snapshot_times_min", [])]
+        res["observables"] = observables_from_csv(outdir / "timeseries.csv", snaps)
+    return res
+
+
+def mode_framework(args) -> dict:
+    cfg = example_config(args.example, tuple(args.mesh) if args.mesh else None, args.outputs)
+    if args.solver:
+        cfg["solver"] = dict(cfg.get("solver", {}), **json.loads(args.solver))
+    work = tmpdir()
+    try:
+        first = run_framework(cfg if args.warmup == "full" else warmup_config(cfg), work / "warmup")
+        runs = [run_framework(cfg, work / f"run{i}") for i in range(args.repeat)]
+    finally:
+        if COMM.rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+    res = median_runs(runs)
+    res.update(example=args.example, mesh=cfg["geometry"].get("mesh_size_um"),
+               surface_mesh=cfg["geometry"].get("surface_mesh_size_um"), outputs=args.outputs,
+               solver_overrides=json.loads(args.solver) if args.solver else {}, warmup=args.warmup,
+               first_run_wall_s=first["timings"]["wall"])
+    return res
+
+
+def mode_sweep(args) -> dict:
+    """The disk with settings varied through the config only (no library change), one process."""
+    base = example_config("disk_100mAg", tuple(args.mesh) if args.mesh else None, "full")
+    variants = json.loads(args.variants)
+    work = tmpdir()
+    out = []
+    try:
+        run_framework(base, work / "warmup")
+        for i, v in enumerate(variants):
+            cfg = copy.deepcopy(base)
+            for table in ("geometry", "solver", "output"):
+                if table in v:
+                    cfg[table] = dict(cfg.get(table, {}), **v[table])
+            if "petsc_options" in v:
+                cfg.setdefault("solver", {})["petsc_options"] = v["petsc_options"]
+            runs = [run_framework(cfg, work / f"v{i}_{r}") for r in range(args.repeat)]
+            res = median_runs(runs)
+            res.update(label=v["label"], variant=v)
+            out.append(res)
+    finally:
+        if COMM.rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+    return {"variants": out}
+
+
+def fixed_settings(dt: float) -> dict:
+    # bdf1 with dt_initial = dt_max = dt; theta_tol = 1 never rejects a step, so every step is dt
+    return {"time_scheme": "bdf1", "dt_initial_s": dt, "dt_max_s": dt, "theta_tol": 1.0}
+
+
+def mode_fixed(args) -> dict:
+    """The framework at a fixed step, three depths, to compare with bare_dolfinx_disk.py."""
+    from nmcfx.solver.run import prepare
+    from nmcfx.solver.simulation import Simulation
+    from nmcfx.solver.transport import TransportSolver
+
+    dt = args.dt
+    cfg = example_config("disk_100mAg", tuple(args.mesh), "none")
+    cfg["solver"] = fixed_settings(dt)
+    snaps_s = [60.0 * m for m in cfg["output"]["snapshot_times_min"]]
+    work = tmpdir()
+
+    def tier_execute(i):
+        return run_framework(cfg, work / f"exec{i}")
+
+    def tier_simulation(core: bool):
+        T.reset()
+        ev0 = petsc_times()
+        COMM.Barrier()
+        t0 = CLOCK()
+        pr = prepare(cfg)
+        t1 = CLOCK()
+        st = pr.solver
+        sv = TransportSolver(pr.particle, pr.material, degree=st.degree, time_scheme=st.time_scheme,
+                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
+        sim = Simulation(sv, pr.material, pr.protocol, st, snapshot_times_s=snaps_s)
+        t2 = CLOCK()
+        if not core:
+            sim.run()
+            obs = observables_from_history(sim.history, snaps_s)
+        else:
+            # the solver core alone: the same dt sequence through solve_step/accept, observables
+            # only at the report times (as the bare script does)
+            step = pr.protocol.steps[0]
+            sv.set_initial(pr.protocol.initial_theta)
+            sv.set_fluxes(sim.sector_fluxes(sim.current_density(step)))
+            n = int(round(step.duration_s / dt))
+            report = {int(round(t / dt)) for t in snaps_s}
+            obs = []
+            for k in range(1, n + 1):
+                r = sv.solve_step(dt, None, 1, None)
+                if not r.converged:
+                    raise RuntimeError(f"Newton failed at step {k}")
+                sv.accept()
+                sv.counters.steps += 1
+                if k in report:
+                    obs.append({"time_s": k * dt, **sim.observe()})
+        t3 = CLOCK()
+        ev = {k: v - ev0[k] for k, v in petsc_times().items()}
+        c = sv.counters
+        timings = reduce_max({"mesh": t1 - t0, "setup": t2 - t1, "loop": t3 - t2, "wall": t3 - t0,
+                              "assembly": c.assembly_time, "coefficients": T.t.get("coefficients", 0.0),
+                              "linear_solve": ev["PCSetUp"] + ev["KSPSolve"],
+                              "solve_step": T.t.get("solve_step", 0.0)})
+        return {"dofs": sv.num_dofs, "steps": c.steps, "rejected_steps": c.rejected_steps,
+                "petsc_options": {k: str(v) for k, v in sv.petsc_options.items()},
+                "newton_iterations": c.newton_iterations, "linear_iterations": c.linear_iterations,
+                "timings": timings, "observables": obs}
+
+    def tier_bare():
+        # the bare script's own solve(), in this process and interleaved with the framework's
+        # tiers so that both see the same machine load
+        import bare_dolfinx_disk
+
+        ev0 = petsc_times()
+        r = bare_dolfinx_disk.solve(COMM, h=args.mesh[0], hs=args.mesh[1], dt=dt, lu=lu)
+        ev = {k: v - ev0[k] for k, v in petsc_times().items()}
+        t = {"mesh": r["mesh_s"], "setup": r["setup_s"], "loop": r["loop_s"], "wall": r["wall_s"],
+             "assembly": r["assembly_s"], "linear_solve": ev["PCSetUp"] + ev["KSPSolve"]}
+        return {"dofs": r["dofs"], "steps": r["steps"], "rejected_steps": 0, "newton_iterations": r["newton_iterations"],
+                "linear_iterations": r["linear_iterations"], "timings": reduce_max(t), "observables": r["observables"],
+                "lu": lu}
+
+    try:
+        run_framework(warmup_config(cfg), work / "warmup")
+        lu = T.solver.petsc_options.get("pc_factor_mat_solver_type", "mumps")
+        tier_bare()  # warm-up of the bare forms
+        runs = {"bare": [], "execute": [], "simulation": [], "solver_core": []}
+        for i in range(args.repeat):
+            runs["bare"].append(tier_bare())
+            runs["execute"].append(tier_execute(i))
+            runs["simulation"].append(tier_simulation(core=False))
+            runs["solver_core"].append(tier_simulation(core=True))
+    finally:
+        if COMM.rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+    out = {k: median_runs(v) for k, v in runs.items()}
+    for v in out.values():
+        v["timings"].setdefault("setup", v["timings"]["wall"] - v["timings"]["mesh"] - v["timings"]["loop"])
+    return {"dt_s": dt, "mesh": args.mesh[0], "surface_mesh": args.mesh[1], "tiers": out}
+
+
+def mode_reference(args) -> dict:
+    from nmcfx.solver.run import prepare
+    from nmcfx.solver.simulation import Simulation
+    from nmcfx.solver.transport import TransportSolver
+
+    cfg = example_config("disk_100mAg", tuple(args.mesh), "none")
+    cfg["solver"] = {"theta_tol": args.theta_tol}
+    snaps_s = [60.0 * m for m in cfg["output"]["snapshot_times_min"]]
+    t0 = CLOCK()
+    pr = prepare(cfg)
+    st = pr.solver
+    sv = TransportSolver(pr.particle, pr.material, degree=st.degree, time_scheme=st.time_scheme,
+                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
+    sim = Simulation(sv, pr.material, pr.protocol, st, snapshot_times_s=snaps_s)
+    sim.run()
+    return {"mesh": args.mesh[0], "surface_mesh": args.mesh[1], "theta_tol": args.theta_tol,
+            "time_scheme": st.time_scheme, "dofs": sv.num_dofs, "steps": sv.counters.steps,
+            "wall_s": COMM.allreduce(CLOCK() - t0, op=MPI.MAX), "ranks": COMM.size,
+            "observables": observables_from_history(sim.history, snaps_s)}
+
+
+def main(argv=None):
+    global RSS_AFTER_IMPORT
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("framework", "fixed", "reference", "sweep"))
+    p.add_argument("--example", default="disk_100mAg")
+    p.add_argument("--mesh", type=float, nargs=2, metavar=("H", "H_SURFACE"))
+    p.add_argument("--outputs", choices=("full", "none"), default="full")
+    p.add_argument("--solver", help="JSON dict merged into [solver]")
+    p.add_argument("--variants", help="sweep: JSON list of {label, geometry/solver/output/petsc_options}")
+    p.add_argument("--dt", type=float, default=30.0)
+    p.add_argument("--theta-tol", type=float, default=1e-5)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--warmup", choices=("short", "full"), default="short",
+                   help="untimed first run: 1 simulated minute (short) or the whole case (full)")
+    p.add_argument("--json", required=True)
+    args = p.parse_args(argv)
+
+    import dolfinx  # noqa: F401
+    import nmcfx.solver.run  # noqa: F401
+
+    RSS_AFTER_IMPORT = COMM.allreduce(rss_mb(), op=MPI.MAX)
+    PETSc.Log.begin()
+    install_instrumentation()
+    modes = {"framework": mode_framework, "fixed": mode_fixed, "reference": mode_reference, "sweep": mode_sweep}
+    res = modes[args.mode](args)
+    res["ranks"] = COMM.size
+    res["peak_rss_mb"] = COMM.allreduce(rss_mb(), op=MPI.MAX)
+    res["rss_after_import_mb"] = RSS_AFTER_IMPORT
+    if COMM.rank == 0:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1, default=float)
+
+
+if __name__ == "__main__":
+    main()
