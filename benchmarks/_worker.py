@@ -28,7 +28,6 @@ import functools
 import json
 import resource
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 

@@ -166,10 +166,6 @@ def fmt_s(x) -> str:
     return "-" if x is None else f"{x:.3f}" if x < 10 else f"{x:.2f}"
 
 
-def case_label(c: dict) -> str:
-    return f"{c['example']}"
-
-
 def print_cases(cases: list[dict]):
     head = (f"{'case':<12} {'h/h_s µm':<11} {'rk':>2} {'out':<4} {'DOFs':>5} {'steps':>7} {'Newt':>5} {'lin':>5} "
             f"{'mesh':>6} {'setup':>6} {'asm':>6} {'LU':>6} {'snes':>6} {'py':>6} {'output':>6} {'ckpt':>6} "
@@ -389,7 +385,7 @@ def report(args, ref, cases, fixed, sweep, cli, load0, elapsed):
         parts = {"output set-up (probes)": t["out_start"], "checkpoints": t.get("checkpoint", 0.0),
                  "metadata.json": t["metadata"], "per-step observables + records": t["framework_python"]
                  + t["out_record"] + t["out_step_end"] + t["out_snapshot"]}
-        parts["rest (solver, mesh, noise)"] = extra - sum(parts.values())
+        parts["rest (Newton its saved by the predictor, noise)"] = extra - sum(parts.values())
         f["overhead_parts_s"] = parts
         print(f"  {'':>9} `nmcfx run` − bare = {extra:+.3f} s: "
               + ", ".join(f"{k} {v:+.3f}" for k, v in parts.items()))
@@ -450,16 +446,17 @@ def report(args, ref, cases, fixed, sweep, cli, load0, elapsed):
         print()
         print("[6] settings sweep: the disk, serial, changed through the config only (warm, median; accuracy as in [2])")
         base = sweep["variants"][0]["timings"]["wall"]
-        print(f"  {'variant':<36} {'DOFs':>5} {'steps':>7} {'Newton':>6} {'loop':>6} {'output':>6} {'wall':>6}"
-              f" {'vs 1st':>7} {'max rel dev':>11}")
+        print(f"  {'variant':<36} {'DOFs':>5} {'steps':>7} {'Newton':>6} {'solve':>6} {'o-set':>6} {'figs':>6}"
+              f" {'wall':>6} {'vs 1st':>7} {'max rel dev':>11}")
         for v in sweep["variants"]:
             t = v["timings"]
             a = v.get("accuracy") or {}
             print(f"  {v['label']:<36} {v['dofs']:>5} {v['steps']:>4}({v['rejected_steps']:>1}) {v['newton_iterations']:>6}"
-                  f" {t['solve_step']:6.3f} {t['outputs']:6.3f} {t['wall']:6.3f} {t['wall'] / base:6.2f}x"
-                  f" {100 * a.get('rel', float('nan')):10.3f}%")
-        print("  (loop = time in solve_step, output = RunOutputs incl. figures; 'vs 1st' = wall relative to the"
-              " first row)")
+                  f" {t['solve_step']:6.3f} {t['out_start']:6.3f} {t['out_figures']:6.3f} {t['wall']:6.3f}"
+                  f" {t['wall'] / base:6.2f}x {100 * a.get('rel', float('nan')):10.3f}%")
+        print("  (solve = time in solve_step (Newton: assembly + LU), o-set = output set-up (image/line probes),"
+              " figs = the three\n   PNG figures; 'vs 1st' = wall relative to the first row; medians of few repeats on"
+              " a shared machine: ±10 %)")
     elif sweep:
         print("\n[6] settings sweep failed")
 
