@@ -2,7 +2,8 @@
 
 A checkpoint lives in ``<run dir>/checkpoint/``: ``state.json`` (time, protocol position,
 step-size history, Li ledger, every time-series record, observer state) written by rank 0,
-and one ``rank<r>.npz`` per rank with the owned DOF values of θ_n and θ_{n-1}. Files are
+and one ``rank<r>.npz`` per rank with the owned DOF values of θ_n and θ_{n-1}, and
+``observers.npz`` with the figure data gathered so far (rank 0). Files are
 written to temporary names and renamed, and ``state.json`` (the commit point) last, so a
 run killed mid-write resumes from the previous complete checkpoint.
 
@@ -62,9 +63,14 @@ class Checkpointer:
         tmp = self.dir / f"rank{comm.rank}.tmp.npz"
         np.savez(tmp, theta_n=sv.theta_n.x.array[:n], theta_nm1=sv.theta_nm1.x.array[:n])
         tmp.replace(arrays)
-        observers = [o.state() if hasattr(o, "state") else None for o in sim.observers]
+        observers = [o.state() if hasattr(o, "state") else {} for o in sim.observers]
         comm.Barrier()
         if comm.rank == 0:
+            # observer arrays (figure data) go to an npz, one key per observer and field
+            flat = {f"{i}:{key}": val for i, st in enumerate(observers) for key, val in (st or {}).items()}
+            tmp_obs = self.dir / "observers.tmp.npz"
+            np.savez(tmp_obs, **flat)
+            tmp_obs.replace(self.dir / "observers.npz")
             c = sv.counters
             state = {
                 "format": FORMAT,
@@ -85,7 +91,7 @@ class Checkpointer:
                              "newton_iterations": c.newton_iterations, "linear_iterations": c.linear_iterations},
                 "history": [asdict(r) for r in sim.history],
                 "step_log": sim.step_log,
-                "observers": observers,
+                "observers": len(observers),
             }
             tmp_state = self.dir / "state.json.tmp"
             tmp_state.write_text(json.dumps(state, default=_jsonable))
@@ -125,6 +131,13 @@ class Checkpointer:
         sim._have_prev = state["have_prev"]
         sim._ledger = state["ledger"]
         sim._I0 = state["I0"]
+        observers = [{} for _ in range(state["observers"])]
+        if comm.rank == 0:
+            with np.load(self.dir / "observers.npz") as obs_data:
+                for key in obs_data.files:
+                    i, name = key.split(":", 1)
+                    observers[int(i)][name] = obs_data[key]
+        state["observers"] = observers
         for key, val in state["counters"].items():
             setattr(sv.counters, key, val)
         sim.history = [StepRecord(**r) for r in state["history"]]

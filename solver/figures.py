@@ -39,8 +39,8 @@ def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=N
     vmax = float(finite.max()) if vmax is None else vmax
     if vmax - vmin < 1e-3:
         vmin, vmax = vmin - 5e-4, vmax + 5e-4
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol + 0.8, 2.5 * nrow + 0.4), squeeze=False,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol + 0.8, 2.5 * nrow + 0.4), squeeze=False)
+    fig.subplots_adjust(left=0.08, right=0.86, bottom=0.1, top=0.86, wspace=0.35, hspace=0.45)
     im_handle = None
     for ax, (t, img) in zip(axes.flat, images):
         im_handle = ax.imshow(img, origin="lower", extent=extent, cmap="viridis", vmin=vmin, vmax=vmax,
@@ -55,7 +55,8 @@ def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=N
     for ax in axes[:, 0]:
         ax.set_ylabel("y (µm)")
     if im_handle is not None:
-        fig.colorbar(im_handle, ax=axes, label="Li occupancy θ", shrink=0.85)
+        cax = fig.add_axes((0.89, 0.15, 0.02, 0.65))
+        fig.colorbar(im_handle, cax=cax, label="Li occupancy θ")
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
@@ -66,7 +67,8 @@ def center_trace(hist: dict, path: Path, *, title: str = "", step_ends=()):
     """θ at the centre, mean θ and the surface range against time (002 Fig. 3C-like)."""
     plt = _plt()
     t = hist["time_s"] / 60.0
-    fig, ax = plt.subplots(figsize=(6.0, 3.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.88)
     ax.fill_between(t, hist["theta_surface_min"], hist["theta_surface_max"], color="tab:orange", alpha=0.25,
                     label="surface (min–max)")
     ax.plot(t, hist["theta_mean"], color="k", lw=1.5, label="mean")
@@ -88,14 +90,16 @@ def kymograph(s_um, times_s, profiles, path: Path, *, title: str = ""):
     plt = _plt()
     times_s = np.asarray(times_s)
     profiles = np.asarray(profiles)
-    fig, ax = plt.subplots(figsize=(6.0, 3.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig.subplots_adjust(left=0.12, right=0.95, bottom=0.14, top=0.86)
     if len(times_s) >= 2:
-        # resample on a uniform time grid so that pcolormesh columns have equal width
+        # resample on a uniform time grid (steps are adaptive) and draw as an image
         tg = np.linspace(times_s[0], times_s[-1], 400)
-        grid = np.empty((len(s_um), len(tg)))
-        for i in range(len(s_um)):
-            grid[i] = np.interp(tg, times_s, profiles[:, i])
-        m = ax.pcolormesh(tg / 60.0, s_um, grid, shading="auto", cmap="viridis")
+        idx = np.clip(np.searchsorted(times_s, tg, side="right") - 1, 0, len(times_s) - 2)
+        w = ((tg - times_s[idx]) / (times_s[idx + 1] - times_s[idx]))[:, None]
+        grid = ((1 - w) * profiles[idx] + w * profiles[idx + 1]).T
+        m = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", interpolation="nearest",
+                      extent=(tg[0] / 60.0, tg[-1] / 60.0, s_um[0], s_um[-1]))
         fig.colorbar(m, ax=ax, label="Li occupancy θ")
     ax.set_xlabel("time (min)")
     ax.set_ylabel("position along line (µm)")

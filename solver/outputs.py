@@ -34,7 +34,7 @@ class OutputSettings:
     figures: bool = True
     line_profile_um: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # None: through centre along x
     profile_points: int = 121
-    image_pixels: int = 160
+    image_pixels: int = 120
     progress: bool = True
 
     @classmethod
@@ -105,8 +105,9 @@ class RunOutputs:
         """What a checkpoint needs to rebuild the figures after a resume (rank 0 data)."""
         if not self.root:
             return {}
-        return {"images": [[t, np.asarray(img).tolist()] for t, img in self.images],
-                "profile_times": self.profile_times, "profiles": [p.tolist() for p in self.profiles]}
+        return {"image_times": np.array([t for t, _ in self.images]),
+                "images": np.array([img for _, img in self.images]),
+                "profile_times": np.array(self.profile_times), "profiles": np.array(self.profiles)}
 
     def start(self, sim, restore: list | None = None):
         sv = sim.solver
@@ -129,7 +130,8 @@ class RunOutputs:
         pts = np.column_stack([X.ravel(), Y.ravel(), np.full(X.size, c[2] if len(c) > 2 else 0.0)])
         self.extent = (gx[0], gx[-1], gy[0], gy[-1])
         self.grid_shape = X.shape
-        self._image_probe = _PointProbe(mesh, pts, allow_outside=True)
+        # the pixel grid only serves the θ-map figure
+        self._image_probe = _PointProbe(mesh, pts, allow_outside=True) if self.settings.figures else None
         if self.settings.line_profile_um is not None:
             a, b = (np.array(q + (0.0,) * (3 - len(q))) for q in self.settings.line_profile_um)
         else:
@@ -146,9 +148,9 @@ class RunOutputs:
         self._line_inside = inside
         mine = next((r for r, o in zip(restore or [], sim.observers) if o is self), None)
         if mine:
-            self.images = [(t, np.array(img, dtype=float)) for t, img in mine["images"]]
-            self.profile_times = list(mine["profile_times"])
-            self.profiles = [np.array(p) for p in mine["profiles"]]
+            self.images = [(float(t), img) for t, img in zip(mine["image_times"], mine["images"])]
+            self.profile_times = [float(t) for t in mine["profile_times"]]
+            self.profiles = list(mine["profiles"])
         # field files cannot be appended to: a resumed run writes its snapshots to a new file
         stem = "theta"
         if restore is not None:
@@ -200,9 +202,10 @@ class RunOutputs:
 
     def snapshot(self, sim, t: float):
         sv = sim.solver
-        img = self._image_probe.evaluate(sv.theta)
-        img[~self._image_probe.inside] = np.nan
-        self.images.append((t, img.reshape(self.grid_shape)))
+        if self._image_probe is not None:
+            img = self._image_probe.evaluate(sv.theta)
+            img[~self._image_probe.inside] = np.nan
+            self.images.append((t, img.reshape(self.grid_shape)))
         if self._vtx is not None:
             if self.settings.fields == "vtx":
                 self._vtx.write(t)

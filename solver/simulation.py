@@ -231,7 +231,8 @@ class Simulation:
                 o.step_end(self, info)
             # the flux jumps at a step boundary: restart the history (BDF2 → one BE step)
             self._have_prev = False
-            self._save(k + 1, self.t, dt, obs, snaps, force=True)
+            if k + 1 < len(self.protocol.steps):
+                self._save(k + 1, self.t, dt, obs, snaps, force=True)
         # snapshots requested beyond the end of the protocol are not reached
         for o in self.observers:
             o.finish(self)

@@ -192,27 +192,44 @@ class TransportSolver:
         self.dD.x.array[:] = self.material.dD_chem(th) * 1e12
 
     def _wrap_callbacks(self):
+        """Own SNES callbacks: update the nodal coefficients, then assemble.
+
+        No Dirichlet conditions here, so the residual is a plain vector assembly (DOLFINx's
+        generic callback also applies lifting, which costs a Jacobian-sized pass).
+        """
         snes = self.problem.solver
-        F_ctx = {"u": self.theta, "residual": self.problem.F, "jacobian": self.problem.J, "bcs": []}
-        J_ctx = {"u": self.theta, "jacobian": self.problem.J, "preconditioner": None, "bcs": []}
-        assemble_F = dolfinx.fem.petsc.assemble_residual
-        assemble_J = dolfinx.fem.petsc.assemble_jacobian
+        F_form, J_form = self.problem.F, self.problem.J
+        assemble_vector = dolfinx.fem.petsc.assemble_vector
+        assemble_matrix = dolfinx.fem.petsc.assemble_matrix
         counters = self.counters
         clock = MPI.Wtime
+        theta = self.theta
 
         def residual(snes_, x, b):
             t0 = clock()
             x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
             with x.localForm() as xl:
-                self.theta.x.array[:] = xl.array_r
+                theta.x.array[:] = xl.array_r
             self._update_coefficients()
-            assemble_F(snes_, x, b, **F_ctx)
+            with b.localForm() as bl:
+                bl.set(0.0)
+            assemble_vector(b, F_form)
+            b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
             counters.residual_evaluations += 1
             counters.assembly_time += clock() - t0
 
         def jacobian(snes_, x, A, P):
             t0 = clock()
-            assemble_J(snes_, x, A, P, **J_ctx)
+            # normally the point of the last residual evaluation; refresh the coefficients if not
+            n = self._n_owned
+            if not np.array_equal(x.array_r[:n], theta.x.array[:n]):
+                x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+                with x.localForm() as xl:
+                    theta.x.array[:] = xl.array_r
+                self._update_coefficients()
+            A.zeroEntries()
+            assemble_matrix(A, J_form)
+            A.assemble()
             counters.jacobian_evaluations += 1
             counters.assembly_time += clock() - t0
 
@@ -334,7 +351,8 @@ class _PointProbe:
         cand = dolfinx.geometry.compute_collisions_points(tree, pts)
         colliding = dolfinx.geometry.compute_colliding_cells(mesh, cand, pts)
         comm = mesh.comm
-        found = np.array([len(colliding.links(i)) > 0 for i in range(len(pts))], dtype=bool)
+        counts = np.diff(colliding.offsets)
+        found = counts > 0
         owner = np.where(found, comm.rank, comm.size).astype(np.int64)
         owner_all = np.empty_like(owner)
         comm.Allreduce(owner, owner_all, op=MPI.MIN)
@@ -344,7 +362,7 @@ class _PointProbe:
             raise InputError("probe", f"point(s) outside the particle mesh, e.g. {missing.tolist()} µm")
         mine = np.flatnonzero(owner_all == comm.rank)
         self._idx = mine
-        self._cells = np.array([colliding.links(i)[0] for i in mine], dtype=np.int32)
+        self._cells = np.asarray(colliding.array[colliding.offsets[mine]], dtype=np.int32)
         self._comm = comm
 
     def evaluate(self, f: fem.Function) -> np.ndarray:
