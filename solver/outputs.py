@@ -24,7 +24,7 @@ import numpy as np
 from nmcfx.errors import InputError
 
 from .simulation import StepRecord
-from .transport import _PointProbe, reduce_array
+from .transport import PointProbe, reduce_array
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ class RunOutputs:
         self.extent = (gx[0], gx[-1], gy[0], gy[-1])
         self.grid_shape = X.shape
         # the pixel grid only serves the θ-map figure
-        self._image_probe = _PointProbe(mesh, pts, allow_outside=True) if self.settings.figures else None
+        self._image_probe = PointProbe(mesh, pts, allow_outside=True) if self.settings.figures else None
         if self.settings.line_profile_um is not None:
             a, b = (np.array(q + (0.0,) * (3 - len(q))) for q in self.settings.line_profile_um)
         else:
@@ -139,7 +139,7 @@ class RunOutputs:
             b = np.array([hi[0], c[1], c[2] if len(c) > 2 else 0.0])
         s = np.linspace(0.0, 1.0, self.settings.profile_points)
         line = a[None, :] + s[:, None] * (b - a)[None, :]
-        self._line_probe = _PointProbe(mesh, line, allow_outside=True)
+        self._line_probe = PointProbe(mesh, line, allow_outside=True)
         inside = self._line_probe.inside
         if inside.sum() < 2:
             raise InputError("output.line_profile_um", "the line cut does not cross the particle")

@@ -182,7 +182,7 @@ class TransportSolver:
         dofs = fem.locate_dofs_topological(V, fdim, facets)
         self._surface_dofs = dofs[dofs < n_owned]
         self._n_owned = n_owned
-        self._probes: dict[str, _PointProbe] = {}
+        self._probes: dict[str, PointProbe] = {}
 
     # ------------------------------------------------------------------ SNES glue
     def _update_coefficients(self):
@@ -320,7 +320,7 @@ class TransportSolver:
         return self.comm.allreduce(lo, op=MPI.MIN), self.comm.allreduce(hi, op=MPI.MAX)
 
     def add_probe(self, name: str, points: np.ndarray):
-        self._probes[name] = _PointProbe(self.mesh, np.asarray(points, dtype=float))
+        self._probes[name] = PointProbe(self.mesh, np.asarray(points, dtype=float))
 
     def probe(self, name: str, f: fem.Function | None = None) -> np.ndarray:
         """Values of θ (or ``f``) at the probe points, identical on all ranks."""
@@ -332,7 +332,7 @@ class TransportSolver:
         return im.size_global * self.V.dofmap.index_map_bs
 
 
-class _PointProbe:
+class PointProbe:
     """Point evaluation that works in parallel: each point is evaluated by one owning rank.
 
     With ``allow_outside`` points outside the mesh are kept (value 0, ``inside`` False).
