@@ -67,6 +67,10 @@ CONFIG_KEYS = (
     "temperature_K",
     "dli_csv",
     "ocv_csv",
+    "i0_ref_A_m2",
+    "alpha_a",
+    "alpha_c",
+    "i0_csv",
 )
 
 
@@ -125,7 +129,7 @@ def get_material(name: str = "NMC-Ni87", **overrides) -> Material:
     canon = _resolve(name)
     factory = _REGISTRY[canon][0]
     kw = dict(overrides)
-    allowed = set(CONFIG_KEYS) - {"name"} | {"dli_table", "ocv_model", "description"}
+    allowed = set(CONFIG_KEYS) - {"name"} | {"dli_table", "ocv_model", "i0_table", "description"}
     unknown = sorted(set(kw) - allowed)
     if unknown:
         raise InputError(
@@ -134,6 +138,10 @@ def get_material(name: str = "NMC-Ni87", **overrides) -> Material:
         )
     dli_csv = kw.pop("dli_csv", None)
     ocv_csv = kw.pop("ocv_csv", None)
+    i0_csv = kw.pop("i0_csv", None)
+    if i0_csv is not None:
+        kw["i0_table"] = load_table(_as_path("material.i0_csv", i0_csv), "exchange_current",
+                                    field="material.i0_csv", quantity="i0")
     if dli_csv is not None:
         kw["dli_table"] = load_table(_as_path("material.dli_csv", dli_csv), "diffusivity",
                                      field="material.dli_csv", quantity="D_Li")
@@ -170,7 +178,7 @@ def material_from_config(cfg: dict | None, base_dir=None) -> Material:
         )
     kw = dict(cfg)
     name = kw.pop("name", "NMC-Ni87")
-    for key in ("dli_csv", "ocv_csv"):
+    for key in ("dli_csv", "ocv_csv", "i0_csv"):
         if key in kw:
             kw[key] = _as_path(f"material.{key}", kw[key], base_dir)
     return get_material(name, **kw)

@@ -81,6 +81,14 @@ class Material:
     theta0: float = 0.95  #: initial occupancy for delithiation
     scaling_S: float = 3.5  #: D_eff = D_Li / S
     temperature_K: float = 298.15
+    #: Butler–Volmer kinetics (seed 004 Eqs. 1–3, standard form): exchange current density
+    #: at θ = 0.5 and c_l = c_l,ref. Default from the NMC811 rate constant of Chen et al.,
+    #: J. Electrochem. Soc. 167, 080534 (2020): m = 3.42e-6 A m⁻² (m³ mol⁻¹)^1.5 with
+    #: c_l = 1000 mol m⁻³ and c_s = c_max/2 = 31552 mol m⁻³ gives i0 ≈ 3.4 A m⁻².
+    i0_ref_A_m2: float = 3.4
+    alpha_a: float = 0.5
+    alpha_c: float = 0.5
+    i0_table: Table | None = None  #: optional measured i0(θ) (e.g. PITT, 002 Fig. S20), A m⁻²
     description: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -92,6 +100,9 @@ class Material:
             "capacity_mAh_g": (0.0, 2000.0),
             "scaling_S": (0.0, 1.0e6),
             "temperature_K": (150.0, 600.0),
+            "i0_ref_A_m2": (0.0, 1.0e6),
+            "alpha_a": (0.0, 1.0),
+            "alpha_c": (0.0, 1.0),
         }
         for key, (lo, hi) in checks.items():
             object.__setattr__(self, key, _check_number(f"material.{key}", getattr(self, key), lo, hi))
@@ -109,6 +120,9 @@ class Material:
             raise InputError("material.dli_csv", "D_Li must be a diffusivity Table")
         if not isinstance(self.ocv_model, OCVModel):
             raise InputError("material.ocv_csv", "V_oc model must provide value and derivatives")
+        if self.i0_table is not None and (not isinstance(self.i0_table, Table)
+                                          or self.i0_table.kind != "exchange_current"):
+            raise InputError("material.i0_csv", "i0 must be an exchange-current Table")
 
     def with_(self, **changes) -> "Material":
         """Copy with some fields changed (validated again)."""
@@ -181,6 +195,32 @@ class Material:
         return -(
             self.dD_eff(th) * th * d1 + self.D_eff(th) * (d1 + th * self.d2ocv(th))
         ) / self.thermal_voltage
+
+    # ------------------------------------------------------------------ kinetics
+    def i0(self, theta, electrolyte_ratio: float = 1.0):
+        """Exchange current density i0(θ) in A m⁻² (seed 004 Eq. 3, standard form).
+
+        i0 = i0_ref (1−θ)^α_a θ^α_c / 0.5^(α_a+α_c) · (c_l/c_l,ref)^α_a, i.e. F k (c_max − c)^α_a
+        c^α_c (c_l/c_l,ref)^α_a normalised at θ = 0.5; a user table replaces the θ-dependence
+        (it is then taken as measured at c_l,ref).
+        """
+        th = np.clip(np.asarray(theta, dtype=float), 1e-12, 1.0 - 1e-12)
+        scale = electrolyte_ratio**self.alpha_a
+        if self.i0_table is not None:
+            return self.i0_table(th) * scale
+        shape = (1.0 - th) ** self.alpha_a * th**self.alpha_c / 0.5 ** (self.alpha_a + self.alpha_c)
+        return self.i0_ref_A_m2 * shape * scale
+
+    def di0(self, theta, electrolyte_ratio: float = 1.0):
+        """di0/dθ in A m⁻²."""
+        th = np.clip(np.asarray(theta, dtype=float), 1e-12, 1.0 - 1e-12)
+        scale = electrolyte_ratio**self.alpha_a
+        if self.i0_table is not None:
+            return self.i0_table.derivative(th) * scale
+        aa, ac = self.alpha_a, self.alpha_c
+        shape = (1.0 - th) ** aa * th**ac
+        dshape = shape * (ac / th - aa / (1.0 - th))
+        return self.i0_ref_A_m2 * dshape / 0.5 ** (aa + ac) * scale
 
     # ------------------------------------------------------------------ boundary flux
     def _area_over_perimeter_m(self, area_um2, perimeter_um) -> float:
@@ -259,5 +299,6 @@ class Material:
     def scalar_fields(cls) -> tuple[str, ...]:
         """Names of the numeric parameters (overridable in config)."""
         return tuple(
-            f.name for f in fields(cls) if f.name not in ("name", "dli_table", "ocv_model", "description")
+            f.name for f in fields(cls)
+            if f.name not in ("name", "dli_table", "ocv_model", "i0_table", "description")
         )

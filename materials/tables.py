@@ -25,6 +25,9 @@ Kinds and their interpolation:
 ``"diffusivity"``
     PCHIP through ln D (positive everywhere, monotone between nodes in D as well),
     constant extrapolation beyond the first/last node (derivative 0 there).
+``"exchange_current"``
+    like diffusivities (positive, PCHIP through ln i0); units A m⁻² (``i0_A_m2``) or
+    mA cm⁻² (``i0_mA_cm2``).
 ``"ocv"``
     PCHIP through V with the end-node slopes set to the end-interval secants (so
     dV/dθ is strictly negative up to and including the end nodes), linear
@@ -47,15 +50,24 @@ from nmcfx.errors import InputError
 
 from .constants import CM2_S_TO_M2_S
 
-KINDS = ("diffusivity", "ocv")
+KINDS = ("diffusivity", "ocv", "exchange_current")
 
-_SI_UNITS = {"diffusivity": "m^2/s", "ocv": "V"}
+_SI_UNITS = {"diffusivity": "m^2/s", "ocv": "V", "exchange_current": "A/m^2"}
+_DEFAULT_QUANTITY = {"diffusivity": "D_Li", "ocv": "V_oc", "exchange_current": "i0"}
+_POSITIVE_KINDS = ("diffusivity", "exchange_current")
 
 
 def _column_factor(kind: str, column: str, field: str, where: str) -> float:
     """SI factor implied by the value column's name (its unit suffix)."""
     name = column.strip()
     low = name.lower()
+    if kind == "exchange_current":
+        if low.endswith("_a_m2") or low.endswith("[a/m2]") or low.endswith("[a/m^2]"):
+            return 1.0
+        if low.endswith("_ma_cm2") or low.endswith("[ma/cm2]") or low.endswith("[ma/cm^2]"):
+            return 10.0
+        raise InputError(field, f"{where}: value column {name!r} must state its units; "
+                                "name it e.g. 'i0_A_m2' (A/m²) or 'i0_mA_cm2' (mA/cm²)")
     if kind == "diffusivity":
         if low.endswith("_cm2_s") or low.endswith("[cm2/s]") or low.endswith("[cm^2/s]"):
             return CM2_S_TO_M2_S
@@ -112,14 +124,13 @@ class Table:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         self.kind = kind
-        self.quantity = quantity or ("D_Li" if kind == "diffusivity" else "V_oc")
+        self.quantity = quantity or _DEFAULT_QUANTITY[kind]
         self.units = _SI_UNITS[kind]
         self.provenance = provenance
         self.source = str(source)
         self.field = field or (self.source or self.quantity)
-        self.column = column or (
-            f"{self.quantity}_m2_s" if kind == "diffusivity" else f"{self.quantity}_V"
-        )
+        self.column = column or f"{self.quantity}_" + {"diffusivity": "m2_s", "ocv": "V",
+                                                         "exchange_current": "A_m2"}[kind]
         self.column_factor = float(column_factor)
 
         th = np.asarray(theta, dtype=float).ravel()
@@ -158,11 +169,11 @@ class Table:
                     f"{self._where(i, rows)}: theta must be strictly increasing "
                     f"(theta={th[i]:g} after {th[i - 1]:g})",
                 )
-            if self.kind == "diffusivity" and not va[i] > 0.0:
+            if self.kind in _POSITIVE_KINDS and not va[i] > 0.0:
                 raise InputError(
                     f,
                     f"{self._where(i, rows)}: {self.quantity}={va[i]:g} {self.units}; "
-                    "diffusivities must be > 0",
+                    "values must be > 0",
                 )
             if self.kind == "ocv" and i > 0 and not va[i] < va[i - 1]:
                 raise InputError(
@@ -174,7 +185,7 @@ class Table:
     # ------------------------------------------------------------------ interpolant
     def _build(self) -> None:
         th, va = self.theta, self.values
-        if self.kind == "diffusivity":
+        if self.kind in _POSITIVE_KINDS:
             self._log = True
             self._spline = PchipInterpolator(th, np.log(va), extrapolate=False)
         else:
