@@ -3,6 +3,7 @@
     title = "free text"
     [geometry]   -> nmcfx.geometries.geometry_from_config   (shape, sizes in µm, sectors)
     [material]   -> nmcfx.materials.material_from_config    (constants, user CSV tables)
+    [surface]    -> nmcfx.solver.surface.SurfaceSettings    (flux or Butler–Volmer, blocked sectors)
     [protocol]   -> nmcfx.solver.protocol                   (steps: charge / discharge / rest)
     [solver]     -> nmcfx.solver.simulation.SolverSettings  (element degree, time stepping, PETSc)
     [output]     -> nmcfx.solver.outputs.OutputSettings     (snapshots, fields, figures)
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from nmcfx.errors import InputError
 
-TOP_LEVEL_KEYS = ("title", "geometry", "material", "protocol", "solver", "output")
+TOP_LEVEL_KEYS = ("title", "geometry", "material", "surface", "protocol", "solver", "output")
 
 
 def load_config(path: str | Path) -> dict:

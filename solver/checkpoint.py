@@ -84,6 +84,7 @@ class Checkpointer:
                 "dt_prev": sim._dt_prev,
                 "have_prev": sim._have_prev,
                 "ledger": sim._ledger,
+                "ledger_prev": sim._ledger_prev,
                 "I0": sim._I0,
                 "obs": obs,
                 "snaps": list(snaps),
@@ -130,6 +131,7 @@ class Checkpointer:
         sim._dt_prev = state["dt_prev"]
         sim._have_prev = state["have_prev"]
         sim._ledger = state["ledger"]
+        sim._ledger_prev = state["ledger_prev"]
         sim._I0 = state["I0"]
         observers = [{} for _ in range(state["observers"])]
         if comm.rank == 0:

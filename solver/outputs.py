@@ -173,8 +173,7 @@ class RunOutputs:
             self._csv.writerow(self.COLUMNS)
             self._steps_file = open(self.outdir / "steps.csv", "w", newline="")
             self._steps_csv = csv.writer(self._steps_file)
-            self._steps_csv.writerow(["index", "label", "description", "end_time_s", "reason", "theta_mean",
-                                      "theta_center", "theta_surface_min", "theta_surface_max"])
+            self._steps_csv.writerow(["index", "label", "description"] + list(self.STEP_COLUMNS))
             if restore is not None:  # rewrite what the checkpoint already holds
                 for rec in sim.history:
                     self._csv.writerow([_fmt(getattr(rec, c)) for c in self.COLUMNS])
@@ -212,11 +211,12 @@ class RunOutputs:
             else:
                 self._vtx.write_function(sv.theta, t)
 
+    STEP_COLUMNS = ("start_time_s", "end_time_s", "reason", "capacity_mAh_g", "theta_mean", "theta_center",
+                    "theta_surface_min", "theta_surface_max", "voltage_V", "current_mA_g", "d_um")
+
     def _write_step(self, info: dict):
-        self._steps_csv.writerow([info["index"], info["label"], info["description"], _fmt(info["end_time_s"]),
-                                  info["reason"], *(_fmt(info[k]) for k in
-                                                    ("theta_mean", "theta_center", "theta_surface_min",
-                                                     "theta_surface_max"))])
+        self._steps_csv.writerow([info["index"], info["label"], info["description"]]
+                                 + [_fmt(info[k]) for k in self.STEP_COLUMNS])
 
     def step_end(self, sim, info: dict):
         if self.root:
@@ -287,7 +287,7 @@ def _json_default(o):
 
 def _fmt(v):
     if isinstance(v, (float, np.floating)):
-        return repr(float(v)) if math.isfinite(v) else ""
+        return repr(float(v)) if math.isfinite(v) else "nan"
     if isinstance(v, np.integer):
         return int(v)
     return v

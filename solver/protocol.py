@@ -14,6 +14,24 @@ Config form (TOML)::
     [[protocol.steps]]
     type = "rest"
     duration_min = 20
+
+    [[protocol.steps]]
+    type = "hold"                   # constant-voltage hold (needs surface.model = "butler_volmer")
+    voltage_V = 3.0
+    duration_min = 120
+    until = ["abs_current_mA_g <= 1.05"]
+
+    [[protocol.steps]]
+    type = "gitt"                   # `pulses` × (pulse at the given current, then rest)
+    direction = "charge"            # or "discharge"
+    c_rate = 0.05
+    pulse_min = 15
+    rest_min = 240
+    pulses = 10
+    until = ["voltage_V >= 4.3"]    # checked during pulses; ends the whole GITT sequence
+
+Stop conditions watch any of STOP_QUANTITIES; occupancies must lie in (0, 1), voltages in
+(0, 10) V. Currents are signed (+ = charge); `abs_current_mA_g` is the magnitude.
 """
 
 from __future__ import annotations
@@ -25,9 +43,10 @@ from dataclasses import dataclass
 from nmcfx.errors import InputError
 
 #: Quantities a stop condition may watch (all are columns of timeseries.csv).
-STOP_QUANTITIES = ("theta_mean", "theta_center", "theta_surface_min", "theta_surface_max")
+THETA_QUANTITIES = ("theta_mean", "theta_center", "theta_surface_min", "theta_surface_max")
+STOP_QUANTITIES = THETA_QUANTITIES + ("voltage_V", "current_mA_g", "abs_current_mA_g")
 _OPS = ("<=", ">=", "<", ">")
-_COND_RE = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+_COND_RE = re.compile(r"^\s*([A-Za-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -59,28 +78,36 @@ class StopCondition:
             v = float(val)
         except ValueError:
             raise InputError(field_name, f"threshold {val!r} is not a number") from None
-        if not 0.0 < v < 1.0:
+        if q in THETA_QUANTITIES and not 0.0 < v < 1.0:
             raise InputError(field_name, f"occupancy threshold must be in (0, 1), got {v:g}")
+        if q == "voltage_V" and not 0.0 < v < 10.0:
+            raise InputError(field_name, f"voltage threshold must be in (0, 10) V, got {v:g}")
+        if q == "abs_current_mA_g" and not v >= 0.0:
+            raise InputError(field_name, f"current magnitude threshold must be >= 0 mA/g, got {v:g}")
         return cls(q, op, v)
 
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # "charge" | "discharge" | "rest"
+    kind: str  # "charge" | "discharge" | "rest" | "hold"
     c_rate: float | None = None
     current_mA_g: float | None = None
     duration_s: float | None = None
     until: tuple[StopCondition, ...] = ()
     label: str = ""
+    voltage_V: float | None = None  # CV hold
+    group: int | None = None  # GITT: a condition met in one pulse ends the whole group
 
     @property
     def sign(self) -> int:
-        """+1: Li leaves the particle (charge/delithiation); -1: Li enters; 0: rest."""
-        return {"charge": 1, "discharge": -1, "rest": 0}[self.kind]
+        """+1: Li leaves the particle (charge/delithiation); -1: Li enters; 0: rest/hold."""
+        return {"charge": 1, "discharge": -1, "rest": 0, "hold": 0}[self.kind]
 
     def describe(self) -> str:
         if self.kind == "rest":
             what = "rest"
+        elif self.kind == "hold":
+            what = f"hold at {self.voltage_V:g} V"
         elif self.c_rate is not None:
             what = f"{self.kind} at C/{1 / self.c_rate:.3g}" if self.c_rate < 1 else f"{self.kind} at {self.c_rate:g}C"
         else:
@@ -106,7 +133,8 @@ class Protocol:
         return sum(s.duration_s for s in self.steps)
 
 
-_STEP_KEYS = {"type", "c_rate", "current_mA_g", "duration_min", "duration_s", "until", "label"}
+_STEP_KEYS = {"type", "c_rate", "current_mA_g", "duration_min", "duration_s", "until", "label", "voltage_V"}
+_GITT_KEYS = {"type", "direction", "c_rate", "current_mA_g", "pulse_min", "rest_min", "pulses", "until", "label"}
 
 
 def _positive(value, field_name: str, unit: str) -> float:
@@ -118,6 +146,34 @@ def _positive(value, field_name: str, unit: str) -> float:
     return v
 
 
+def steps_from_dict(d: dict, field_name: str, group: int) -> list[Step]:
+    """One config step → protocol steps (a GITT entry expands into pulse/rest pairs)."""
+    if isinstance(d, dict) and d.get("type") == "gitt":
+        extra = set(d) - _GITT_KEYS
+        if extra:
+            raise InputError(field_name, f"unknown key(s) {sorted(extra)}; allowed for gitt: {sorted(_GITT_KEYS)}")
+        direction = d.get("direction", "charge")
+        if direction not in ("charge", "discharge"):
+            raise InputError(f"{field_name}.direction", f"must be 'charge' or 'discharge', got {direction!r}")
+        n = d.get("pulses")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 10000:
+            raise InputError(f"{field_name}.pulses", f"must be an integer in [1, 10000], got {n!r}")
+        pulse = {k: d[k] for k in ("c_rate", "current_mA_g", "until") if k in d}
+        pulse.update(type=direction, duration_min=d.get("pulse_min"))
+        if "pulse_min" not in d or "rest_min" not in d:
+            raise InputError(field_name, "gitt needs pulse_min and rest_min")
+        p = step_from_dict(pulse, field_name)
+        r = step_from_dict({"type": "rest", "duration_min": d["rest_min"]}, field_name)
+        label = str(d.get("label", "gitt"))
+        out = []
+        for i in range(n):
+            out.append(Step(p.kind, p.c_rate, p.current_mA_g, p.duration_s, p.until, f"{label} pulse {i + 1}",
+                            group=group))
+            out.append(Step("rest", duration_s=r.duration_s, label=f"{label} rest {i + 1}", group=group))
+        return out
+    return [step_from_dict(d, field_name)]
+
+
 def step_from_dict(d: dict, field_name: str) -> Step:
     if not isinstance(d, dict):
         raise InputError(field_name, f"must be a table, got {type(d).__name__}")
@@ -127,10 +183,22 @@ def step_from_dict(d: dict, field_name: str) -> Step:
     kind = d.get("type")
     aliases = {"delithiation": "charge", "lithiation": "discharge"}
     kind = aliases.get(kind, kind)
-    if kind not in ("charge", "discharge", "rest"):
-        raise InputError(f"{field_name}.type", f"must be 'charge', 'discharge' or 'rest', got {d.get('type')!r}")
-    c_rate = current = None
-    if kind != "rest":
+    if kind not in ("charge", "discharge", "rest", "hold"):
+        raise InputError(f"{field_name}.type",
+                         f"must be 'charge', 'discharge', 'rest', 'hold' or 'gitt', got {d.get('type')!r}")
+    c_rate = current = voltage = None
+    if kind == "hold":
+        if "voltage_V" not in d:
+            raise InputError(field_name, "a hold step needs voltage_V (the constant voltage vs Li/Li+)")
+        voltage = _positive(d["voltage_V"], f"{field_name}.voltage_V", "V")
+        if voltage >= 10:
+            raise InputError(f"{field_name}.voltage_V", f"must be in (0, 10) V, got {voltage:g}")
+    elif "voltage_V" in d:
+        raise InputError(field_name, "voltage_V belongs to hold steps only")
+    if kind in ("rest", "hold"):
+        if "c_rate" in d or "current_mA_g" in d:
+            raise InputError(field_name, f"a {kind} step carries no set current (remove c_rate/current_mA_g)")
+    else:
         has_c, has_i = "c_rate" in d, "current_mA_g" in d
         if has_c == has_i:
             raise InputError(field_name, "give exactly one of c_rate (1/h) or current_mA_g (mA per g)")
@@ -138,8 +206,6 @@ def step_from_dict(d: dict, field_name: str) -> Step:
             c_rate = _positive(d["c_rate"], f"{field_name}.c_rate", "1/h")
         else:
             current = _positive(d["current_mA_g"], f"{field_name}.current_mA_g", "mA/g")
-    elif "c_rate" in d or "current_mA_g" in d:
-        raise InputError(field_name, "a rest step carries no current (remove c_rate/current_mA_g)")
     if "duration_min" in d and "duration_s" in d:
         raise InputError(field_name, "give duration_min or duration_s, not both")
     duration = None
@@ -156,7 +222,7 @@ def step_from_dict(d: dict, field_name: str) -> Step:
     if duration is None and not until:
         raise InputError(field_name, "has no terminating condition: give duration_min and/or until")
     label = str(d.get("label", ""))
-    return Step(kind, c_rate, current, duration, until, label)
+    return Step(kind, c_rate, current, duration, until, label, voltage)
 
 
 def protocol_from_dict(d: dict | None, theta0_default: float) -> Protocol:
@@ -171,7 +237,7 @@ def protocol_from_dict(d: dict | None, theta0_default: float) -> Protocol:
         raise InputError("protocol.steps", "at least one step is required")
     if not isinstance(raw_steps, list):
         raise InputError("protocol.steps", "must be an array of tables ([[protocol.steps]])")
-    steps = tuple(step_from_dict(s, f"protocol.steps[{i}]") for i, s in enumerate(raw_steps))
+    steps = tuple(st for i, s in enumerate(raw_steps) for st in steps_from_dict(s, f"protocol.steps[{i}]", i))
     if "initial_theta" in d:
         th0 = d["initial_theta"]
         if isinstance(th0, bool) or not isinstance(th0, (int, float)) or not 0.0 < float(th0) < 1.0:

@@ -23,7 +23,9 @@ from nmcfx.errors import InputError
 from .checkpoint import Checkpointer
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
+from .rocksalt import sector_weights
 from .simulation import Simulation, SolverSettings
+from .surface import SurfaceSettings
 from .transport import TransportSolver
 
 #: Front arrival at the centre: the centre has lost this much occupancy.
@@ -36,6 +38,7 @@ class PreparedRun:
     particle: object
     material: object
     protocol: Protocol
+    surface: SurfaceSettings
     solver: SolverSettings
     output: OutputSettings
     title: str
@@ -53,11 +56,18 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
         raise InputError("protocol", "missing: a config needs a [protocol] table with at least one step")
     material = material_from_config(cfg.get("material", {}), base_dir)
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
+    surface = SurfaceSettings.from_dict(cfg.get("surface"))
+    if surface.model == "flux":
+        for i, st in enumerate(protocol.steps):
+            if st.kind == "hold":
+                raise InputError(f"protocol.steps[{i}]",
+                                 "a constant-voltage hold needs [surface] model = 'butler_volmer'")
     solver = SolverSettings.from_dict(cfg.get("solver"))
     output = OutputSettings.from_dict(cfg.get("output"))
     particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
+    surface.check_sectors(particle)
     title = cfg.get("title", "")
-    return PreparedRun(cfg, particle, material, protocol, solver, output, title, base_dir)
+    return PreparedRun(cfg, particle, material, protocol, surface, solver, output, title, base_dir)
 
 
 def default_snapshots_s(protocol: Protocol) -> list[float]:
@@ -83,7 +93,8 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
     wall0 = time.perf_counter()
     st = run.solver
     sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
-                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
+                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
+                         surface=run.surface, sector_weights=sector_weights(run.surface, run.particle, run.material))
     snaps = ([60.0 * t for t in run.output.snapshot_times_min] if run.output.snapshot_times_min is not None
              else default_snapshots_s(run.protocol))
     out_settings = run.output
@@ -182,12 +193,17 @@ def metadata(run: PreparedRun, sv: TransportSolver, comm) -> dict:
                          "reactive_sectors": list(p.reactive_sectors), "centroid": list(p.centroid),
                          "info": p.info},
             "material": run.material.describe() if hasattr(run.material, "describe") else repr(run.material),
+            "surface": run.surface.to_dict() | {"sector_weights": sv_weights(sv)},
             "protocol": {"initial_theta": run.protocol.initial_theta,
                          "steps": [s.describe() for s in run.protocol.steps]},
             "solver": run.solver.to_dict() | {"petsc_options": sv.petsc_options, "dofs": sv.num_dofs},
             "output": run.output.to_dict(),
         },
     }
+
+
+def sv_weights(sv) -> dict:
+    return {s: float(c.value) for s, c in sv.eta.items()}
 
 
 def package_versions() -> dict:

@@ -93,8 +93,12 @@ class StepRecord:
     theta_center: float
     theta_surface_min: float
     theta_surface_max: float
+    voltage_V: float
+    current_mA_g: float
     li_extracted_mol: float
     capacity_mAh_g: float
+    li_rich_fraction: float
+    d_um: float
     mass_balance_error: float
     dt_s: float
     newton_iterations: int
@@ -112,7 +116,7 @@ class Simulation:
     """
 
     def __init__(self, solver, material, protocol: Protocol, settings: SolverSettings,
-                 *, snapshot_times_s=(), observers=(), center=None):
+                 *, snapshot_times_s=(), observers=(), center=None, li_rich_drop: float = 0.05 * 0.95):
         self.solver = solver
         self.material = material
         self.protocol = protocol
@@ -125,13 +129,17 @@ class Simulation:
         reactive = [s for s in p.reactive_sectors if s in p.sectors]
         self.reactive_sectors = reactive
         self.perimeter = sum(solver.sector_measure[s] for s in reactive)  # µm or µm²
-        self.sector_weights = {s: 1.0 for s in reactive}  # blocking factors (issue 3)
+        # blocking factors η_s (Lun 2025), owned by the solver (they enter its kinetics)
+        self.sector_weights = {s: float(solver.eta[s].value) for s in reactive}
+        self._j_per_mA_g = material.current_density_for_specific_current(1.0, self.area, self.perimeter)
+        self.li_rich_drop = li_rich_drop
         center = p.centroid if center is None else center
         solver.add_probe("center", np.atleast_2d(np.asarray(center, dtype=float)))
         self.t = 0.0
         self.history: list[StepRecord] = []
         self.step_log: list[dict] = []
-        self._ledger = 0.0  # ∫∮ q ds dt, µm^d
+        self._ledger = 0.0  # Li that left through the surface, µm^d of θ (the scheme's own quadrature)
+        self._ledger_prev = 0.0
         self._I0 = None
         self._dt_prev = None
         self._have_prev = False
@@ -140,7 +148,7 @@ class Simulation:
     # ------------------------------------------------------------------ physics glue
     def current_density(self, step: Step) -> float:
         """Mean boundary current density j̄ (A m⁻², positive for charge) of a step."""
-        if step.kind == "rest":
+        if step.kind in ("rest", "hold"):
             return 0.0
         if step.c_rate is not None:
             j = self.material.current_density_for_c_rate(step.c_rate, self.area, self.perimeter)
@@ -160,11 +168,18 @@ class Simulation:
     def observe(self) -> dict:
         sv = self.solver
         smin, smax = sv.surface_min_max()
+        cur = sv.current_density() / self._j_per_mA_g
+        frac, d = sv.li_rich_offset(self.protocol.initial_theta - self.li_rich_drop)
         return {
             "theta_mean": sv.theta_mean(),
             "theta_center": float(sv.probe("center")[0]),
             "theta_surface_min": float(smin),
             "theta_surface_max": float(smax),
+            "voltage_V": sv.voltage,
+            "current_mA_g": cur,
+            "abs_current_mA_g": abs(cur),
+            "li_rich_fraction": frac,
+            "d_um": d,
         }
 
     def _li_mol(self, dI: float) -> float:
@@ -182,8 +197,12 @@ class Simulation:
             theta_center=obs["theta_center"],
             theta_surface_min=obs["theta_surface_min"],
             theta_surface_max=obs["theta_surface_max"],
+            voltage_V=obs["voltage_V"],
+            current_mA_g=obs["current_mA_g"],
             li_extracted_mol=self._li_mol(self._I0 - I),
             capacity_mAh_g=(self._I0 - I) / self.area * self.material.theoretical_capacity_mAh_g,
+            li_rich_fraction=obs["li_rich_fraction"],
+            d_um=obs["d_um"],
             mass_balance_error=((self._I0 - I) - self._ledger) / self._I0,
             dt_s=dt,
             newton_iterations=its,
@@ -220,12 +239,18 @@ class Simulation:
             while snaps and snaps[0] <= 1e-12:
                 self._snapshot(snaps.pop(0))
             dt, k0, t_start0 = st.dt_initial_s, 0, 0.0
+        skip_group = None
         for k in range(k0, len(self.protocol.steps)):
             step = self.protocol.steps[k]
+            if step.group is not None and step.group == skip_group:
+                continue  # a condition ended this GITT sequence
             t_start = t_start0 if k == k0 else self.t
+            cap0 = self._capacity()
             dt, obs, reason = self._run_step(k, step, dt, obs, snaps, t_start)
-            info = {"index": k, "label": step.label, "description": step.describe(), "end_time_s": self.t,
-                    "reason": reason, **obs}
+            if reason.startswith("reached") and step.group is not None:
+                skip_group = step.group
+            info = {"index": k, "label": step.label, "description": step.describe(), "start_time_s": t_start,
+                    "end_time_s": self.t, "reason": reason, "capacity_mAh_g": self._capacity() - cap0, **obs}
             self.step_log.append(info)
             for o in self.observers:
                 o.step_end(self, info)
@@ -238,6 +263,10 @@ class Simulation:
             o.finish(self)
         return self.history
 
+    def _capacity(self) -> float:
+        """Specific charge passed so far (mAh/g, + = charge)."""
+        return self._ledger / self.area * self.material.theoretical_capacity_mAh_g
+
     def _save(self, k, t_step_start, dt, obs, snaps, force=False):
         if self._checkpoint is not None and (force or self._checkpoint.due()):
             self._checkpoint.save(self, k=k, t_step_start=t_step_start, dt=dt, obs=obs, snaps=snaps)
@@ -248,7 +277,15 @@ class Simulation:
 
     def _run_step(self, k: int, step: Step, dt: float, obs: dict, snaps: list, t_start: float):
         sv, st = self.solver, self.settings
-        sv.set_fluxes(self.sector_fluxes(self.current_density(step)))
+        if sv.kinetics:
+            if step.kind == "hold":
+                sv.set_control("voltage", step.voltage_V)
+            else:
+                sv.set_control("current", self.current_density(step))
+        else:
+            if step.kind == "hold":
+                raise InputError(f"protocol.steps[{k}]", "a constant-voltage hold needs surface.model = 'butler_volmer'")
+            sv.set_fluxes(self.sector_fluxes(self.current_density(step)))
         outflow = sv.boundary_outflow()
         t_end = t_start + step.duration_s if step.duration_s is not None else math.inf
         # a condition already met at the start ends the step at once
@@ -269,6 +306,8 @@ class Simulation:
             order = 2 if (st.time_scheme == "bdf2" and self._have_prev) else 1
             guess = self._predict(dt)
             res = sv.solve_step(dt, self._dt_prev if order == 2 else None, order, guess)
+            if res.converged and sv.kinetics:
+                outflow = sv.boundary_outflow()  # the current at the new state (CV holds: varies)
             if not res.converged:
                 sv.counters.rejected_steps += 1
                 dt *= 0.25
@@ -347,7 +386,10 @@ class Simulation:
         sv.accept()
         sv.counters.steps += 1
         self.t += dt
-        self._ledger += dt * outflow
+        # the discrete Li balance of the scheme: a0 L_{n+1} + a1 L_n + a2 L_{n-1} = dt Q_{n+1}
+        a0, a1, a2 = (float(c.value) for c in sv.bdf)
+        new = (dt * outflow - a1 * self._ledger - a2 * self._ledger_prev) / a0
+        self._ledger_prev, self._ledger = self._ledger, new
         self._dt_prev = dt
         self._have_prev = True
         self._record(obs, k, dt, its)

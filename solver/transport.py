@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import basix.ufl
 import numpy as np
 import ufl
 from mpi4py import MPI
@@ -31,6 +32,7 @@ import dolfinx.fem.petsc
 from dolfinx import fem
 
 from nmcfx.errors import InputError
+from nmcfx.materials.constants import FARADAY, GAS_CONSTANT
 
 #: SNES/KSP defaults: Newton with backtracking line search, direct MUMPS LU.
 DEFAULT_PETSC_OPTIONS = {
@@ -87,6 +89,8 @@ class TransportSolver:
         petsc_options: dict | None = None,
         prefix: str = "nmcfx_theta_",
         extra_residual=None,
+        surface=None,
+        sector_weights: dict | None = None,
     ):
         if degree not in (1, 2):
             raise InputError("solver.degree", f"must be 1 or 2, got {degree!r}")
@@ -127,6 +131,15 @@ class TransportSolver:
             dxm = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": qdeg})
         ds = ufl.Measure("ds", domain=mesh, subdomain_data=particle.facet_tags, metadata={"quadrature_degree": degree})
         self.dx, self.ds = dx, ds
+        # nodal (vertex-rule) boundary measure: integrands built from nodal coefficients of θ
+        # are then evaluated exactly at the vertices, and their Jacobians are exact
+        ds_nodal = ufl.Measure("ds", domain=mesh, subdomain_data=particle.facet_tags,
+                               metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
+        self.reactive = [s for s in particle.reactive_sectors if s in particle.sectors]
+        self.kinetics = surface is not None and surface.model == "butler_volmer"
+        weights = {s: 1.0 for s in self.reactive} | dict(sector_weights or {})
+        self.eta = {s: fem.Constant(mesh, PETSc.ScalarType(weights[s])) for s in self.reactive}
+        self.Uh = fem.Function(V, name="V_oc")  # nodal V_oc(θ) (V)
 
         if gdim == 3 and tdim == 3:
             proj = ufl.as_matrix([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
@@ -139,8 +152,9 @@ class TransportSolver:
         a0, a1, a2 = self.bdf
         rate = (a0 * th + a1 * self.theta_n + a2 * self.theta_nm1) / self.dt
         F = rate * v * dxm + self.D * ufl.inner(grad_p(th), ufl.grad(v)) * dx
-        for s in self.sector_names:
-            F += self.q[s] * v * ds(particle.sectors[s])
+        if not self.kinetics:  # prescribed fluxes; with kinetics the flux is i_BV/(F N_L)
+            for s in self.sector_names:
+                F += self.q[s] * v * ds(particle.sectors[s])
         J = (a0 / self.dt) * dth * v * dxm
         J += self.D * ufl.inner(grad_p(dth), ufl.grad(v)) * dx
         # d/dθ_j of Σ_i D(θ_i) φ_i is D'(θ_j) φ_j. For P1 the vertex rule integrates the
@@ -149,24 +163,32 @@ class TransportSolver:
         dx_nodal = ufl.Measure("dx", domain=mesh, metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
         J += self.dD * dth * ufl.inner(grad_p(th), ufl.grad(v)) * (dx_nodal if degree == 1 else dx)
         if extra_residual is not None:
-            # hook for sources / non-uniform fluxes (manufactured solutions, surface kinetics)
+            # hook for sources / non-uniform fluxes (manufactured solutions)
             extra = extra_residual(self, th, v)
             F += extra
             J += ufl.derivative(extra, th, dth)
-        self.F_ufl, self.J_ufl = F, J
+        self._scale = 1e6 / (FARADAY * material.site_concentration)  # A m⁻² → µm s⁻¹ of θ
+        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
+        ds_r = ds_nodal(tuple(int(particle.sectors[s]) for s in self.reactive))
+        self._ds_reactive = ds_r
+        self._ocv_surface_form = fem.form(self.Uh * ds_r)
 
         opts = dict(DEFAULT_PETSC_OPTIONS)
         if petsc_options:
             opts.update({str(k): v for k, v in petsc_options.items()})
         self.petsc_options = opts
-        self.problem = dolfinx.fem.petsc.NonlinearProblem(
-            F, self.theta, J=J, petsc_options_prefix=prefix, petsc_options=opts
-        )
-        self._wrap_callbacks()
+        if self.kinetics:
+            self._build_kinetics(surface, F, J, th, v, dth, ds_nodal, prefix, opts)
+        else:
+            self.phi = None
+            self.F_ufl, self.J_ufl = F, J
+            self.problem = dolfinx.fem.petsc.NonlinearProblem(
+                F, self.theta, J=J, petsc_options_prefix=prefix, petsc_options=opts
+            )
+            self._wrap_callbacks()
 
         # Observables (compiled once).
         self._mass_form = fem.form(self.theta * dx)
-        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
         self.volume = self.comm.allreduce(fem.assemble_scalar(fem.form(one * dx)), op=MPI.SUM)
         self.sector_measure = {
             s: self.comm.allreduce(fem.assemble_scalar(fem.form(one * ds(particle.sectors[s]))), op=MPI.SUM)
@@ -184,12 +206,126 @@ class TransportSolver:
         self._n_owned = n_owned
         self._probes: dict[str, PointProbe] = {}
 
+    # ------------------------------------------------------------------ kinetics
+    def _build_kinetics(self, surface, F, J, th, v, dth, ds_nodal, prefix, opts):
+        """Butler–Volmer surface with the particle potential φ_s as a global (real) unknown.
+
+        i = η_s i0(θ) [exp(α_a f η_ov) − exp(−α_c f η_ov)], η_ov = φ_s − φ_l − V_oc(θ),
+        f = F/RT (seed 004 Eqs. 1–3). The φ_s equation is either the galvanostatic
+        constraint Σ_s ∫ i ds = j̄ Γ (CC, rest) or φ_s = V_set (CV hold), switched by
+        constants so one compiled problem serves every protocol step.
+        """
+        mesh, mat = self.mesh, self.material
+        V = self.V
+        R = fem.functionspace(mesh, basix.ufl.real_element(mesh.basix_cell(), ()))
+        self.R = R
+        self.phi = fem.Function(R, name="phi_s")
+        mu, dphi = ufl.TestFunction(R), ufl.TrialFunction(R)
+        self.theta_frozen = fem.Function(V)
+        self.dUh = fem.Function(V)
+        self.i0h = fem.Function(V)
+        self.di0h = fem.Function(V)
+        self.phi_l = fem.Constant(mesh, PETSc.ScalarType(surface.electrolyte_potential_V))
+        self._c_ratio = surface.electrolyte_concentration_ratio
+        self.w_cc = fem.Constant(mesh, PETSc.ScalarType(1.0))
+        self.w_cv = fem.Constant(mesh, PETSc.ScalarType(0.0))
+        self.j_set = fem.Constant(mesh, PETSc.ScalarType(0.0))  # A m⁻², mean over the reactive surface
+        self.V_set = fem.Constant(mesh, PETSc.ScalarType(0.0))
+        f = FARADAY / (GAS_CONSTANT * mat.temperature_K)
+        # frozen linearisation: equal to the nodal values at θ = θ_frozen (= the iterate),
+        # with the nodal derivative as its θ-derivative → exact Jacobian under the vertex rule
+        U = self.Uh + self.dUh * (th - self.theta_frozen)
+        i0 = self.i0h + self.di0h * (th - self.theta_frozen)
+        over = self.phi - self.phi_l - U
+        i_bv = i0 * (ufl.exp(mat.alpha_a * f * over) - ufl.exp(-mat.alpha_c * f * over))
+        self._i_bv = i_bv
+        sc = self._scale
+        tags = self.particle.sectors
+        F_th = sum(self.eta[s] * sc * i_bv * v * ds_nodal(tags[s]) for s in self.reactive)
+        cur = sum(self.eta[s] * sc * i_bv * mu * ds_nodal(tags[s]) for s in self.reactive)
+        ds_r = self._ds_reactive
+        cv_scale = sc * mat.i0_ref_A_m2 * f
+        F_phi = self.w_cc * (cur - sc * self.j_set * mu * ds_r) + self.w_cv * cv_scale * (self.phi - self.V_set) * mu * ds_r
+        F0 = F + F_th
+        J00 = J + ufl.derivative(F_th, th, dth)
+        J01 = ufl.derivative(F_th, self.phi, dphi)
+        J10 = ufl.derivative(F_phi, th, dth)
+        J11 = ufl.derivative(F_phi, self.phi, dphi)
+        self.F_ufl, self.J_ufl = [F0, F_phi], [[J00, J01], [J10, J11]]
+        self._current_form = fem.form(sum(self.eta[s] * i_bv * ds_nodal(tags[s]) for s in self.reactive))
+        self.problem = dolfinx.fem.petsc.NonlinearProblem(
+            self.F_ufl, [self.theta, self.phi], J=self.J_ufl, kind="mpi", petsc_options_prefix=prefix,
+            petsc_options=opts,
+        )
+        snes = self.problem.solver
+        F_ctx = {"u": self.problem.u, "residual": self.problem.F, "jacobian": self.problem.J, "bcs": []}
+        if (blocks := self.problem.b.getAttr("_blocks")) is not None:
+            F_ctx["_blocks"] = blocks
+        J_ctx = {"u": self.problem.u, "jacobian": self.problem.J, "preconditioner": None, "bcs": []}
+        counters, clock = self.counters, MPI.Wtime
+        assemble_F = dolfinx.fem.petsc.assemble_residual
+        assemble_J = dolfinx.fem.petsc.assemble_jacobian
+
+        def residual(snes_, x, b):
+            t0 = clock()
+            x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+            dolfinx.fem.petsc.assign(x, [self.theta, self.phi])
+            self._update_coefficients()
+            assemble_F(snes_, x, b, **F_ctx)
+            counters.residual_evaluations += 1
+            counters.assembly_time += clock() - t0
+
+        def jacobian(snes_, x, A, P):
+            t0 = clock()
+            dolfinx.fem.petsc.assign(x, [self.theta, self.phi])
+            self._update_coefficients()
+            assemble_J(snes_, x, A, P, **J_ctx)
+            counters.jacobian_evaluations += 1
+            counters.assembly_time += clock() - t0
+
+        snes.setFunction(residual, self.problem.b)
+        snes.setJacobian(jacobian, self.problem.A, self.problem.P_mat)
+
+    def set_control(self, mode: str, value: float):
+        """Butler–Volmer runs: "current" (mean current density j̄ in A m⁻², + = charge) or
+        "voltage" (φ_s in V vs Li/Li⁺)."""
+        if mode == "current":
+            self.w_cc.value, self.w_cv.value, self.j_set.value = 1.0, 0.0, value
+        elif mode == "voltage":
+            self.w_cc.value, self.w_cv.value, self.V_set.value = 0.0, 1.0, value
+            self.phi.x.array[:] = value
+        else:
+            raise ValueError(mode)
+
+    @property
+    def voltage(self) -> float:
+        """Cell voltage vs Li/Li⁺: φ_s − φ_l (Butler–Volmer), else the surface-averaged V_oc."""
+        if self.phi is not None:
+            return float(self.phi.x.array[0] - self.phi_l.value)
+        self.Uh.x.array[:] = self.material.ocv(np.clip(self.theta.x.array, 1e-6, 1 - 1e-6))
+        gam = sum(self.sector_measure[s] for s in self.reactive)
+        return self.comm.allreduce(fem.assemble_scalar(self._ocv_surface_form), op=MPI.SUM) / gam
+
+    def current_density(self) -> float:
+        """Mean current density over the reactive surface (A m⁻², + = charge/delithiation)."""
+        gam = sum(self.sector_measure[s] for s in self.reactive)
+        if self.phi is not None:
+            return self.comm.allreduce(fem.assemble_scalar(self._current_form), op=MPI.SUM) / gam
+        return self.boundary_outflow() / gam / self._scale
+
     # ------------------------------------------------------------------ SNES glue
     def _update_coefficients(self):
-        """Nodal D_chem(θ) and its derivative from the current iterate (µm² s⁻¹)."""
+        """Nodal D_chem(θ) (and, with kinetics, V_oc, i0) and derivatives at the current iterate."""
         th = np.clip(self.theta.x.array, 1e-6, 1.0 - 1e-6)
-        self.D.x.array[:] = self.material.D_chem(th) * 1e12
-        self.dD.x.array[:] = self.material.dD_chem(th) * 1e12
+        mat = self.material
+        self.D.x.array[:] = mat.D_chem(th) * 1e12
+        self.dD.x.array[:] = mat.dD_chem(th) * 1e12
+        if self.kinetics:
+            self.theta_frozen.x.array[:] = self.theta.x.array
+            self.Uh.x.array[:] = mat.ocv(th)
+            self.dUh.x.array[:] = mat.docv(th)
+            self.i0h.x.array[:] = mat.i0(th, self._c_ratio)
+            self.di0h.x.array[:] = mat.di0(th, self._c_ratio)
 
     def _wrap_callbacks(self):
         """Own SNES callbacks: update the nodal coefficients, then assemble.
@@ -245,6 +381,15 @@ class TransportSolver:
             else:
                 f.x.array[:] = float(theta0)
         self._update_coefficients()
+        if self.phi is not None:  # start at open circuit
+            self.phi.x.array[:] = self.voltage_at_rest()
+
+    def voltage_at_rest(self) -> float:
+        """Surface-averaged V_oc(θ) + φ_l: the potential at which no net current flows (uniform θ)."""
+        self.Uh.x.array[:] = self.material.ocv(np.clip(self.theta.x.array, 1e-6, 1 - 1e-6))
+        gam = sum(self.sector_measure[s] for s in self.reactive)
+        u = self.comm.allreduce(fem.assemble_scalar(self._ocv_surface_form), op=MPI.SUM) / gam
+        return u + (float(self.phi_l.value) if self.phi is not None else 0.0)
 
     def set_fluxes(self, fluxes_um_per_s: dict[str, float]):
         """Set the boundary flux of every sector (µm s⁻¹; missing sectors get 0)."""
@@ -255,7 +400,9 @@ class TransportSolver:
             c.value = float(fluxes_um_per_s.get(s, 0.0))
 
     def boundary_outflow(self) -> float:
-        """∮ q ds (µm^(d-1)·µm s⁻¹): rate of change of -∫θ dx for prescribed fluxes."""
+        """∮ q ds (µm^(d-1)·µm s⁻¹) at the current state: the rate of change of −∫θ dx."""
+        if self.phi is not None:
+            return self.comm.allreduce(fem.assemble_scalar(self._current_form), op=MPI.SUM) * self._scale
         return sum(float(self.q[s].value) * self.sector_measure[s] for s in self.sector_names)
 
     def set_bdf_coefficients(self, dt: float, dt_prev: float | None, order: int):
@@ -318,6 +465,29 @@ class TransportSolver:
         lo = vals.min() if vals.size else np.inf
         hi = vals.max() if vals.size else -np.inf
         return self.comm.allreduce(lo, op=MPI.MIN), self.comm.allreduce(hi, op=MPI.MAX)
+
+    def li_rich_offset(self, theta_threshold: float) -> tuple[float, float]:
+        """Area (volume) fraction of the Li-rich region θ > ``theta_threshold`` and the distance
+        d (µm) between its centre of mass and the particle's (Lun 2025, Fig. 5d); d is NaN once
+        the region has vanished."""
+        if not hasattr(self, "_lr_thr"):
+            mesh = self.mesh
+            self._lr_thr = fem.Constant(mesh, PETSc.ScalarType(0.0))
+            dxq = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": 4})
+            x = ufl.SpatialCoordinate(mesh)
+            ind = ufl.conditional(ufl.gt(self.theta, self._lr_thr), 1.0, 0.0)
+            gdim = mesh.geometry.dim
+            self._lr_forms = [fem.form(ind * dxq)] + [fem.form(ind * x[i] * dxq) for i in range(gdim)]
+            one = fem.Constant(mesh, PETSc.ScalarType(1.0))
+            com = [fem.assemble_scalar(fem.form(one * x[i] * dxq)) for i in range(gdim)]
+            self._particle_com = reduce_array(self.comm, np.array(com), MPI.SUM) / self.volume
+        self._lr_thr.value = theta_threshold
+        vals = reduce_array(self.comm, np.array([fem.assemble_scalar(f) for f in self._lr_forms]), MPI.SUM)
+        frac = vals[0] / self.volume
+        if vals[0] <= 1e-9 * self.volume:
+            return float(frac), float("nan")
+        com = vals[1:] / vals[0]
+        return float(frac), float(np.linalg.norm(com - self._particle_com))
 
     def add_probe(self, name: str, points: np.ndarray):
         self._probes[name] = PointProbe(self.mesh, np.asarray(points, dtype=float))

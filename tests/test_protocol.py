@@ -41,7 +41,7 @@ def test_stop_condition_distance_sign():
         ({"type": "charge", "c_rate": 1, "current_mA_g": 5, "duration_min": 10}, "protocol.steps[0]"),
         ({"type": "charge", "c_rate": 1}, "protocol.steps[0]"),  # no terminating condition
         ({"type": "rest", "c_rate": 1, "duration_min": 1}, "protocol.steps[0]"),
-        ({"type": "hold", "duration_min": 1}, "protocol.steps[0].type"),
+        ({"type": "pause", "duration_min": 1}, "protocol.steps[0].type"),
         ({"type": "charge", "c_rate": 1, "until": ["theta_mean < 1.5"]}, "protocol.steps[0].until[0]"),
         ({"type": "charge", "c_rate": 1, "until": ["voltage < 4.3"]}, "protocol.steps[0].until[0]"),
         ({"type": "charge", "c_rate": 1, "until": ["theta_mean ~ 0.3"]}, "protocol.steps[0].until[0]"),

@@ -1,0 +1,44 @@
+"""From a rocksalt film thickness to the blocking factor η of a surface sector (Lun 2025).
+
+Lun et al. (seed 000) model a partially reconstructed surface by a flux ratio
+η = j_RSL / j_NMC and attribute it to a rocksalt layer 0–4 nm thick whose Li diffusivity is
+~3000× lower than that of the layered phase. A simple series-resistance estimate maps one
+onto the other: Li leaving through a sector crosses the particle (resistance ~ L / D_layer,
+L the particle's equivalent radius) and then the film (δ / D_RS), so relative to a bare
+surface
+
+    η(δ) = (L / D) / (L / D + δ / D_RS) = 1 / (1 + δ / δ_c),   δ_c = L · D_RS / D = L / ratio.
+
+For a 2.4 µm particle and ratio = 3000, δ_c = 0.4 nm: η = 0.7 at δ ≈ 0.17 nm, η = 0.3 at
+δ ≈ 0.93 nm and η ≈ 0.09 at 4 nm. It is an estimate of orders of magnitude, not a
+derivation; ``studies/lun2025_rocksalt_shell.py`` compares it with a resolved film.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def critical_thickness_nm(particle, ratio: float) -> float:
+    """δ_c = L / ratio in nm, L the equivalent radius (2D: √(A/π); 3D: volume/area × 2 for a cylinder)."""
+    if particle.dim == 2:
+        radius_um = math.sqrt(particle.measure / math.pi)
+    else:
+        radius_um = 2.0 * particle.measure / particle.boundary_measure
+    return radius_um * 1e3 / ratio
+
+
+def eta_from_thickness(thickness_nm: float, critical_nm: float) -> float:
+    return 1.0 / (1.0 + thickness_nm / critical_nm)
+
+
+def sector_weights(surface, particle, material=None) -> dict[str, float]:
+    """η per reactive sector: 1 unless blocked (η given) or covered by a rocksalt film (δ given)."""
+    reactive = [s for s in particle.reactive_sectors if s in particle.sectors]
+    weights = {s: 1.0 for s in reactive}
+    weights.update(surface.blocking)
+    if surface.rocksalt_thickness_nm:
+        dc = critical_thickness_nm(particle, surface.rocksalt_diffusivity_ratio)
+        for s, delta in surface.rocksalt_thickness_nm.items():
+            weights[s] = eta_from_thickness(delta, dc)
+    return weights
