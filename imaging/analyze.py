@@ -1,0 +1,426 @@
+"""The analysis pipeline of an operando image stack, and its output directory.
+
+    stack → temporal binning (on reading) → drift correction → particle mask (reference
+    frame) → total contrast → normalised intensity, centre trace, line-cut kymograph,
+    asymmetry d(t) → outline (µm) → [mesh]
+
+:func:`analyze` computes everything in memory and raises :class:`InputError` on any bad
+input before a file is written; :func:`write_analysis` then creates the directory and
+writes every file through a temporary name. Times in the outputs are relative to the
+current start: ``reference_time_s`` if given, else the time of the reference frame.
+
+Output directory (see README "Image analysis and calibration"):
+
+    metadata.json      inputs: file, stack info, options, pixel size, reference frame, versions
+    summary.json       results: particle area/perimeter, spot, drift extent, classification
+    drift.csv/.png     drift trace (px and µm)
+    intensity.csv/.png per frame: normalised intensity, centre contrast, d, Li-rich fraction
+    kymograph.csv/.png contrast along the line cut against time (or capacity)
+    asymmetry.png      d(t) with the classification threshold
+    contrast_maps.png  total contrast maps, zero-centred diverging scale
+    reference.png      reference frame with mask outline, centre region, line and spot
+    outline.csv        particle outline in µm (x_um,y_um) usable as geometry.contour_csv
+    contrast.npz       cropped contrast stack, mask, times: the input of `nmcfx calibrate`
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from nmcfx.errors import InputError
+
+from . import figures
+from .asymmetry import LI_RICH_THRESHOLD, AsymmetryRule, AsymmetryTrace, classify, com_offset
+from .contrast import centroid_rc, disk_region, mean_in, particle_mask, total_contrast
+from .drift import DriftTrace, correct_drift, measure_drift
+from .forward import DEFAULT_RESOLUTION_UM, psf_sigma_um
+from .kymograph import Kymograph, default_line, line_kymograph
+from .outline import Outline, mask_outline
+from .stack import ImageStack, load_stack
+
+#: Margin (px) kept around the particle in contrast.npz.
+CROP_MARGIN_PX = 24
+
+
+@dataclass(frozen=True)
+class AnalysisOptions:
+    reference_frame: int | None = None  # index of the frame before current flows (default 0)
+    reference_time_s: float | None = None  # or: current start time; reference = last frame at or before it
+    drift: str = "gaussian"  # gaussian | phase | none
+    spot_rc: tuple[float, float] | None = None  # marker spot (row, col) in the reference frame; None: automatic
+    spot_box_px: int = 7
+    threshold: str | float = "otsu"
+    particle_rc: tuple[float, float] | None = None  # a pixel on the particle (picks the mask component)
+    line: tuple[tuple[float, float], tuple[float, float]] | None = None  # ((r0, c0), (r1, c1)); None: horizontal
+    line_width_px: int = 1
+    li_rich_threshold: float = LI_RICH_THRESHOLD
+    reaction: str = "charge"  # charge (delithiation) | discharge (lithiation)
+    center_radius_px: float = 3.0
+    asymmetry: AsymmetryRule = field(default_factory=AsymmetryRule)
+    outline_level: str | float = "half"
+    smoothing_um: float | None = None  # outline smoothing (default: one pixel)
+    resolution_um: float = DEFAULT_RESOLUTION_UM
+    current_mA_g: float | None = None  # for a capacity axis
+    c_rate: float | None = None
+    map_frames: int = 8
+    figures: bool = True
+
+    def validated(self, n_frames: int) -> "AnalysisOptions":
+        o = self
+        if o.reference_frame is not None and o.reference_time_s is not None:
+            raise InputError("reference", "give the reference frame or the reference time, not both")
+        if o.reference_frame is not None:
+            k = o.reference_frame
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_frames - 1:
+                raise InputError("reference_frame", f"must be a frame index in [0, {n_frames - 2}] (a later frame "
+                                                    f"must follow), got {k!r}")
+        if o.reference_time_s is not None and not _finite(o.reference_time_s):
+            raise InputError("reference_time_s", f"must be a time in s, got {o.reference_time_s!r}")
+        if o.drift not in ("gaussian", "phase", "none"):
+            raise InputError("drift", f"must be 'gaussian', 'phase' or 'none', got {o.drift!r}")
+        if not _finite(o.li_rich_threshold) or not 0 < o.li_rich_threshold < 10:
+            raise InputError("li_rich_threshold", f"must be a contrast in (0, 10), got {o.li_rich_threshold!r}")
+        if o.reaction not in ("charge", "discharge"):
+            raise InputError("reaction", f"must be 'charge' or 'discharge', got {o.reaction!r}")
+        if not _finite(o.center_radius_px) or not 0 <= o.center_radius_px <= 100:
+            raise InputError("center_radius_px", f"must be in [0, 100] px, got {o.center_radius_px!r}")
+        if not _finite(o.resolution_um) or not 0 < o.resolution_um <= 10:
+            raise InputError("resolution_um", f"must be in (0, 10] µm, got {o.resolution_um!r}")
+        if o.current_mA_g is not None and o.c_rate is not None:
+            raise InputError("current_mA_g", "give current_mA_g or c_rate, not both")
+        for name in ("current_mA_g", "c_rate"):
+            v = getattr(o, name)
+            if v is not None and (not _finite(v) or v <= 0):
+                raise InputError(name, f"must be > 0, got {v!r}")
+        if isinstance(o.map_frames, bool) or not isinstance(o.map_frames, int) or not 1 <= o.map_frames <= 64:
+            raise InputError("map_frames", f"must be an integer in [1, 64], got {o.map_frames!r}")
+        if o.smoothing_um is not None and (not _finite(o.smoothing_um) or not 0 <= o.smoothing_um <= 1):
+            raise InputError("smoothing_um", f"must be in [0, 1] µm, got {o.smoothing_um!r}")
+        return o
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["asymmetry"] = asdict(self.asymmetry)
+        return d
+
+
+def _finite(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float, np.floating)) and math.isfinite(v)
+
+
+@dataclass
+class AnalysisResult:
+    stack: ImageStack  # drift-corrected frames
+    options: AnalysisOptions
+    reference_index: int
+    t0_s: float
+    times_rel_s: np.ndarray
+    drift: DriftTrace
+    mask: np.ndarray
+    threshold: float
+    contrast: np.ndarray
+    centroid_rc: tuple[float, float]
+    center_region: np.ndarray
+    normalised_intensity: np.ndarray
+    center_contrast: np.ndarray
+    kymograph: Kymograph
+    asymmetry: AsymmetryTrace
+    classification: dict
+    outline: Outline
+    capacity_mAh_g: np.ndarray | None = None
+    mesh_info: dict | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def pixel_size_um(self) -> float:
+        return self.stack.pixel_size_um
+
+    def summary(self) -> dict:
+        o = self.outline
+        d = self.drift
+        return {
+            "frames": self.stack.n_frames,
+            "reference_frame": self.reference_index,
+            "time_zero_s": self.t0_s,
+            "pixel_size_um": self.pixel_size_um,
+            "mask_threshold": self.threshold,
+            "mask_pixels": int(self.mask.sum()),
+            "particle_centroid_rc": list(self.centroid_rc),
+            "particle_area_um2": o.area_um2,
+            "particle_perimeter_um": o.perimeter_um,
+            "equivalent_diameter_um": o.equivalent_diameter_um,
+            "outline_level": o.level,
+            "drift_method": d.method,
+            "drift_spot_rc": list(d.spot_rc) if d.spot_rc is not None else None,
+            "drift_max_px": float(np.max(np.hypot(d.drift_rc[:, 0], d.drift_rc[:, 1]))),
+            "normalised_intensity_final": float(self.normalised_intensity[-1]),
+            "center_contrast_final": float(self.center_contrast[-1]),
+            "asymmetry": self.classification,
+            "line_rc": [list(self.kymograph.p0_rc), list(self.kymograph.p1_rc)],
+            "mesh": self.mesh_info,
+            "notes": self.notes,
+        }
+
+
+def reference_index(times_s: np.ndarray, opts: AnalysisOptions) -> int:
+    if opts.reference_frame is not None:
+        return int(opts.reference_frame)
+    if opts.reference_time_s is not None:
+        before = np.flatnonzero(times_s <= opts.reference_time_s + 1e-9)
+        if before.size == 0:
+            raise InputError("reference_time_s", f"{opts.reference_time_s:g} s is before the first frame "
+                                                 f"({times_s[0]:g} s)")
+        k = int(before[-1])
+        if k >= len(times_s) - 1:
+            raise InputError("reference_time_s", f"{opts.reference_time_s:g} s leaves no frame after the reference")
+        return k
+    return 0
+
+
+def analyze(stack: ImageStack, opts: AnalysisOptions = AnalysisOptions()) -> AnalysisResult:
+    """Run the whole pipeline in memory (no files written)."""
+    opts = opts.validated(stack.n_frames)
+    notes = []
+    px = stack.pixel_size_um
+    sigma_px = psf_sigma_um(opts.resolution_um) / px
+    ref = reference_index(stack.times_s, opts)
+    t0 = float(opts.reference_time_s) if opts.reference_time_s is not None else float(stack.times_s[ref])
+    # the particle mask of the raw reference frame keeps the automatic spot search off the particle
+    mask0, _ = particle_mask(stack.frames[ref], opts.threshold, seed_rc=opts.particle_rc)
+    exclude = ndimage.binary_dilation(mask0, iterations=max(3, int(math.ceil(3 * sigma_px))))
+    trace = measure_drift(stack.frames, stack.times_s, ref, method=opts.drift, spot_rc=opts.spot_rc,
+                          box_px=opts.spot_box_px, exclude=exclude, sigma_px=sigma_px)
+    frames = correct_drift(stack.frames, trace)
+    lost = int(math.ceil(np.max(np.abs(trace.drift_rc)))) if trace.n_frames else 0
+    mask, thr = particle_mask(frames[ref], opts.threshold, seed_rc=opts.particle_rc)
+    if lost and not _clear_of_border(mask, lost + 1):
+        notes.append(f"the particle comes within {lost + 1} px of the edge, where drift correction extrapolates")
+    contrast = total_contrast(frames, ref, mask)
+    cen = centroid_rc(mask)
+    region = disk_region(mask.shape, cen, opts.center_radius_px, within=mask)
+    norm_int = mean_in(contrast, mask)
+    center = mean_in(contrast, region)
+    if opts.line is not None:
+        p0, p1 = opts.line
+    else:
+        p0, p1 = default_line(mask, cen)
+    kymo = line_kymograph(contrast, stack.times_s - t0, mask, p0, p1, pixel_size_um=px,
+                          linewidth_px=opts.line_width_px)
+    asym = com_offset(contrast, mask, stack.times_s - t0, pixel_size_um=px, threshold=opts.li_rich_threshold,
+                      reaction=opts.reaction)
+    # asymmetry is judged on frames after the reference only
+    after = np.arange(stack.n_frames) > ref
+    cls = classify(_subset(asym, after), opts.asymmetry)
+    outline = mask_outline(frames[ref], mask, pixel_size_um=px, level=opts.outline_level, threshold=thr,
+                           smoothing_um=opts.smoothing_um)
+    capacity = None
+    if opts.current_mA_g is not None or opts.c_rate is not None:
+        i = opts.current_mA_g if opts.current_mA_g is not None else opts.c_rate * 210.0
+        capacity = np.clip(stack.times_s - t0, 0, None) / 3600.0 * i
+    corrected = replace(stack, frames=frames, info=dict(stack.info, drift_corrected=trace.method))
+    return AnalysisResult(corrected, opts, ref, t0, stack.times_s - t0, trace, mask, thr, contrast, cen, region,
+                          norm_int, center, kymo, asym, cls, outline, capacity, None, notes)
+
+
+def _clear_of_border(mask, width) -> bool:
+    return not (mask[:width].any() or mask[-width:].any() or mask[:, :width].any() or mask[:, -width:].any())
+
+
+def _subset(tr: AsymmetryTrace, sel) -> AsymmetryTrace:
+    return replace(tr, times_s=tr.times_s[sel], d_um=tr.d_um[sel], offset_xy_um=tr.offset_xy_um[sel],
+                   rich_fraction=tr.rich_fraction[sel])
+
+
+def add_mesh(result: AnalysisResult, *, mesh_size_um=None, surface_mesh_size_um=None, comm=None) -> dict:
+    """Mesh the outline (nmcfx.geometries.contour) and record area/perimeter of the mesh."""
+    from .outline import outline_mesh
+
+    p = outline_mesh(result.outline, mesh_size_um=mesh_size_um, surface_mesh_size_um=surface_mesh_size_um, comm=comm)
+    info = {"cells": p.info.get("num_cells"), "vertices": p.info.get("num_vertices"),
+            "area_um2": p.measure, "perimeter_um": p.boundary_measure,
+            "outline_area_um2": result.outline.area_um2, "outline_perimeter_um": result.outline.perimeter_um,
+            "mesh_size_um": p.info.get("mesh_size_um"), "surface_mesh_size_um": p.info.get("surface_mesh_size_um")}
+    result.mesh_info = info
+    return info
+
+
+# ---------------------------------------------------------------------------- files
+def _write_text(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj):
+    _write_text(Path(path), json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _csv_rows(path: Path, header, rows):
+    import csv
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for r in rows:
+            w.writerow([_fmt(v) for v in r])
+    os.replace(tmp, path)
+
+
+def _fmt(v):
+    if isinstance(v, (float, np.floating)):
+        return "nan" if not math.isfinite(v) else f"{v:.9g}"
+    return v
+
+
+def crop_box(mask: np.ndarray, margin: int = CROP_MARGIN_PX) -> tuple[slice, slice]:
+    rr, cc = np.nonzero(mask)
+    r0, r1 = max(0, rr.min() - margin), min(mask.shape[0], rr.max() + margin + 1)
+    c0, c1 = max(0, cc.min() - margin), min(mask.shape[1], cc.max() + margin + 1)
+    return slice(int(r0), int(r1)), slice(int(c0), int(c1))
+
+
+def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]:
+    """Create ``outdir`` and write every output file (each through a temporary name)."""
+    from nmcfx import __version__
+
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError("output", f"{outdir} exists and is not a directory")
+    outdir.mkdir(parents=True, exist_ok=True)
+    r = result
+    px = r.pixel_size_um
+    written = []
+
+    def done(name):
+        written.append(name)
+
+    # contrast.npz (the calibration input), cropped around the particle
+    rs, cs = crop_box(r.mask)
+    tmp = outdir / f".contrast.npz.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(
+            fh, contrast=r.contrast[:, rs, cs].astype(np.float32), mask=r.mask[rs, cs],
+            center_region=r.center_region[rs, cs], times_s=r.stack.times_s, times_rel_s=r.times_rel_s,
+            reference_index=r.reference_index, pixel_size_um=px, crop_origin_rc=np.array([rs.start, cs.start]),
+            centroid_rc=np.array(r.centroid_rc) - [rs.start, cs.start],
+            line_rc=np.array([r.kymograph.p0_rc, r.kymograph.p1_rc]) - [rs.start, cs.start],
+            reference_frame=r.stack.frames[r.reference_index, rs, cs].astype(np.float32),
+            resolution_um=r.options.resolution_um, reaction=r.options.reaction)
+    os.replace(tmp, outdir / "contrast.npz")
+    done("contrast.npz")
+    r.drift.write_csv(outdir / ".drift.csv.tmp", px)
+    os.replace(outdir / ".drift.csv.tmp", outdir / "drift.csv")
+    done("drift.csv")
+    cap = r.capacity_mAh_g
+    head = ["frame", "time_s", "time_rel_s"] + (["capacity_mAh_g"] if cap is not None else []) + \
+           ["normalised_intensity", "center_contrast", "d_um", "offset_x_um", "offset_y_um", "li_rich_fraction"]
+    rows = []
+    for k in range(r.stack.n_frames):
+        rows.append([k, float(r.stack.times_s[k]), float(r.times_rel_s[k])] + ([float(cap[k])] if cap is not None else [])
+                    + [float(r.normalised_intensity[k]), float(r.center_contrast[k]), float(r.asymmetry.d_um[k]),
+                       float(r.asymmetry.offset_xy_um[k, 0]), float(r.asymmetry.offset_xy_um[k, 1]),
+                       float(r.asymmetry.rich_fraction[k])])
+    _csv_rows(outdir / "intensity.csv", head, rows)
+    done("intensity.csv")
+    tmpk = outdir / f".kymograph.csv.tmp-{os.getpid()}"
+    r.kymograph.write_csv(tmpk, cap)
+    os.replace(tmpk, outdir / "kymograph.csv")
+    done("kymograph.csv")
+    r.outline.write_csv(outdir / "outline.csv")
+    done("outline.csv")
+    if r.options.figures:
+        name = Path(r.stack.source).name
+        figures.drift(r.drift, outdir / "drift.png", pixel_size_um=px)
+        figures.intensity(r.times_rel_s, {"normalised intensity (particle mean)": (r.normalised_intensity, "o-"),
+                                          f"centre ({r.options.center_radius_px:g} px radius)": (r.center_contrast, "s-")},
+                          outdir / "intensity.png", title=name)
+        figures.kymograph(r.kymograph, outdir / "kymograph.png", capacity_mAh_g=cap, title=f"{name}: line cut")
+        figures.asymmetry(r.asymmetry, outdir / "asymmetry.png", classification=r.classification, title=name)
+        after = [k for k in range(r.stack.n_frames) if k > r.reference_index]
+        pick = np.unique(np.linspace(0, len(after) - 1, min(r.options.map_frames, len(after))).round().astype(int))
+        figures.contrast_maps(r.contrast, r.mask, r.times_rel_s, [after[i] for i in pick], outdir / "contrast_maps.png",
+                              pixel_size_um=px, title=f"{name}: total contrast",
+                              lines=[(r.kymograph.p0_rc, r.kymograph.p1_rc)])
+        _reference_figure(r, outdir / "reference.png")
+        written += ["drift.png", "intensity.png", "kymograph.png", "asymmetry.png", "contrast_maps.png", "reference.png"]
+    meta = {
+        "nmcfx_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command if command is not None else sys.argv,
+        "source": r.stack.source,
+        "stack": {k: v for k, v in r.stack.info.items() if k != "truth"},
+        "options": r.options.to_dict(),
+        "pixel_size_um": px,
+        "psf": {"resolution_um": r.options.resolution_um, "sigma_um": psf_sigma_um(r.options.resolution_um),
+                "convention": "resolution taken as the FWHM of a Gaussian PSF"},
+        "reference_frame": r.reference_index,
+        "time_zero_s": r.t0_s,
+        "coordinates": "pixel (row, col), centres at integers; outline x = col·pixel, y = row·pixel (µm)",
+        "files": written + ["metadata.json", "summary.json"],
+    }
+    write_json(outdir / "metadata.json", meta)
+    write_json(outdir / "summary.json", r.summary())
+    return written + ["metadata.json", "summary.json"]
+
+
+def _reference_figure(r: AnalysisResult, path):
+    plt = figures._plt()
+    ref = r.stack.frames[r.reference_index]
+    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92)
+    ax.imshow(ref, cmap="gray", interpolation="nearest")
+    o = r.outline.points_um / r.pixel_size_um
+    ax.plot(np.r_[o[:, 0], o[:1, 0]], np.r_[o[:, 1], o[:1, 1]], color="gold", lw=1.0, label="outline")
+    rr, cc = np.nonzero(r.center_region)
+    ax.plot(cc, rr, ",", color="tab:red")
+    ax.plot([r.kymograph.p0_rc[1], r.kymograph.p1_rc[1]], [r.kymograph.p0_rc[0], r.kymograph.p1_rc[0]], "--",
+            color="tab:blue", lw=1, label="line cut")
+    if r.drift.spot_rc is not None:
+        ax.plot([r.drift.spot_rc[1]], [r.drift.spot_rc[0]], "o", mfc="none", color="tab:green", ms=12,
+                label="drift marker")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(frameon=False, fontsize=7, loc="lower left", labelcolor="w")
+    ax.set_title(f"reference frame {r.reference_index}", fontsize=9)
+    figures._scale_bar(ax, ref.shape, r.pixel_size_um)
+    figures._save(fig, path)
+
+
+def run_analysis(path, outdir, opts: AnalysisOptions = AnalysisOptions(), *, frame_rate_hz=None, times_s=None,
+                 pixel_size_um=None, bin_frames: int = 1, mesh: bool = False, mesh_size_um=None, comm=None,
+                 command=None) -> AnalysisResult:
+    """Load, analyse and (on rank 0 of ``comm``) write ``outdir``. Nothing is written if any
+    input is bad; with ``mesh`` the outline is meshed too (collective)."""
+    stack = load_stack(path, frame_rate_hz=frame_rate_hz, times_s=times_s, pixel_size_um=pixel_size_um,
+                       bin_frames=bin_frames)
+    result = analyze(stack, opts)
+    if mesh:
+        add_mesh(result, mesh_size_um=mesh_size_um, comm=comm)
+    rank = comm.rank if comm is not None else 0
+    if rank == 0:
+        write_analysis(result, outdir, command=command)
+    if comm is not None:
+        comm.Barrier()
+    return result

@@ -1,0 +1,222 @@
+"""Figures of the image analysis and the calibration (matplotlib, Agg).
+
+Contrast maps use a diverging scale centred at zero (white), red for positive total
+contrast (intensity up: Li removed) and blue for negative, as in Xu et al. (Joule 2022,
+Fig. 2) and Wang et al. (seed 000, Fig. 2). Every function writes one PNG through a
+temporary name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+CMAP = "RdBu_r"
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path, dpi=130):
+    plt = _plt()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _sym_limit(values, mask=None, pct=99.5) -> float:
+    v = np.asarray(values)
+    if mask is not None:
+        v = v[..., np.asarray(mask, bool)]
+    v = v[np.isfinite(v)]
+    lim = float(np.percentile(np.abs(v), pct)) if v.size else 1.0
+    return lim if lim > 1e-6 else 1e-3
+
+
+def _scale_bar(ax, shape, pixel_size_um, length_um=1.0):
+    rows, cols = shape
+    npx = length_um / pixel_size_um
+    if npx > 0.8 * cols:
+        return
+    x1 = cols - 0.06 * cols
+    y = rows - 0.07 * rows
+    ax.plot([x1 - npx, x1], [y, y], color="k", lw=3, solid_capstyle="butt")
+    ax.text(x1 - npx / 2, y - 0.03 * rows, f"{length_um:g} µm", ha="center", va="bottom", fontsize=7)
+
+
+def contrast_maps(contrast, mask, times_s, indices, path, *, pixel_size_um, title="", lines=()):
+    """Total-contrast maps (masked, zero-centred diverging scale) of the frames ``indices``."""
+    plt = _plt()
+    from matplotlib.colors import TwoSlopeNorm
+
+    idx = list(indices)
+    n = len(idx)
+    ncol = min(n, 4)
+    nrow = int(np.ceil(n / ncol))
+    lim = _sym_limit(contrast[idx], mask)
+    norm = TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.5 * ncol + 0.9, 2.5 * nrow + 0.5), squeeze=False)
+    fig.subplots_adjust(left=0.03, right=0.86, bottom=0.04, top=0.86, wspace=0.08, hspace=0.25)
+    handle = None
+    for ax, k in zip(axes.flat, idx):
+        img = np.where(mask, contrast[k], 0.0)  # masked as in the papers: background set to 0
+        handle = ax.imshow(img, cmap=CMAP, norm=norm, interpolation="nearest")
+        for (r0, c0), (r1, c1) in lines:
+            ax.plot([c0, c1], [r0, r1], color="tab:blue", lw=1.0, ls="--")
+        ax.set_title(f"t = {times_s[k] / 60:.1f} min", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        _scale_bar(ax, img.shape, pixel_size_um)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    if handle is not None:
+        cax = fig.add_axes((0.89, 0.12, 0.02, 0.66))
+        fig.colorbar(handle, cax=cax, label="total contrast (I − I₀)/I₀")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def kymograph(kymo, path, *, capacity_mAh_g=None, title="", model=None):
+    """Contrast along the line cut: position (x) against time or capacity (y), as in 000 Fig. 5c.
+    ``model``: optional predicted kymograph (same shape) drawn as contours."""
+    plt = _plt()
+    from matplotlib.colors import TwoSlopeNorm
+
+    vals = np.where(kymo.inside[None], kymo.values, 0.0)
+    lim = _sym_limit(vals)
+    ycoord = capacity_mAh_g if capacity_mAh_g is not None else kymo.times_s / 60.0
+    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig.subplots_adjust(left=0.14, right=0.88, bottom=0.13, top=0.9)
+    m = ax.pcolormesh(kymo.positions_um, ycoord, vals, cmap=CMAP, norm=TwoSlopeNorm(vmin=-lim, vcenter=0, vmax=lim),
+                      shading="nearest")
+    if model is not None:
+        cs = ax.contour(kymo.positions_um, ycoord, np.where(kymo.inside[None], model, np.nan), colors="k",
+                        linewidths=0.8, linestyles="--", levels=6)
+        ax.clabel(cs, fontsize=6)
+    fig.colorbar(m, ax=ax, label="total contrast")
+    ax.set_xlabel("position along the line (µm)")
+    ax.set_ylabel("capacity (mAh/g)" if capacity_mAh_g is not None else "time (min)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def asymmetry(trace, path, *, classification=None, field_d_um=None, title=""):
+    """d(t) between the particle's and the Li-rich region's centres of mass (000 Fig. 5d)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig.subplots_adjust(left=0.13, right=0.86, bottom=0.14, top=0.86)
+    t = trace.times_s / 60.0
+    ax.plot(t, trace.d_um * 1e3, "o-", ms=3, color="tab:green", label="d from the images")
+    if field_d_um is not None:
+        ax.plot(t, np.asarray(field_d_um) * 1e3, "k--", lw=1.2, label="d from the simulated field")
+    if classification:
+        ax.axhline(classification["d_limit_um"] * 1e3, color="0.5", ls=":", lw=1,
+                   label=f"{classification['parameters']['d_fraction']:g}·R_eq")
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("d (nm)")
+    ax2 = ax.twinx()
+    ax2.plot(t, trace.rich_fraction, color="tab:blue", lw=0.8, alpha=0.6)
+    ax2.set_ylabel("Li-rich area fraction", color="tab:blue")
+    ax2.set_ylim(0, 1.05)
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    head = title or ""
+    if classification:
+        head = (head + "  " if head else "") + f"[{classification['label']}]"
+    if head:
+        ax.set_title(head, fontsize=9)
+    return _save(fig, path)
+
+
+def intensity(times_s, series: dict, path, *, title="", xlabel="time (min)", x=None):
+    """Normalised intensity change and other traces against time."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.88)
+    xx = np.asarray(times_s) / 60.0 if x is None else x
+    for label, (y, style) in series.items():
+        ax.plot(xx, y, style, ms=3, label=label)
+    ax.axhline(0, color="0.6", lw=0.6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("total contrast")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def drift(trace, path, *, pixel_size_um, title=""):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.86)
+    t = trace.times_s / 60.0
+    ax.plot(t, trace.drift_rc[:, 1] * pixel_size_um * 1e3, "-", label="x (columns)")
+    ax.plot(t, trace.drift_rc[:, 0] * pixel_size_um * 1e3, "-", label="y (rows)")
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("drift (nm)")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"stage drift ({trace.method})", fontsize=9)
+    return _save(fig, path)
+
+
+def error_map(S_values, A_grid, E, best, path, *, title=""):
+    """Contour map of e(S, A) (Xu 2022 Fig. S2B)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.4, 4.2))
+    fig.subplots_adjust(left=0.13, right=0.92, bottom=0.13, top=0.88)
+    cf = ax.contourf(S_values, A_grid, E.T, levels=24, cmap="viridis")
+    ax.contour(S_values, A_grid, E.T, levels=12, colors="w", linewidths=0.4)
+    fig.colorbar(cf, ax=ax, label="e(S, A)")
+    ax.plot([best[0]], [best[1]], "r*", ms=12, label=f"S = {best[0]:.3g}, A = {best[1]:.3g}")
+    ax.set_xlabel("S (D_eff = D_Li / S)")
+    ax.set_ylabel("A")
+    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    ax.set_title(title or "calibration error e(S, A)", fontsize=9)
+    return _save(fig, path)
+
+
+def fit_overlay(times_s, measured, predicted, path, *, label="", title=""):
+    """Measured vs predicted total contrast (Xu 2022 Fig. S2C)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.88)
+    t = np.asarray(times_s) / 60.0
+    ax.plot(t, measured, "o", ms=3.5, mfc="none", color="k", label=f"measured{(' ' + label) if label else ''}")
+    ax.plot(t, predicted, "-", color="tab:red", lw=1.8, label="model A(θ₀ − θ)")
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("total contrast")
+    ax.legend(frameon=False, fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def error_profile(S_values, e_values, best_S, interval, path, *, title=""):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.4))
+    fig.subplots_adjust(left=0.15, right=0.97, bottom=0.15, top=0.88)
+    order = np.argsort(S_values)
+    ax.plot(np.asarray(S_values)[order], np.asarray(e_values)[order], "o-", ms=3)
+    ax.axvline(best_S, color="tab:red", lw=1)
+    if interval is not None and all(v is not None for v in interval):
+        ax.axvspan(interval[0], interval[1], color="tab:red", alpha=0.15)
+    ax.set_xlabel("S")
+    ax.set_ylabel("min over A of e(S, A)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "profile of the error", fontsize=9)
+    return _save(fig, path)
