@@ -91,6 +91,7 @@ class TransportSolver:
         extra_residual=None,
         surface=None,
         sector_weights: dict | None = None,
+        diffusivity_scale=None,
     ):
         if degree not in (1, 2):
             raise InputError("solver.degree", f"must be 1 or 2, got {degree!r}")
@@ -151,17 +152,20 @@ class TransportSolver:
         dth = ufl.TrialFunction(V)
         a0, a1, a2 = self.bdf
         rate = (a0 * th + a1 * self.theta_n + a2 * self.theta_nm1) / self.dt
-        F = rate * v * dxm + self.D * ufl.inner(grad_p(th), ufl.grad(v)) * dx
+        # optional cell-wise factor on D (e.g. a resolved rocksalt shell: a DG0 function)
+        Dk = self.D if diffusivity_scale is None else diffusivity_scale * self.D
+        dDk = self.dD if diffusivity_scale is None else diffusivity_scale * self.dD
+        F = rate * v * dxm + Dk * ufl.inner(grad_p(th), ufl.grad(v)) * dx
         if not self.kinetics:  # prescribed fluxes; with kinetics the flux is i_BV/(F N_L)
             for s in self.sector_names:
                 F += self.q[s] * v * ds(particle.sectors[s])
         J = (a0 / self.dt) * dth * v * dxm
-        J += self.D * ufl.inner(grad_p(dth), ufl.grad(v)) * dx
+        J += Dk * ufl.inner(grad_p(dth), ufl.grad(v)) * dx
         # d/dθ_j of Σ_i D(θ_i) φ_i is D'(θ_j) φ_j. For P1 the vertex rule integrates the
         # product of the nodal D' and the trial function exactly that way (∇θ·∇v is constant
         # per cell), so the Jacobian is exact and Newton converges quadratically.
         dx_nodal = ufl.Measure("dx", domain=mesh, metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
-        J += self.dD * dth * ufl.inner(grad_p(th), ufl.grad(v)) * (dx_nodal if degree == 1 else dx)
+        J += dDk * dth * ufl.inner(grad_p(th), ufl.grad(v)) * (dx_nodal if degree == 1 else dx)
         if extra_residual is not None:
             # hook for sources / non-uniform fluxes (manufactured solutions)
             extra = extra_residual(self, th, v)
