@@ -442,6 +442,8 @@ class TransportSolver:
         if converged:
             th = self.theta.x.array
             converged = bool(th.min() > 0.0 and th.max() < 1.0)
+            if self.phi is not None:
+                converged = converged and bool(np.all(np.isfinite(self.phi.x.array)))
         converged = bool(self.comm.allreduce(converged, op=MPI.LAND))
         wall = MPI.Wtime() - t0
         asm = self.counters.assembly_time - a_before

@@ -61,3 +61,26 @@ def test_initial_theta_range():
         protocol_from_dict({"initial_theta": 1.2, "steps": [{"type": "rest", "duration_min": 1}]}, 0.95)
     with pytest.raises(InputError, match="protocol.steps"):
         protocol_from_dict({"steps": []}, 0.95)
+
+
+def test_gitt_expands_into_pulse_rest_pairs():
+    p = protocol_from_dict({"steps": [
+        {"type": "gitt", "direction": "charge", "c_rate": 0.05, "pulse_min": 15, "rest_min": 240, "pulses": 3,
+         "until": ["voltage_V >= 4.3"]},
+        {"type": "rest", "duration_min": 1},
+    ]}, 0.95)
+    kinds = [s.kind for s in p.steps]
+    assert kinds == ["charge", "rest"] * 3 + ["rest"]
+    assert {s.group for s in p.steps[:6]} == {0} and p.steps[6].group is None
+    assert p.steps[0].duration_s == 900.0 and p.steps[1].duration_s == 14400.0
+    assert p.steps[0].until[0] == StopCondition("voltage_V", ">=", 4.3)
+    with pytest.raises(InputError, match="protocol.steps\\[0\\].pulses"):
+        protocol_from_dict({"steps": [{"type": "gitt", "c_rate": 1, "pulse_min": 1, "rest_min": 1,
+                                       "pulses": 0}]}, 0.95)
+
+
+def test_hold_step_needs_a_voltage():
+    with pytest.raises(InputError, match="voltage_V"):
+        protocol_from_dict({"steps": [{"type": "hold", "duration_min": 5}]}, 0.95)
+    with pytest.raises(InputError, match="protocol.steps\\[0\\].voltage_V"):
+        protocol_from_dict({"steps": [{"type": "hold", "voltage_V": 12, "duration_min": 5}]}, 0.95)

@@ -165,3 +165,18 @@ def test_overlapping_sectors_and_hold_without_kinetics():
     cfg = _cfg(steps=[{"type": "hold", "voltage_V": 3.0, "duration_min": 5}])
     with pytest.raises(InputError, match="butler_volmer"):
         prepare(cfg)
+
+
+@pytest.mark.mpi
+def test_gitt_condition_ends_the_whole_sequence(tmp_path):
+    steps = [{"type": "gitt", "direction": "charge", "current_mA_g": 400, "pulse_min": 3, "rest_min": 2,
+              "pulses": 20, "until": ["theta_mean <= 0.85"]},
+             {"type": "rest", "duration_min": 1}]
+    s, out = _run(_cfg(steps=steps), tmp_path, "gitt")
+    log = s["protocol_steps"]
+    # a 3-min pulse at 400 mA/g removes 20 mAh/g = 0.073 of θ: the mean crosses 0.85 in pulse 2
+    reached = [e for e in log if e["reason"].startswith("reached")]
+    assert len(reached) == 1 and abs(reached[0]["theta_mean"] - 0.85) < 1e-6
+    assert log[-1]["description"].startswith("rest") and log[-1]["label"] == ""  # the final plain rest ran
+    assert len(log) < 2 * 20 + 1  # the remaining pulses were skipped
+    assert s["max_abs_mass_balance_error"] <= 1e-10
