@@ -180,3 +180,22 @@ def test_gitt_condition_ends_the_whole_sequence(tmp_path):
     assert log[-1]["description"].startswith("rest") and log[-1]["label"] == ""  # the final plain rest ran
     assert len(log) < 2 * 20 + 1  # the remaining pulses were skipped
     assert s["max_abs_mass_balance_error"] <= 1e-10
+
+
+def test_rocksalt_thickness_maps_onto_eta():
+    from nmcfx.solver.rocksalt import critical_thickness_nm, eta_from_thickness, sector_weights
+
+    cfg = _cfg(eta=0.5)
+    cfg["surface"] = {"rocksalt_thickness_nm": {"blocked": 1.0}}
+    run = prepare(cfg)
+    dc = critical_thickness_nm(run.particle, 3000.0)
+    assert dc == pytest.approx(1.2e3 / 3000.0, rel=2e-3)  # equivalent radius 1.2 µm / ratio, in nm
+    w = sector_weights(run.surface, run.particle)
+    assert w["surface"] == 1.0
+    assert w["blocked"] == pytest.approx(1.0 / (1.0 + 1.0 / dc))
+    assert eta_from_thickness(0.0, dc) == 1.0 and eta_from_thickness(4.0, dc) < 0.1
+    # thicker films block more
+    assert eta_from_thickness(2.0, dc) < eta_from_thickness(1.0, dc)
+    cfg["surface"]["blocking"] = {"blocked": 0.3}
+    with pytest.raises(InputError, match="both"):
+        prepare(cfg)
