@@ -22,6 +22,7 @@ from .shapes2d import (
     xu2022_semi_axes_um,
 )
 from .shapes3d import cylinder, prism, sphere
+from .shell import ShelledParticleMesh, disk_with_shell
 
 __all__ = [
     "BASAL_BOTTOM",
@@ -35,9 +36,11 @@ __all__ = [
     "ParticleMesh",
     "ReferenceXu2022",
     "Sector",
+    "ShelledParticleMesh",
     "contour",
     "cylinder",
     "disk",
+    "disk_with_shell",
     "ellipse",
     "geometry_from_config",
     "mesh_2d",
