@@ -40,7 +40,7 @@ from nmcfx.errors import InputError
 
 from . import figures
 from .asymmetry import LI_RICH_THRESHOLD, AsymmetryRule, AsymmetryTrace, classify, com_offset
-from .contrast import centroid_rc, disk_region, mean_in, particle_mask, total_contrast
+from .contrast import centroid_rc, disk_region, mean_in, particle_mask, reference_image, total_contrast
 from .drift import DriftTrace, correct_drift, measure_drift
 from .forward import DEFAULT_RESOLUTION_UM, psf_sigma_um
 from .kymograph import Kymograph, default_line, line_kymograph
@@ -55,6 +55,7 @@ CROP_MARGIN_PX = 24
 class AnalysisOptions:
     reference_frame: int | None = None  # index of the frame before current flows (default 0)
     reference_time_s: float | None = None  # or: current start time; reference = last frame at or before it
+    reference_average: int = 1  # I₀ = mean of this many frames ending at the reference frame
     drift: str = "gaussian"  # gaussian | phase | none
     spot_rc: tuple[float, float] | None = None  # marker spot (row, col) in the reference frame; None: automatic
     spot_box_px: int = 7
@@ -139,6 +140,7 @@ class AnalysisResult:
     capacity_mAh_g: np.ndarray | None = None
     mesh_info: dict | None = None
     notes: list = field(default_factory=list)
+    reference_image: np.ndarray | None = None  # I₀ (mean of the reference frames)
 
     @property
     def pixel_size_um(self) -> float:
@@ -195,16 +197,18 @@ def analyze(stack: ImageStack, opts: AnalysisOptions = AnalysisOptions()) -> Ana
     ref = reference_index(stack.times_s, opts)
     t0 = float(opts.reference_time_s) if opts.reference_time_s is not None else float(stack.times_s[ref])
     # the particle mask of the raw reference frame keeps the automatic spot search off the particle
+    reference_image(stack.frames, ref, opts.reference_average)  # validates the averaging window early
     mask0, _ = particle_mask(stack.frames[ref], opts.threshold, seed_rc=opts.particle_rc)
     exclude = ndimage.binary_dilation(mask0, iterations=max(3, int(math.ceil(3 * sigma_px))))
     trace = measure_drift(stack.frames, stack.times_s, ref, method=opts.drift, spot_rc=opts.spot_rc,
                           box_px=opts.spot_box_px, exclude=exclude, sigma_px=sigma_px)
     frames = correct_drift(stack.frames, trace)
     lost = int(math.ceil(np.max(np.abs(trace.drift_rc)))) if trace.n_frames else 0
-    mask, thr = particle_mask(frames[ref], opts.threshold, seed_rc=opts.particle_rc)
+    i0 = reference_image(frames, ref, opts.reference_average)
+    mask, thr = particle_mask(i0, opts.threshold, seed_rc=opts.particle_rc)
     if lost and not _clear_of_border(mask, lost + 1):
         notes.append(f"the particle comes within {lost + 1} px of the edge, where drift correction extrapolates")
-    contrast = total_contrast(frames, ref, mask)
+    contrast = total_contrast(frames, ref, mask, reference=i0)
     cen = centroid_rc(mask)
     region = disk_region(mask.shape, cen, opts.center_radius_px, within=mask)
     norm_int = mean_in(contrast, mask)
@@ -220,7 +224,7 @@ def analyze(stack: ImageStack, opts: AnalysisOptions = AnalysisOptions()) -> Ana
     # asymmetry is judged on frames after the reference only
     after = np.arange(stack.n_frames) > ref
     cls = classify(_subset(asym, after), opts.asymmetry)
-    outline = mask_outline(frames[ref], mask, pixel_size_um=px, level=opts.outline_level, threshold=thr,
+    outline = mask_outline(i0, mask, pixel_size_um=px, level=opts.outline_level, threshold=thr,
                            smoothing_um=opts.smoothing_um)
     capacity = None
     if opts.current_mA_g is not None or opts.c_rate is not None:
@@ -228,7 +232,7 @@ def analyze(stack: ImageStack, opts: AnalysisOptions = AnalysisOptions()) -> Ana
         capacity = np.clip(stack.times_s - t0, 0, None) / 3600.0 * i
     corrected = replace(stack, frames=frames, info=dict(stack.info, drift_corrected=trace.method))
     return AnalysisResult(corrected, opts, ref, t0, stack.times_s - t0, trace, mask, thr, contrast, cen, region,
-                          norm_int, center, kymo, asym, cls, outline, capacity, None, notes)
+                          norm_int, center, kymo, asym, cls, outline, capacity, None, notes, i0)
 
 
 def _clear_of_border(mask, width) -> bool:
@@ -326,7 +330,7 @@ def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]
             reference_index=r.reference_index, pixel_size_um=px, crop_origin_rc=np.array([rs.start, cs.start]),
             centroid_rc=np.array(r.centroid_rc) - [rs.start, cs.start],
             line_rc=np.array([r.kymograph.p0_rc, r.kymograph.p1_rc]) - [rs.start, cs.start],
-            reference_frame=r.stack.frames[r.reference_index, rs, cs].astype(np.float32),
+            reference_frame=r.reference_image[rs, cs].astype(np.float32),
             resolution_um=r.options.resolution_um, reaction=r.options.reaction)
     os.replace(tmp, outdir / "contrast.npz")
     done("contrast.npz")
@@ -387,7 +391,7 @@ def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]
 
 def _reference_figure(r: AnalysisResult, path):
     plt = figures._plt()
-    ref = r.stack.frames[r.reference_index]
+    ref = r.reference_image
     fig, ax = plt.subplots(figsize=(4.8, 4.6))
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92)
     ax.imshow(ref, cmap="gray", interpolation="nearest")
@@ -403,7 +407,8 @@ def _reference_figure(r: AnalysisResult, path):
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(frameon=False, fontsize=7, loc="lower left", labelcolor="w")
-    ax.set_title(f"reference frame {r.reference_index}", fontsize=9)
+    n_avg = r.options.reference_average
+    ax.set_title(f"reference frame {r.reference_index}" + (f" (mean of {n_avg})" if n_avg > 1 else ""), fontsize=9)
     figures._scale_bar(ax, ref.shape, r.pixel_size_um)
     figures._save(fig, path)
 

@@ -82,11 +82,25 @@ def particle_mask(frame: np.ndarray, threshold="otsu", *, seed_rc=None, field: s
     return mask, thr
 
 
-def total_contrast(frames: np.ndarray, reference_index: int, mask: np.ndarray | None = None) -> np.ndarray:
-    """(I_k − I_ref)/I_ref for every frame (Xu 2022 Eq. 1). Pixels with I_ref ≤ 0 get NaN;
-    inside ``mask`` that is an error (intensities must be offset-free)."""
+def reference_image(frames: np.ndarray, reference_index: int, average: int = 1) -> np.ndarray:
+    """I₀: the reference frame, or the mean of the ``average`` frames ending at it (all before
+    the current starts), which lowers the noise every contrast frame inherits from I₀."""
+    if isinstance(average, bool) or not isinstance(average, (int, np.integer)) or average < 1:
+        raise InputError("reference_average", f"must be an integer >= 1, got {average!r}")
+    first = reference_index - average + 1
+    if first < 0:
+        raise InputError("reference_average", f"averaging {average} frames ending at the reference frame "
+                                              f"{reference_index} needs {average - 1 - reference_index} more frame(s) "
+                                              "before it")
+    return np.asarray(frames[first:reference_index + 1], dtype=float).mean(axis=0)
+
+
+def total_contrast(frames: np.ndarray, reference_index: int, mask: np.ndarray | None = None,
+                   reference: np.ndarray | None = None) -> np.ndarray:
+    """(I_k − I₀)/I₀ for every frame (Xu 2022 Eq. 1), I₀ = ``reference`` or the reference frame.
+    Pixels with I₀ ≤ 0 get NaN; inside ``mask`` that is an error (intensities must be offset-free)."""
     frames = np.asarray(frames, dtype=float)
-    ref = frames[reference_index]
+    ref = frames[reference_index] if reference is None else np.asarray(reference, dtype=float)
     bad = ref <= 0
     if mask is not None and np.any(bad & mask):
         raise InputError("stack", "the reference frame has zero or negative intensity inside the particle; the "

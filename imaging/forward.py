@@ -261,10 +261,11 @@ class ThetaFrames:
     summary: dict = field(default_factory=dict)
 
 
-def simulate_theta_frames(particle, material, protocol, times_s, grid: CameraGrid, *, settings=None,
-                          sector_weights: dict | None = None, rich_theta: float | None = None) -> ThetaFrames:
-    """Run the protocol with snapshots at ``times_s`` and return θ on ``grid`` (collective
-    over the particle's communicator). Frames after the end of the protocol are NaN.
+def sample_theta(particle, material, protocol, times_s, points_um, *, settings=None,
+                 sector_weights: dict | None = None, rich_theta: float | None = None) -> tuple:
+    """Run the protocol with snapshots at ``times_s``; return ``(theta, inside, probe, sim)`` with
+    ``theta`` (n_times, n_points) at ``points_um`` (NaN off the particle and after the end of
+    the protocol). Collective over the particle's communicator; results identical on all ranks.
 
     ``sector_weights``: per-sector flux factors η (e.g. ``{"blocked": 0.3}``; the mean
     current is kept, as in 000's partial blocking).
@@ -278,7 +279,7 @@ def simulate_theta_frames(particle, material, protocol, times_s, grid: CameraGri
     st = settings if settings is not None else SolverSettings()
     sv = TransportSolver(particle, material, degree=st.degree, time_scheme=st.time_scheme,
                          mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
-    probe = ThetaFrameProbe(grid.points_um(), rich_theta)
+    probe = ThetaFrameProbe(points_um, rich_theta)
     sim = Simulation(sv, material, protocol, st, snapshot_times_s=times, observers=[probe])
     if sector_weights:
         unknown = set(sector_weights) - set(sim.sector_weights)
@@ -287,17 +288,27 @@ def simulate_theta_frames(particle, material, protocol, times_s, grid: CameraGri
                                                f"{sorted(sim.sector_weights)}")
         sim.sector_weights.update({k: float(v) for k, v in sector_weights.items()})
     sim.run()
-    rows, cols = grid.shape
-    theta = np.full((times.size, rows * cols), np.nan)
-    got = np.asarray(probe.times)
-    idx = [int(np.argmin(np.abs(times - t))) for t in got]
-    for i, v in zip(idx, probe.values):
+    theta = np.full((times.size, len(probe.points)), np.nan)
+    probe.index = [int(np.argmin(np.abs(times - t))) for t in probe.times]
+    for i, v in zip(probe.index, probe.values):
         theta[i] = v
-    out = ThetaFrames(times, theta.reshape(times.size, rows, cols), probe.inside.reshape(rows, cols), grid,
+    return theta, probe.inside.copy(), probe, sim
+
+
+def simulate_theta_frames(particle, material, protocol, times_s, grid: CameraGrid, *, settings=None,
+                          sector_weights: dict | None = None, rich_theta: float | None = None) -> ThetaFrames:
+    """θ on the pixel grid ``grid`` at ``times_s`` (see :func:`sample_theta`); with
+    ``rich_theta`` also the field-based asymmetry d(t) of the region θ > rich_theta."""
+    times = np.asarray(times_s, dtype=float)
+    theta, inside, probe, sim = sample_theta(particle, material, protocol, times, grid.points_um(), settings=settings,
+                                             sector_weights=sector_weights, rich_theta=rich_theta)
+    rows, cols = grid.shape
+    sv = sim.solver
+    out = ThetaFrames(times, theta.reshape(times.size, rows, cols), inside.reshape(rows, cols), grid,
                       summary={"end_time_s": sim.t, "steps": sv.counters.steps, "dofs": sv.num_dofs})
     if rich_theta is not None:
         fc = np.full((times.size, 3), np.nan)
-        for i, v in zip(idx, probe.field_com):
+        for i, v in zip(probe.index, probe.field_com):
             fc[i] = v
         with np.errstate(invalid="ignore", divide="ignore"):
             com = fc[:, 1:] / fc[:, :1]
@@ -306,3 +317,20 @@ def simulate_theta_frames(particle, material, protocol, times_s, grid: CameraGri
         out.field_d_um = np.hypot(off[:, 0], off[:, 1])
         out.field_rich_fraction = fc[:, 0] / probe.particle_area
     return out
+
+
+def render_simulation(particle, material, protocol, times_s, grid: CameraGrid, scope: Microscope, *, drift_rc=None,
+                      settings=None, sector_weights=None, rich_threshold: float | None = None):
+    """Simulate, sample θ on ``grid`` at ``times_s`` and render the camera frames.
+
+    Returns ``(stack, frames)``: the synthetic :class:`ImageStack` and the
+    :class:`ThetaFrames` behind it. With ``rich_threshold`` (a contrast, e.g. 0.05) the
+    field-based asymmetry of the region Ī < threshold, i.e. θ > θ₀ − threshold/A, is
+    recorded too (``frames.field_d_um``).
+    """
+    rich = None if rich_threshold is None else scope.theta0 - rich_threshold / scope.contrast_A
+    tf = simulate_theta_frames(particle, material, protocol, times_s, grid, settings=settings,
+                               sector_weights=sector_weights, rich_theta=rich)
+    stack = render_stack(tf.theta, times_s, scope, drift_rc=drift_rc, inside=tf.inside)
+    stack.info["truth"]["grid"] = grid.to_dict()
+    return stack, tf
