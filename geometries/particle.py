@@ -42,6 +42,45 @@ class ParticleMesh:
         """Facet tag values of the reactive sectors."""
         return tuple(self.sectors[n] for n in self.reactive_sectors)
 
+    def sector_outline(self, name: str) -> np.ndarray:
+        """Ordered boundary points (µm) of sector ``name``, identical on all ranks (collective).
+
+        2D: the vertices of the sector's boundary facets, shape (N, 2), chained along the
+        outline and oriented counter-clockwise about the centroid; a sector covering the whole
+        outline is returned closed (last point = first point, starting at the vertex of
+        smallest polar angle ≥ 0). 3D: the trace of the sector's facets on the plane z =
+        mid-height of the mesh, shape (N, 3), ordered the same way. A sector made of several
+        disconnected pieces returns them in order of polar angle, separated by a row of NaN
+        (matplotlib breaks lines there). Meant for figures (e.g. outlining blocked arcs).
+        """
+        if name not in self.sectors:
+            raise KeyError(f"no sector {name!r}; the mesh has {sorted(self.sectors)}")
+        mesh = self.mesh
+        comm = self.comm
+        tdim = mesh.topology.dim
+        fdim = tdim - 1
+        mesh.topology.create_connectivity(fdim, tdim)
+        n_owned = mesh.topology.index_map(fdim).size_local
+        facets = self.facet_tags.find(self.sectors[name])
+        facets = np.asarray(facets[facets < n_owned], dtype=np.int32)
+        x = mesh.geometry.x
+        if len(facets):
+            pts = x[dolfinx.mesh.entities_to_geometry(mesh, fdim, facets)][:, : fdim + 1, :]  # affine vertices
+        else:
+            pts = np.zeros((0, fdim + 1, 3))
+        if tdim == 3:
+            zlo = comm.allreduce(float(x[:, 2].min()) if len(x) else np.inf, op=MPI.MIN)
+            zhi = comm.allreduce(float(x[:, 2].max()) if len(x) else -np.inf, op=MPI.MAX)
+            segments = _plane_trace(pts, 0.5 * (zlo + zhi))
+        else:
+            segments = pts
+        gathered = comm.gather(np.ascontiguousarray(segments), root=0)
+        out = None
+        if comm.rank == 0:
+            segs = np.concatenate(gathered) if gathered else np.zeros((0, 2, 3))
+            out = _chain_segments(segs, np.asarray(self.centroid, dtype=float), tdim)
+        return comm.bcast(out, root=0)
+
     def summary(self) -> str:
         i = self.info
         if self.dim == 2:
@@ -186,3 +225,87 @@ def measure_mesh(mesh, facet_tags, sectors: dict[str, int], reactive: tuple[str,
         "num_vertices": int(topo.index_map(0).size_global),
         "num_ranks": comm.size,
     }
+
+
+def _plane_trace(triangles: np.ndarray, z: float) -> np.ndarray:
+    """Segments (n, 2, 3) where the triangles (m, 3, 3) cross the plane of height z.
+
+    A vertex on the plane counts as above it, so a mesh edge lying in the plane is produced
+    once (by the triangle below it) and no crossing is lost or doubled at vertices.
+    """
+    if len(triangles) == 0:
+        return np.zeros((0, 2, 3))
+    s = triangles[:, :, 2] - z
+    above = s >= 0.0
+    out = []
+    for tri, sd, ab in zip(triangles, s, above):
+        if ab.all() or not ab.any():
+            continue
+        cut = []
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            if ab[a] != ab[b]:
+                w = sd[a] / (sd[a] - sd[b])
+                cut.append(tri[a] + w * (tri[b] - tri[a]))
+        if len(cut) == 2:
+            cut = np.array(cut)
+            cut[:, 2] = z
+            out.append(cut)
+    return np.array(out) if out else np.zeros((0, 2, 3))
+
+
+def _chain_segments(segments: np.ndarray, centroid: np.ndarray, tdim: int) -> np.ndarray:
+    """Join segments (n, 2, 3) that share end points into ordered polylines (see sector_outline)."""
+    ncoord = 2 if tdim == 2 else 3
+    if len(segments) == 0:
+        return np.zeros((0, ncoord))
+    pts = segments.reshape(-1, 3)
+    scale = max(float(np.abs(pts).max()), 1.0)
+    keys = np.round(pts / (1e-9 * scale)).astype(np.int64)
+    uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    coords = np.zeros((len(uniq), 3))
+    coords[inv] = pts
+    edges = {tuple(sorted(e)) for e in inv.reshape(-1, 2).tolist() if e[0] != e[1]}
+    nbrs: dict[int, list[int]] = {}
+    for a, b in edges:
+        nbrs.setdefault(a, []).append(b)
+        nbrs.setdefault(b, []).append(a)
+    c = np.zeros(3)
+    c[: len(centroid)] = centroid[:3]
+    ang = np.mod(np.arctan2(coords[:, 1] - c[1], coords[:, 0] - c[0]), 2 * np.pi)
+    unvisited = set(nbrs)
+    chains = []
+    # open chains first (start at an end point), then closed loops
+    for start in sorted(unvisited, key=lambda v: (len(nbrs[v]) != 1, ang[v])):
+        if start not in unvisited:
+            continue
+        chain = [start]
+        unvisited.discard(start)
+        prev, cur = None, start
+        while True:
+            nxt = [n for n in nbrs[cur] if n != prev and n in unvisited]
+            if not nxt:
+                break
+            prev, cur = cur, nxt[0]
+            chain.append(cur)
+            unvisited.discard(cur)
+        closed = len(chain) > 2 and chain[0] in nbrs[chain[-1]] and all(len(nbrs[v]) == 2 for v in chain)
+        p = coords[chain] - c
+        # orientation: signed area swept about the centroid (> 0: counter-clockwise)
+        swept = np.sum(p[:-1, 0] * p[1:, 1] - p[:-1, 1] * p[1:, 0])
+        if closed:
+            swept += p[-1, 0] * p[0, 1] - p[-1, 1] * p[0, 0]
+        if swept < 0:
+            chain = chain[::-1]
+        if closed:
+            k = int(np.argmin(ang[chain]))
+            chain = chain[k:] + chain[:k]
+            chain.append(chain[0])
+        chains.append(chain)
+    chains.sort(key=lambda ch: ang[ch[0]])
+    rows = []
+    for i, ch in enumerate(chains):
+        if i:
+            rows.append(np.full((1, ncoord), np.nan))
+        rows.append(coords[ch, :ncoord])
+    return np.concatenate(rows)

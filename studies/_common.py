@@ -1,0 +1,451 @@
+"""Shared machinery of the paper-reproduction studies.
+
+A study is a list of *cases* (one simulation config each). Every case runs into
+``OUT/cases/<key>/`` (``timeseries.csv``, ``steps.csv``, ``metadata.json``,
+``summary.json`` as for ``nmcfx run``, plus ``fields.npz`` with θ maps when asked) and is
+marked finished by ``case.json``, written last. A re-run skips every case whose
+``case.json`` holds the same config, so an interrupted sweep resumes where it stopped and
+never loses a finished case. The study then writes its figure(s), a CSV of the numbers
+behind them and ``study.json`` (configs, package versions, MPI size, git revision, wall
+times) into ``OUT/``.
+
+Everything is collective: run the scripts serially or under ``mpiexec -n N``; rank 0
+prints and writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mpi4py import MPI  # noqa: F401  (before dolfinx)
+
+import numpy as np
+
+DEFAULT_ROOT = Path("runs") / "studies"
+#: Outputs of the solver runs: no VTX fields, no per-case figures, no progress bar
+#: (the studies draw their own figures; numbers go to CSV).
+QUIET_OUTPUT = {"fields": "none", "figures": False, "progress": False}
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse_args(name: str, description: str, argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"python studies/{name}.py", description=description)
+    p.add_argument("-o", "--output", metavar="DIR", help=f"output directory (default: {DEFAULT_ROOT / name})")
+    p.add_argument("--quick", action="store_true", help="coarse meshes and fewer cases (smoke test, seconds)")
+    p.add_argument("--force", action="store_true", help="re-run every case even if its results exist")
+    args = p.parse_args(argv)
+    args.output = Path(args.output) if args.output else DEFAULT_ROOT / name
+    return args
+
+
+def config_digest(cfg: dict) -> str:
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class CaseResult:
+    """What a finished (or failed) case left on disk; identical on all ranks."""
+
+    key: str
+    config: dict
+    directory: Path
+    summary: dict = field(default_factory=dict)
+    series: dict = field(default_factory=dict)  # timeseries.csv columns → arrays
+    steps: list = field(default_factory=list)  # steps.csv rows (dicts, numbers parsed)
+    maps: dict = field(default_factory=dict)  # fields.npz content (2D θ maps), if recorded
+    wall_s: float = math.nan
+    skipped: bool = False
+    error: str | None = None
+
+
+def read_csv_columns(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return {}
+    head, body = rows[0], rows[1:]
+    out = {}
+    for j, name in enumerate(head):
+        col = [r[j] for r in body if j < len(r)]
+        try:
+            out[name] = np.array([float(v) for v in col])
+        except ValueError:
+            out[name] = np.array(col, dtype=object)
+    return out
+
+
+def read_csv_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for k, v in r.items():
+            try:
+                r[k] = float(v)
+            except (TypeError, ValueError):
+                pass
+    return rows
+
+
+def write_csv(path: Path, header: list[str], rows) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for r in rows:
+            w.writerow([_fmt(v) for v in r])
+    tmp.replace(path)
+
+
+def write_json(path: Path, data) -> None:
+    tmp = Path(str(path) + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump(data, fh, indent=2, default=_json_default)
+        fh.write("\n")
+    tmp.replace(path)
+
+
+def _fmt(v):
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.10g}" if math.isfinite(v) else "nan"
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# ----------------------------------------------------------------------------- θ maps
+class FieldRecorder:
+    """Simulation observer: θ on the mesh vertices (gathered on rank 0) at the snapshot
+    times and, optionally, at the end of every protocol step. 2D meshes only.
+
+    Also keeps the outline of every boundary sector (``ParticleMesh.sector_outline``).
+    """
+
+    def __init__(self, at_step_ends: bool = False):
+        self.at_step_ends = at_step_ends
+        self.labels: list[str] = []
+        self.times: list[float] = []
+        self.values: list[np.ndarray] = []
+
+    def state(self) -> dict:  # checkpoint hook: nothing to restore (a case restarts from scratch)
+        return {}
+
+    def start(self, sim, restore=None):  # noqa: ARG002
+        from dolfinx import fem
+
+        sv = sim.solver
+        p = sv.particle
+        if p.dim != 2:
+            raise NotImplementedError("θ maps are drawn for 2D cross-sections only")
+        self.comm = comm = sv.comm
+        self.V1 = fem.functionspace(sv.mesh, ("Lagrange", 1))
+        self.f1 = fem.Function(self.V1) if sv.degree != 1 else None
+        im = self.V1.dofmap.index_map
+        n_owned = im.size_local
+        self._n_owned = n_owned
+        self._gidx = im.local_to_global(np.arange(n_owned, dtype=np.int32))
+        xy = self.V1.tabulate_dof_coordinates()[:n_owned, :2]
+        n_cells = sv.mesh.topology.index_map(2).size_local
+        local_cells = self.V1.dofmap.list[:n_cells]
+        all_idx = im.local_to_global(np.arange(n_owned + im.num_ghosts, dtype=np.int32))
+        tris = all_idx[local_cells]
+        got = comm.gather((self._gidx, xy, tris), root=0)
+        self.outlines = {name: p.sector_outline(name) for name in p.sectors}
+        self.sector_names = list(p.sectors)
+        if comm.rank == 0:
+            n = im.size_global
+            self.points = np.zeros((n, 2))
+            for g, x, _ in got:
+                self.points[g] = x
+            self.triangles = np.concatenate([t for _, _, t in got]).astype(np.int64)
+
+    def _grab(self, sim, label: str):
+        sv = sim.solver
+        if self.f1 is not None:
+            self.f1.interpolate(sv.theta)
+            arr = self.f1.x.array
+        else:
+            arr = sv.theta.x.array
+        got = self.comm.gather((self._gidx, arr[: self._n_owned].copy()), root=0)
+        if self.comm.rank == 0:
+            vals = np.zeros(len(self.points))
+            for g, v in got:
+                vals[g] = v
+            self.labels.append(label)
+            self.times.append(sim.t)
+            self.values.append(vals)
+
+    def record(self, sim, rec):
+        pass
+
+    def snapshot(self, sim, t):
+        self._grab(sim, f"t={t / 60:g} min")
+
+    def step_end(self, sim, info):
+        if self.at_step_ends:
+            self._grab(sim, f"end of step {info['index']}")
+
+    def finish(self, sim):
+        pass
+
+    def save(self, path: Path):
+        """Write ``fields.npz`` (rank 0)."""
+        if self.comm.rank != 0:
+            return
+        data = {"points": self.points, "triangles": self.triangles, "times_s": np.array(self.times),
+                "labels": np.array(self.labels), "theta": np.array(self.values),
+                "sector_names": np.array(self.sector_names)}
+        for name, line in self.outlines.items():
+            data[f"outline:{name}"] = line
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez_compressed(tmp, **data)
+        tmp.replace(path)
+
+
+def load_maps(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files if not k.startswith("outline:")}
+        out["outlines"] = {k.split(":", 1)[1]: z[k] for k in z.files if k.startswith("outline:")}
+    return out
+
+
+# ----------------------------------------------------------------------------- running
+def execute_observed(run, outdir: Path, comm, observers=()) -> dict:
+    """``nmcfx.solver.run.execute`` with extra Simulation observers (and no checkpoints).
+
+    Mirrors ``execute``: writes metadata.json first, runs with the standard RunOutputs
+    observer (timeseries.csv, steps.csv) and writes summary.json last.
+    """
+    from nmcfx.solver.outputs import RunOutputs
+    from nmcfx.solver.rocksalt import sector_weights
+    from nmcfx.solver.run import default_snapshots_s, metadata, summarize
+    from nmcfx.solver.simulation import Simulation
+    from nmcfx.solver.transport import TransportSolver
+
+    outdir = Path(outdir)
+    if comm.rank == 0:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for stale in ("summary.json", "timeseries.csv", "steps.csv", "line_profiles.csv", "fields.npz"):
+            (outdir / stale).unlink(missing_ok=True)
+    comm.Barrier()
+    wall0 = time.perf_counter()
+    st = run.solver
+    sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
+                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
+                         surface=run.surface, sector_weights=sector_weights(run.surface, run.particle, run.material))
+    snaps = ([60.0 * t for t in run.output.snapshot_times_min] if run.output.snapshot_times_min is not None
+             else default_snapshots_s(run.protocol))
+    outputs = RunOutputs(outdir, run.output, comm, title=run.title)
+    sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
+                     observers=[outputs, *observers])
+    if comm.rank == 0:
+        from nmcfx.solver.outputs import write_json as write_run_json
+
+        write_run_json(outdir / "metadata.json", metadata(run, sv, comm))
+    try:
+        sim.run()
+    finally:
+        outputs.close()
+    wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
+    summary = summarize(sim, wall, title=run.title)
+    if comm.rank == 0:
+        write_run_json(outdir / "summary.json", summary)
+    return summary
+
+
+class Study:
+    """Runs the cases of one study into ``outdir`` (resumable) and keeps their results."""
+
+    def __init__(self, name: str, args: argparse.Namespace, comm=None):
+        self.name = name
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.outdir = Path(self.comm.bcast(str(args.output), root=0))
+        self.quick = bool(args.quick)
+        self.force = bool(getattr(args, "force", False))
+        self.results: dict[str, CaseResult] = {}
+        self.t0 = time.perf_counter()
+        self._n_cases = None
+        if self.comm.rank == 0:
+            (self.outdir / "cases").mkdir(parents=True, exist_ok=True)
+
+    # -- printing (rank 0)
+    def say(self, *msg):
+        if self.comm.rank == 0:
+            print(f"[{self.name}]", *msg, flush=True)
+
+    def plan(self, n_cases: int):
+        self._n_cases = n_cases
+        self.say(f"{n_cases} case(s){' (quick)' if self.quick else ''} -> {self.outdir}/ on {self.comm.size} rank(s)")
+
+    # -- one case
+    def case(self, key: str, cfg: dict, *, maps: bool = False, maps_at_step_ends: bool = False,
+             describe: str = "") -> CaseResult:
+        comm = self.comm
+        casedir = self.outdir / "cases" / key
+        marker = casedir / "case.json"
+        digest = config_digest(cfg)
+        i = len(self.results) + 1
+        tag = f"case {i}/{self._n_cases or '?'} {key}"
+        done = None
+        if comm.rank == 0:
+            done = False
+            if marker.is_file() and not self.force:
+                try:
+                    done = json.loads(marker.read_text()).get("config_digest") == digest
+                except (OSError, ValueError):
+                    done = False
+        done = comm.bcast(done, root=0)
+        if done:
+            res = self._load(key, cfg, casedir, skipped=True)
+            self.say(f"{tag}: already done, skipped ({describe or 'results in ' + str(casedir)})")
+        else:
+            res = self._run(key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe)
+        self.results[key] = res
+        return res
+
+    def _run(self, key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe) -> CaseResult:
+        from nmcfx.errors import NmcfxError
+        from nmcfx.solver.run import prepare
+
+        comm = self.comm
+        self.say(f"{tag}: running{' - ' + describe if describe else ''}")
+        if comm.rank == 0:
+            casedir.mkdir(parents=True, exist_ok=True)
+            (casedir / "case.json").unlink(missing_ok=True)
+            (casedir / "error.json").unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        run = prepare(cfg, comm=comm)
+        rec = FieldRecorder(at_step_ends=maps_at_step_ends) if (maps or maps_at_step_ends) else None
+        error = None
+        try:
+            execute_observed(run, casedir, comm, observers=[rec] if rec else [])
+        except NmcfxError as exc:  # e.g. SolverError: keep what was written, report precisely
+            error = f"{type(exc).__name__}: {exc}"
+        wall = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
+        if rec is not None and getattr(rec, "comm", None) is not None:
+            rec.save(casedir / "fields.npz")
+        if comm.rank == 0:
+            if error is None:
+                write_json(casedir / "case.json", {"key": key, "config_digest": digest, "config": cfg,
+                                                    "wall_s": wall, "mpi_size": comm.size})
+            else:
+                write_json(casedir / "error.json", {"key": key, "config": cfg, "error": error, "wall_s": wall})
+        comm.Barrier()
+        res = self._load(key, cfg, casedir, skipped=False)
+        res.wall_s = wall
+        res.error = error
+        if error:
+            last = res.series.get("time_s")
+            when = f" at t = {last[-1] / 60:.3f} min" if last is not None and len(last) else ""
+            self.say(f"{tag}: FAILED after {wall:.1f} s{when}: {error}")
+        else:
+            self.say(f"{tag}: done in {wall:.1f} s")
+        return res
+
+    def _load(self, key, cfg, casedir, skipped) -> CaseResult:
+        data = None
+        if self.comm.rank == 0:
+            summary = {}
+            if (casedir / "summary.json").is_file():
+                summary = json.loads((casedir / "summary.json").read_text())
+            wall = math.nan
+            if (casedir / "case.json").is_file():
+                wall = json.loads((casedir / "case.json").read_text()).get("wall_s", math.nan)
+            data = (summary, read_csv_columns(casedir / "timeseries.csv"), read_csv_rows(casedir / "steps.csv"),
+                    load_maps(casedir / "fields.npz"), wall)
+        summary, series, steps, maps, wall = self.comm.bcast(data, root=0)
+        return CaseResult(key, cfg, casedir, summary, series, steps, maps, wall, skipped)
+
+    # -- study-level outputs
+    def finish(self, description: str, extra: dict | None = None, outputs: list[str] = ()):
+        """Write study.json (configs, versions, wall times) and print where things are."""
+        from nmcfx import __version__
+        from nmcfx.solver.run import git_revision, package_versions
+
+        wall = time.perf_counter() - self.t0
+        if self.comm.rank == 0:
+            info = {
+                "study": self.name,
+                "description": description,
+                "quick": self.quick,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": sys.argv,
+                "mpi_size": self.comm.size,
+                "nmcfx_version": __version__,
+                "git_revision": git_revision(),
+                "versions": package_versions(),
+                "wall_time_s": wall,
+                "cases": {k: {"config": r.config, "directory": str(r.directory.relative_to(self.outdir)),
+                              "wall_s": r.wall_s, "skipped": r.skipped, "error": r.error}
+                          for k, r in self.results.items()},
+                "outputs": list(outputs),
+            }
+            if extra:
+                info["results"] = extra
+            write_json(self.outdir / "study.json", info)
+        self.say(f"finished in {wall:.1f} s; outputs in {self.outdir}/: " + ", ".join([*outputs, "study.json"]))
+
+
+# ----------------------------------------------------------------------------- configs
+def disk_geometry(quick: bool, blocked_fraction: float = 0.0, centre_deg: float = 0.0) -> dict:
+    """The 2.4 µm disk of Lun 2025; ``blocked_fraction`` of the perimeter is the sector "blocked",
+    centred on the polar angle ``centre_deg`` (default: +x, the right-hand side)."""
+    geom = {"shape": "disk", "diameter_um": 2.4}
+    geom.update({"mesh_size_um": 0.3, "surface_mesh_size_um": 0.1} if quick
+                else {"mesh_size_um": 0.06, "surface_mesh_size_um": 0.02})
+    if blocked_fraction > 0:
+        half = 180.0 * blocked_fraction
+        geom["sectors"] = [{"name": "blocked", "start_deg": centre_deg - half, "end_deg": centre_deg + half}]
+    return geom
+
+
+def xu_geometry(quick: bool) -> dict:
+    geom = {"shape": "xu2022"}
+    geom.update({"mesh_size_um": 0.3, "surface_mesh_size_um": 0.1} if quick
+                else {"mesh_size_um": 0.06, "surface_mesh_size_um": 0.02})
+    return geom
+
+
+def plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def settle_time(t: np.ndarray, y: np.ndarray, level: float, start: int = 0) -> float:
+    """Time from which ``y`` stays at or below ``level`` (searching from index ``start`` on;
+    linear interpolation at the last down-crossing). NaN if it is above at the last point."""
+    t, y = np.asarray(t, float), np.asarray(y, float)
+    above = np.flatnonzero(y[start:] > level) + start
+    if above.size == 0:
+        return float(t[start])
+    i = int(above[-1])
+    if i == len(y) - 1:
+        return math.nan
+    f = (y[i] - level) / (y[i] - y[i + 1])
+    return float(t[i] + f * (t[i + 1] - t[i]))
