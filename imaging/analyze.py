@@ -146,6 +146,29 @@ class AnalysisResult:
     def pixel_size_um(self) -> float:
         return self.stack.pixel_size_um
 
+    def report_lines(self) -> list[str]:
+        o, d, c = self.outline, self.drift, self.classification
+        st = self.stack
+        lines = [
+            f"  stack        {st.n_frames} frames of {st.shape[0]}×{st.shape[1]} px, pixel {self.pixel_size_um * 1e3:.4g} nm "
+            f"({st.info.get('pixel_size_from', '')}), times {st.info.get('times_from', '')}"
+            + (f", binned by {st.info['bin_frames']}" if st.info.get("bin_frames", 1) > 1 else ""),
+            f"  reference    frame {self.reference_index} (t = 0 at {self.t0_s:g} s)",
+            f"  drift        {d.method}" + (f", spot at (row {d.spot_rc[0]:.1f}, col {d.spot_rc[1]:.1f})" if d.spot_rc else "")
+            + f", largest {np.max(np.hypot(d.drift_rc[:, 0], d.drift_rc[:, 1])):.2f} px",
+            f"  particle     {int(self.mask.sum())} px above {self.threshold:.6g}; outline area {o.area_um2:.4g} µm², "
+            f"perimeter {o.perimeter_um:.4g} µm, equivalent diameter {o.equivalent_diameter_um:.4g} µm",
+            f"  contrast     particle mean {self.normalised_intensity[-1]:+.4f}, centre {self.center_contrast[-1]:+.4f} "
+            "in the last frame",
+            f"  asymmetry    {c['label']}: {c['off_centre_frames']} of {c['core_frames']} core frames with d > "
+            f"{c['d_limit_um'] * 1e3:.0f} nm" + (f" (max d {c['d_max_um'] * 1e3:.0f} nm)" if c.get("d_max_um") is not None else ""),
+        ]
+        if self.mesh_info:
+            m = self.mesh_info
+            lines.append(f"  mesh         {m['cells']} cells; area {m['area_um2']:.4g} µm², perimeter {m['perimeter_um']:.4g} µm")
+        lines += [f"  note         {n}" for n in self.notes]
+        return lines
+
     def summary(self) -> dict:
         o = self.outline
         d = self.drift

@@ -802,6 +802,25 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
     return files + ["calibration.json", "metadata.json"]
 
 
+def format_calibration(r: CalibrationResult) -> str:
+    lo, hi = r.S_profile_interval
+    iv = f"[{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else "not bounded by the evaluated S"
+    lines = [
+        f"  best S      {r.S:.4g}   (profile interval {iv})",
+        f"  best A      {r.A:.4g} ± {r.A_stderr:.2g}",
+        f"  e(S, A)     {r.e_min:.4g}   over {len(r.target.times_s)} frames × {r.target.measured.shape[1]} series "
+        f"(region {r.target.region_kind})",
+    ]
+    if r.bootstrap:
+        b = r.bootstrap
+        lines.append(f"  bootstrap   S 16–84 % [{b['S_16_84'][0]:.4g}, {b['S_16_84'][1]:.4g}], "
+                     f"A 16–84 % [{b['A_16_84'][0]:.4g}, {b['A_16_84'][1]:.4g}] ({b['resamples']} resamples)")
+    c = r.counts
+    lines.append(f"  simulations {c['simulated']} run, {c['from_cache']} from the cache")
+    lines += [f"  note        {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
 def run_calibration(config_path, outdir=None, *, comm=None, log=None, command=None) -> CalibrationResult:
     """Read CONFIG.toml, calibrate, and write the output directory (rank 0)."""
     from mpi4py import MPI

@@ -6,6 +6,8 @@
     nmcfx mesh CONFIG.toml               build only the mesh and report it
     nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem
     nmcfx examples                       list the built-in examples
+    nmcfx analyze STACK [options]        analyse an operando image stack (see nmcfx.imaging)
+    nmcfx calibrate CONFIG.toml          calibrate S and A against analysed images
     nmcfx --version
 
 Works the same under ``mpiexec -n N``: every rank runs, rank 0 prints and writes.
@@ -47,7 +49,54 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--points", type=int, default=20, help="number of θ values (default 20)")
 
     sub.add_parser("examples", help="list the built-in examples")
+    _analyze_parser(sub)
+    cal = sub.add_parser("calibrate", help="calibrate S and A (Xu 2022 Eq. 18) against an analysed stack")
+    cal.add_argument("config", help="TOML: the run tables plus a [calibration] table (see README)")
+    cal.add_argument("-o", "--output", metavar="DIR", help="output directory (default: runs/<config name>-calibration)")
     return p
+
+
+def _analyze_parser(sub):
+    a = sub.add_parser("analyze", help="analyse an operando image stack: drift, contrast, kymograph, asymmetry, outline")
+    a.add_argument("stack", help="multi-page TIFF (8/16-bit or float), .npy or .npz")
+    a.add_argument("-o", "--output", metavar="DIR", help="analysis directory (default: analysis/<stack name>)")
+    g = a.add_argument_group("stack")
+    g.add_argument("--pixel-size-um", type=float, help="pixel size (default: file metadata, else 0.0347)")
+    g.add_argument("--frame-rate-hz", type=float, help="frame rate (default: file metadata, else 10 Hz)")
+    g.add_argument("--bin", type=int, default=1, metavar="N", help="average N consecutive frames (papers: 20-100)")
+    g.add_argument("--reference-frame", type=int, metavar="K", help="frame before the current flows (default 0)")
+    g.add_argument("--reference-time-s", type=float, metavar="T",
+                   help="current start time; the reference is the last frame at or before it")
+    g.add_argument("--reference-average", type=int, default=1, metavar="N",
+                   help="I0 = mean of N frames ending at the reference frame (default 1)")
+    g = a.add_argument_group("drift")
+    g.add_argument("--drift", choices=("gaussian", "phase", "none"), default="gaussian")
+    g.add_argument("--spot", metavar="ROW,COL", help="marker spot in the reference frame (default: found)")
+    g.add_argument("--spot-box", type=int, default=7, metavar="PX", help="half width of the spot fit window")
+    g = a.add_argument_group("particle")
+    g.add_argument("--threshold", default="otsu", help="mask threshold: otsu or an intensity (default otsu)")
+    g.add_argument("--particle", metavar="ROW,COL", help="a pixel on the particle (default: largest region)")
+    g.add_argument("--center-radius-px", type=float, default=3.0, help="radius of the centre region (px)")
+    g.add_argument("--outline-level", default="half", help="outline iso-level: half, threshold or an intensity")
+    g.add_argument("--smoothing-um", type=float, help="outline smoothing (default one pixel)")
+    g.add_argument("--resolution-um", type=float, default=0.265, help="optical resolution (PSF FWHM), µm")
+    g.add_argument("--mesh", action="store_true", help="also mesh the outline and report its area and perimeter")
+    g.add_argument("--mesh-size-um", type=float, help="mesh size for --mesh (default: diameter/20)")
+    g = a.add_argument_group("line cut and asymmetry")
+    g.add_argument("--line", metavar="R0,C0,R1,C1", help="line cut end points (default: horizontal through the centre)")
+    g.add_argument("--line-width", type=int, default=1, metavar="PX")
+    g.add_argument("--li-rich-threshold", type=float, default=0.05, help="contrast below which a pixel is Li-rich")
+    g.add_argument("--reaction", choices=("charge", "discharge"), default="charge")
+    g.add_argument("--asym-d-fraction", type=float, default=0.15, help="d limit as a fraction of R_eq")
+    g.add_argument("--asym-frame-fraction", type=float, default=0.5, help="fraction of core frames above the limit")
+    g.add_argument("--asym-core", metavar="MIN,MAX", default="0.02,0.8",
+                   help="Li-rich area fractions that make a core frame")
+    g = a.add_argument_group("output")
+    cur = g.add_mutually_exclusive_group()
+    cur.add_argument("--current-mA-g", type=float, help="specific current, for a capacity axis")
+    cur.add_argument("--c-rate", type=float, help="C-rate (1C = 210 mA/g), for a capacity axis")
+    g.add_argument("--map-frames", type=int, default=8, help="frames shown in contrast_maps.png")
+    g.add_argument("--no-figures", action="store_true")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_materials(args, comm, parser)
         if args.command == "examples":
             return _cmd_examples(comm)
+        if args.command == "analyze":
+            return _cmd_analyze(args, comm)
+        if args.command == "calibrate":
+            return _cmd_calibrate(args, comm)
         parser.print_help()
         return 1
     except NmcfxError as exc:
@@ -159,6 +212,48 @@ def _cmd_examples(comm) -> int:
     for name in example_names():
         title = load_config(example_path(name)).get("title", "")
         _say(comm, f"  {name:<22s} {title}")
+    return 0
+
+
+def _cmd_analyze(args, comm) -> int:
+    from nmcfx.imaging import AnalysisOptions, AsymmetryRule, parse_rc, run_analysis
+
+    thr = args.threshold if args.threshold.strip().lower() == "otsu" else parse_rc(args.threshold, "--threshold", 1)[0]
+    level = args.outline_level
+    if level not in ("half", "threshold"):
+        level = parse_rc(level, "--outline-level", 1)[0]
+    core = parse_rc(args.asym_core, "--asym-core", 2)
+    line = None
+    if args.line:
+        r0, c0, r1, c1 = parse_rc(args.line, "--line", 4)
+        line = ((r0, c0), (r1, c1))
+    opts = AnalysisOptions(
+        reference_frame=args.reference_frame, reference_time_s=args.reference_time_s,
+        reference_average=args.reference_average, drift=args.drift,
+        spot_rc=parse_rc(args.spot, "--spot") if args.spot else None, spot_box_px=args.spot_box, threshold=thr,
+        particle_rc=parse_rc(args.particle, "--particle") if args.particle else None, line=line,
+        line_width_px=args.line_width, li_rich_threshold=args.li_rich_threshold, reaction=args.reaction,
+        center_radius_px=args.center_radius_px,
+        asymmetry=AsymmetryRule(args.asym_d_fraction, args.asym_frame_fraction, core[0], core[1]),
+        outline_level=level, smoothing_um=args.smoothing_um, resolution_um=args.resolution_um,
+        current_mA_g=args.current_mA_g, c_rate=args.c_rate, map_frames=args.map_frames, figures=not args.no_figures)
+    outdir = Path(args.output) if args.output else Path("analysis") / Path(args.stack).stem
+    res = run_analysis(args.stack, outdir, opts, frame_rate_hz=args.frame_rate_hz, pixel_size_um=args.pixel_size_um,
+                       bin_frames=args.bin, mesh=args.mesh, mesh_size_um=args.mesh_size_um, comm=comm, command=sys.argv)
+    for line_ in res.report_lines():
+        _say(comm, line_)
+    _say(comm, f"results in {outdir}/ (intensity.csv, kymograph.csv, drift.csv, outline.csv, contrast.npz, figures)")
+    return 0
+
+
+def _cmd_calibrate(args, comm) -> int:
+    from nmcfx.imaging import format_calibration, run_calibration
+
+    outdir = Path(args.output) if args.output else Path("runs") / (Path(args.config).stem + "-calibration")
+    _say(comm, f"nmcfx: calibrating S and A with {args.config}")
+    result = run_calibration(args.config, outdir, comm=comm, log=lambda *m: _say(comm, *m), command=sys.argv)
+    _say(comm, format_calibration(result))
+    _say(comm, f"results in {outdir}/ (calibration.json, e_profile.csv, fit.csv, error_map.png, fit_overlay.png)")
     return 0
 
 
