@@ -39,7 +39,7 @@ DEFAULT_PETSC_OPTIONS = {
     "snes_type": "newtonls",
     "snes_linesearch_type": "bt",
     "snes_rtol": 1e-10,
-    "snes_atol": 1e-13,
+    "snes_atol": 1e-14,  # × particle measure (µm^d): set per problem, see TransportSolver
     "snes_stol": 0.0,
     "snes_max_it": 12,
     "ksp_type": "preonly",
@@ -151,24 +151,27 @@ class TransportSolver:
         th, v = self.theta, ufl.TestFunction(V)
         dth = ufl.TrialFunction(V)
         a0, a1, a2 = self.bdf
-        rate = (a0 * th + a1 * self.theta_n + a2 * self.theta_nm1) / self.dt
+        # the residual is multiplied by dt: it then measures Li (θ·µm^d), so the SNES absolute
+        # tolerance bounds the Li-balance defect of a step whatever the step size
+        dt = self.dt
+        increment = a0 * th + a1 * self.theta_n + a2 * self.theta_nm1
         # optional cell-wise factor on D (e.g. a resolved rocksalt shell: a DG0 function)
         Dk = self.D if diffusivity_scale is None else diffusivity_scale * self.D
         dDk = self.dD if diffusivity_scale is None else diffusivity_scale * self.dD
-        F = rate * v * dxm + Dk * ufl.inner(grad_p(th), ufl.grad(v)) * dx
+        F = increment * v * dxm + dt * Dk * ufl.inner(grad_p(th), ufl.grad(v)) * dx
         if not self.kinetics:  # prescribed fluxes; with kinetics the flux is i_BV/(F N_L)
             for s in self.sector_names:
-                F += self.q[s] * v * ds(particle.sectors[s])
-        J = (a0 / self.dt) * dth * v * dxm
-        J += Dk * ufl.inner(grad_p(dth), ufl.grad(v)) * dx
+                F += dt * self.q[s] * v * ds(particle.sectors[s])
+        J = a0 * dth * v * dxm
+        J += dt * Dk * ufl.inner(grad_p(dth), ufl.grad(v)) * dx
         # d/dθ_j of Σ_i D(θ_i) φ_i is D'(θ_j) φ_j. For P1 the vertex rule integrates the
         # product of the nodal D' and the trial function exactly that way (∇θ·∇v is constant
         # per cell), so the Jacobian is exact and Newton converges quadratically.
         dx_nodal = ufl.Measure("dx", domain=mesh, metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
-        J += dDk * dth * ufl.inner(grad_p(th), ufl.grad(v)) * (dx_nodal if degree == 1 else dx)
+        J += dt * dDk * dth * ufl.inner(grad_p(th), ufl.grad(v)) * (dx_nodal if degree == 1 else dx)
         if extra_residual is not None:
             # hook for sources / non-uniform fluxes (manufactured solutions)
-            extra = extra_residual(self, th, v)
+            extra = dt * extra_residual(self, th, v)
             F += extra
             J += ufl.derivative(extra, th, dth)
         self._scale = 1e6 / (FARADAY * material.site_concentration)  # A m⁻² → µm s⁻¹ of θ
@@ -178,6 +181,8 @@ class TransportSolver:
         self._ocv_surface_form = fem.form(self.Uh * ds_r)
 
         opts = dict(DEFAULT_PETSC_OPTIONS)
+        measure = float(getattr(particle, "measure", 1.0) or 1.0)
+        opts["snes_atol"] = DEFAULT_PETSC_OPTIONS["snes_atol"] * measure  # Li-balance defect ≤ ~1e-14 relative
         if petsc_options:
             opts.update({str(k): v for k, v in petsc_options.items()})
         self.petsc_options = opts
@@ -245,7 +250,7 @@ class TransportSolver:
         self._i_bv = i_bv
         sc = self._scale
         tags = self.particle.sectors
-        F_th = sum(self.eta[s] * sc * i_bv * v * ds_nodal(tags[s]) for s in self.reactive)
+        F_th = sum(self.dt * self.eta[s] * sc * i_bv * v * ds_nodal(tags[s]) for s in self.reactive)
         cur = sum(self.eta[s] * sc * i_bv * mu * ds_nodal(tags[s]) for s in self.reactive)
         ds_r = self._ds_reactive
         cv_scale = sc * mat.i0_ref_A_m2 * f

@@ -199,3 +199,20 @@ def test_rocksalt_thickness_maps_onto_eta():
     cfg["surface"]["blocking"] = {"blocked": 0.3}
     with pytest.raises(InputError, match="both"):
         prepare(cfg)
+
+
+@pytest.mark.mpi
+def test_fast_lithiation_to_full_then_cv_hold_stays_robust_and_conservative(tmp_path):
+    """1C discharge into θ → 1 (steep V_oc, large exponentials) and a long 3.0 V hold."""
+    steps = [{"type": "discharge", "c_rate": 1.0, "duration_min": 60, "until": ["voltage_V <= 3.0"]},
+             {"type": "hold", "voltage_V": 3.0, "duration_min": 120}]
+    cfg = _cfg(model="butler_volmer", steps=steps)
+    cfg["protocol"]["initial_theta"] = 0.5
+    s, out = _run(cfg, tmp_path, "rim")
+    first, hold = s["protocol_steps"]
+    assert first["reason"].startswith("reached voltage_V <= 3")
+    # the end-of-discharge rim: surface nearly full, core behind (Xu 2022 Fig. 4B)
+    assert first["theta_surface_max"] > 0.98 and first["theta_center"] < first["theta_surface_max"] - 0.05
+    # the hold lets the core catch up
+    assert hold["theta_center"] > first["theta_center"] + 0.05
+    assert s["max_abs_mass_balance_error"] <= 1e-10
