@@ -100,6 +100,19 @@ class ShelledParticleMesh(ParticleMesh):
         f.x.scatter_forward()
         return f
 
+    def region_indicator(self, region: str = "core", name: str | None = None):
+        """DG0 function: 1 on the cells of ``region`` ("core" or "shell"), 0 elsewhere."""
+        from dolfinx import fem
+
+        if region not in self.regions:
+            raise InputError("region", f"must be one of {sorted(self.regions)}, got {region!r}")
+        Q = fem.functionspace(self.mesh, ("DG", 0))
+        f = fem.Function(Q, name=name or region)
+        f.x.array[:] = 0.0
+        f.x.array[self.cell_tags.find(self.regions[region])] = 1.0
+        f.x.scatter_forward()
+        return f
+
     def on_nmc_surface(self, points: np.ndarray) -> np.ndarray:
         """Mask of points on the NMC surface: the circle r = R (free outline + core/film interface).
 
