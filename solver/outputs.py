@@ -146,6 +146,13 @@ class RunOutputs:
         self.line_s = s[inside] * np.linalg.norm(b - a)
         self.line_s -= self.line_s[0]
         self._line_inside = inside
+        # blocked sectors (η < 1) are outlined on the θ maps (collective: all ranks call)
+        self.outlines = []
+        if self.settings.figures and hasattr(p, "sector_outline"):
+            for name, eta in sim.sector_weights.items():
+                if eta < 1.0:
+                    xy = p.sector_outline(name)
+                    self.outlines.append((xy[:, 0], xy[:, 1]))
         mine = next((r for r, o in zip(restore or [], sim.observers) if o is self), None)
         if mine:
             self.images = [(float(t), img) for t, img in zip(mine["image_times"], mine["images"])]
@@ -245,7 +252,8 @@ class RunOutputs:
 
             hist = {c: np.array([getattr(r, c) for r in sim.history]) for c in self.COLUMNS}
             if self.images:
-                figures.theta_maps(self.images, self.extent, self.outdir / "theta_maps.png", title=self.title)
+                figures.theta_maps(self.images, self.extent, self.outdir / "theta_maps.png", title=self.title,
+                                   outlines=self.outlines)
             figures.center_trace(hist, self.outdir / "center_trace.png", title=self.title,
                                  step_ends=[s["end_time_s"] for s in sim.step_log[:-1]])
             figures.kymograph(self.line_s, times, prof, self.outdir / "kymograph.png", title=self.title)
