@@ -253,7 +253,7 @@ def _read_tiff(path: Path, bin_frames: int, field: str):
     try:
         with tf:
             if not tf.series:
-                raise InputError(field, f"{path.name} holds no images")
+                raise InputError(field, f"{path.name} is not a readable TIFF stack (no images found; corrupt file?)")
             series = tf.series[0]
             shape = tuple(series.shape)
             dtype = np.dtype(series.dtype)
