@@ -432,7 +432,7 @@ def _reference_figure(r: AnalysisResult, path):
     ax.legend(frameon=False, fontsize=7, loc="lower left", labelcolor="w")
     n_avg = r.options.reference_average
     ax.set_title(f"reference frame {r.reference_index}" + (f" (mean of {n_avg})" if n_avg > 1 else ""), fontsize=9)
-    figures._scale_bar(ax, ref.shape, r.pixel_size_um)
+    figures._scale_bar(ax, ref.shape, r.pixel_size_um, color="w")
     figures._save(fig, path)
 
 

@@ -795,6 +795,11 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
     figures.error_profile(S_vals, [row["e"] for row in r.evaluations], r.S, r.S_profile_interval,
                           outdir / "error_profile.png")
     files += ["error_map.png", "fit_overlay.png", "error_profile.png"]
+    if t.region is not None and not t.average:
+        figures.model_vs_measured_maps(t.measured, pred, t.region, t.times_s, outdir / "model_vs_measured.png",
+                                       title=f"region {t.region_kind}: measured vs A(θ₀ − θ) at S = {r.S:.4g}, "
+                                             f"A = {r.A:.4g}")
+        files.append("model_vs_measured.png")
     summary = r.to_dict()
     write_json(outdir / "calibration.json", summary)
     write_json(outdir / "metadata.json", {"nmcfx_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

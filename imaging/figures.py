@@ -44,15 +44,15 @@ def _sym_limit(values, mask=None, pct=99.5) -> float:
     return lim if lim > 1e-6 else 1e-3
 
 
-def _scale_bar(ax, shape, pixel_size_um, length_um=1.0):
+def _scale_bar(ax, shape, pixel_size_um, length_um=1.0, color="k"):
     rows, cols = shape
     npx = length_um / pixel_size_um
     if npx > 0.8 * cols:
         return
     x1 = cols - 0.06 * cols
     y = rows - 0.07 * rows
-    ax.plot([x1 - npx, x1], [y, y], color="k", lw=3, solid_capstyle="butt")
-    ax.text(x1 - npx / 2, y - 0.03 * rows, f"{length_um:g} µm", ha="center", va="bottom", fontsize=7)
+    ax.plot([x1 - npx, x1], [y, y], color=color, lw=3, solid_capstyle="butt")
+    ax.text(x1 - npx / 2, y - 0.03 * rows, f"{length_um:g} µm", ha="center", va="bottom", fontsize=7, color=color)
 
 
 def contrast_maps(contrast, mask, times_s, indices, path, *, pixel_size_um, title="", lines=()):
@@ -219,4 +219,34 @@ def error_profile(S_values, e_values, best_S, interval, path, *, title=""):
     ax.set_ylabel("min over A of e(S, A)")
     ax.grid(alpha=0.3)
     ax.set_title(title or "profile of the error", fontsize=9)
+    return _save(fig, path)
+
+
+def model_vs_measured_maps(measured, model, region, times_s, path, *, title=""):
+    """Measured (top) and model (bottom) contrast on the compared pixels, same zero-centred scale."""
+    plt = _plt()
+    from matplotlib.colors import TwoSlopeNorm
+
+    n = len(times_s)
+    idx = np.unique(np.linspace(0, n - 1, min(4, n)).round().astype(int))
+    h, w = region.shape
+    lim = max(_sym_limit(measured), _sym_limit(model))
+    norm = TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
+    fig, axes = plt.subplots(2, len(idx), figsize=(2.4 * len(idx) + 0.9, 5.2), squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.86, bottom=0.04, top=0.86, wspace=0.08, hspace=0.2)
+    handle = None
+    for j, k in enumerate(idx):
+        for i, (vals, name) in enumerate(((measured, "measured"), (model, "model"))):
+            img = np.full((h, w), np.nan)
+            img[region] = vals[k]
+            handle = axes[i, j].imshow(img, cmap=CMAP, norm=norm, interpolation="nearest")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if j == 0:
+                axes[i, j].set_ylabel(name)
+        axes[0, j].set_title(f"t = {times_s[k] / 60:.1f} min", fontsize=9)
+    cax = fig.add_axes((0.89, 0.12, 0.02, 0.66))
+    fig.colorbar(handle, cax=cax, label="total contrast")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -253,7 +253,7 @@ def _cmd_calibrate(args, comm) -> int:
     _say(comm, f"nmcfx: calibrating S and A with {args.config}")
     result = run_calibration(args.config, outdir, comm=comm, log=lambda *m: _say(comm, *m), command=sys.argv)
     _say(comm, format_calibration(result))
-    _say(comm, f"results in {outdir}/ (calibration.json, e_profile.csv, fit.csv, error_map.png, fit_overlay.png)")
+    _say(comm, f"results in {outdir}/ (calibration.json, e_profile.csv, fit.csv, error_map.png, fit_overlay.png, ...)")
     return 0
 
 

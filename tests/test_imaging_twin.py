@@ -150,7 +150,8 @@ def test_twin_calibration_center_trace(twin, capsys):
 
 
 def test_twin_calibration_space_time(twin, capsys):
-    r, _ = _calibrate(twin, capsys, "mask", 1, "cal-mask")
+    r, out = _calibrate(twin, capsys, "mask", 1, "cal-mask")
+    assert (out / "model_vs_measured.png").is_file()
     print(f"all mask pixels: S = {r['S']:.4f}, A = {r['A']:.4f}, {r['series']} pixels × {r['frames']} frames")
     assert r["series"] > 1000
     assert r["S"] == pytest.approx(S_TRUE, rel=0.05)
