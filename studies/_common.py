@@ -30,9 +30,9 @@ from mpi4py import MPI  # noqa: F401  (before dolfinx)
 import numpy as np
 
 DEFAULT_ROOT = Path("runs") / "studies"
-#: Outputs of the solver runs: no VTX fields, no per-case figures, no progress bar
-#: (the studies draw their own figures; numbers go to CSV).
-QUIET_OUTPUT = {"fields": "none", "figures": False, "progress": False}
+#: Outputs of the solver runs: no VTX fields, no per-case figures, no progress bar, no
+#: snapshots (the studies draw their own figures; numbers go to CSV).
+QUIET_OUTPUT = {"fields": "none", "figures": False, "progress": False, "snapshot_times_min": []}
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -449,3 +449,27 @@ def settle_time(t: np.ndarray, y: np.ndarray, level: float, start: int = 0) -> f
         return math.nan
     f = (y[i] - level) / (y[i] - y[i + 1])
     return float(t[i] + f * (t[i + 1] - t[i]))
+
+
+def lun_cutoff_config(rate_mA_g: float, blocked_fraction: float, eta: float, quick: bool,
+                      dt_max_s: float | None = None) -> dict:
+    """Lun 2025 Fig. 5b/5d: 2.4 µm disk charged at ``rate_mA_g`` from θ₀ = 0.95 until the
+    occupancy anywhere on the surface reaches θ = 0.2; ``blocked_fraction`` of the perimeter
+    (centred on +x) carries η times the flux of the free surface (0: uniform flux)."""
+    what = "no blocking" if blocked_fraction == 0 else f"{blocked_fraction:g} of the surface blocked, η = {eta:g}"
+    solver = {"theta_tol": 2e-3 if quick else 5e-4}
+    if dt_max_s is not None:
+        solver["dt_max_s"] = float(dt_max_s)
+    cfg = {
+        "title": f"Lun 2025: 2.4 µm disk, {rate_mA_g:g} mA/g to the θ = 0.2 surface cut-off, {what}",
+        "geometry": disk_geometry(quick, blocked_fraction),
+        "protocol": {"initial_theta": 0.95,
+                     "steps": [{"type": "charge", "current_mA_g": float(rate_mA_g),
+                                "duration_min": 60.0 * 275.0 / rate_mA_g,
+                                "until": ["theta_surface_min <= 0.2"]}]},
+        "solver": solver,
+        "output": dict(QUIET_OUTPUT),
+    }
+    if blocked_fraction > 0:
+        cfg["surface"] = {"model": "flux", "blocking": {"blocked": float(eta)}}
+    return cfg

@@ -1,0 +1,309 @@
+"""End-of-discharge Li-rich rim and its recovery by a CV hold (Xu et al. 2022, Fig. 4, Fig. S18).
+
+Xu 2022 particle with Butler–Volmer surface kinetics (the particle potential is the
+unknown that carries the applied current; ``[surface] model = "butler_volmer"``):
+
+    1. CC charge at C/3 from θ₀ = 0.95 to 4.3 V (V_oc(θ) = 4.3 V at θ ≈ 0.26, reachable)
+    2. CC discharge at 1C to 3.0 V (split after 30 min for the map "a" of Fig. 4B)
+    3. CV hold at 3.0 V for 2 h (split at 2, 5, 10 and 30 min for maps during the hold)
+    4. 30 min open-circuit rest
+
+Xu 2022 observe at the end of the 1C discharge a narrow Li-rich periphery around a
+Li-deficient core (slow diffusion near θ → 1, Fig. S19, and slow charge transfer), an
+extra ~24 mAh/g during the 2 h hold at 3 V (coulombic efficiency 82.3 % → 94.3 %) and a
+nearly uniform particle at the end of the hold.
+
+    python studies/xu2022_discharge_rim.py [-o DIR] [--quick] [--force]
+    mpiexec -n 2 python studies/xu2022_discharge_rim.py
+
+Outputs (DIR, default runs/studies/xu2022_discharge_rim): discharge_rim.png,
+discharge_rim_timeseries.csv (voltage, current, θ centre/mean/surface range vs time),
+discharge_rim_steps.csv (per protocol step: capacity, end reason, state at its end),
+discharge_rim_profiles.csv (θ along the long axis at the ends of the steps, cf. Fig. S18),
+study.json, cases/<case>/. If the solver fails, the error (time, message) is printed,
+stored in cases/<case>/error.json and in study.json, and the figure shows what was computed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from mpi4py import MPI  # noqa: F401  (before dolfinx)
+
+import numpy as np
+
+from nmcfx.studies._common import QUIET_OUTPUT, Study, parse_args, plt, read_csv_columns, write_csv, xu_geometry
+
+NAME = "xu2022_discharge_rim"
+CASE = "bv_cccv_1C"
+HOLD_SPLITS_MIN = (2.0, 3.0, 5.0, 20.0, 90.0)  # consecutive hold segments: ends at 2, 5, 10, 30, 120 min
+REST_MIN = 30.0
+DISCHARGE_SPLIT_MIN = 30.0
+
+
+def case_config(quick: bool) -> dict:
+    steps = [
+        {"type": "charge", "c_rate": 1.0 / 3.0, "duration_min": 360, "until": ["voltage_V >= 4.3"],
+         "label": "CC charge C/3"},
+        {"type": "discharge", "c_rate": 1.0, "duration_min": DISCHARGE_SPLIT_MIN, "until": ["voltage_V <= 3.0"],
+         "label": "CC discharge 1C (first 30 min)"},
+        {"type": "discharge", "c_rate": 1.0, "duration_min": 120, "until": ["voltage_V <= 3.0"],
+         "label": "CC discharge 1C"},
+    ]
+    for dur in HOLD_SPLITS_MIN:
+        steps.append({"type": "hold", "voltage_V": 3.0, "duration_min": dur, "label": "CV hold 3.0 V"})
+    steps.append({"type": "rest", "duration_min": REST_MIN, "label": "rest"})
+    return {
+        "title": "Xu 2022 particle, Butler-Volmer: CC charge C/3 to 4.3 V, CC discharge 1C to 3.0 V, "
+                 "2 h CV hold at 3.0 V, 30 min rest",
+        "geometry": xu_geometry(quick),
+        "surface": {"model": "butler_volmer"},
+        "protocol": {"initial_theta": 0.95, "steps": steps},
+        "solver": {"theta_tol": 2e-3 if quick else 5e-4, "dt_max_s": 60.0},
+        "output": dict(QUIET_OUTPUT, profile_points=161),
+    }
+
+
+def phase_names(steps: list[dict]) -> list[str]:
+    """Short names of the protocol steps (for tables and map titles)."""
+    out, hold_t = [], 0.0
+    for st in steps:
+        d = str(st.get("description", ""))
+        lab = str(st.get("label", ""))
+        if "hold" in d:
+            hold_t += (st["end_time_s"] - st["start_time_s"]) / 60.0
+            out.append(f"hold +{hold_t:.0f} min")
+        elif lab.startswith("CC discharge 1C (first"):
+            out.append(f"discharge +{(st['end_time_s'] - st['start_time_s']) / 60:.0f} min")
+        elif lab.startswith("CC discharge"):
+            out.append("end of CC discharge")
+        elif lab.startswith("CC charge"):
+            out.append("end of CC charge")
+        elif d.startswith("rest") or lab == "rest":
+            out.append(f"rest +{(st['end_time_s'] - st['start_time_s']) / 60:.0f} min")
+        else:
+            out.append(lab or d)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(NAME, "Xu 2022: end-of-discharge Li-rich rim and its recovery by a 2 h CV hold", argv)
+    study = Study(NAME, args)
+    study.plan(1)
+    res = study.case(CASE, case_config(study.quick), maps_at_step_ends=True,
+                     describe="Butler-Volmer, C/3 charge to 4.3 V, 1C discharge to 3.0 V, 2 h hold, rest")
+    s, steps = res.series, res.steps
+    names = phase_names(steps)
+    key = {"error": res.error}
+    if res.error and study.comm.rank == 0:
+        t_last = s["time_s"][-1] / 60 if len(s.get("time_s", [])) else math.nan
+        step_last = int(s["protocol_step"][-1]) if len(s.get("protocol_step", [])) else -1
+        study.say(f"solver failure in protocol step {step_last} at t = {t_last:.3f} min: {res.error}")
+    cap = {n: st["capacity_mAh_g"] for n, st in zip(names, steps)}
+    charge = next((st["capacity_mAh_g"] for st in steps if str(st["label"]).startswith("CC charge")), math.nan)
+    cc_dis = -sum(st["capacity_mAh_g"] for st in steps if str(st["label"]).startswith("CC discharge"))
+    hold = -sum(st["capacity_mAh_g"] for st in steps if "hold" in str(st["description"]))
+    key.update({"charge_mAh_g": charge, "cc_discharge_mAh_g": cc_dis, "hold_mAh_g": hold,
+                "ce_cc_percent": 100 * cc_dis / charge if charge else math.nan,
+                "ce_with_hold_percent": 100 * (cc_dis + hold) / charge if charge else math.nan,
+                "step_capacities_mAh_g": cap})
+    end_dis = next((st for st in steps if str(st["label"]) == "CC discharge 1C"), None)
+    if end_dis is not None:
+        key["end_of_cc_discharge"] = {k: end_dis[k] for k in ("end_time_s", "theta_mean", "theta_center",
+                                                              "theta_surface_min", "theta_surface_max",
+                                                              "voltage_V", "reason")}
+        key["rim_contrast_end_of_cc"] = end_dis["theta_surface_max"] - end_dis["theta_center"]
+    if end_dis is not None and res.maps and "end of CC discharge" in names:
+        k = names.index("end of CC discharge")
+        if k < len(res.maps["theta"]):
+            th0 = res.config["protocol"]["initial_theta"]
+            key["area_fraction_below_theta0_end_of_cc"] = area_fraction_below(res.maps, k, th0)
+    holds = [st for st in steps if "hold" in str(st["description"])]
+    if holds:
+        last = holds[-1]
+        key["end_of_hold"] = {k: last[k] for k in ("end_time_s", "theta_mean", "theta_center", "theta_surface_min",
+                                                   "theta_surface_max", "current_mA_g")}
+        key["rim_contrast_end_of_hold"] = last["theta_surface_max"] - last["theta_center"]
+        in_hold = np.isin(s["protocol_step"], [st["index"] for st in holds])
+        cur = s["current_mA_g"][in_hold]
+        if cur.size:
+            key["hold_current_first_step_mA_g"] = float(cur[0])
+            key["hold_current_end_mA_g"] = float(cur[-1])
+    files = ["discharge_rim.png", "discharge_rim_timeseries.csv", "discharge_rim_steps.csv",
+             "discharge_rim_profiles.csv"]
+    if study.comm.rank == 0:
+        out = study.outdir
+        cols = ["time_s", "protocol_step", "voltage_V", "current_mA_g", "capacity_mAh_g", "theta_mean",
+                "theta_center", "theta_surface_min", "theta_surface_max", "d_um"]
+        rows = [[s[c][i] for c in cols] + [names[int(s["protocol_step"][i])] if int(s["protocol_step"][i]) < len(names)
+                                            else "(unfinished)"] for i in range(len(s["time_s"]))]
+        write_csv(out / "discharge_rim_timeseries.csv", cols + ["phase"], rows)
+        scols = ["index", "label", "description", "start_time_s", "end_time_s", "reason", "capacity_mAh_g",
+                 "theta_mean", "theta_center", "theta_surface_min", "theta_surface_max", "voltage_V", "current_mA_g"]
+        write_csv(out / "discharge_rim_steps.csv", scols + ["phase"],
+                  [[st[c] for c in scols] + [n] for st, n in zip(steps, names)])
+        prof = profiles_at_step_ends(res, names)
+        th0 = res.config["protocol"]["initial_theta"]
+        for n, _, xs, vs in prof:
+            if n == "end of CC discharge":
+                key["rim_width_um"] = rim_width(xs, vs, th0)
+        write_csv(out / "discharge_rim_profiles.csv", ["phase", "time_s", "s_um", "theta"],
+                  [[n, t, x, v] for n, t, xs, vs in prof for x, v in zip(xs, vs)])
+        plot(res, names, prof, out / "discharge_rim.png")
+        study.say(f"CC charge {charge:.1f} mAh/g, CC discharge {cc_dis:.1f} mAh/g (CE {key['ce_cc_percent']:.1f} %), "
+                  f"2 h hold +{hold:.1f} mAh/g (CE {key['ce_with_hold_percent']:.1f} %)")
+        if end_dis is not None:
+            study.say(f"end of 1C discharge (t = {end_dis['end_time_s'] / 60:.1f} min): θ_centre = "
+                      f"{end_dis['theta_center']:.3f}, θ_surface,max = {end_dis['theta_surface_max']:.4f}, "
+                      f"θ_mean = {end_dis['theta_mean']:.3f}; area below θ₀ = "
+                      f"{key.get('area_fraction_below_theta0_end_of_cc', math.nan):.2f}, rim (θ ≥ θ₀) width along "
+                      f"the long axis {key.get('rim_width_um', [math.nan, math.nan])[0]:.2f} / "
+                      f"{key.get('rim_width_um', [math.nan, math.nan])[1]:.2f} µm")
+        if holds:
+            study.say(f"end of the hold: θ_centre = {last['theta_center']:.4f}, θ_surface,max = "
+                      f"{last['theta_surface_max']:.4f}, current {last['current_mA_g']:.2f} mA/g "
+                      f"(first hold step {key.get('hold_current_first_step_mA_g', math.nan):.1f} mA/g)")
+    study.finish("Xu 2022 Fig. 4/S18: Li-rich rim at the end of a 1C discharge and its recovery by a 2 h CV hold",
+                 extra=key, outputs=files)
+    return key
+
+
+def area_fraction_below(maps: dict, k: int, level: float) -> float:
+    """Area fraction of the particle where the (P1) θ map k is below ``level`` (sub-sampled triangles)."""
+    pts, tri, th = maps["points"], maps["triangles"], maps["theta"][k]
+    p = pts[tri]
+    area = 0.5 * np.abs((p[:, 1, 0] - p[:, 0, 0]) * (p[:, 2, 1] - p[:, 0, 1])
+                        - (p[:, 1, 1] - p[:, 0, 1]) * (p[:, 2, 0] - p[:, 0, 0]))
+    # barycentric sample points (order-4 lattice) of each triangle
+    n = 4
+    lam = np.array([(i / n, j / n, 1 - (i + j) / n) for i in range(n + 1) for j in range(n + 1 - i)])
+    vals = th[tri] @ lam.T  # (cells, samples)
+    return float((area * (vals < level).mean(axis=1)).sum() / area.sum())
+
+
+def rim_width(s_um: np.ndarray, theta: np.ndarray, level: float) -> list[float]:
+    """Widths (µm) of the Li-rich rim θ ≥ ``level`` at the two ends of a line profile."""
+    out = []
+    for xs, vs in ((s_um, theta), (s_um[-1] - s_um[::-1], theta[::-1])):
+        below = np.flatnonzero(vs < level)
+        if below.size == 0 or below[0] == 0:
+            out.append(0.0 if below.size else float(xs[-1]))
+            continue
+        i = below[0]
+        f = (vs[i - 1] - level) / (vs[i - 1] - vs[i])
+        out.append(float(xs[i - 1] + f * (xs[i] - xs[i - 1])))
+    return out
+
+
+def profiles_at_step_ends(res, names):
+    """θ along the line cut (long axis through the centroid) at the end of every step."""
+    lp = read_csv_columns(res.directory / "line_profiles.csv")
+    if not lp:
+        return []
+    t = lp["time_s"]
+    s_cols = [c for c in lp if c.startswith("s=")]
+    s_um = np.array([float(c[2:-2]) for c in s_cols])
+    out = []
+    for st, n in zip(res.steps, names):
+        i = int(np.argmin(np.abs(t - st["end_time_s"])))
+        out.append((n, float(t[i]), s_um, np.array([lp[c][i] for c in s_cols])))
+    return out
+
+
+def plot(res, names, prof, path):
+    import matplotlib.tri as mtri
+
+    pyplot = plt()
+    s, m = res.series, res.maps
+    fig = pyplot.figure(figsize=(16.0, 8.2))
+    gs = fig.add_gridspec(2, 1, height_ratios=(1.0, 1.2), left=0.05, right=0.97, bottom=0.08, top=0.88, hspace=0.3)
+    # maps: the charge/discharge phase and the rim/hold phase on their own colour scales
+    groups = ([n for n in names if n in ("end of CC charge",) or n.startswith("discharge +")],
+              [n for n in names if n == "end of CC discharge" or n in ("hold +2 min", "hold +5 min", "hold +10 min",
+                                                                      "hold +120 min") or n.startswith("rest")])
+    nmaps = sum(len(g) for g in groups)
+    top = gs[0].subgridspec(1, nmaps + 4, width_ratios=[1] * len(groups[0]) + [0.07, 0.25]
+                            + [1] * len(groups[1]) + [0.07, 0.01], wspace=0.1)
+    n_have = len(m.get("theta", [])) if m else 0
+    if n_have:
+        tri = mtri.Triangulation(m["points"][:, 0], m["points"][:, 1], m["triangles"])
+        col = 0
+        for g in groups:
+            idx = [names.index(n) for n in g if names.index(n) < n_have]
+            if idx:
+                vals = m["theta"][idx]
+                vmin, vmax = float(vals.min()), float(vals.max())
+                if vmax - vmin < 1e-3:
+                    vmin, vmax = vmin - 5e-4, vmax + 5e-4
+                h = None
+                for j, k in enumerate(idx):
+                    ax = fig.add_subplot(top[0, col + j])
+                    h = ax.tripcolor(tri, m["theta"][k], shading="gouraud", cmap="viridis", vmin=vmin, vmax=vmax,
+                                     rasterized=True)
+                    for line in m["outlines"].values():
+                        ax.plot(line[:, 0], line[:, 1], color="k", lw=0.5)
+                    ax.set_aspect("equal")
+                    ax.axis("off")
+                    ax.set_title(f"{names[k]}\n(t = {m['times_s'][k] / 60:.0f} min)", fontsize=8)
+                fig.colorbar(h, cax=fig.add_subplot(top[0, col + len(g)]), label="θ")
+            col += len(g) + 2
+    bot = gs[1].subgridspec(1, 4, wspace=0.6)
+    t = s["time_s"] / 60.0
+    ax = fig.add_subplot(bot[0, 0])
+    ax.plot(t, s["voltage_V"], color="k", lw=1.5)
+    ax.set_xlabel("time (min)")
+    ax.set_ylabel("voltage vs Li/Li⁺ (V)")
+    axc = ax.twinx()
+    axc.plot(t, s["current_mA_g"], color="tab:blue", lw=1.0)
+    axc.set_ylabel("current (mA g⁻¹)", color="tab:blue")
+    ax.set_title("C/3 charge, 1C discharge, CV hold 3.0 V, rest", fontsize=9)
+    ax.grid(alpha=0.3)
+    holds = [st for st in res.steps if "hold" in str(st["description"])]
+    if holds:
+        t0 = holds[0]["start_time_s"] / 60.0
+        after = t > t0 + 1e-9
+        th = t[after] - t0
+        ax2 = fig.add_subplot(bot[0, 1])
+        ax2.semilogx(th, s["theta_center"][after], color="tab:blue", lw=2, label="θ centre")
+        ax2.semilogx(th, s["theta_surface_max"][after], color="tab:orange", lw=2, label="θ surface, max")
+        ax2.semilogx(th, s["theta_mean"][after], color="k", lw=1.2, label="θ mean")
+        hold_end = holds[-1]["end_time_s"] / 60.0 - t0
+        ax2.axvline(hold_end, color="0.5", lw=0.8, ls="--")
+        ax2.set_xlabel("time since the start of the hold (min)")
+        ax2.set_ylabel("Li occupancy θ")
+        ax2.legend(frameon=False, fontsize=8, loc="lower right")
+        ax2.grid(alpha=0.3, which="both")
+        ax2.set_title("recovery during the hold (then rest)", fontsize=9)
+        ax3 = fig.add_subplot(bot[0, 2])
+        hold_mask = np.isin(s["protocol_step"], [st["index"] for st in holds])
+        cur = -s["current_mA_g"][hold_mask]
+        ok = cur > 0
+        ax3.loglog((t[hold_mask] - t0)[ok], cur[ok], color="tab:blue", lw=1.5)
+        ax3.set_ylim(bottom=max(1e-4, cur[ok].min() if ok.any() else 1e-4))
+        ax3.set_xlabel("time since the start of the hold (min)")
+        ax3.set_ylabel("lithiation current (mA g⁻¹)")
+        ax3.grid(alpha=0.3, which="both")
+        ax3.set_title("current during the CV hold at 3.0 V", fontsize=9)
+    ax4 = fig.add_subplot(bot[0, 3])
+    show = ("end of CC discharge", "hold +2 min", "hold +5 min", "hold +10 min", "hold +120 min")
+    cmap = pyplot.get_cmap("plasma")
+    for n, tt, xs, vs in prof:
+        if n in show:
+            ax4.plot(xs, vs, lw=1.6, color=cmap(0.85 * show.index(n) / (len(show) - 1)),
+                     label=f"{n} ({tt / 60:.0f} min)")
+    ax4.set_xlabel("position along the long axis (µm)")
+    ax4.set_ylabel("Li occupancy θ")
+    ax4.set_title("line profiles (cf. Xu 2022 Fig. S18)", fontsize=9)
+    ax4.legend(frameon=False, fontsize=7, loc="lower left")
+    ax4.grid(alpha=0.3)
+    title = "Li-rich rim at the end of a 1C discharge and its recovery by a 2 h CV hold at 3.0 V (Xu 2022 Fig. 4)"
+    if res.error:
+        title += f"\nSOLVER FAILURE: {res.error[:150]}"
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=150)
+    pyplot.close(fig)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
