@@ -24,6 +24,9 @@ Models compared, per δ and rate (all on the same core mesh, same protocol):
 * ``eta_bv``     no film, η(δ) scaling the exchange current of the arc (the solver's
                  rocksalt/blocking option with BV: "the same surface model");
 * ``eta_flux``   no film, prescribed flux with j_arc = η(δ) j_free (Lun's model, physics.md §2);
+* ``eta_fit``    as ``eta_flux`` but with η = 1/(1 + δ/δ_c,fit), δ_c,fit fitted to the resolved runs of
+                 that rate (median over δ of δ·η_eff/(1 − η_eff)): what remains once the size of η is
+                 right (the time dependence of the resolved flux split);
 * ``free_bv`` / ``free_flux``: no film, no blocking (references).
 
 Protocol: 0.95 → charge at the given mA/g (per NMC mass) until the NMC surface occupancy
@@ -40,7 +43,8 @@ Run::
     mpiexec -n 2 python studies/lun2025_rocksalt_shell.py -o runs/rocksalt_shell
     python studies/lun2025_rocksalt_shell.py --quick -o /tmp/rs                # one δ, coarse
 
-Outputs in DIR: ``table.csv`` (one row per δ and rate: resolved vs models), ``cases.csv``
+Outputs in DIR: ``table.csv`` (one row per δ and rate: resolved vs models; plus a mesh/time-step
+check row), ``cases.csv``
 (one row per run), ``study.json`` (configs, mesh reports, versions, results), ``summary.md``,
 figures ``theta_maps_<rate>.png``, ``traces_<rate>.png``, ``eta_eff.png``, ``capacity.png``;
 per run ``cases/<name>/timeseries.csv`` and ``result.json``. Finished runs (``result.json``
@@ -78,7 +82,7 @@ FULL = {
     "shell_layers": 4,
     "deltas_nm": (0.25, 0.5, 1.0, 2.0, 4.0),
     "rates_mA_g": (100.0, 400.0),
-    "snapshots_min": (10.0, 20.0),
+    "snapshots_min": (5.0, 10.0, 20.0),
     "theta_tol": 2e-3,
     "convergence_check": True,
 }
@@ -90,7 +94,8 @@ QUICK = FULL | {
     "rates_mA_g": (100.0,),
     "convergence_check": False,
 }
-MODELS = ("resolved", "eta_bv", "eta_flux", "free_bv", "free_flux")
+MODELS = ("resolved", "eta_bv", "eta_flux", "eta_fit", "free_bv", "free_flux")
+FILM_MODELS = ("resolved", "eta_bv", "eta_flux", "eta_fit")  # cases with a thickness δ
 LI_RICH_DROP = 0.05 * 0.95  # as the solver's Simulation (Lun 2025 Fig. 5d: contrast < 0.05)
 
 
@@ -110,13 +115,15 @@ class Case:
     snapshots_min: tuple
     theta_tol: float
     tag: str = ""  # e.g. "fine" for the convergence check
+    eta_value: float | None = None  # eta_fit: the η to prescribe
+    max_duration_min: float | None = None  # stop earlier than the cut-off (tests)
 
     @property
     def name(self) -> str:
         base = f"{self.model}_r{self.rate_mA_g:g}"
         if self.model not in ("free_bv", "free_flux"):
             base += f"_d{self.delta_nm:g}nm"
-        if self.ratio != 3000.0 and self.model in ("resolved", "eta_bv", "eta_flux"):
+        if self.ratio != 3000.0 and self.model in FILM_MODELS:
             base += f"_ratio{self.ratio:g}"
         return base + (f"_{self.tag}" if self.tag else "")
 
@@ -177,10 +184,14 @@ def particle_for(case: Case, comm):
 
 
 def eta_model(case: Case, particle) -> tuple[float, float]:
-    """(η(δ), δ_c in nm) of nmcfx.solver.rocksalt for this particle (core = the disk)."""
+    """(η(δ), δ_c in nm) of nmcfx.solver.rocksalt for the NMC core (the same for every model: the film's
+    area is not part of the equivalent radius)."""
+    from types import SimpleNamespace
+
     from nmcfx.solver import rocksalt
 
-    dc = rocksalt.critical_thickness_nm(particle, case.ratio)
+    core = SimpleNamespace(dim=2, measure=particle.core_measure, boundary_measure=particle.boundary_measure)
+    dc = rocksalt.critical_thickness_nm(core, case.ratio)
     return rocksalt.eta_from_thickness(case.delta_nm, dc), dc
 
 
@@ -367,6 +378,8 @@ def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
     weights, scale = {}, None
     if case.model in ("eta_bv", "eta_flux"):
         weights = {"blocked": eta}
+    if case.model == "eta_fit":
+        weights = {"blocked": case.eta_value}
     if case.model == "resolved":
         scale = p.diffusivity_scale(case.ratio)
     surface = SurfaceSettings(model="butler_volmer") if case.kinetics else None
@@ -377,6 +390,8 @@ def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
     # the applied current is per g of NMC (the core): Simulation normalises by the whole mesh area
     rate = case.rate_mA_g * p.core_measure / p.measure
     cap_min = 60.0 * mat.theoretical_capacity_mAh_g / case.rate_mA_g
+    if case.max_duration_min is not None:
+        cap_min = min(cap_min, case.max_duration_min)
     step = Step("charge", current_mA_g=rate, duration_s=60.0 * cap_min,
                 until=(StopCondition("theta_surface_min", "<=", case.cutoff),))
     prot = Protocol((step,), case.theta0)
@@ -387,11 +402,14 @@ def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     rows = obs.rows
     last = rows[-1]
+    dvals = np.array([r["d_um"] for r in rows], dtype=float)
+    i_dmax = int(np.nanargmax(dvals)) if np.isfinite(dvals).any() else None
     res = {
         "name": case.name,
         "key": case.key(),
         "case": asdict(case),
-        "eta_nominal": eta if case.model in ("resolved", "eta_bv", "eta_flux") else 1.0,
+        "eta_nominal": eta if case.model in FILM_MODELS else 1.0,
+        "eta_prescribed": weights.get("blocked", 1.0),
         "delta_c_nm": dc,
         "end_time_min": last["time_s"] / 60.0,
         "end_reason": sim.step_log[-1]["reason"],
@@ -400,6 +418,8 @@ def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
         "eta_eff_cumulative_end": last["eta_eff_cumulative"],
         "max_abs_mass_balance_error": float(max(abs(r["mass_balance_error"]) for r in rows)),
         "outer_reaches_cutoff_min": _first_crossing(rows, "theta_outer_min", case.cutoff),
+        "d_max_um": None if i_dmax is None else float(dvals[i_dmax]),
+        "d_max_time_min": None if i_dmax is None else rows[i_dmax]["time_s"] / 60.0,
         "mesh": {k: p.info.get(k) for k in ("num_cells", "num_vertices", "num_cells_core", "num_cells_shell",
                                                "quality_min", "quality_mean", "quality_min_core",
                                                "quality_min_shell", "shell_aspect_ratio", "h_min", "h_max")}
@@ -506,23 +526,34 @@ def run_study(out: Path, cfg: dict, *, comm=MPI.COMM_WORLD, force: bool = False,
     if root:
         out.mkdir(parents=True, exist_ok=True)
     cases = study_cases(cfg)
+    total = len(cases) + len(cfg["rates_mA_g"]) * len(cfg["deltas_nm"])
     results = {}
     t0 = time.perf_counter()
-    for i, case in enumerate(cases):
+
+    def run(case):
+        n = len(results) + 1
         done = None if (force or not root) else load_finished(out, case)
         done = comm.bcast(done, root=0)
         if done is not None:
             results[case.name] = done
             if root:
-                log(f"[{i + 1}/{len(cases)}] {case.name}: finished earlier, skipped")
-            continue
+                log(f"[{n}/{total}] {case.name}: finished earlier, skipped")
+            return
         res, rows, images = run_case(case, comm)
         if root:
             save_case(out, case, res, rows, images)
-            log(f"[{i + 1}/{len(cases)}] {case.name}: {res['end_reason']} at {res['end_time_min']:.1f} min, "
+            log(f"[{n}/{total}] {case.name}: {res['end_reason']} at {res['end_time_min']:.1f} min, "
                 f"{res['capacity_mAh_g_nmc']:.1f} mAh/g, η_eff {res['eta_eff_cumulative_end']:.3f}, "
                 f"{res['steps']} steps, {res['wall_time_s']:.1f} s")
         results[case.name] = (res, rows, images)
+
+    for case in cases:
+        run(case)
+    # second pass: the flux-ratio model with δ_c fitted to the resolved runs of each rate
+    fits = comm.bcast(fit_delta_c(cfg, results) if root else None, root=0)
+    for rate in cfg["rates_mA_g"]:
+        for d in cfg["deltas_nm"]:
+            run(fit_case(cfg, d, rate, fits[rate]))
     wall = time.perf_counter() - t0
     if root:
         table = comparison_table(cfg, results)
@@ -547,6 +578,24 @@ def run_study(out: Path, cfg: dict, *, comm=MPI.COMM_WORLD, force: bool = False,
     return results
 
 
+def fit_delta_c(cfg: dict, results: dict) -> dict:
+    """Per rate: median over δ of δ·η_eff/(1 − η_eff) (resolved runs, cumulative η_eff to the cut-off)."""
+    out = {}
+    for rate in cfg["rates_mA_g"]:
+        vals = []
+        for d in cfg["deltas_nm"]:
+            e = results[make_case(cfg, "resolved", d, rate).name][0]["eta_eff_cumulative_end"]
+            if 0.0 < e < 1.0:
+                vals.append(d * e / (1.0 - e))
+        out[rate] = float(np.median(vals)) if vals else float("nan")
+    return out
+
+
+def fit_case(cfg: dict, delta: float, rate: float, delta_c_fit: float) -> Case:
+    eta = 1.0 / (1.0 + delta / delta_c_fit)
+    return make_case(cfg, "eta_fit", delta, rate, eta_value=round(eta, 12))
+
+
 def _versions() -> dict:
     from nmcfx.solver.run import git_revision, package_versions
 
@@ -556,9 +605,9 @@ def _versions() -> dict:
 def _flat_case(res: dict) -> dict:
     out = {"name": res["name"], "model": res["case"]["model"], "delta_nm": res["case"]["delta_nm"],
            "rate_mA_g": res["case"]["rate_mA_g"], "ratio": res["case"]["ratio"], "tag": res["case"]["tag"]}
-    for k in ("eta_nominal", "end_time_min", "end_reason", "capacity_mAh_g_nmc", "eta_eff_cumulative_end",
-              "outer_reaches_cutoff_min", "max_abs_mass_balance_error", "steps", "newton_iterations",
-              "wall_time_s"):
+    for k in ("eta_nominal", "eta_prescribed", "end_time_min", "end_reason", "capacity_mAh_g_nmc",
+              "eta_eff_cumulative_end", "d_max_um", "d_max_time_min", "outer_reaches_cutoff_min",
+              "max_abs_mass_balance_error", "steps", "newton_iterations", "wall_time_s"):
         out[k] = res[k]
     for k in ("num_cells", "num_cells_shell", "quality_min", "dofs"):
         out[f"mesh_{k}"] = res["mesh"].get(k)
@@ -576,50 +625,64 @@ def _image_diff(a, b) -> float:
     return float(np.max(np.abs(a[m] - b[m]))) if m.any() else float("nan")
 
 
+CMP = ("resolved", "eta_flux", "eta_fit", "eta_bv")  # column order of tables and maps
+LABEL = {"resolved": "resolved film", "eta_flux": "η(δ) flux ratio", "eta_fit": "fitted-η flux ratio",
+         "eta_bv": "η(δ) on i0 (BV)"}
+
+
 def comparison_table(cfg: dict, results: dict) -> list[dict]:
     """One row per (rate, δ): the resolved film against the η models."""
     rows = []
-    get = {name: r for name, r in results.items()}
+    get = results.get
     for rate in cfg["rates_mA_g"]:
-        free = get.get(make_case(cfg, "free_bv", 0.0, rate).name)
+        free = get(make_case(cfg, "free_bv", 0.0, rate).name)
         for d in cfg["deltas_nm"]:
-            runs = {m: get.get(make_case(cfg, m, d, rate).name) for m in ("resolved", "eta_bv", "eta_flux")}
+            runs = {m: get(make_case(cfg, m, d, rate).name) for m in CMP}
+            runs = {m: r for m, r in runs.items() if r is not None}
             res = runs["resolved"][0]
             row = {"rate_mA_g": rate, "delta_nm": d, "ratio": cfg["ratio"], "delta_c_nm": res["delta_c_nm"],
                    "eta_model": res["eta_nominal"]}
-            for m, r in runs.items():
-                row[f"eta_eff_{m}"] = r[0]["eta_eff_cumulative_end"]
             # the thickness scale that would make 1/(1 + δ/δ_c) reproduce the resolved η_eff
             e = res["eta_eff_cumulative_end"]
             row["delta_c_fit_nm"] = d * e / (1.0 - e) if 0 < e < 1 else float("nan")
+            if "eta_fit" in runs:
+                row["eta_fit_prescribed"] = runs["eta_fit"][0]["eta_prescribed"]
+            for m, r in runs.items():
+                row[f"eta_eff_{m}"] = r[0]["eta_eff_cumulative_end"]
             for tm in cfg["snapshots_min"]:
                 for m, r in runs.items():
                     at = r[0].get(f"at_{tm:g}min")
                     row[f"eta_eff_{m}_{tm:g}min"] = None if at is None else at["eta_eff"]
             for m, r in list(runs.items()) + [("free", free)]:
                 row[f"capacity_{m}_mAh_g"] = r[0]["capacity_mAh_g_nmc"] if r else None
+            for m, r in list(runs.items()) + [("free", free)]:
+                row[f"d_max_{m}_um"] = r[0]["d_max_um"] if r else None
             for tm in cfg["snapshots_min"]:
                 for m, r in runs.items():
                     at = r[0].get(f"at_{tm:g}min")
                     row[f"d_{m}_{tm:g}min_um"] = None if at is None else at["d_um"]
+                for m, r in runs.items():
+                    at = r[0].get(f"at_{tm:g}min")
                     row[f"theta_center_{m}_{tm:g}min"] = None if at is None else at["theta_center"]
-                for m in ("eta_bv", "eta_flux"):
-                    row[f"max_dtheta_resolved_vs_{m}_{tm:g}min"] = _image_diff(runs["resolved"][2].get(60.0 * tm),
-                                                                               runs[m][2].get(60.0 * tm))
+                for m in CMP[1:]:
+                    if m in runs:
+                        row[f"max_dtheta_resolved_vs_{m}_{tm:g}min"] = _image_diff(
+                            runs["resolved"][2].get(60.0 * tm), runs[m][2].get(60.0 * tm))
             row["outer_reaches_cutoff_min"] = res["outer_reaches_cutoff_min"]
-            row["end_time_resolved_min"] = res["end_time_min"]
+            for m, r in runs.items():
+                row[f"end_time_{m}_min"] = r[0]["end_time_min"]
             rows.append(row)
-    fine = [r for r in results.values() if r[0]["case"]["tag"] == "fine"]
-    for r in fine:
+    for r in [r for r in results.values() if r[0]["case"]["tag"] == "fine"]:
         c = r[0]["case"]
-        base = get.get(make_case(cfg, "resolved", c["delta_nm"], c["rate_mA_g"]).name)
+        base = get(make_case(cfg, "resolved", c["delta_nm"], c["rate_mA_g"]).name)
         if base:
             rows.append({"rate_mA_g": c["rate_mA_g"], "delta_nm": c["delta_nm"], "ratio": c["ratio"],
                          "note": "mesh/time-step check: fine run vs study run",
                          "eta_eff_resolved": base[0]["eta_eff_cumulative_end"],
                          "eta_eff_resolved_fine": r[0]["eta_eff_cumulative_end"],
                          "capacity_resolved_mAh_g": base[0]["capacity_mAh_g_nmc"],
-                         "capacity_resolved_fine_mAh_g": r[0]["capacity_mAh_g_nmc"]})
+                         "capacity_resolved_fine_mAh_g": r[0]["capacity_mAh_g_nmc"],
+                         "d_max_resolved_um": base[0]["d_max_um"], "d_max_resolved_fine_um": r[0]["d_max_um"]})
     return rows
 
 
@@ -656,26 +719,31 @@ def _plt():
     return plt
 
 
+def _rows(r, key):
+    return np.array([q[key] for q in r[1]], dtype=float)
+
+
 def make_figures(out: Path, cfg: dict, results: dict):
     plt = _plt()
     get = results.get
     R = 0.5 * cfg["diameter_um"]
     a0, a1 = (math.radians(a) for a in cfg["arc_deg"])
     arc = np.linspace(a0, a1, 50)
-    arc_xy = (1.03 * R * np.cos(arc), 1.03 * R * np.sin(arc))
+    arc_xy = (1.04 * R * np.cos(arc), 1.04 * R * np.sin(arc))
     deltas = cfg["deltas_nm"]
+    times = cfg["snapshots_min"]
     colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(deltas)))
+    styles = {"resolved": "-", "eta_flux": ":", "eta_fit": "-.", "eta_bv": "--"}
     for rate in cfg["rates_mA_g"]:
-        # θ maps: rows = free + each δ; columns = model × snapshot time
-        models = ("resolved", "eta_bv", "eta_flux")
-        times = cfg["snapshots_min"]
+        # θ maps: rows = no film + each δ; columns = model × snapshot time
+        models = [m for m in CMP if get(make_case(cfg, m, deltas[0], rate).name)]
         nrow, ncol = 1 + len(deltas), len(models) * len(times)
-        fig, axes = plt.subplots(nrow, ncol, figsize=(1.7 * ncol + 1.0, 1.75 * nrow + 0.6), squeeze=False)
-        fig.subplots_adjust(left=0.07, right=0.9, bottom=0.03, top=0.92, wspace=0.08, hspace=0.25)
-        im = None
+        fig, axes = plt.subplots(nrow, ncol, figsize=(1.45 * ncol + 1.0, 1.55 * nrow + 0.6), squeeze=False)
+        fig.subplots_adjust(left=0.02, right=0.93, bottom=0.02, top=0.9, wspace=0.06, hspace=0.32)
         finite = [img[np.isfinite(img)] for r in results.values() if r[0]["case"]["rate_mA_g"] == rate
                   for t, img in r[2].items() if t != "extent"]
         vmin = float(min(f.min() for f in finite)) if finite else 0.2
+        im = None
         for i in range(nrow):
             for j in range(ncol):
                 ax = axes[i, j]
@@ -683,129 +751,137 @@ def make_figures(out: Path, cfg: dict, results: dict):
                 ax.set_yticks([])
                 m, tm = models[j // len(times)], times[j % len(times)]
                 if i == 0:
-                    r = get(make_case(cfg, "free_bv", 0.0, rate).name) if j // len(times) == 0 else None
-                    if r is None:
-                        ax.axis("off")
-                        continue
-                    label = "no film (BV)"
+                    r = get(make_case(cfg, "free_bv", 0.0, rate).name) if j < len(times) else None
+                    label = "no film"
                 else:
                     r = get(make_case(cfg, m, deltas[i - 1], rate).name)
-                    label = f"{m}, δ={deltas[i - 1]:g} nm"
-                img = r[2].get(60.0 * tm) if r else None
+                    label = f"{LABEL[m]}\nδ={deltas[i - 1]:g} nm"
+                if r is None:
+                    ax.axis("off")
+                    continue
+                img = r[2].get(60.0 * tm)
+                ax.set_title(f"{label}, {tm:g} min", fontsize=5.5)
                 if img is None:
                     ax.text(0.5, 0.5, "ended", ha="center", va="center", transform=ax.transAxes, fontsize=7)
                     continue
                 im = ax.imshow(img, origin="lower", extent=r[2]["extent"], vmin=vmin, vmax=cfg["theta0"],
                                cmap="viridis")
                 if i > 0:
-                    ax.plot(*arc_xy, color="crimson", lw=1.5)
-                ax.set_title(f"{label}\n{tm:g} min", fontsize=6.5)
+                    ax.plot(*arc_xy, color="crimson", lw=1.2)
         if im is not None:
-            cax = fig.add_axes((0.92, 0.3, 0.015, 0.4))
+            cax = fig.add_axes((0.945, 0.3, 0.012, 0.4))
             fig.colorbar(im, cax=cax, label="θ")
-        fig.suptitle(f"θ at {', '.join(f'{t:g}' for t in times)} min, {rate:g} mA/g, ¼ arc covered (red)",
-                     fontsize=9)
-        fig.savefig(out / f"theta_maps_{rate:g}.png", dpi=120)
+        fig.suptitle(f"θ maps, {rate:g} mA/g, film on the red arc (¼ of the outline)", fontsize=9)
+        fig.savefig(out / f"theta_maps_{rate:g}.png", dpi=110)
         plt.close(fig)
 
         # traces: centre θ, NMC-surface min, d, η_eff(t)
         fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-        styles = {"resolved": "-", "eta_bv": "--", "eta_flux": ":"}
         free = get(make_case(cfg, "free_bv", 0.0, rate).name)
+        t_end = free[0]["end_time_min"] if free else None
         for k, d in enumerate(deltas):
             for m, ls in styles.items():
                 r = get(make_case(cfg, m, d, rate).name)
                 if r is None:
                     continue
-                rows = r[1]
-                t = np.array([q["time_s"] for q in rows]) / 60.0
+                t = _rows(r, "time_s") / 60.0
                 lab = f"δ={d:g} nm" if m == "resolved" else None
-                axes[0, 0].plot(t, [q["theta_center"] for q in rows], ls, color=colors[k], lw=1.2, label=lab)
-                axes[0, 1].plot(t, [q["theta_nmc_surface_min"] for q in rows], ls, color=colors[k], lw=1.2)
-                axes[1, 0].plot(t, [q["d_um"] for q in rows], ls, color=colors[k], lw=1.2)
-                if m != "eta_flux":
-                    axes[1, 1].plot(t, [q["eta_eff"] for q in rows], ls, color=colors[k], lw=1.2)
-                else:
+                axes[0, 0].plot(t, _rows(r, "theta_center"), ls, color=colors[k], lw=1.1, label=lab)
+                axes[0, 1].plot(t, _rows(r, "theta_nmc_surface_min"), ls, color=colors[k], lw=1.1)
+                axes[1, 0].plot(t, _rows(r, "d_um"), ls, color=colors[k], lw=1.1)
+                if m in ("resolved", "eta_bv"):
+                    axes[1, 1].plot(t, _rows(r, "eta_eff"), ls, color=colors[k], lw=1.1)
+                elif m == "eta_flux":
                     axes[1, 1].axhline(r[0]["eta_nominal"], color=colors[k], ls=":", lw=1.0)
         if free:
-            t = np.array([q["time_s"] for q in free[1]]) / 60.0
-            axes[0, 0].plot(t, [q["theta_center"] for q in free[1]], color="k", lw=1, label="no film")
-            axes[0, 1].plot(t, [q["theta_nmc_surface_min"] for q in free[1]], color="k", lw=1)
-            axes[1, 0].plot(t, [q["d_um"] for q in free[1]], color="k", lw=1)
-        for ax, yl in zip(axes.flat, ("θ centre", "min θ on the NMC surface", "d (µm)",
+            t = _rows(free, "time_s") / 60.0
+            axes[0, 0].plot(t, _rows(free, "theta_center"), color="k", lw=1, label="no film")
+            axes[0, 1].plot(t, _rows(free, "theta_nmc_surface_min"), color="k", lw=1)
+            axes[1, 0].plot(t, _rows(free, "d_um"), color="k", lw=1)
+        for ax, yl in zip(axes.flat, ("θ centre", "min θ on the NMC surface", "d (µm), Li-rich core offset",
                                       "η_eff = j_arc / j_free (instantaneous)")):
             ax.set_xlabel("time (min)")
             ax.set_ylabel(yl)
             ax.grid(alpha=0.3)
+        if t_end:
+            axes[0, 0].set_xlim(0, 0.5 * t_end)
         axes[0, 0].legend(fontsize=7, frameon=False)
         axes[1, 1].set_yscale("log")
-        axes[0, 1].text(0.02, 0.03, "solid: resolved film   dashed: η on i0 (BV)   dotted: η flux ratio",
-                        transform=axes[0, 1].transAxes, fontsize=7)
-        fig.suptitle(f"Resolved rocksalt film vs η model, {rate:g} mA/g", fontsize=10)
+        axes[1, 1].set_ylim(1e-2, 1.1)
+        axes[0, 1].text(0.02, 0.03, "solid: resolved film  dotted: η(δ) flux ratio  dash-dot: fitted-η flux ratio"
+                        "\ndashed: η(δ) on i0 (BV)", transform=axes[0, 1].transAxes, fontsize=7)
+        fig.suptitle(f"Resolved rocksalt film vs η models, {rate:g} mA/g", fontsize=10)
         fig.tight_layout()
         fig.savefig(out / f"traces_{rate:g}.png", dpi=120)
         plt.close(fig)
 
     # η_eff and capacity vs δ
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    dd = np.geomspace(min(deltas) / 2, max(deltas) * 2, 100)
-    mk = {100.0: "o", 400.0: "s"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    mk = dict(zip(cfg["rates_mA_g"], "os^vD"))
+    dc = None
     for rate in cfg["rates_mA_g"]:
-        rs = [get(make_case(cfg, "resolved", d, rate).name) for d in deltas]
-        eb = [get(make_case(cfg, "eta_bv", d, rate).name) for d in deltas]
-        ef = [get(make_case(cfg, "eta_flux", d, rate).name) for d in deltas]
-        mkr = mk.get(rate, "^")
-        axes[0].plot(deltas, [r[0]["eta_eff_cumulative_end"] for r in rs], "-" + mkr, color="tab:red",
-                     label=f"resolved, {rate:g} mA/g")
-        axes[0].plot(deltas, [r[0]["eta_eff_cumulative_end"] for r in eb], "--" + mkr, color="tab:blue",
-                     label=f"η on i0 (BV), {rate:g} mA/g")
-        axes[1].plot(deltas, [r[0]["capacity_mAh_g_nmc"] for r in rs], "-" + mkr, color="tab:red",
-                     label=f"resolved, {rate:g}")
-        axes[1].plot(deltas, [r[0]["capacity_mAh_g_nmc"] for r in eb], "--" + mkr, color="tab:blue",
-                     label=f"η on i0 (BV), {rate:g}")
-        axes[1].plot(deltas, [r[0]["capacity_mAh_g_nmc"] for r in ef], ":" + mkr, color="tab:green",
-                     label=f"η flux ratio, {rate:g}")
+        series = {m: [get(make_case(cfg, m, d, rate).name) for d in deltas] for m in CMP}
+        col = {"resolved": "tab:red", "eta_flux": "tab:green", "eta_fit": "tab:purple", "eta_bv": "tab:blue"}
+        for m, rs in series.items():
+            if any(r is None for r in rs):
+                continue
+            if m != "eta_flux":
+                axes[0].plot(deltas, [r[0]["eta_eff_cumulative_end"] for r in rs], styles[m] + mk[rate],
+                             color=col[m], label=f"{LABEL[m]}, {rate:g} mA/g", ms=4)
+            axes[1].plot(deltas, [r[0]["capacity_mAh_g_nmc"] for r in rs], styles[m] + mk[rate], color=col[m],
+                         label=f"{LABEL[m]}, {rate:g} mA/g", ms=4)
         free = get(make_case(cfg, "free_bv", 0.0, rate).name)
         if free:
             axes[1].axhline(free[0]["capacity_mAh_g_nmc"], color="k", lw=0.8, ls="-.")
-    dc = rs[0][0]["delta_c_nm"]
-    axes[0].plot(dd, 1 / (1 + dd / dc), color="k", lw=1, label=f"η(δ) = 1/(1+δ/δ_c), δ_c = {dc:.2f} nm")
+        dc = series["resolved"][0][0]["delta_c_nm"]
+    dd = np.geomspace(min(deltas) / 2, max(deltas) * 2, 100)
+    axes[0].plot(dd, 1 / (1 + dd / dc), color="k", lw=1, label=f"rocksalt.py η(δ), δ_c = {dc:.2f} nm")
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
     axes[0].set_xlabel("film thickness δ (nm)")
-    axes[0].set_ylabel("η_eff (charge through arc / free, per length, to cut-off)")
+    axes[0].set_ylabel("η_eff: charge per length through arc / free, to cut-off")
     axes[1].set_xscale("log")
     axes[1].set_xlabel("film thickness δ (nm)")
-    axes[1].set_ylabel("Li extracted at θ_surface = 0.2 (mAh/g)")
+    axes[1].set_ylabel("Li extracted at NMC-surface θ = 0.2 (mAh/g)")
     for ax in axes:
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=6.5, frameon=False)
     fig.tight_layout()
     fig.savefig(out / "eta_eff.png", dpi=120)
     plt.close(fig)
 
 
 def summary_markdown(cfg: dict, table: list[dict], results: dict) -> str:
-    lines = ["# Resolved rocksalt film vs η model (generated)", "",
-             f"2.4 µm disk, film on {cfg['arc_deg'][0]:g}°…{cfg['arc_deg'][1]:g}°, D_film = D_chem/{cfg['ratio']:g}, "
-             f"θ0 = {cfg['theta0']}, charge to NMC-surface θ = {cfg['cutoff']}.", "",
-             "| rate (mA/g) | δ (nm) | η(δ) model | η_eff resolved | η_eff η-on-i0 (BV) | δ_c fit (nm) | "
-             "Li out resolved | η-BV | η-flux | no film (mAh/g) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["# Resolved rocksalt film vs η models (generated by lun2025_rocksalt_shell.py)", "",
+             (f"{cfg['diameter_um']:g} µm disk, film on {cfg['arc_deg'][0]:g}°…{cfg['arc_deg'][1]:g}°, "
+              f"D_film = D_chem/{cfg['ratio']:g}, θ0 = {cfg['theta0']}, charge to NMC-surface θ = {cfg['cutoff']}. "
+              "η_eff = charge per unit length through the covered arc / through the free surface, to the cut-off."),
+             "",
+             ("| rate (mA/g) | δ (nm) | η(δ) rocksalt.py | η_eff resolved | δ_c fit (nm) | η_eff η-on-i0 (BV) | "
+              "d_max resolved / η-flux / fit-flux / η-BV (µm) | Li out resolved / η-flux / fit-flux / η-BV / "
+              "no film (mAh/g) |"),
+             "|---|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt):
+        return "–" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
     for r in table:
         if "note" in r:
             continue
-        lines.append(f"| {r['rate_mA_g']:g} | {r['delta_nm']:g} | {r['eta_model']:.3f} | {r['eta_eff_resolved']:.3f} | "
-                     f"{r['eta_eff_eta_bv']:.3f} | {r['delta_c_fit_nm']:.3f} | {r['capacity_resolved_mAh_g']:.1f} | "
-                     f"{r['capacity_eta_bv_mAh_g']:.1f} | {r['capacity_eta_flux_mAh_g']:.1f} | "
-                     f"{(r['capacity_free_mAh_g'] or float('nan')):.1f} |")
+        dmax = " / ".join(f(r.get(f"d_max_{m}_um"), ".3f") for m in ("resolved", "eta_flux", "eta_fit", "eta_bv"))
+        cap = " / ".join(f(r.get(f"capacity_{m}_mAh_g"), ".1f")
+                         for m in ("resolved", "eta_flux", "eta_fit", "eta_bv", "free"))
+        lines.append(f"| {r['rate_mA_g']:g} | {r['delta_nm']:g} | {r['eta_model']:.3f} | {r['eta_eff_resolved']:.3f} "
+                     f"| {f(r['delta_c_fit_nm'], '.3f')} | {f(r.get('eta_eff_eta_bv'), '.3f')} | {dmax} | {cap} |")
     for r in table:
         if "note" in r:
-            lines += ["", f"Convergence ({r['note']}): η_eff {r['eta_eff_resolved']:.4f} → {r['eta_eff_resolved_fine']:.4f}, "
-                          f"capacity {r['capacity_resolved_mAh_g']:.2f} → {r['capacity_resolved_fine_mAh_g']:.2f} mAh/g."]
+            lines += ["", (f"Convergence ({r['note']}, δ = {r['delta_nm']:g} nm, {r['rate_mA_g']:g} mA/g): η_eff "
+                           f"{r['eta_eff_resolved']:.4f} → {r['eta_eff_resolved_fine']:.4f}, capacity "
+                           f"{r['capacity_resolved_mAh_g']:.2f} → {r['capacity_resolved_fine_mAh_g']:.2f} mAh/g, "
+                           f"d_max {f(r['d_max_resolved_um'], '.3f')} → {f(r['d_max_resolved_fine_um'], '.3f')} µm.")]
     walls = [r[0]["wall_time_s"] for r in results.values()]
-    lines += ["", f"{len(results)} runs, {sum(walls):.0f} s of solver wall time in total "
-                  f"(max {max(walls):.1f} s per run).", ""]
+    lines += ["", (f"{len(results)} runs, {sum(walls):.0f} s of solver wall time in total "
+                   f"(max {max(walls):.1f} s per run)."), ""]
     return "\n".join(lines)
 
 
