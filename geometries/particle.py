@@ -273,6 +273,7 @@ def _chain_segments(segments: np.ndarray, centroid: np.ndarray, tdim: int) -> np
     c = np.zeros(3)
     c[: len(centroid)] = centroid[:3]
     ang = np.mod(np.arctan2(coords[:, 1] - c[1], coords[:, 0] - c[0]), 2 * np.pi)
+    ang[ang > 2 * np.pi - 1e-9] = 0.0  # a point on the +x ray with y = -0.0…1 counts as angle 0
     unvisited = set(nbrs)
     chains = []
     # open chains first (start at an end point), then closed loops

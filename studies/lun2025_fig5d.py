@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     study.plan(2 * len(rates))
     cases = []
     for rate in rates:
-        dt_max = 3600.0 * CAPACITY_PER_STEP / rate
+        dt_max = 3600.0 * CAPACITY_PER_STEP * (4 if study.quick else 1) / rate
         for key, fraction, eta, label in (("eta0.3", FRACTION, ETA, f"¼ blocked, η = {ETA:g}"),
                                           ("none", 0.0, 1.0, "no blocking")):
             ck = f"{rate:g}mAg_{key}"

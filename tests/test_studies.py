@@ -1,0 +1,221 @@
+"""Paper-reproduction studies (studies/*.py) in --quick mode, ParticleMesh.sector_outline,
+and the study example configs.
+
+The studies run in-process through their ``main(argv)``; each writes into a tmp dir. The
+assertions check that the outputs exist and hold the papers' qualitative findings where
+this model reproduces them (see the README "Studies" section for the numbers).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+from mpi4py import MPI
+
+import numpy as np
+import pytest
+
+import nmcfx.geometries as geo
+
+COMM = MPI.COMM_WORLD
+
+
+def _outdir(tmp_path, name) -> str:
+    return COMM.bcast(str(tmp_path / name), root=0)
+
+
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ----------------------------------------------------------------------------- sector_outline
+@pytest.mark.mpi
+def test_sector_outline_2d_ordered_counter_clockwise_and_identical_on_ranks():
+    r = 1.2
+    pm = geo.disk(2 * r, mesh_size_um=0.2, surface_mesh_size_um=0.08,
+                  sectors=[{"name": "east", "start_deg": 315, "end_deg": 45}])  # wraps through 0°
+    east = pm.sector_outline("east")
+    rest = pm.sector_outline("surface")
+    gathered = COMM.allgather((east.tobytes(), rest.tobytes()))
+    assert all(g == gathered[0] for g in gathered)
+    assert east.shape[1] == 2 and len(east) >= 5
+    assert np.allclose(np.linalg.norm(east, axis=1), r, atol=1e-9)  # boundary vertices
+    ang = np.degrees(np.arctan2(east[:, 1], east[:, 0]))  # -45 … 45, no jump at 0
+    assert ang[0] == pytest.approx(-45, abs=1e-6) and ang[-1] == pytest.approx(45, abs=1e-6)
+    assert np.all(np.diff(ang) > 0)
+    a2 = np.mod(np.degrees(np.arctan2(rest[:, 1], rest[:, 0])), 360)
+    assert a2[0] == pytest.approx(45, abs=1e-6) and a2[-1] == pytest.approx(315, abs=1e-6)
+    assert np.all(np.diff(a2) > 0)
+    # the polyline's length is the sector's measure
+    seg = lambda p: float(np.linalg.norm(np.diff(p, axis=0), axis=1).sum())  # noqa: E731
+    assert seg(east) == pytest.approx(pm.sector_measure["east"], rel=1e-12)
+    assert seg(rest) == pytest.approx(pm.sector_measure["surface"], rel=1e-12)
+    # the whole outline is closed; two separate pieces come back separated by NaN
+    whole = geo.disk(2.0, mesh_size_um=0.3).sector_outline("surface")
+    assert np.allclose(whole[0], whole[-1])
+    aw = np.mod(np.arctan2(whole[:-1, 1], whole[:-1, 0]), 2 * np.pi)
+    aw[aw > 2 * np.pi - 1e-9] = 0.0
+    assert np.argmin(aw) == 0 and np.all(np.diff(aw) > 0)  # from the smallest polar angle, anticlockwise
+    two = geo.disk(2.0, mesh_size_um=0.2, sectors=[geo.Sector("a", 0, 90), geo.Sector("b", 180, 270)])
+    rem = two.sector_outline("surface")
+    gap = np.flatnonzero(np.isnan(rem[:, 0]))
+    assert len(gap) == 1
+    assert rem[0] == pytest.approx([0.0, 1.0], abs=1e-9) and rem[-1] == pytest.approx([1.0, 0.0], abs=1e-9)
+    with pytest.raises(KeyError):
+        two.sector_outline("nowhere")
+
+
+@pytest.mark.mpi
+def test_sector_outline_3d_is_the_mid_plane_trace():
+    pm = geo.prism(geo.Ellipse((1.5, 1.0)), 1.2, mesh_size_um=0.25,
+                   sectors=[geo.Sector("c", 0.9, 0.25, "fraction")])
+    c = pm.sector_outline("c")
+    assert c.shape[1] == 3 and np.all(np.isfinite(c))
+    z = COMM.allreduce(float(pm.mesh.geometry.x[:, 2].max()), op=MPI.MAX)
+    z0 = COMM.allreduce(float(pm.mesh.geometry.x[:, 2].min()), op=MPI.MIN)
+    assert np.allclose(c[:, 2], 0.5 * (z + z0))
+    ell = (c[:, 0] / 1.5) ** 2 + (c[:, 1] / 1.0) ** 2
+    assert np.all(ell <= 1 + 1e-9) and np.all(ell > 0.97)  # on (a facet chord of) the ellipse
+    length = float(np.linalg.norm(np.diff(c, axis=0), axis=1).sum())
+    height = z - z0
+    assert length == pytest.approx(pm.sector_measure["c"] / height, rel=2e-3)  # unstructured lateral facets
+
+
+# ----------------------------------------------------------------------------- Lun 2025 Fig. 4
+@pytest.mark.mpi
+def test_lun2025_fig4_quick_and_resume(tmp_path, capsys):
+    from nmcfx.studies import lun2025_fig4 as fig4
+
+    out = _outdir(tmp_path, "fig4")
+    k = fig4.main(["--quick", "-o", out])
+    d10 = {case: k[case]["10min"]["d_um"] for case in k}
+    assert d10["none"] < 0.02  # symmetric
+    assert d10["half_eta0.3"] > d10["quarter_eta0.3"] > d10["quarter_eta0.7"] > 0.03
+    # the Li-rich core sits toward the blocked arc (+x)
+    assert k["quarter_eta0.3"]["15min"]["x_theta_max_um"] > 0.1
+    if COMM.rank == 0:
+        o = Path(out)
+        for f in ("fig4_theta_maps.png", "fig4_snapshots.csv", "fig4_fields.csv", "study.json"):
+            assert (o / f).is_file() and (o / f).stat().st_size > 0
+        snaps = _rows(o / "fig4_snapshots.csv")
+        assert len(snaps) == 16
+        assert all(0.7 < float(r["theta_min"]) <= float(r["theta_max"]) <= 0.95 + 1e-9 for r in snaps)
+        info = json.loads((o / "study.json").read_text())
+        assert set(info["cases"]) == {"none", "quarter_eta0.7", "quarter_eta0.3", "half_eta0.3"}
+        assert "numpy" in info["versions"] and info["quick"] is True
+        stamps = {p.parent.name: p.stat().st_mtime_ns for p in o.glob("cases/*/case.json")}
+        assert len(stamps) == 4
+        os.remove(o / "cases" / "half_eta0.3" / "case.json")  # as if interrupted in the last case
+    capsys.readouterr()
+    COMM.Barrier()
+    k2 = fig4.main(["--quick", "-o", out])
+    printed = capsys.readouterr().out
+    assert k2["half_eta0.3"]["10min"]["d_um"] == pytest.approx(d10["half_eta0.3"], rel=1e-9)
+    if COMM.rank == 0:
+        assert printed.count("already done, skipped") == 3
+        assert "case 4/4 half_eta0.3: running" in printed
+        for name, st in stamps.items():
+            if name != "half_eta0.3":
+                assert (Path(out) / "cases" / name / "case.json").stat().st_mtime_ns == st
+
+
+# ----------------------------------------------------------------------------- Lun 2025 Fig. 5b, 5d
+def test_lun2025_fig5b_quick(tmp_path):
+    from nmcfx.studies import lun2025_fig5b as fig5b
+
+    out = _outdir(tmp_path, "fig5b")
+    t = fig5b.main(["--quick", "-o", out])
+    for rate in ("50", "400"):
+        none, e7, e3 = (t[k][rate]["capacity_mAh_g"] for k in ("none", "eta0.7", "eta0.3"))
+        assert 150 < e3 < e7 < none < 0.95 * 275  # uniform flux extracts the most
+    for k in ("eta0.7", "eta0.3"):
+        assert t[k]["400"]["gap_mAh_g"] > 2 * t[k]["50"]["gap_mAh_g"] > 0  # the gap grows with rate
+    assert t["eta0.3"]["400"]["gap_mAh_g"] > t["eta0.7"]["400"]["gap_mAh_g"]
+    if COMM.rank == 0:
+        rows = _rows(Path(out) / "fig5b_li_extracted.csv")
+        assert len(rows) == 6 and all(r["end_reason"].startswith("reached theta_surface_min") for r in rows)
+        assert all(abs(float(r["li_extracted_x"]) * 274.99 - float(r["capacity_mAh_g"])) < 0.05 for r in rows)
+        assert (Path(out) / "fig5b_li_extracted.png").is_file()
+
+
+def test_lun2025_fig5d_quick(tmp_path):
+    from nmcfx.studies import lun2025_fig5d as fig5d
+
+    out = _outdir(tmp_path, "fig5d")
+    s = fig5d.main(["--quick", "-o", out])
+    # early in the charge the core moves further off-centre at the higher rate (Lun 2025 Fig. 5d)
+    assert s["400mAg_eta0.3"]["d_at_5_mAh_g_um"] > 2 * s["50mAg_eta0.3"]["d_at_5_mAh_g_um"]
+    assert s["400mAg_eta0.3"]["d_max_um"] > 0.2
+    assert s["400mAg_none"]["d_max_um"] < 0.05 and s["50mAg_none"]["d_max_um"] < 0.05
+    # the Li-rich region persists to a higher capacity at the higher rate (Fig. 5c)
+    assert s["400mAg_eta0.3"]["li_rich_gone_at_mAh_g"] > s["50mAg_eta0.3"]["li_rich_gone_at_mAh_g"] + 10
+    if COMM.rank == 0:
+        rows = _rows(Path(out) / "fig5d_offset.csv")
+        assert {r["case"] for r in rows} == {"50mAg_eta0.3", "50mAg_none", "400mAg_eta0.3", "400mAg_none"}
+        assert (Path(out) / "fig5d_offset.png").is_file() and (Path(out) / "fig5d_summary.csv").is_file()
+
+
+# ----------------------------------------------------------------------------- Xu 2022
+def test_xu2022_charge_rest_quick(tmp_path):
+    from nmcfx.studies import xu2022_charge_rest as cr
+
+    out = _outdir(tmp_path, "cr")
+    s = cr.main(["--quick", "-o", out])["xu2022"]
+    assert s["diff_at_stop"] > 0.05  # a clear core–shell difference when the current stops
+    # it relaxes at rest; the papers report ~10 min, this model needs ~19 min to reach 0.01
+    # (12-13 min to reach 0.02), see the README "Studies" section
+    assert 5.0 < s["relax_below_0.02_min"] < 15.0
+    assert 10.0 < s["relax_below_0.01_min"] < 25.0
+    assert s["diff_final"] < 0.005
+    if COMM.rank == 0:
+        for f in ("charge_rest.png", "charge_rest_traces.csv", "charge_rest_summary.csv", "study.json"):
+            assert (Path(out) / f).is_file()
+
+
+def test_xu2022_discharge_rim_quick(tmp_path):
+    from nmcfx.studies import xu2022_discharge_rim as rim
+
+    out = _outdir(tmp_path, "rim")
+    k = rim.main(["--quick", "-o", out])
+    assert k["error"] is None
+    end = k["end_of_cc_discharge"]
+    assert end["reason"].startswith("reached voltage_V <= 3")
+    assert end["theta_surface_max"] > 0.99 and end["theta_center"] < 0.92  # Li-rich rim, Li-poor core
+    assert 0.1 < k["area_fraction_below_theta0_end_of_cc"] < 0.6
+    assert k["rim_contrast_end_of_hold"] < 1e-3 and k["end_of_hold"]["theta_center"] > 0.99  # recovered
+    assert k["hold_mAh_g"] > 5.0
+    assert abs(k["hold_current_end_mA_g"]) < 1e-3 * abs(k["hold_current_first_step_mA_g"])
+    assert 180 < k["charge_mAh_g"] < 200
+    if COMM.rank == 0:
+        o = Path(out)
+        for f in ("discharge_rim.png", "discharge_rim_timeseries.csv", "discharge_rim_steps.csv",
+                  "discharge_rim_profiles.csv", "study.json"):
+            assert (o / f).is_file()
+        steps = _rows(o / "discharge_rim_steps.csv")
+        assert [r["phase"] for r in steps][:3] == ["end of CC charge", "discharge +30 min", "end of CC discharge"]
+
+
+# ----------------------------------------------------------------------------- examples
+@pytest.mark.parametrize("name", ["lun2025_charge", "xu2022_cccv"])
+def test_study_examples_run(name, tmp_path):
+    from nmcfx.cli import main as cli
+
+    out = _outdir(tmp_path, name)
+    assert cli(["run", "--example", name, "-o", out, "-q"]) == 0
+    if COMM.rank == 0:
+        summary = json.loads((Path(out) / "summary.json").read_text())
+        assert summary["title"]
+        assert summary["max_abs_mass_balance_error"] < 1e-9
+        steps = summary["protocol_steps"]
+        if name == "lun2025_charge":
+            assert steps[0]["reason"].startswith("reached theta_surface_min <= 0.2")
+            assert 180 < summary["capacity_mAh_g"] < 210
+        else:
+            assert [s["reason"].split()[0] for s in steps] == ["reached", "reached", "duration"]
+            assert steps[2]["voltage_V"] == pytest.approx(3.0)
+            assert math.isfinite(summary["theta_center_final"]) and summary["theta_center_final"] > 0.99
