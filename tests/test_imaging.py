@@ -102,6 +102,11 @@ def test_numpy_inputs_defaults_and_binning(tmp_path):
     np.testing.assert_allclose(b.frames[1], frames[3:6].mean(axis=0))
     np.testing.assert_allclose(b.times_s, [0.1, 0.4, 0.7])
     np.testing.assert_allclose(bin_stack(st, 5).frames[1], frames[5:].mean(axis=0))
+    # binning while reading a TIFF page by page gives the same frames
+    save_stack(tmp_path / "a.tif", ImageStack(frames, np.arange(10) * 0.5), dtype="float32")
+    bt = load_stack(tmp_path / "a.tif", bin_frames=3)
+    np.testing.assert_allclose(bt.frames, b.frames, rtol=1e-6)
+    np.testing.assert_allclose(bt.times_s, [0.5, 2.0, 3.5])
     np.savez(tmp_path / "b.npz", frames=frames, times_s=np.arange(10) * 3.0, pixel_size_um=0.1)
     z = load_stack(tmp_path / "b.npz")
     assert z.times_s[-1] == 27.0 and z.pixel_size_um == 0.1
