@@ -228,7 +228,8 @@ def test_analyze_cli_writes_everything(tmp_path, capsys):
     st, _, _ = synthetic_stack(n=8, drift=drift - drift[0], core_offset_um=(0.3, 0.0), front_speed=1.2e-3)
     path = save_stack(tmp_path / "p.tif", st)
     out = tmp_path / "ana"
-    code = main(["analyze", str(path), "-o", str(out), "--c-rate", "0.5", "--map-frames", "4"])
+    code = main(["analyze", str(path), "-o", str(out), "--c-rate", "0.5", "--map-frames", "4", "--mesh",
+                 "--mesh-size-um", "0.2"])
     text = capsys.readouterr().out
     assert code == 0, text
     for name in ("metadata.json", "summary.json", "drift.csv", "drift.png", "intensity.csv", "intensity.png",
@@ -241,6 +242,9 @@ def test_analyze_cli_writes_everything(tmp_path, capsys):
     s = json.loads((out / "summary.json").read_text())
     assert s["asymmetry"]["label"] == "asymmetric"
     assert s["particle_area_um2"] == pytest.approx(math.pi * 1.2**2, rel=0.02)
+    assert s["mesh"]["area_um2"] == pytest.approx(math.pi * 1.2**2, rel=0.02)
+    assert s["mesh"]["perimeter_um"] == pytest.approx(math.pi * 2.4, rel=0.02)
+    assert "mesh " in text
     head = (out / "intensity.csv").read_text().splitlines()[0]
     assert "capacity_mAh_g" in head and "d_um" in head
 
