@@ -843,7 +843,13 @@ def make_figures(out: Path, cfg: dict, results: dict):
     axes[1].set_xscale("log")
     axes[1].set_xlabel("film thickness δ (nm)")
     axes[1].set_ylabel("Li extracted at NMC-surface θ = 0.2 (mAh/g)")
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
+
     for ax in axes:
+        ax.xaxis.set_major_locator(FixedLocator(list(deltas)))
+        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=6.5, frameon=False)
     fig.tight_layout()
