@@ -8,20 +8,23 @@ unknown that carries the applied current; ``[surface] model = "butler_volmer"``)
     3. CV hold at 3.0 V for 2 h (split at 2, 5, 10 and 30 min for maps during the hold)
     4. 30 min open-circuit rest
 
-Xu 2022 observe at the end of the 1C discharge a narrow Li-rich periphery around a
-Li-deficient core (slow diffusion near θ → 1, Fig. S19, and slow charge transfer), an
-extra ~24 mAh/g during the 2 h hold at 3 V (coulombic efficiency 82.3 % → 94.3 %) and a
-nearly uniform particle at the end of the hold.
+A second case charges at 1C instead (Xu 2022 Fig. 4A cycles at 1C both ways: the CC
+discharge ends at 104 min). Xu 2022 observe at the end of the 1C discharge a narrow
+Li-rich periphery around a Li-deficient core (slow diffusion near θ → 1, Fig. S19, and
+slow charge transfer), an extra ~24 mAh/g during the 2 h hold at 3 V (coulombic
+efficiency 82.3 % → 94.3 %) and a nearly uniform particle at the end of the hold.
 
     python studies/xu2022_discharge_rim.py [-o DIR] [--quick] [--force]
     mpiexec -n 2 python studies/xu2022_discharge_rim.py
 
-Outputs (DIR, default runs/studies/xu2022_discharge_rim): discharge_rim.png,
-discharge_rim_timeseries.csv (voltage, current, θ centre/mean/surface range vs time),
-discharge_rim_steps.csv (per protocol step: capacity, end reason, state at its end),
-discharge_rim_profiles.csv (θ along the long axis at the ends of the steps, cf. Fig. S18),
-study.json, cases/<case>/. If the solver fails, the error (time, message) is printed,
-stored in cases/<case>/error.json and in study.json, and the figure shows what was computed.
+Outputs (DIR, default runs/studies/xu2022_discharge_rim): discharge_rim.png (C/3 charge)
+and discharge_rim_bv_1C_1C.png (1C charge), discharge_rim_timeseries.csv (voltage,
+current, θ centre/mean/surface range vs time), discharge_rim_steps.csv (per protocol step:
+capacity, end reason, state at its end), discharge_rim_profiles.csv (θ along the long
+axis at the ends of the steps, cf. Fig. S18), study.json (key numbers per case),
+cases/<case>/. --quick: the C/3-charge case only, coarse mesh. If the solver fails, the
+error (time, message) is printed, stored in cases/<case>/error.json and in study.json,
+and the figure shows what was computed.
 """
 
 from __future__ import annotations
@@ -36,16 +39,18 @@ import numpy as np
 from nmcfx.studies._common import QUIET_OUTPUT, Study, parse_args, plt, read_csv_columns, write_csv, xu_geometry
 
 NAME = "xu2022_discharge_rim"
-CASE = "bv_cccv_1C"
+#: key, charge rate (1/h), label. The first is the briefed protocol (C/3 charge); the second
+#: charges at 1C as in Xu 2022 Fig. 4A ("CC cycling at 1C", end of CC discharge at 104 min).
+CASES = (("bv_cccv_1C", 1.0 / 3.0, "C/3 charge to 4.3 V"), ("bv_1C_1C", 1.0, "1C charge to 4.3 V"))
 HOLD_SPLITS_MIN = (2.0, 3.0, 5.0, 20.0, 90.0)  # consecutive hold segments: ends at 2, 5, 10, 30, 120 min
 REST_MIN = 30.0
 DISCHARGE_SPLIT_MIN = 30.0
 
 
-def case_config(quick: bool) -> dict:
+def case_config(quick: bool, charge_rate: float = 1.0 / 3.0) -> dict:
     steps = [
-        {"type": "charge", "c_rate": 1.0 / 3.0, "duration_min": 360, "until": ["voltage_V >= 4.3"],
-         "label": "CC charge C/3"},
+        {"type": "charge", "c_rate": charge_rate, "duration_min": 360, "until": ["voltage_V >= 4.3"],
+         "label": "CC charge"},
         {"type": "discharge", "c_rate": 1.0, "duration_min": DISCHARGE_SPLIT_MIN, "until": ["voltage_V <= 3.0"],
          "label": "CC discharge 1C (first 30 min)"},
         {"type": "discharge", "c_rate": 1.0, "duration_min": 120, "until": ["voltage_V <= 3.0"],
@@ -55,8 +60,8 @@ def case_config(quick: bool) -> dict:
         steps.append({"type": "hold", "voltage_V": 3.0, "duration_min": dur, "label": "CV hold 3.0 V"})
     steps.append({"type": "rest", "duration_min": REST_MIN, "label": "rest"})
     return {
-        "title": "Xu 2022 particle, Butler-Volmer: CC charge C/3 to 4.3 V, CC discharge 1C to 3.0 V, "
-                 "2 h CV hold at 3.0 V, 30 min rest",
+        "title": f"Xu 2022 particle, Butler-Volmer: CC charge {'C/3' if charge_rate < 0.5 else f'{charge_rate:g}C'} "
+                 "to 4.3 V, CC discharge 1C to 3.0 V, 2 h CV hold at 3.0 V, 30 min rest",
         "geometry": xu_geometry(quick),
         "surface": {"model": "butler_volmer"},
         "protocol": {"initial_theta": 0.95, "steps": steps},
@@ -87,38 +92,31 @@ def phase_names(steps: list[dict]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(NAME, "Xu 2022: end-of-discharge Li-rich rim and its recovery by a 2 h CV hold", argv)
-    study = Study(NAME, args)
-    study.plan(1)
-    res = study.case(CASE, case_config(study.quick), maps_at_step_ends=True,
-                     describe="Butler-Volmer, C/3 charge to 4.3 V, 1C discharge to 3.0 V, 2 h hold, rest")
+def analyse(res, profiles) -> dict:
+    """Key numbers of one case: capacities, coulombic efficiencies, the rim and its recovery."""
     s, steps = res.series, res.steps
     names = phase_names(steps)
+    th0 = res.config["protocol"]["initial_theta"]
     key = {"error": res.error}
-    if res.error and study.comm.rank == 0:
-        t_last = s["time_s"][-1] / 60 if len(s.get("time_s", [])) else math.nan
-        step_last = int(s["protocol_step"][-1]) if len(s.get("protocol_step", [])) else -1
-        study.say(f"solver failure in protocol step {step_last} at t = {t_last:.3f} min: {res.error}")
-    cap = {n: st["capacity_mAh_g"] for n, st in zip(names, steps)}
     charge = next((st["capacity_mAh_g"] for st in steps if str(st["label"]).startswith("CC charge")), math.nan)
     cc_dis = -sum(st["capacity_mAh_g"] for st in steps if str(st["label"]).startswith("CC discharge"))
     hold = -sum(st["capacity_mAh_g"] for st in steps if "hold" in str(st["description"]))
     key.update({"charge_mAh_g": charge, "cc_discharge_mAh_g": cc_dis, "hold_mAh_g": hold,
                 "ce_cc_percent": 100 * cc_dis / charge if charge else math.nan,
                 "ce_with_hold_percent": 100 * (cc_dis + hold) / charge if charge else math.nan,
-                "step_capacities_mAh_g": cap})
+                "step_capacities_mAh_g": {n: st["capacity_mAh_g"] for n, st in zip(names, steps)}})
     end_dis = next((st for st in steps if str(st["label"]) == "CC discharge 1C"), None)
     if end_dis is not None:
         key["end_of_cc_discharge"] = {k: end_dis[k] for k in ("end_time_s", "theta_mean", "theta_center",
                                                               "theta_surface_min", "theta_surface_max",
                                                               "voltage_V", "reason")}
         key["rim_contrast_end_of_cc"] = end_dis["theta_surface_max"] - end_dis["theta_center"]
-    if end_dis is not None and res.maps and "end of CC discharge" in names:
         k = names.index("end of CC discharge")
-        if k < len(res.maps["theta"]):
-            th0 = res.config["protocol"]["initial_theta"]
+        if res.maps and k < len(res.maps["theta"]):
             key["area_fraction_below_theta0_end_of_cc"] = area_fraction_below(res.maps, k, th0)
+        for n, _, xs, vs in profiles:
+            if n == "end of CC discharge":
+                key["rim_width_um"] = rim_width(xs, vs, th0)
     holds = [st for st in steps if "hold" in str(st["description"])]
     if holds:
         last = holds[-1]
@@ -126,47 +124,87 @@ def main(argv: list[str] | None = None) -> dict:
                                                    "theta_surface_max", "current_mA_g")}
         key["rim_contrast_end_of_hold"] = last["theta_surface_max"] - last["theta_center"]
         in_hold = np.isin(s["protocol_step"], [st["index"] for st in holds])
+        t_hold = (s["time_s"][in_hold] - holds[0]["start_time_s"]) / 60.0
         cur = s["current_mA_g"][in_hold]
         if cur.size:
             key["hold_current_first_step_mA_g"] = float(cur[0])
             key["hold_current_end_mA_g"] = float(cur[-1])
-    files = ["discharge_rim.png", "discharge_rim_timeseries.csv", "discharge_rim_steps.csv",
-             "discharge_rim_profiles.csv"]
-    if study.comm.rank == 0:
-        out = study.outdir
+            # when the lithiation current of the hold has fallen below C/20 and C/200 (PITT limit of Xu 2022)
+            for lim in (10.5, 1.05):
+                above = np.flatnonzero(np.abs(cur) > lim)
+                key[f"hold_current_below_{lim:g}_mA_g_after_min"] = (
+                    float(t_hold[above[-1] + 1]) if above.size and above[-1] + 1 < len(cur) else
+                    (0.0 if not above.size else math.nan))
+        tc = s["theta_center"][in_hold]
+        ok = np.flatnonzero(tc >= th0)
+        key["hold_theta_center_back_to_theta0_after_min"] = float(t_hold[ok[0]]) if ok.size else math.nan
+    return key
+
+
+def report(study, label, key):
+    study.say(f"{label}:")
+    study.say(f"  CC charge {key['charge_mAh_g']:.1f} mAh/g, CC discharge {key['cc_discharge_mAh_g']:.1f} mAh/g "
+              f"(CE {key['ce_cc_percent']:.1f} %), 2 h hold +{key['hold_mAh_g']:.1f} mAh/g "
+              f"(CE {key['ce_with_hold_percent']:.1f} %)")
+    e = key.get("end_of_cc_discharge")
+    if e:
+        w = key.get("rim_width_um", [math.nan, math.nan])
+        study.say(f"  end of the 1C discharge (t = {e['end_time_s'] / 60:.1f} min): θ_centre = {e['theta_center']:.3f}, "
+                  f"θ_surface,max = {e['theta_surface_max']:.4f}, θ_mean = {e['theta_mean']:.3f}; "
+                  f"{100 * key.get('area_fraction_below_theta0_end_of_cc', math.nan):.0f} % of the area below θ₀, "
+                  f"rim θ ≥ θ₀ {w[0]:.2f} / {w[1]:.2f} µm wide along the long axis")
+    h = key.get("end_of_hold")
+    if h:
+        study.say(f"  hold: θ_centre back to θ₀ after {key['hold_theta_center_back_to_theta0_after_min']:.1f} min, "
+                  f"|I| < C/20 after {key['hold_current_below_10.5_mA_g_after_min']:.1f} min; at the end θ_centre = "
+                  f"{h['theta_center']:.4f}, θ_surface,max = {h['theta_surface_max']:.4f}, "
+                  f"I = {h['current_mA_g']:.2g} mA/g")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(NAME, "Xu 2022: end-of-discharge Li-rich rim and its recovery by a 2 h CV hold", argv)
+    study = Study(NAME, args)
+    cases = CASES[:1] if study.quick else CASES
+    study.plan(len(cases))
+    for key, rate, label in cases:
+        study.case(key, case_config(study.quick, rate), maps_at_step_ends=True,
+                   describe=f"Butler-Volmer, {label}, 1C discharge to 3.0 V, 2 h hold, rest")
+    comm = study.comm
+    out = study.outdir
+    results, ts_rows, step_rows, prof_rows = {}, [], [], []
+    files = []
+    for ck, rate, label in cases:
+        res = study.results[ck]
+        names = phase_names(res.steps)
+        prof = comm.bcast(profiles_at_step_ends(res, names) if comm.rank == 0 else None, root=0)
+        results[ck] = analyse(res, prof)
+        s = res.series
+        if res.error and comm.rank == 0:
+            t_last = s["time_s"][-1] / 60 if len(s.get("time_s", [])) else math.nan
+            step_last = int(s["protocol_step"][-1]) if len(s.get("protocol_step", [])) else -1
+            study.say(f"{ck}: solver failure in protocol step {step_last} at t = {t_last:.3f} min: {res.error}")
         cols = ["time_s", "protocol_step", "voltage_V", "current_mA_g", "capacity_mAh_g", "theta_mean",
                 "theta_center", "theta_surface_min", "theta_surface_max", "d_um"]
-        rows = [[s[c][i] for c in cols] + [names[int(s["protocol_step"][i])] if int(s["protocol_step"][i]) < len(names)
-                                            else "(unfinished)"] for i in range(len(s["time_s"]))]
-        write_csv(out / "discharge_rim_timeseries.csv", cols + ["phase"], rows)
+        for i in range(len(s.get("time_s", []))):
+            k = int(s["protocol_step"][i])
+            ts_rows.append([ck] + [s[c][i] for c in cols] + [names[k] if k < len(names) else "(unfinished)"])
         scols = ["index", "label", "description", "start_time_s", "end_time_s", "reason", "capacity_mAh_g",
                  "theta_mean", "theta_center", "theta_surface_min", "theta_surface_max", "voltage_V", "current_mA_g"]
-        write_csv(out / "discharge_rim_steps.csv", scols + ["phase"],
-                  [[st[c] for c in scols] + [n] for st, n in zip(steps, names)])
-        prof = profiles_at_step_ends(res, names)
-        th0 = res.config["protocol"]["initial_theta"]
-        for n, _, xs, vs in prof:
-            if n == "end of CC discharge":
-                key["rim_width_um"] = rim_width(xs, vs, th0)
-        write_csv(out / "discharge_rim_profiles.csv", ["phase", "time_s", "s_um", "theta"],
-                  [[n, t, x, v] for n, t, xs, vs in prof for x, v in zip(xs, vs)])
-        plot(res, names, prof, out / "discharge_rim.png")
-        study.say(f"CC charge {charge:.1f} mAh/g, CC discharge {cc_dis:.1f} mAh/g (CE {key['ce_cc_percent']:.1f} %), "
-                  f"2 h hold +{hold:.1f} mAh/g (CE {key['ce_with_hold_percent']:.1f} %)")
-        if end_dis is not None:
-            study.say(f"end of 1C discharge (t = {end_dis['end_time_s'] / 60:.1f} min): θ_centre = "
-                      f"{end_dis['theta_center']:.3f}, θ_surface,max = {end_dis['theta_surface_max']:.4f}, "
-                      f"θ_mean = {end_dis['theta_mean']:.3f}; area below θ₀ = "
-                      f"{key.get('area_fraction_below_theta0_end_of_cc', math.nan):.2f}, rim (θ ≥ θ₀) width along "
-                      f"the long axis {key.get('rim_width_um', [math.nan, math.nan])[0]:.2f} / "
-                      f"{key.get('rim_width_um', [math.nan, math.nan])[1]:.2f} µm")
-        if holds:
-            study.say(f"end of the hold: θ_centre = {last['theta_center']:.4f}, θ_surface,max = "
-                      f"{last['theta_surface_max']:.4f}, current {last['current_mA_g']:.2f} mA/g "
-                      f"(first hold step {key.get('hold_current_first_step_mA_g', math.nan):.1f} mA/g)")
+        step_rows += [[ck] + [st[c] for c in scols] + [n] for st, n in zip(res.steps, names)]
+        prof_rows += [[ck, n, t, x, v] for n, t, xs, vs in prof for x, v in zip(xs, vs)]
+        fig_name = "discharge_rim.png" if ck == CASES[0][0] else f"discharge_rim_{ck}.png"
+        files.append(fig_name)
+        if comm.rank == 0:
+            plot(res, names, prof, out / fig_name, f"{label}, 1C discharge")
+            report(study, f"{ck} ({label})", results[ck])
+    files += ["discharge_rim_timeseries.csv", "discharge_rim_steps.csv", "discharge_rim_profiles.csv"]
+    if comm.rank == 0:
+        write_csv(out / "discharge_rim_timeseries.csv", ["case"] + cols + ["phase"], ts_rows)
+        write_csv(out / "discharge_rim_steps.csv", ["case"] + scols + ["phase"], step_rows)
+        write_csv(out / "discharge_rim_profiles.csv", ["case", "phase", "time_s", "s_um", "theta"], prof_rows)
     study.finish("Xu 2022 Fig. 4/S18: Li-rich rim at the end of a 1C discharge and its recovery by a 2 h CV hold",
-                 extra=key, outputs=files)
-    return key
+                 extra=results, outputs=files)
+    return results
 
 
 def area_fraction_below(maps: dict, k: int, level: float) -> float:
@@ -211,7 +249,7 @@ def profiles_at_step_ends(res, names):
     return out
 
 
-def plot(res, names, prof, path):
+def plot(res, names, prof, path, label=""):
     import matplotlib.tri as mtri
 
     pyplot = plt()
@@ -257,7 +295,7 @@ def plot(res, names, prof, path):
     axc = ax.twinx()
     axc.plot(t, s["current_mA_g"], color="tab:blue", lw=1.0)
     axc.set_ylabel("current (mA g⁻¹)", color="tab:blue")
-    ax.set_title("C/3 charge, 1C discharge, CV hold 3.0 V, rest", fontsize=9)
+    ax.set_title(f"{label}, CV hold 3.0 V, rest", fontsize=9)
     ax.grid(alpha=0.3)
     holds = [st for st in res.steps if "hold" in str(st["description"])]
     if holds:

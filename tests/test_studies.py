@@ -181,7 +181,7 @@ def test_xu2022_discharge_rim_quick(tmp_path):
     from nmcfx.studies import xu2022_discharge_rim as rim
 
     out = _outdir(tmp_path, "rim")
-    k = rim.main(["--quick", "-o", out])
+    k = rim.main(["--quick", "-o", out])["bv_cccv_1C"]
     assert k["error"] is None
     end = k["end_of_cc_discharge"]
     assert end["reason"].startswith("reached voltage_V <= 3")
@@ -198,6 +198,7 @@ def test_xu2022_discharge_rim_quick(tmp_path):
             assert (o / f).is_file()
         steps = _rows(o / "discharge_rim_steps.csv")
         assert [r["phase"] for r in steps][:3] == ["end of CC charge", "discharge +30 min", "end of CC discharge"]
+        assert {r["case"] for r in steps} == {"bv_cccv_1C"}
 
 
 # ----------------------------------------------------------------------------- examples
