@@ -78,8 +78,11 @@ def default_snapshots_s(protocol: Protocol) -> list[float]:
 
 
 def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progress: bool | None = None,
-            resume: bool = False) -> dict:
-    """Run into ``outdir``. With ``resume`` continue from ``outdir/checkpoint`` (same config, same ranks)."""
+            resume: bool = False, observers=()) -> dict:
+    """Run into ``outdir``. With ``resume`` continue from ``outdir/checkpoint`` (same config, same ranks).
+
+    ``observers``: extra :class:`Simulation` observers (studies record what they need this way).
+    """
     outdir = Path(outdir)
     checkpoint = Checkpointer(outdir / "checkpoint", comm, run.config, every_wall_s=run.solver.checkpoint_wall_s)
     if resume and not checkpoint.exists():
@@ -103,7 +106,7 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
 
         out_settings = replace(out_settings, progress=progress)
     outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-    sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs])
+    sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs, *observers])
     if comm.rank == 0:
         write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), metadata(run, sv, comm))
     try:

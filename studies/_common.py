@@ -233,46 +233,13 @@ def load_maps(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------- running
 def execute_observed(run, outdir: Path, comm, observers=()) -> dict:
-    """``nmcfx.solver.run.execute`` with extra Simulation observers (and no checkpoints).
-
-    Mirrors ``execute``: writes metadata.json first, runs with the standard RunOutputs
-    observer (timeseries.csv, steps.csv) and writes summary.json last.
-    """
-    from nmcfx.solver.outputs import RunOutputs
-    from nmcfx.solver.rocksalt import sector_weights
-    from nmcfx.solver.run import default_snapshots_s, metadata, summarize
-    from nmcfx.solver.simulation import Simulation
-    from nmcfx.solver.transport import TransportSolver
+    """``nmcfx.solver.run.execute`` with extra Simulation observers, after clearing study files."""
+    from nmcfx.solver.run import execute
 
     outdir = Path(outdir)
     if comm.rank == 0:
-        outdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json", "timeseries.csv", "steps.csv", "line_profiles.csv", "fields.npz"):
-            (outdir / stale).unlink(missing_ok=True)
-    comm.Barrier()
-    wall0 = time.perf_counter()
-    st = run.solver
-    sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
-                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
-                         surface=run.surface, sector_weights=sector_weights(run.surface, run.particle, run.material))
-    snaps = ([60.0 * t for t in run.output.snapshot_times_min] if run.output.snapshot_times_min is not None
-             else default_snapshots_s(run.protocol))
-    outputs = RunOutputs(outdir, run.output, comm, title=run.title)
-    sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
-                     observers=[outputs, *observers])
-    if comm.rank == 0:
-        from nmcfx.solver.outputs import write_json as write_run_json
-
-        write_run_json(outdir / "metadata.json", metadata(run, sv, comm))
-    try:
-        sim.run()
-    finally:
-        outputs.close()
-    wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
-    summary = summarize(sim, wall, title=run.title)
-    if comm.rank == 0:
-        write_run_json(outdir / "summary.json", summary)
-    return summary
+        (outdir / "fields.npz").unlink(missing_ok=True)
+    return execute(run, outdir, comm=comm, progress=False, observers=observers)
 
 
 class Study:
