@@ -1,6 +1,6 @@
 """Asymmetry of the shrinking core: distance d between centres of mass.
 
-Wang et al. (seed 000, Fig. 5d): d is the distance between the centre of mass of the
+Lun et al. (seed 000, Fig. 5d): d is the distance between the centre of mass of the
 whole particle (O_COM) and that of its 'unreacted', Li-rich region, defined as the part
 of the particle with differential intensity < 0.05. Fresh particles keep the Li-rich core
 near O_COM ('symmetric'); aged particles with an uneven rocksalt layer shift it

@@ -2,7 +2,7 @@
 
 Contrast maps use a diverging scale centred at zero (white), red for positive total
 contrast (intensity up: Li removed) and blue for negative, as in Xu et al. (Joule 2022,
-Fig. 2) and Wang et al. (seed 000, Fig. 2). Every function writes one PNG through a
+Fig. 2) and Lun et al. (seed 000, Fig. 2). Every function writes one PNG through a
 temporary name.
 """
 

@@ -1,6 +1,6 @@
 """Line-cut kymographs: contrast along a line vs position and time (or capacity).
 
-Wang et al. (seed 000, Fig. 5c) follow the differential intensity along a horizontal
+Lun et al. (seed 000, Fig. 5c) follow the differential intensity along a horizontal
 line cut across a particle against the charge passed ("capacity"); Xu et al. (Joule
 2022, Fig. 3E) along a line through the centre against time.
 """
