@@ -41,7 +41,6 @@ import math
 import os
 import sys
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -199,18 +198,10 @@ def settings_from_dict(d: dict | None, base_dir: Path) -> CalibrationSettings:
 
 def load_calibration_config(path) -> tuple[dict, CalibrationSettings, Path]:
     """Read CONFIG.toml: the run tables and a validated [calibration] table."""
-    from nmcfx.config import check_top_level
+    from nmcfx.config import check_top_level, read_toml
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError("config", f"file not found: {path}")
-    try:
-        with open(path, "rb") as fh:
-            cfg = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError("config", f"{path} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise InputError("config", f"{path} is not a UTF-8 text file") from None
+    cfg = read_toml(path)
     cal = cfg.pop("calibration", None)
     extra = set(cfg) - set(RUN_TABLES)
     if extra:

@@ -23,18 +23,23 @@ from nmcfx.errors import InputError
 TOP_LEVEL_KEYS = ("title", "geometry", "material", "surface", "protocol", "solver", "output")
 
 
-def load_config(path: str | Path) -> dict:
-    """Parse a TOML config; syntax errors and unknown tables become :class:`InputError`."""
+def read_toml(path: str | Path) -> dict:
+    """Parse a TOML file; a missing file or bad syntax becomes one :class:`InputError`."""
     path = Path(path)
     if not path.is_file():
         raise InputError("config", f"file not found: {path}")
     try:
         with open(path, "rb") as fh:
-            cfg = tomllib.load(fh)
+            return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise InputError("config", f"{path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise InputError("config", f"{path} is not a UTF-8 text file") from None
+
+
+def load_config(path: str | Path) -> dict:
+    """Parse a run config; syntax errors and unknown tables become :class:`InputError`."""
+    cfg = read_toml(path)
     check_top_level(cfg)
     return cfg
 

@@ -29,6 +29,8 @@ from mpi4py import MPI  # noqa: F401  (before dolfinx)
 
 import numpy as np
 
+from nmcfx.solver.outputs import write_json  # noqa: E402  (after mpi4py)
+
 DEFAULT_ROOT = Path("runs") / "studies"
 #: Outputs of the solver runs: no VTX fields, no per-case figures, no progress bar, no
 #: snapshots (the studies draw their own figures; numbers go to CSV).
@@ -109,14 +111,6 @@ def write_csv(path: Path, header: list[str], rows) -> None:
     tmp.replace(path)
 
 
-def write_json(path: Path, data) -> None:
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, default=_json_default)
-        fh.write("\n")
-    tmp.replace(path)
-
-
 def _fmt(v):
     if isinstance(v, (float, np.floating)):
         return f"{float(v):.10g}" if math.isfinite(v) else "nan"
@@ -125,12 +119,6 @@ def _fmt(v):
     return v
 
 
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # ----------------------------------------------------------------------------- θ maps
