@@ -44,6 +44,7 @@ from mpi4py import MPI
 from nmcfx.errors import InputError, MeshError, NmcfxError
 
 from . import _gmsh
+from ._build import _raw_message
 from ._validate import in_range, number, optional_positive, positive
 from .particle import ParticleMesh, measure_mesh
 
@@ -360,7 +361,7 @@ def _build_on_root(comm, mesh_on_root, what: str, verbose: bool) -> dict:
             status = ("ok", mesh_on_root(model))
             _SESSION = session
         except InputError as exc:
-            status = ("input", exc.field, str(exc))
+            status = ("input", exc.field, _raw_message(exc))
         except NmcfxError as exc:
             status = ("mesh", str(exc))
         except Exception as exc:  # gmsh raises plain Exception
@@ -369,7 +370,7 @@ def _build_on_root(comm, mesh_on_root, what: str, verbose: bool) -> dict:
             session.close()
     status = comm.bcast(status, root=0)
     if status[0] == "input":
-        raise InputError("", status[2])
+        raise InputError(status[1], status[2])
     if status[0] == "mesh":
         raise MeshError(status[1])
     return status[1]

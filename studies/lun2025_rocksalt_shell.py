@@ -899,7 +899,8 @@ def summary_markdown(cfg: dict, table: list[dict], results: dict) -> str:
 def main(argv=None, comm=MPI.COMM_WORLD) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--output", default="runs/lun2025_rocksalt_shell", metavar="DIR")
+    ap.add_argument("-o", "--output", default="runs/studies/lun2025_rocksalt_shell", metavar="DIR",
+                    help="output directory (default: runs/studies/lun2025_rocksalt_shell)")
     ap.add_argument("--quick", action="store_true", help="one thickness (1 nm), 100 mA/g, coarse mesh")
     ap.add_argument("--deltas", type=float, nargs="+", metavar="NM", help="film thicknesses (nm)")
     ap.add_argument("--rates", type=float, nargs="+", metavar="MA_G", help="specific currents (mA/g)")
