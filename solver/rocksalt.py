@@ -9,9 +9,13 @@ surface
 
     η(δ) = (L / D) / (L / D + δ / D_RS) = 1 / (1 + δ / δ_c),   δ_c = L · D_RS / D = L / ratio.
 
-For a 2.4 µm particle and ratio = 3000, δ_c = 0.4 nm: η = 0.7 at δ ≈ 0.17 nm, η = 0.3 at
-δ ≈ 0.93 nm and η ≈ 0.09 at 4 nm. It is an estimate of orders of magnitude, not a
-derivation; ``studies/lun2025_rocksalt_shell.py`` compares it with a resolved film.
+With L = R (the equivalent radius) a 2.4 µm particle and ratio = 3000 give δ_c = 0.4 nm.
+``studies/lun2025_rocksalt_shell.py`` resolves the film (D_chem/3000 in a meshed layer,
+Butler–Volmer surface, 0.25–4 nm): the form 1/(1 + δ/δ_c) fits the charge-averaged flux
+ratio over the whole range, with δ_c ≈ 0.26 nm, i.e. L ≈ 0.65 R — the default
+``length_factor`` below. The resolved ratio is not constant in time (it starts near
+0.02–0.05 and rises as the particle-side depletion layer grows), which a single η cannot
+follow; see ``studies/lun2025_rocksalt_shell.md``.
 """
 
 from __future__ import annotations
@@ -19,13 +23,18 @@ from __future__ import annotations
 import math
 
 
-def critical_thickness_nm(particle, ratio: float) -> float:
-    """δ_c = L / ratio in nm, L the equivalent radius (2D: √(A/π); 3D: volume/area × 2 for a cylinder)."""
+#: L / R fitted to the resolved-film study (δ_c ≈ 0.26 nm for a 2.4 µm disk at ratio 3000)
+LENGTH_FACTOR = 0.65
+
+
+def critical_thickness_nm(particle, ratio: float, length_factor: float = LENGTH_FACTOR) -> float:
+    """δ_c = L / ratio in nm with L = length_factor × R, R the equivalent radius
+    (2D: √(A/π); 3D: 2 × volume / reactive area, exact for a cylinder)."""
     if particle.dim == 2:
         radius_um = math.sqrt(particle.measure / math.pi)
     else:
         radius_um = 2.0 * particle.measure / particle.boundary_measure
-    return radius_um * 1e3 / ratio
+    return length_factor * radius_um * 1e3 / ratio
 
 
 def eta_from_thickness(thickness_nm: float, critical_nm: float) -> float:

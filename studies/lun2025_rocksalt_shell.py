@@ -67,6 +67,8 @@ from mpi4py import MPI
 
 import numpy as np
 
+from nmcfx.solver.outputs import write_json
+
 # --------------------------------------------------------------------------------------
 # configuration
 # --------------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def eta_model(case: Case, particle) -> tuple[float, float]:
     from nmcfx.solver import rocksalt
 
     core = SimpleNamespace(dim=2, measure=particle.core_measure, boundary_measure=particle.boundary_measure)
-    dc = rocksalt.critical_thickness_nm(core, case.ratio)
+    dc = rocksalt.critical_thickness_nm(core, case.ratio, length_factor=1.0)  # the a-priori L = R estimate
     return rocksalt.eta_from_thickness(case.delta_nm, dc), dc
 
 
@@ -503,21 +505,7 @@ def save_case(out: Path, case: Case, res, rows, images):
             w.writerow({k: repr(float(v)) for k, v in r.items()})
     np.savez(d / "images.npz", extent=np.array(images["extent"]),
              **{f"t={t:g}": img for t, img in images.items() if t != "extent"})
-    _write_json(d / "result.json", res)  # last: marks the case finished
-
-
-def _write_json(path: Path, data):
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    tmp.replace(path)
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    write_json(d / "result.json", res)  # last: marks the case finished
 
 
 def run_study(out: Path, cfg: dict, *, comm=MPI.COMM_WORLD, force: bool = False, log=print) -> dict:
@@ -571,7 +559,7 @@ def run_study(out: Path, cfg: dict, *, comm=MPI.COMM_WORLD, force: bool = False,
             "results": {name: r[0] for name, r in results.items()},
             "table": table,
         }
-        _write_json(out / "study.json", study)
+        write_json(out / "study.json", study)
         make_figures(out, cfg, results)
         (out / "summary.md").write_text(summary_markdown(cfg, table, results))
         log(f"study written to {out} ({wall:.1f} s)")

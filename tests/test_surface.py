@@ -189,7 +189,7 @@ def test_rocksalt_thickness_maps_onto_eta():
     cfg["surface"] = {"rocksalt_thickness_nm": {"blocked": 1.0}}
     run = prepare(cfg)
     dc = critical_thickness_nm(run.particle, 3000.0)
-    assert dc == pytest.approx(1.2e3 / 3000.0, rel=2e-3)  # equivalent radius 1.2 µm / ratio, in nm
+    assert dc == pytest.approx(0.65 * 1.2e3 / 3000.0, rel=2e-3)  # 0.65 × equivalent radius / ratio, nm
     w = sector_weights(run.surface, run.particle)
     assert w["surface"] == 1.0
     assert w["blocked"] == pytest.approx(1.0 / (1.0 + 1.0 / dc))
