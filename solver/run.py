@@ -148,6 +148,7 @@ def summarize(sim: Simulation, wall_s: float, title: str = "") -> dict:
         "li_extracted_mol": last.li_extracted_mol,
         "capacity_mAh_g": last.capacity_mAh_g,
         "max_abs_mass_balance_error": float(max(abs(r.mass_balance_error) for r in h)),
+        "particle_center_of_mass_um": [float(c) for c in sim.solver.particle_center_of_mass],
         "dofs": sim.solver.num_dofs,
         "steps": c.steps,
         "rejected_steps": c.rejected_steps,

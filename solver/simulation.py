@@ -99,6 +99,8 @@ class StepRecord:
     capacity_mAh_g: float
     li_rich_fraction: float
     d_um: float
+    li_rich_com_x_um: float  # centre of mass of the Li-rich region (the particle's is in summary.json)
+    li_rich_com_y_um: float
     mass_balance_error: float
     dt_s: float
     newton_iterations: int
@@ -169,7 +171,7 @@ class Simulation:
         sv = self.solver
         smin, smax = sv.surface_min_max()
         cur = sv.current_density() / self._j_per_mA_g
-        frac, d = sv.li_rich_offset(self.protocol.initial_theta - self.li_rich_drop)
+        frac, d, com = sv.li_rich_offset(self.protocol.initial_theta - self.li_rich_drop)
         return {
             "theta_mean": sv.theta_mean(),
             "theta_center": float(sv.probe("center")[0]),
@@ -180,6 +182,8 @@ class Simulation:
             "abs_current_mA_g": abs(cur),
             "li_rich_fraction": frac,
             "d_um": d,
+            "li_rich_com_x_um": float(com[0]),
+            "li_rich_com_y_um": float(com[1]),
         }
 
     def _li_mol(self, dI: float) -> float:
@@ -203,6 +207,8 @@ class Simulation:
             capacity_mAh_g=(self._I0 - I) / self.area * self.material.theoretical_capacity_mAh_g,
             li_rich_fraction=obs["li_rich_fraction"],
             d_um=obs["d_um"],
+            li_rich_com_x_um=obs["li_rich_com_x_um"],
+            li_rich_com_y_um=obs["li_rich_com_y_um"],
             mass_balance_error=((self._I0 - I) - self._ledger) / self._I0,
             dt_s=dt,
             newton_iterations=its,

@@ -477,10 +477,10 @@ class TransportSolver:
         hi = vals.max() if vals.size else -np.inf
         return self.comm.allreduce(lo, op=MPI.MIN), self.comm.allreduce(hi, op=MPI.MAX)
 
-    def li_rich_offset(self, theta_threshold: float) -> tuple[float, float]:
-        """Area (volume) fraction of the Li-rich region θ > ``theta_threshold`` and the distance
-        d (µm) between its centre of mass and the particle's (Lun 2025, Fig. 5d); d is NaN once
-        the region has vanished."""
+    def li_rich_offset(self, theta_threshold: float) -> tuple[float, float, np.ndarray]:
+        """Area (volume) fraction of the Li-rich region θ > ``theta_threshold``, the distance
+        d (µm) between its centre of mass and the particle's (Lun 2025, Fig. 5d), and that
+        centre of mass (µm); d and the centre are NaN once the region has vanished."""
         if not hasattr(self, "_lr_thr"):
             mesh = self.mesh
             self._lr_thr = fem.Constant(mesh, PETSc.ScalarType(0.0))
@@ -496,9 +496,15 @@ class TransportSolver:
         vals = reduce_array(self.comm, np.array([fem.assemble_scalar(f) for f in self._lr_forms]), MPI.SUM)
         frac = vals[0] / self.volume
         if vals[0] <= 1e-9 * self.volume:
-            return float(frac), float("nan")
+            return float(frac), float("nan"), np.full(len(vals) - 1, np.nan)
         com = vals[1:] / vals[0]
-        return float(frac), float(np.linalg.norm(com - self._particle_com))
+        return float(frac), float(np.linalg.norm(com - self._particle_com)), com
+
+    @property
+    def particle_center_of_mass(self) -> np.ndarray:
+        if not hasattr(self, "_particle_com"):
+            self.li_rich_offset(0.5)
+        return self._particle_com
 
     def add_probe(self, name: str, points: np.ndarray):
         self._probes[name] = PointProbe(self.mesh, np.asarray(points, dtype=float))
