@@ -146,6 +146,8 @@ def summarize(sim: Simulation, wall_s: float, title: str = "") -> dict:
         "theta_mean_final": last.theta_mean,
         "theta_center_final": last.theta_center,
         "li_extracted_mol": last.li_extracted_mol,
+        "li_extracted_basis": (f"per {sim.settings.thickness_um:g} µm of depth (2D cross-section)"
+                               if sim.dim == 2 else "whole particle"),
         "capacity_mAh_g": last.capacity_mAh_g,
         "max_abs_mass_balance_error": float(max(abs(r.mass_balance_error) for r in h)),
         "particle_center_of_mass_um": [float(c) for c in sim.solver.particle_center_of_mass],
@@ -167,7 +169,8 @@ def format_summary(s: dict) -> str:
         f"  simulated time        {s['end_time_min']:.1f} min",
         f"  front at the centre   {arrival}   ({s['front_definition']})",
         f"  mean θ at the end     {s['theta_mean_final']:.4f}   (centre {s['theta_center_final']:.4f})",
-        f"  Li extracted          {s['li_extracted_mol']:.4e} mol   ({s['capacity_mAh_g']:.1f} mAh/g)",
+        f"  Li extracted          {s['li_extracted_mol']:.4e} mol {s['li_extracted_basis']}   "
+        f"({s['capacity_mAh_g']:.1f} mAh/g)",
         f"  mass-balance error    {s['max_abs_mass_balance_error']:.1e}   (relative to the initial Li content)",
         f"  cost                  {s['dofs']} DOFs, {s['steps']} steps ({s['rejected_steps']} retried), "
         f"{s['newton_iterations']} Newton iterations, {s['mpi_size']} rank(s)",
