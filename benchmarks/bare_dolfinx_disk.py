@@ -94,11 +94,12 @@ def solve(comm, *, diameter_um=2.4, h=0.15, hs=0.05, dt=30.0, minutes=20.0, mA_g
     dx = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": 2})
     dxm = ufl.Measure("dx", domain=mesh, metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
     ds = ufl.Measure("ds", domain=mesh, subdomain_data=facet_tags, metadata={"quadrature_degree": 1})
-    F = (theta - theta_n) / k * v * dxm + D * ufl.inner(ufl.grad(theta), ufl.grad(v)) * dx + q * v * ds(1)
+    # residual × dt (it then measures Li), as in the framework
+    F = (theta - theta_n) * v * dxm + k * D * ufl.inner(ufl.grad(theta), ufl.grad(v)) * dx + k * q * v * ds(1)
     # exact Jacobian of the nodal coefficient: ∂(Σ D(θ_i) φ_i)/∂θ_j = D'(θ_j) φ_j, which the vertex
     # rule integrates exactly against the (cell-wise constant) ∇θ·∇v of P1
-    J = w / k * v * dxm + D * ufl.inner(ufl.grad(w), ufl.grad(v)) * dx \
-        + dD * w * ufl.inner(ufl.grad(theta), ufl.grad(v)) * dxm
+    J = w * v * dxm + k * D * ufl.inner(ufl.grad(w), ufl.grad(v)) * dx \
+        + k * dD * w * ufl.inner(ufl.grad(theta), ufl.grad(v)) * dxm
     F_form, J_form = fem.form(F), fem.form(J)
     one = fem.Constant(mesh, PETSc.ScalarType(1.0))
     area = comm.allreduce(fem.assemble_scalar(fem.form(one * dx)), op=MPI.SUM)
@@ -142,7 +143,7 @@ def solve(comm, *, diameter_um=2.4, h=0.15, hs=0.05, dt=30.0, minutes=20.0, mA_g
     snes.setJacobian(jacobian, A)
     snes.setType("newtonls")
     snes.getLineSearch().setType("bt")
-    snes.setTolerances(rtol=1e-10, atol=1e-13, stol=0.0, max_it=12)
+    snes.setTolerances(rtol=1e-10, atol=1e-14 * area, stol=0.0, max_it=12)  # as TransportSolver: 1e-14 × measure
     ksp = snes.getKSP()
     ksp.setType("preonly")
     ksp.getPC().setType("lu")
