@@ -143,7 +143,7 @@ def solve(comm, *, diameter_um=2.4, h=0.15, hs=0.05, dt=30.0, minutes=20.0, mA_g
     snes.setJacobian(jacobian, A)
     snes.setType("newtonls")
     snes.getLineSearch().setType("bt")
-    snes.setTolerances(rtol=1e-10, atol=1e-14 * area, stol=0.0, max_it=12)  # as TransportSolver: 1e-14 × measure
+    snes.setTolerances(rtol=1e-10, atol=1e-13 * area, stol=0.0, max_it=12)  # as TransportSolver: 1e-13 × measure
     ksp = snes.getKSP()
     ksp.setType("preonly")
     ksp.getPC().setType("lu")

@@ -39,7 +39,7 @@ DEFAULT_PETSC_OPTIONS = {
     "snes_type": "newtonls",
     "snes_linesearch_type": "bt",
     "snes_rtol": 1e-10,
-    "snes_atol": 1e-14,  # × particle measure (µm^d): set per problem, see TransportSolver
+    "snes_atol": 1e-13,  # × particle measure (µm^d): set per problem, see TransportSolver
     "snes_stol": 0.0,
     "snes_max_it": 12,
     "ksp_type": "preonly",
@@ -181,7 +181,7 @@ class TransportSolver:
 
         opts = dict(DEFAULT_PETSC_OPTIONS)
         measure = float(getattr(particle, "measure", 1.0) or 1.0)
-        opts["snes_atol"] = DEFAULT_PETSC_OPTIONS["snes_atol"] * measure  # Li-balance defect ≤ ~1e-14 relative
+        opts["snes_atol"] = DEFAULT_PETSC_OPTIONS["snes_atol"] * measure  # per-step Li-balance defect ≲ 1e-12 relative
         if petsc_options:
             opts.update({str(k): v for k, v in petsc_options.items()})
         self.petsc_options = opts
