@@ -8,6 +8,7 @@ then creates the run directory, writes ``metadata.json`` first, runs, and writes
 
 from __future__ import annotations
 
+import functools
 import platform
 import subprocess
 import sys
@@ -214,6 +215,12 @@ def sv_weights(sv) -> dict:
 
 
 def package_versions() -> dict:
+    """Versions of the packages that shape the results (looked up once per process)."""
+    return dict(_package_versions())
+
+
+@functools.lru_cache(maxsize=1)
+def _package_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
@@ -235,7 +242,9 @@ def package_versions() -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def git_revision() -> str:
+    """The source tree's commit (+ "-dirty" with uncommitted changes), once per process."""
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
