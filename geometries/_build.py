@@ -18,19 +18,19 @@ def _raw_message(exc: InputError) -> str:
     return text[len(prefix) :] if exc.field and text.startswith(prefix) else text
 
 
-def build_particle(
+def mesh_and_distribute(
     comm: MPI.Comm,
     mesh_on_root: Callable[[object], dict],
     tdim: int,
     what: str,
     verbose: bool = False,
-) -> ParticleMesh:
-    """Run ``mesh_on_root(gmsh.model)`` on rank 0 and distribute the result.
+):
+    """Run ``mesh_on_root(gmsh.model)`` on rank 0 and distribute the mesh with DOLFINx.
 
     ``mesh_on_root`` builds the CAD model, physical groups and mesh, and returns a
-    picklable dict with keys ``sectors`` (name -> tag), ``reactive`` (names) and
-    ``info``. Errors raised there (InputError, MeshError, gmsh exceptions) are
-    re-raised on every rank.
+    picklable dict (``sectors``, ``reactive``, ``info``). Errors raised there (InputError,
+    MeshError, gmsh exceptions) are re-raised on every rank. Returns that dict and the
+    DOLFINx ``MeshData`` (mesh, cell_tags, facet_tags).
     """
     status: tuple | None = None
     session: GmshModel | None = None
@@ -54,7 +54,6 @@ def build_particle(
             raise InputError(status[1], status[2])
         if status[0] == "mesh":
             raise MeshError(status[1])
-        meta = status[1]
         from dolfinx.io.gmsh import model_to_mesh
 
         import gmsh
@@ -66,7 +65,18 @@ def build_particle(
     finally:
         if session is not None:
             session.close()
+    return status[1], data
 
+
+def build_particle(
+    comm: MPI.Comm,
+    mesh_on_root: Callable[[object], dict],
+    tdim: int,
+    what: str,
+    verbose: bool = False,
+) -> ParticleMesh:
+    """:func:`mesh_and_distribute`, then measure the mesh into a :class:`ParticleMesh`."""
+    meta, data = mesh_and_distribute(comm, mesh_on_root, tdim, what, verbose)
     if data.facet_tags is None:
         raise MeshError(f"the {what} mesh has no tagged boundary facets")
     data.facet_tags.name = "sectors"

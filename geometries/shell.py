@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from mpi4py import MPI
 
-from nmcfx.errors import InputError, MeshError, NmcfxError
+from nmcfx.errors import InputError, MeshError
 
 from . import _gmsh
-from ._build import _raw_message
+from ._build import mesh_and_distribute
 from ._validate import in_range, number, optional_positive, positive
 from .particle import ParticleMesh, measure_mesh
 
@@ -296,9 +296,9 @@ def disk_with_shell(
         raise InputError(f"{prefix}.surface_mesh_size_um", f"would give about {est:.2g} cells; use larger sizes")
 
     what = f"disk d = {d:g} µm with a {delta:g} nm film"
-    meta = _build_on_root(comm, lambda model: _mesh_on_root(model, R, t, shell_arc_deg, h, hs, w, shell_layers),
-                          what, verbose)
-    data = _distribute(comm, what)
+    meta, data = mesh_and_distribute(
+        comm, lambda model: _mesh_on_root(model, R, t, shell_arc_deg, h, hs, w, shell_layers), 2, what, verbose
+    )
     if data.facet_tags is None or data.cell_tags is None:
         raise MeshError(f"the {what} mesh has no tagged cells/facets")
     data.facet_tags.name = "sectors"
@@ -345,53 +345,6 @@ def disk_with_shell(
         core_measure=region_area.get(REGIONS["core"], 0.0),
         shell_measure=region_area.get(REGIONS["shell"], 0.0),
     )
-
-
-def _build_on_root(comm, mesh_on_root, what: str, verbose: bool) -> dict:
-    """As :func:`._build.build_particle`, but the caller distributes (cell tags are kept).
-
-    Leaves the gmsh model open on rank 0 in ``_SESSION`` until :func:`_distribute`."""
-    global _SESSION
-    status = None
-    if comm.rank == 0:
-        session = None
-        try:
-            session = _gmsh.GmshModel(verbose)
-            model = session.open()
-            status = ("ok", mesh_on_root(model))
-            _SESSION = session
-        except InputError as exc:
-            status = ("input", exc.field, _raw_message(exc))
-        except NmcfxError as exc:
-            status = ("mesh", str(exc))
-        except Exception as exc:  # gmsh raises plain Exception
-            status = ("mesh", f"gmsh failed on the {what}: {exc}")
-        if status[0] != "ok" and session is not None:
-            session.close()
-    status = comm.bcast(status, root=0)
-    if status[0] == "input":
-        raise InputError(status[1], status[2])
-    if status[0] == "mesh":
-        raise MeshError(status[1])
-    return status[1]
-
-
-_SESSION = None
-
-
-def _distribute(comm, what: str):
-    global _SESSION
-    import gmsh
-    from dolfinx.io.gmsh import model_to_mesh
-
-    try:
-        return model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=2)
-    except Exception as exc:
-        raise MeshError(f"could not convert the gmsh mesh of the {what} to DOLFINx: {exc}") from None
-    finally:
-        if _SESSION is not None:
-            _SESSION.close()
-            _SESSION = None
 
 
 def _region_measures(mesh, cell_tags) -> dict[int, float]:
