@@ -41,3 +41,17 @@ def test_examples_and_mesh(capsys):
     assert main(["mesh", "--example", "flagship"]) == 0
     out = capsys.readouterr().out
     assert "4.87" in out and "8.06" in out
+
+
+def test_readme_config_example_runs(tmp_path, capsys):
+    """The annotated config in README.md is valid and runs as written."""
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"## Writing a config.*?```toml\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "readme.toml").write_text(block + '\n[output]\nfields = "none"\nfigures = false\n'
+                                          if "[output]" not in block else block)
+    assert main(["run", str(tmp_path / "readme.toml"), "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert (tmp_path / "out" / "steps.csv").read_text().count("\n") == 3  # header + 2 steps
