@@ -23,6 +23,15 @@ on a dark background), which stays linear in A. Regions:
     pixels  a list of [row, col] of the analysed frames, each its own series
     trace   a CSV trace (time_s, contrast) compared with θ at one point (default: centroid)
 
+Offset (``fit_offset = true``, default false): the general linear model of Eqs. 16–17,
+(I − I₀)/I₀ = A(1 − θ) + B, is reduced in the paper to B = −A(1 − θ₀) by assuming I = I₀
+at θ₀, i.e. Ī = A(θ₀ − θ). Noise in the reference frame I₀ breaks that assumption: every
+contrast frame inherits the same error, a constant offset of the measured contrast that
+biases S. With ``fit_offset`` the model is Ī = A(θ₀ − θ) + B with one B for the whole
+region (all frames and all compared pixels; one per pixel would absorb the spatial
+signal of the space-time regions), (A, B) in closed form for each S (linear least
+squares: A = cov(M, X)/var(X), B = mean(M) − A mean(X)).
+
 Uncertainty: (i) profile: the S interval where the profiled error satisfies
 M (e(S)² − e_min²) / e_min² ≤ 1 with M the number of frames (a χ² rule with σ estimated
 from the residual; frames, not pixels, are counted because pixels of one frame are
@@ -79,10 +88,11 @@ class CalibrationSettings:
     t_max_min: float | None = None
     bootstrap: int = 200
     seed: int = 0
+    fit_offset: bool = False  # fit Ī = A(θ₀ − θ) + B (one B for the region) instead of Eq. 18's B = 0
 
     KEYS = ("analysis", "trace_csv", "region", "center_radius_px", "pixels", "point_um", "edge_margin_px", "S_range",
             "S_grid", "S_tol", "refine", "A_points", "workers", "cache_dir", "blur", "resolution_um", "align",
-            "t_max_min", "bootstrap", "seed")
+            "t_max_min", "bootstrap", "seed", "fit_offset")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -184,7 +194,7 @@ def settings_from_dict(d: dict | None, base_dir: Path) -> CalibrationSettings:
         out["resolution_um"] = _num(d, "resolution_um", 0, 10, lo_open=True, unit=" µm")
     if "t_max_min" in d:
         out["t_max_min"] = _num(d, "t_max_min", 0, 1e6, lo_open=True, unit=" min")
-    for key in ("refine", "blur"):
+    for key in ("refine", "blur", "fit_offset"):
         if key in d:
             out[key] = _bool(d, key)
     if "align" in d:
@@ -564,28 +574,49 @@ def model_series(target: Target, theta: np.ndarray, inside: np.ndarray) -> np.nd
 
 @dataclass
 class Moments:
+    """Means of M², MX, X², M, X over the compared data. ``offset``: the model is A X + B
+    with B profiled out (B = m − A x), so the error uses the centred moments."""
+
     mm: float
     mx: float
     xx: float
     n: int
+    m: float = 0.0
+    x: float = 0.0
+    offset: bool = False
+
+    def central(self) -> tuple[float, float, float]:
+        if not self.offset:
+            return self.mm, self.mx, self.xx
+        return self.mm - self.m * self.m, self.mx - self.m * self.x, self.xx - self.x * self.x
 
     def best_A(self) -> float:
-        return self.mx / self.xx if self.xx > 0 else 0.0
+        _, mx, xx = self.central()
+        return mx / xx if xx > 0 else 0.0
+
+    def best_B(self, A=None) -> float:
+        """The offset minimising e at A (0 without ``offset``, Eq. 18)."""
+        if not self.offset:
+            return 0.0
+        return self.m - (self.best_A() if A is None else A) * self.x
 
     def error(self, A) -> np.ndarray:
+        """e at A, minimised over B when ``offset``."""
         A = np.asarray(A, dtype=float)
-        return np.sqrt(np.maximum(self.mm - 2 * A * self.mx + A * A * self.xx, 0.0))
+        mm, mx, xx = self.central()
+        return np.sqrt(np.maximum(mm - 2 * A * mx + A * A * xx, 0.0))
 
 
-def moments(M: np.ndarray, X: np.ndarray, frames=None) -> Moments:
+def moments(M: np.ndarray, X: np.ndarray, frames=None, offset: bool = False) -> Moments:
     if frames is not None:
         M, X = M[frames], X[frames]
     ok = np.all(np.isfinite(X), axis=1)
     M, X = M[ok], X[ok]
     n = M.size
     if n == 0:
-        return Moments(0.0, 0.0, 0.0, 0)
-    return Moments(float((M * M).sum() / n), float((M * X).sum() / n), float((X * X).sum() / n), n)
+        return Moments(0.0, 0.0, 0.0, 0, offset=offset)
+    return Moments(float((M * M).sum() / n), float((M * X).sum() / n), float((X * X).sum() / n), n,
+                   float(M.sum() / n), float(X.sum() / n), offset)
 
 
 # ---------------------------------------------------------------------------- the search
@@ -604,10 +635,11 @@ class CalibrationResult:
     at_edge: bool
     counts: dict
     notes: list = field(default_factory=list)
+    B: float = 0.0  # contrast offset (fit_offset; 0 for Eq. 18)
 
     def to_dict(self) -> dict:
         return {
-            "S": self.S, "A": self.A, "e_min": self.e_min,
+            "S": self.S, "A": self.A, "B": self.B, "fit_offset": self.settings.fit_offset, "e_min": self.e_min,
             "S_profile_interval": list(self.S_profile_interval),
             "A_stderr": self.A_stderr,
             "bootstrap": self.bootstrap,
@@ -652,8 +684,11 @@ def calibrate(cfg: dict, base_dir: Path, settings: CalibrationSettings, *, comm=
             cache_X[S] = model_series(target, r["theta"], r["inside"])
         return cache_X[S]
 
+    off = settings.fit_offset
+
     def e_of(S):
-        return float(moments(M, X_of(S)).error(moments(M, X_of(S)).best_A()))
+        mo = moments(M, X_of(S), offset=off)
+        return float(mo.error(mo.best_A()))
 
     errs = [e_of(S) for S in grid]
     j = int(np.argmin(errs))
@@ -673,26 +708,29 @@ def calibrate(cfg: dict, base_dir: Path, settings: CalibrationSettings, *, comm=
     evaluated = sorted(ev.results)
     table = []
     for S in evaluated:
-        mo = moments(M, X_of(S))
+        mo = moments(M, X_of(S), offset=off)
         A = mo.best_A()
-        table.append({"S": S, "A": A, "e": float(mo.error(A)), "mm": mo.mm, "mx": mo.mx, "xx": mo.xx,
+        table.append({"S": S, "A": A, "B": mo.best_B(A), "e": float(mo.error(A)), "mm": mo.mm, "mx": mo.mx,
+                      "xx": mo.xx, "m": mo.m, "x": mo.x,
                       "phase": ev.results[S]["phase"],
                       "cached": bool(ev.results[S].get("cached", False)),
                       "wall_s": float(ev.results[S].get("wall_s", 0.0))})
     best = min(table, key=lambda r: r["e"])
-    S_best, A_best, e_best = best["S"], best["A"], best["e"]
+    S_best, A_best, B_best, e_best = best["S"], best["A"], best["B"], best["e"]
     at_edge = bool(S_best <= lo * (1 + 2 * settings.S_tol) or S_best >= hi * (1 - 2 * settings.S_tol))
     if at_edge:
         notes.append(f"the minimum is at the edge of S_range [{lo:g}, {hi:g}]: widen the range")
     X_best = X_of(S_best)
-    mo = moments(M, X_best)
+    mo = moments(M, X_best, offset=off)
     n_frames = int(np.all(np.isfinite(X_best), axis=1).sum())
-    A_stderr = float(e_best / math.sqrt(mo.xx * mo.n)) if mo.xx > 0 else float("nan")
+    xx_c = mo.central()[2]
+    A_stderr = float(e_best / math.sqrt(xx_c * mo.n)) if xx_c > 0 else float("nan")
     interval = _profile_interval(np.array([r["S"] for r in table]), np.array([r["e"] for r in table]), e_best, n_frames)
-    boot = _bootstrap(M, {S: X_of(S) for S in evaluated}, settings.bootstrap, settings.seed) if settings.bootstrap else None
+    boot = (_bootstrap(M, {S: X_of(S) for S in evaluated}, settings.bootstrap, settings.seed, offset=off)
+            if settings.bootstrap else None)
     counts = {"simulated": ev.simulated, "from_cache": ev.cached, "evaluated": len(evaluated)}
     return CalibrationResult(S_best, A_best, e_best, table, interval, A_stderr, boot, target, X_best, settings,
-                             at_edge, counts, notes)
+                             at_edge, counts, notes, B=B_best)
 
 
 def _profile_interval(S, e, e_min, n_frames) -> tuple:
@@ -715,7 +753,7 @@ def _profile_interval(S, e, e_min, n_frames) -> tuple:
     return cross(-1), cross(+1)
 
 
-def _bootstrap(M, X_by_S: dict, n_boot: int, seed: int) -> dict:
+def _bootstrap(M, X_by_S: dict, n_boot: int, seed: int, offset: bool = False) -> dict:
     """Moving-block bootstrap over frames; S from a parabola (in log S) through the best three."""
     rng = np.random.default_rng(seed)
     n = M.shape[0]
@@ -726,7 +764,7 @@ def _bootstrap(M, X_by_S: dict, n_boot: int, seed: int) -> dict:
     starts = np.arange(0, n - L + 1)
     for _ in range(n_boot):
         idx = np.concatenate([np.arange(s, s + L) for s in rng.choice(starts, size=int(math.ceil(n / L)))])[:n]
-        mos = [moments(M, X, idx) for X in Xs]
+        mos = [moments(M, X, idx, offset=offset) for X in Xs]
         e = np.array([mo.error(mo.best_A()) for mo in mos])
         k = int(np.argmin(e))
         if 0 < k < len(S_list) - 1:
@@ -759,11 +797,11 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
     r = result
     t = r.target
     files = []
-    _csv_rows(outdir / "e_profile.csv", ["S", "A_best", "e_min", "phase", "cached"],
-              [[row["S"], row["A"], row["e"], row["phase"], int(row["cached"])] for row in r.evaluations])
+    _csv_rows(outdir / "e_profile.csv", ["S", "A_best", "e_min", "phase", "cached", "B_best"],
+              [[row["S"], row["A"], row["e"], row["phase"], int(row["cached"]), row["B"]] for row in r.evaluations])
     files.append("e_profile.csv")
     meas_mean = t.measured.mean(axis=1)
-    pred = r.A * r.X_best
+    pred = r.A * r.X_best + r.B
     pred_mean = pred.mean(axis=1)
     _csv_rows(outdir / "fit.csv", ["time_s", "measured_contrast", "predicted_contrast", "model_theta0_minus_theta"],
               [[float(t.times_s[k]), float(meas_mean[k]), float(pred_mean[k]), float(r.X_best[k].mean())]
@@ -775,21 +813,27 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
     A_hi = 1.4 * max(A_vals.max(), r.A)
     A_grid = np.linspace(A_lo, A_hi, r.settings.A_points)
     # e² = mean(M²) − 2 A mean(MX) + A² mean(X²): exact on any A grid from the stored moments
-    E = np.array([Moments(row["mm"], row["mx"], row["xx"], 1).error(A_grid) for row in r.evaluations])
+    # (fit_offset: centred moments, i.e. e minimised over B at every (S, A))
+    off = r.settings.fit_offset
+    E = np.array([Moments(row["mm"], row["mx"], row["xx"], 1, row["m"], row["x"], off).error(A_grid)
+                  for row in r.evaluations])
     np.savez_compressed(outdir / "error_map.npz", S=S_vals, A=A_grid, e=E)
     files.append("error_map.npz")
-    figures.error_map(S_vals, A_grid, E, (r.S, r.A), outdir / "error_map.png")
+    figures.error_map(S_vals, A_grid, E, (r.S, r.A), outdir / "error_map.png",
+                      title="calibration error min over B of e(S, A, B)" if off else "")
     lab = {"center": "(particle centre)", "trace": "(trace)", "mask": "(mask mean)", "line": "(line-cut mean)",
            "pixels": "(pixel mean)"}[t.region_kind]
+    b_txt = f", B = {r.B:.3g}" if off else ""
     figures.fit_overlay(t.times_s, meas_mean, pred_mean, outdir / "fit_overlay.png", label=lab,
-                        title=f"S = {r.S:.4g}, A = {r.A:.4g}, e = {r.e_min:.3g}")
+                        title=f"S = {r.S:.4g}, A = {r.A:.4g}{b_txt}, e = {r.e_min:.3g}",
+                        model_label="model A(θ₀ − θ) + B" if off else "model A(θ₀ − θ)")
     figures.error_profile(S_vals, [row["e"] for row in r.evaluations], r.S, r.S_profile_interval,
                           outdir / "error_profile.png")
     files += ["error_map.png", "fit_overlay.png", "error_profile.png"]
     if t.region is not None and not t.average:
         figures.model_vs_measured_maps(t.measured, pred, t.region, t.times_s, outdir / "model_vs_measured.png",
-                                       title=f"region {t.region_kind}: measured vs A(θ₀ − θ) at S = {r.S:.4g}, "
-                                             f"A = {r.A:.4g}")
+                                       title=f"region {t.region_kind}: measured vs A(θ₀ − θ){' + B' if off else ''} "
+                                             f"at S = {r.S:.4g}, A = {r.A:.4g}{b_txt}")
         files.append("model_vs_measured.png")
     summary = r.to_dict()
     write_json(outdir / "calibration.json", summary)
@@ -804,6 +848,7 @@ def format_calibration(r: CalibrationResult) -> str:
     lines = [
         f"  best S      {r.S:.4g}   (profile interval {iv})",
         f"  best A      {r.A:.4g} ± {r.A_stderr:.2g}",
+        *([f"  offset B    {r.B:.4g}   (fit_offset: Ī = A(θ₀ − θ) + B)"] if r.settings.fit_offset else []),
         f"  e(S, A)     {r.e_min:.4g}   over {len(r.target.times_s)} frames × {r.target.measured.shape[1]} series "
         f"(region {r.target.region_kind})",
     ]

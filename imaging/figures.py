@@ -189,14 +189,14 @@ def error_map(S_values, A_grid, E, best, path, *, title=""):
     return _save(fig, path)
 
 
-def fit_overlay(times_s, measured, predicted, path, *, label="", title=""):
+def fit_overlay(times_s, measured, predicted, path, *, label="", title="", model_label="model A(θ₀ − θ)"):
     """Measured vs predicted total contrast (Xu 2022 Fig. S2C)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.88)
     t = np.asarray(times_s) / 60.0
     ax.plot(t, measured, "o", ms=3.5, mfc="none", color="k", label=f"measured{(' ' + label) if label else ''}")
-    ax.plot(t, predicted, "-", color="tab:red", lw=1.8, label="model A(θ₀ − θ)")
+    ax.plot(t, predicted, "-", color="tab:red", lw=1.8, label=model_label)
     ax.set_xlabel("time (min)")
     ax.set_ylabel("total contrast")
     ax.legend(frameon=False, fontsize=8)

@@ -338,6 +338,8 @@ trace_csv = "trace.csv"
     ('trace_csv = "trace.csv"', 'trace_csv = "missing.csv"', "calibration.trace_csv"),
     ('trace_csv = "trace.csv"', 'analysis = "nowhere"', "calibration.analysis"),
     ('trace_csv = "trace.csv"', 'trace_csv = "trace.csv"\nworkers = 0', "calibration.workers"),
+    ('trace_csv = "trace.csv"', 'trace_csv = "trace.csv"\nfit_offset = "yes"', "calibration.fit_offset"),
+    ('trace_csv = "trace.csv"', 'trace_csv = "trace.csv"\nfit_offset = 1', "calibration.fit_offset"),
     ('trace_csv = "trace.csv"', 'trace_csv = "trace.csv"\nregion = "mask"', "calibration.region"),
     ('diameter_um = 2.4', 'diameter_um = -1', "geometry.diameter_um"),
     ('[calibration]\ntrace_csv = "trace.csv"', '', "calibration"),

@@ -5,7 +5,8 @@ the pipeline must return the answers the simulation was made with.
   PSF blur, texture and a marker spot; four frames before the current are averaged into I₀.
   `nmcfx analyze` must recover the drift (< 0.2 px) and `nmcfx calibrate` (meshing the
   particle from the image outline) S and A within 5 %, from the centre trace (Eq. 18,
-  grid in worker processes) and from all mask pixels (space-time).
+  grid in worker processes) and from all mask pixels (space-time). With a reference 1 %
+  too bright, Eq. 18 is biased and ``fit_offset`` (Ī = A(θ₀ − θ) + B) recovers S, A and B.
 * Asymmetry: half of the outline carries 10 % of the flux (sector weights, the partial
   blocking of seed 000 without the film model of issue 3); d(t) from the images agrees
   with d(t) integrated on the simulated field.
@@ -156,6 +157,48 @@ def test_twin_calibration_space_time(twin, capsys):
     assert r["series"] > 1000
     assert r["S"] == pytest.approx(S_TRUE, rel=0.05)
     assert r["A"] == pytest.approx(A_TRUE, rel=0.05)
+
+
+def test_twin_calibration_offset_reference(twin, capsys):
+    """A reference frame 1 % too bright (the same error inherited by every contrast frame):
+    contrast' = (1 + c)/(1 + ε) − 1 = c/(1 + ε) + B with B = 1/(1 + ε) − 1. Eq. 18 (B = 0)
+    is biased; fit_offset recovers S, A/(1 + ε) and B. The grid simulations are those of the
+    centre-trace test (same mesh, frames and pixels: taken from the cache)."""
+    eps = 0.01
+    src = _analyse(twin, capsys)
+    dst = twin["dir"] / "analysis-offset"
+    dst.mkdir(exist_ok=True)
+    with np.load(src / "contrast.npz") as z:
+        data = {k: z[k] for k in z.files}
+    c = data["contrast"]
+    data["contrast"] = np.where(data["mask"][None], (1.0 + c) / (1.0 + eps) - 1.0, c)
+    np.savez_compressed(dst / "contrast.npz", **data)
+    B_true, A_eff = 1.0 / (1.0 + eps) - 1.0, A_TRUE / (1.0 + eps)
+    res = {}
+    for fit in (False, True):
+        name = f"cal-offset-{str(fit).lower()}"
+        cfg = twin["dir"] / f"{name}.toml"
+        text = CALIBRATION.format(region="center", workers=2).replace('analysis = "analysis"',
+                                                                     'analysis = "analysis-offset"')
+        cfg.write_text(textwrap.dedent(text) + f"fit_offset = {str(fit).lower()}\n")
+        out = twin["dir"] / name
+        code = main(["calibrate", str(cfg), "-o", str(out)])
+        txt = capsys.readouterr()
+        assert code == 0, txt
+        res[fit] = json.loads((out / "calibration.json").read_text())
+    for fit, r in res.items():
+        print(f"fit_offset = {fit}: S = {r['S']:.4f}, A = {r['A']:.4f}, B = {r['B']:.5f}, e = {r['e_min']:.4g}  "
+              f"(true S {S_TRUE}, A {A_eff:.4f}, B {B_true:.5f})")
+    plain, off = res[False], res[True]
+    assert plain["B"] == 0.0 and plain["fit_offset"] is False and off["fit_offset"] is True
+    assert off["S"] == pytest.approx(S_TRUE, rel=0.05)
+    assert off["A"] == pytest.approx(A_eff, rel=0.05)
+    assert off["B"] == pytest.approx(B_true, abs=0.2 * abs(B_true))
+    assert abs(plain["S"] - S_TRUE) > 0.10 * S_TRUE  # Eq. 18 alone: S ≈ 4.36 (+25 %) for this 1 % offset
+    assert abs(off["S"] - S_TRUE) < abs(plain["S"] - S_TRUE)
+    assert off["e_min"] < plain["e_min"]
+    rows = np.genfromtxt(twin["dir"] / "cal-offset-true" / "e_profile.csv", delimiter=",", names=True)
+    assert "B_best" in rows.dtype.names
 
 
 @pytest.mark.parametrize("blocked", [True])
