@@ -77,6 +77,11 @@ def build_particle(
 ) -> ParticleMesh:
     """:func:`mesh_and_distribute`, then measure the mesh into a :class:`ParticleMesh`."""
     meta, data = mesh_and_distribute(comm, mesh_on_root, tdim, what, verbose)
+    return particle_from(meta, data, tdim, what)
+
+
+def particle_from(meta: dict, data, tdim: int, what: str, cls=ParticleMesh, **extra) -> ParticleMesh:
+    """Measure distributed mesh data (sectors, areas, sizes) into ``cls`` (a ParticleMesh)."""
     if data.facet_tags is None:
         raise MeshError(f"the {what} mesh has no tagged boundary facets")
     data.facet_tags.name = "sectors"
@@ -88,7 +93,7 @@ def build_particle(
         info[key] = m[key]
     if info["num_cells"] == 0:
         raise MeshError(f"the {what} mesh has no cells")
-    return ParticleMesh(
+    return cls(
         mesh=data.mesh,
         facet_tags=data.facet_tags,
         sectors=sectors,
@@ -99,4 +104,5 @@ def build_particle(
         sector_measure=m["sector_measure"],
         reactive_sectors=reactive,
         info=info,
+        **extra,
     )

@@ -44,9 +44,9 @@ from mpi4py import MPI
 from nmcfx.errors import InputError, MeshError
 
 from . import _gmsh
-from ._build import mesh_and_distribute
+from ._build import mesh_and_distribute, particle_from
 from ._validate import in_range, number, optional_positive, positive
-from .particle import ParticleMesh, measure_mesh
+from .particle import ParticleMesh
 
 REGIONS = {"core": 1, "shell": 2}
 BLOCKED = "blocked"
@@ -301,17 +301,20 @@ def disk_with_shell(
     )
     if data.facet_tags is None or data.cell_tags is None:
         raise MeshError(f"the {what} mesh has no tagged cells/facets")
-    data.facet_tags.name = "sectors"
     data.cell_tags.name = "regions"
-    sectors = dict(meta["sectors"])
-    reactive = tuple(meta["reactive"])
-    m = measure_mesh(data.mesh, data.facet_tags, sectors, reactive)
-    info = dict(meta["info"])
-    for key in ("num_cells", "num_vertices", "num_ranks", "h_min", "h_max", "h_surface_mean", "h_interior_mean"):
-        info[key] = m[key]
     region_area = _region_measures(data.mesh, data.cell_tags)
+    particle = particle_from(
+        meta, data, 2, what, cls=ShelledParticleMesh,
+        cell_tags=data.cell_tags,
+        regions=dict(REGIONS),
+        radius_um=R,
+        shell_thickness_nm=delta,
+        shell_arc_deg=shell_arc_deg,
+        core_measure=region_area.get(REGIONS["core"], 0.0),
+        shell_measure=region_area.get(REGIONS["shell"], 0.0),
+    )
     dphi = 2.0 * math.pi if shell_arc_deg is None else math.radians((shell_arc_deg[1] - shell_arc_deg[0]) % 360.0)
-    info.update({
+    particle.info.update({
         "shape": what,
         "diameter_um": d,
         "shell_thickness_nm": delta,
@@ -326,25 +329,7 @@ def disk_with_shell(
                       "core_area": math.pi * R * R, "shell_area": 0.5 * dphi * ((R + t) ** 2 - R * R),
                       "covered_arc_um": R * dphi},
     })
-    return ShelledParticleMesh(
-        mesh=data.mesh,
-        facet_tags=data.facet_tags,
-        sectors=sectors,
-        dim=2,
-        centroid=m["centroid"],
-        measure=m["measure"],
-        boundary_measure=m["boundary_measure"],
-        sector_measure=m["sector_measure"],
-        reactive_sectors=reactive,
-        info=info,
-        cell_tags=data.cell_tags,
-        regions=dict(REGIONS),
-        radius_um=R,
-        shell_thickness_nm=delta,
-        shell_arc_deg=shell_arc_deg,
-        core_measure=region_area.get(REGIONS["core"], 0.0),
-        shell_measure=region_area.get(REGIONS["shell"], 0.0),
-    )
+    return particle
 
 
 def _region_measures(mesh, cell_tags) -> dict[int, float]:
