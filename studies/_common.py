@@ -392,6 +392,21 @@ def plt():
     return pyplot
 
 
+def theta_panel(ax, tri, theta, outlines: dict, vmin: float, vmax: float, *, lw: float = 0.6,
+                highlight: str | None = None):
+    """Draw one θ map (Gouraud-shaded on the mesh) with the sector outlines; returns the image.
+
+    ``highlight`` names a sector drawn as a thick red arc (e.g. the blocked one)."""
+    handle = ax.tripcolor(tri, theta, shading="gouraud", cmap="viridis", vmin=vmin, vmax=vmax, rasterized=True)
+    for name, line in outlines.items():
+        if name == highlight:
+            ax.plot(line[:, 0], line[:, 1], color="crimson", lw=3.0, solid_capstyle="butt")
+        else:
+            ax.plot(line[:, 0], line[:, 1], color="k", lw=lw)
+    ax.set_aspect("equal")
+    return handle
+
+
 def settle_time(t: np.ndarray, y: np.ndarray, level: float, start: int = 0) -> float:
     """Time from which ``y`` stays at or below ``level`` (searching from index ``start`` on;
     linear interpolation at the last down-crossing). NaN if it is above at the last point."""

@@ -27,7 +27,7 @@ from mpi4py import MPI  # noqa: F401  (before dolfinx)
 
 import numpy as np
 
-from nmcfx.studies._common import QUIET_OUTPUT, Study, disk_geometry, parse_args, plt, write_csv
+from nmcfx.studies._common import QUIET_OUTPUT, Study, disk_geometry, parse_args, plt, theta_panel, write_csv
 
 NAME = "lun2025_fig4"
 RATE_MA_G = 100.0
@@ -115,14 +115,7 @@ def plot(study: Study, path):
         tri = mtri.Triangulation(m["points"][:, 0], m["points"][:, 1], m["triangles"])
         for c, tmin in enumerate(TIMES_MIN):
             ax = axes[r, c]
-            handle = ax.tripcolor(tri, m["theta"][c], shading="gouraud", cmap="viridis", vmin=vmin, vmax=vmax,
-                                  rasterized=True)
-            for name, line in m["outlines"].items():
-                if name == "blocked":
-                    ax.plot(line[:, 0], line[:, 1], color="crimson", lw=3.0, solid_capstyle="butt")
-                else:
-                    ax.plot(line[:, 0], line[:, 1], color="k", lw=0.6)
-            ax.set_aspect("equal")
+            handle = theta_panel(ax, tri, m["theta"][c], m["outlines"], vmin, vmax, highlight="blocked")
             ax.set_xticks([])
             ax.set_yticks([])
             for sp in ax.spines.values():

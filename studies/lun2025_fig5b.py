@@ -20,7 +20,6 @@ import sys
 
 from mpi4py import MPI  # noqa: F401  (before dolfinx)
 
-import numpy as np
 
 from nmcfx.studies._common import Study, lun_cutoff_config, parse_args, plt, write_csv
 

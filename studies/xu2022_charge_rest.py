@@ -26,8 +26,8 @@ from mpi4py import MPI  # noqa: F401  (before dolfinx)
 
 import numpy as np
 
-from nmcfx.studies._common import QUIET_OUTPUT, Study, disk_geometry, parse_args, plt, settle_time, write_csv, \
-    xu_geometry
+from nmcfx.studies._common import QUIET_OUTPUT, Study, disk_geometry, parse_args, plt, settle_time, theta_panel, \
+    write_csv, xu_geometry
 
 NAME = "xu2022_charge_rest"
 CHARGE_MIN = 20.0
@@ -157,11 +157,7 @@ def plot(study, cases, summary, path):
     h = None
     for j, tmin in enumerate(MAP_TIMES_MIN):
         axm = fig.add_subplot(gs[1, j])
-        h = axm.tripcolor(tri, m["theta"][j], shading="gouraud", cmap="viridis", vmin=vmin, vmax=vmax,
-                          rasterized=True)
-        for line in m["outlines"].values():
-            axm.plot(line[:, 0], line[:, 1], color="k", lw=0.6)
-        axm.set_aspect("equal")
+        h = theta_panel(axm, tri, m["theta"][j], m["outlines"], vmin, vmax)
         axm.axis("off")
         phase = "charge" if tmin <= CHARGE_MIN else f"rest +{tmin - CHARGE_MIN:g} min"
         axm.set_title(f"{tmin:g} min ({phase})", fontsize=9)

@@ -36,7 +36,8 @@ from mpi4py import MPI  # noqa: F401  (before dolfinx)
 
 import numpy as np
 
-from nmcfx.studies._common import QUIET_OUTPUT, Study, parse_args, plt, read_csv_columns, write_csv, xu_geometry
+from nmcfx.studies._common import (QUIET_OUTPUT, Study, parse_args, plt, read_csv_columns, theta_panel, write_csv,
+                                   xu_geometry)
 
 NAME = "xu2022_discharge_rim"
 #: key, charge rate (1/h), label. The first is the briefed protocol (C/3 charge); the second
@@ -277,11 +278,7 @@ def plot(res, names, prof, path, label=""):
                 h = None
                 for j, k in enumerate(idx):
                     ax = fig.add_subplot(top[0, col + j])
-                    h = ax.tripcolor(tri, m["theta"][k], shading="gouraud", cmap="viridis", vmin=vmin, vmax=vmax,
-                                     rasterized=True)
-                    for line in m["outlines"].values():
-                        ax.plot(line[:, 0], line[:, 1], color="k", lw=0.5)
-                    ax.set_aspect("equal")
+                    h = theta_panel(ax, tri, m["theta"][k], m["outlines"], vmin, vmax, lw=0.5)
                     ax.axis("off")
                     ax.set_title(f"{names[k]}\n(t = {m['times_s'][k] / 60:.0f} min)", fontsize=8)
                 fig.colorbar(h, cax=fig.add_subplot(top[0, col + len(g)]), label="θ")
