@@ -260,6 +260,8 @@ class TransportSolver:
     def solve_step(self, dt: float, dt_prev: float | None, order: int, guess: np.ndarray | None = None) -> StepResult:
         """One implicit step from (θ_n, θ_{n-1}) to θ (left in ``self.theta``)."""
         self.problem.set_time_step(dt, dt_prev, order)
+        if isinstance(guess, list):  # the time loop predicts every transient field
+            guess = guess[0]
         self.theta.x.array[:] = guess if guess is not None else self.theta_n.x.array
         res = self.problem.solve()
         if res.converged:  # occupancies must stay in (0, 1)
