@@ -43,6 +43,7 @@ from nmcfx.materials.constants import FARADAY, GAS_CONSTANT
 
 from .exports import BoundaryExtremes, FieldIntegral, PointProbe, owned_weights
 from .problem import Field, Problem, StepResult
+from .simulation import Simulation
 from .terms import ButlerVolmer, Conduction, CurrentControl, NonlinearDiffusion, TimeDerivative, theta_to_flux_scale
 
 ELECTROLYTE_MODELS = ("uniform",)
@@ -369,7 +370,8 @@ class ElectrodeModel:
         val = float(b.array_r[self._collector_dofs].sum()) if len(self._collector_dofs) else 0.0
         b.destroy()
         dt = float(self.dt.value)
-        return -self.comm.allreduce(val, op=MPI.SUM) / (dt * self._scale)
+        # Σ over all DOFs of the residual is ∫ i ds; at convergence every non-collector entry is 0
+        return self.comm.allreduce(val, op=MPI.SUM) / (dt * self._scale)
 
     @property
     def voltage(self) -> float:
@@ -413,3 +415,84 @@ def particle_materials(electrode, base_material, material_cfg_for=None) -> list:
             m = material_cfg_for(p["material"], p)
         out.append(m)
     return out
+
+
+# ---------------------------------------------------------------------------- time loop
+class Record(dict):
+    """One accepted time step of an electrode run (a row of timeseries.csv); keys read as attributes."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def particle_quantities(names) -> tuple[str, ...]:
+    """Per-particle quantities a stop condition may watch (``theta_mean_T3 <= 0.5``)."""
+    return tuple(f"{q}_{n}" for n in names for q in ("theta_mean", "theta_surface", "theta_near"))
+
+
+class ElectrodeSimulation(Simulation):
+    """The time loop of :class:`Simulation` on an :class:`ElectrodeModel`: the same adaptive
+    steps, events, Li ledger and checkpoints; the electrode's observables and records."""
+
+    def _setup(self, center):  # noqa: ARG002
+        m = self.solver
+        self.dim = m.dim
+        self.area = m.volume  # total NMC measure (µm² or µm³)
+        self.perimeter = m.perimeter  # total reacting surface
+        self.reactive_sectors = []
+        self.sector_weights = {}
+        self.names = list(m.names)
+        self._j_per_mA_g = self.material.current_density_for_specific_current(1.0, self.area, self.perimeter)
+        rho = self.material.density_g_cm3 * 1e6  # g m⁻³
+        # particle current (A m⁻² × µm^(d-1)) → mA per g of that particle
+        um = 1e-6
+        self._per_particle_mA_g = np.array([
+            1e3 * um ** (self.dim - 1) / (rho * a * um ** self.dim) for a in m.particle_measure])
+
+    def record_from_dict(self, d: dict):
+        return Record(d)
+
+    def observe(self) -> dict:
+        m = self.solver
+        cur = m.particle_currents()
+        total = float(cur.sum())
+        current = total / m.perimeter / self._j_per_mA_g
+        smin, smax = m.surface_min_max()
+        obs = {"theta_mean": m.theta_mean(), "theta_surface_min": smin, "theta_surface_max": smax,
+               "voltage_V": m.voltage, "current_mA_g": current, "abs_current_mA_g": abs(current),
+               "potential_drop_V": m.potential_drop()}
+        for name, mean, surf, near, i_p, f in zip(self.names, m.particle_means(), m.particle_surface_means(),
+                                                   m.particle_near_surface_means(), cur, self._per_particle_mA_g):
+            obs[f"theta_mean_{name}"] = float(mean)
+            obs[f"theta_surface_{name}"] = float(surf)
+            obs[f"theta_near_{name}"] = float(near)
+            obs[f"current_mA_g_{name}"] = float(i_p * f)
+        obs["_sum_particle_currents"] = total
+        return obs
+
+    def _record(self, obs: dict, k: int, dt: float, its: int):
+        m = self.solver
+        I = m.integral_theta()
+        c = m.counters
+        total = obs["_sum_particle_currents"]
+        coll = m.collector_current() if dt > 0 else total
+        rec = Record(time_s=self.t, protocol_step=k, voltage_V=obs["voltage_V"],
+                     current_mA_g=obs["current_mA_g"],
+                     capacity_mAh_g=(self._I0 - I) / self.area * self.material.theoretical_capacity_mAh_g,
+                     li_extracted_mol=self._li_mol(self._I0 - I),
+                     theta_mean=obs["theta_mean"], theta_surface_min=obs["theta_surface_min"],
+                     theta_surface_max=obs["theta_surface_max"], potential_drop_V=obs["potential_drop_V"],
+                     mass_balance_error=((self._I0 - I) - self._ledger) / self._I0,
+                     charge_balance_error=(coll - total) / max(abs(total), 1e-300) if total else coll)
+        for key, val in obs.items():
+            if key.startswith(("theta_mean_", "theta_surface_", "theta_near_", "current_mA_g_")):
+                rec[key] = val
+        rec.update(dt_s=dt, newton_iterations=its, steps_total=c.steps, rejected_total=c.rejected_steps,
+                   newton_total=c.newton_iterations, linear_total=c.linear_iterations)
+        self.history.append(rec)
+        for o in self.observers:
+            o.record(self, rec)
+        return rec
