@@ -505,10 +505,11 @@ class ResolvedElectrolyte:
         change = self.salt_change()
         out = {"c_l_min_mol_m3": lo, "c_l_max_mol_m3": hi, "c_l_mean_mol_m3": self.c0 + change / self.pore_volume,
                "electrolyte_potential_drop_V": self.potential_drop(), "salt_balance_error": change / self.salt0}
-        if dt > 0:
+        if dt > 0:  # relative to the current, at least that of C/20 (rests and holds stay meaningful)
             inner = self.interface_current()
             sep = self.separator_current()
-            out["electrolyte_charge_balance_error"] = (sep - inner) / abs(inner) if inner else sep
+            m = self.model
+            out["electrolyte_charge_balance_error"] = (sep - inner) / max(abs(inner), m._j_ref * m.perimeter)
         else:
             out["electrolyte_charge_balance_error"] = 0.0
         return out
