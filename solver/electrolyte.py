@@ -225,7 +225,7 @@ class InterfaceButlerVolmer(ButlerVolmer):
         def rate(over):
             return ufl.exp(mat.alpha_a * f * over) - ufl.exp(-mat.alpha_c * f * over)
 
-        g = self.electrolyte.exchange_factor(mat.alpha_a).expr()
+        g = self.electrolyte.coefficients.expr(f"g{mat.alpha_a!r}")
         U, i0, phs, phr = self.U.expr(), self.i0.expr(), self.phi_s.u, self.phi_l.u
         self.i_inner = i0("+") * g("-") * rate(phs("+") - phr("+") - self.dphi.u("-") - U("+"))
         self.i_outer = i0 * rate(phs - phr - U) if self.ds_outer is not None else None
@@ -258,57 +258,72 @@ class InterfaceButlerVolmer(ButlerVolmer):
         return out
 
 
+class ElectrolyteCoefficients:
+    """The c-dependent nodal coefficients of the pores in one vector-valued P1 function (value) and
+    another (derivative d/dc), linearised about the Δc_l iterate: component k as a UFL expression is
+    p_k + p'_k (Δc_l − Δc_frozen), whose derivative is exact with the vertex rule. One function
+    instead of one per property keeps the coefficient packing of every form cheap.
+
+    Components: κ (S m⁻¹), (2RT/F) κ ν / c (S m⁻¹ per mol m⁻³), D × 10¹² (µm² s⁻¹), 1 − t₊, and
+    (c/c_ref)^α for every distinct α_a of the particles' kinetics (named ``g<α>``)."""
+
+    def __init__(self, field: Field, props, temperature_K: float, c_ref: float, alphas):
+        self.field, self.props, self.c_ref = field, props, c_ref
+        self.alphas = sorted({float(a) for a in alphas})
+        self.names = ["kappa", "kd", "D", "tm"] + [f"g{a!r}" for a in self.alphas]
+        self.two_rt_f = 2.0 * GAS_CONSTANT * temperature_K / FARADAY
+        n = len(self.names)
+        Vv = fem.functionspace(field.mesh, ("Lagrange", 1, (n,)))
+        self.value = fem.Function(Vv, name="electrolyte_properties")
+        self.derivative = fem.Function(Vv, name="d_electrolyte_properties")
+        self.frozen = fem.Function(field.V, name="delta_c_frozen")
+
+    def expr(self, name: str):
+        k = self.names.index(name)
+        return self.value[k] + self.derivative[k] * (self.field.u - self.frozen)
+
+    def evaluate(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Values and c-derivatives of every component at the concentrations ``c`` (mol m⁻³)."""
+        pr = self.props
+        k, dk = pr.conductivity(c), pr.dconductivity(c)
+        t, dt = pr.transference_number(c), pr.dtransference_number(c)
+        tf, dtf = pr.thermodynamic_factor(c), pr.dthermodynamic_factor(c)
+        nu, dnu = (1.0 - t) * tf, -dt * tf + (1.0 - t) * dtf
+        a = self.two_rt_f
+        vals = [k, a * k * nu / c, pr.diffusivity(c) * 1e12, 1.0 - t]
+        ders = [dk, a * (dk * nu / c + k * dnu / c - k * nu / c**2), pr.ddiffusivity(c) * 1e12, -dt]
+        for al in self.alphas:
+            r = c / self.c_ref
+            vals.append(r**al)
+            ders.append(al * r ** (al - 1.0) / self.c_ref)
+        lo, hi = pr.c_range  # held constant beyond the property range: no slope there
+        inside = (c > lo) & (c < hi)
+        return np.column_stack(vals), np.column_stack(ders) * inside[:, None]
+
+    def update(self, c_clipped: np.ndarray, iterate: np.ndarray):
+        vals, ders = self.evaluate(c_clipped)
+        self.value.x.array[:] = vals.reshape(-1)
+        self.derivative.x.array[:] = ders.reshape(-1)
+        self.frozen.x.array[:] = iterate
+
+
 class ElectrolyteTransport(Term):
     """Salt and charge conservation in the pores (see the module docstring), with nodal κ(c),
-    (2RT/F) κ ν / c, D(c), 1 − t₊(c) refreshed at every Newton iterate (one NumPy pass)."""
+    (2RT/F) κ ν / c, D(c), 1 − t₊(c) (:class:`ElectrolyteCoefficients`) refreshed at every Newton
+    iterate in one NumPy pass."""
 
     def __init__(self, electrolyte: "ResolvedElectrolyte"):
         self.el = electrolyte
         self.fields = (electrolyte.c_l, electrolyte.dphi)
 
-    def setup(self, p: Problem):
-        el = self.el
-        c = el.c_l
-        props = el.props
-        two_rt_f = 2.0 * GAS_CONSTANT * el.temperature_K / FARADAY
-        self.frozen = fem.Function(c.V, name="c_frozen")
-
-        def kd(x):
-            return two_rt_f * props.conductivity(x) * props.diffusion_potential_factor(x) / x
-
-        def dkd(x):
-            k, nu = props.conductivity(x), props.diffusion_potential_factor(x)
-            return two_rt_f * (props.dconductivity(x) * nu / x + k * props.ddiffusion_potential_factor(x) / x
-                               - k * nu / x**2)
-
-        def one_minus_t(x):
-            return 1.0 - props.transference_number(x)
-
-        def d_one_minus_t(x):
-            return -props.dtransference_number(x)
-
-        self.coeffs = {
-            "kappa": NodalCoefficient(c, "kappa", props.conductivity, props.dconductivity, self.frozen),
-            "kd": NodalCoefficient(c, "kappa_D_over_c", kd, dkd, self.frozen),
-            "D": NodalCoefficient(c, "D_l", lambda x: props.diffusivity(x) * 1e12,
-                                  lambda x: props.ddiffusivity(x) * 1e12, self.frozen),
-            "tm": NodalCoefficient(c, "one_minus_t_plus", one_minus_t, d_one_minus_t, self.frozen),
-        }
-
     def update(self, p: Problem):
-        el = self.el
-        x = el.clipped()
-        self.frozen.x.array[:] = el.c_l.u.x.array
-        for coeff in list(self.coeffs.values()) + list(el.exchange_factors.values()):
-            coeff.update(x)
-        for g in el.exchange_factors.values():
-            g.frozen.x.array[:] = el.c_l.u.x.array
+        self.el.coefficients.update(self.el.clipped(), self.el.c_l.u.x.array)
 
     def residuals(self, p: Problem):
         el = self.el
         c, phi = el.c_l, el.dphi
         a0, a1, a2 = p.bdf
-        k = {n: co.expr() for n, co in self.coeffs.items()}
+        k = {n: el.coefficients.expr(n) for n in ("kappa", "kd", "D", "tm")}
         n_l, sc = el.site_concentration, el.scale
         storage, salt, charge = [], [], []
         for tags, eps, b in el.regions:
@@ -356,7 +371,7 @@ class ResolvedElectrolyte:
         pb = model.problem
         self.c_l = pb.add_field(Field("delta_c_l", tags=self.pore_tags, transient=True))  # c_l − c_l,ref
         self.dphi = pb.add_field(Field("delta_phi_l", tags=self.pore_tags))
-        self.exchange_factors: dict[float, NodalCoefficient] = {}  # functions of c_l, frozen at the Δc_l iterate
+        self._coefficients = None
 
     # ------------------------------------------------------------------ construction
     OUTER = 100000  #: ds subdomain id offset of a particle's exterior reacting facets
@@ -388,15 +403,13 @@ class ResolvedElectrolyte:
         self._ds = _vertex("ds", m.mesh, whole + outer)
         self._has_outer = self.comm.allreduce(sum(len(b) for _, b in outer), op=MPI.SUM) > 0
 
-    def exchange_factor(self, alpha_a: float) -> NodalCoefficient:
-        """(c_l/c_l,ref)^α_a as a nodal coefficient on c_l (one per distinct α_a)."""
-        key = float(alpha_a)
-        if key not in self.exchange_factors:
-            c0 = self.c0
-            self.exchange_factors[key] = NodalCoefficient(
-                self.c_l, "c_factor", lambda x: (x / c0) ** key, lambda x: key * (x / c0) ** (key - 1.0) / c0,
-                fem.Function(self.c_l.V))
-        return self.exchange_factors[key]
+    @property
+    def coefficients(self) -> ElectrolyteCoefficients:
+        """The pores' nodal coefficients (created once the spaces exist)."""
+        if self._coefficients is None:
+            self._coefficients = ElectrolyteCoefficients(self.c_l, self.props, self.temperature_K, self.c0,
+                                                         [m.alpha_a for m in self.model.materials])
+        return self._coefficients
 
     def reaction(self, index: int, theta: Field, material) -> InterfaceButlerVolmer:
         if not hasattr(self, "_dS"):
