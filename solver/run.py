@@ -25,6 +25,7 @@ from .checkpoint import Checkpointer
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import sector_weights
+from .rundir import prepare_run_directory
 from .simulation import Simulation, SolverSettings
 from .surface import SurfaceSettings
 from .transport import TransportSolver
@@ -79,21 +80,16 @@ def default_snapshots_s(protocol: Protocol) -> list[float]:
 
 
 def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progress: bool | None = None,
-            resume: bool = False, observers=()) -> dict:
+            resume: bool = False, overwrite: bool = False, observers=()) -> dict:
     """Run into ``outdir``. With ``resume`` continue from ``outdir/checkpoint`` (same config, same ranks).
+    A directory holding an earlier run is refused unless ``overwrite`` (see :mod:`.rundir`).
 
     ``observers``: extra :class:`Simulation` observers (studies record what they need this way).
     """
     outdir = Path(outdir)
+    # refuse (on every rank, writing nothing) or create the directory; earlier results are kept unless overwrite
+    prepare_run_directory(outdir, config=run.config, resume=resume, overwrite=overwrite, comm=comm)
     checkpoint = Checkpointer(outdir / "checkpoint", comm, run.config, every_wall_s=run.solver.checkpoint_wall_s)
-    if resume and not checkpoint.exists():
-        raise InputError("--resume", f"no checkpoint in {outdir / 'checkpoint'} to resume from")
-    if comm.rank == 0:
-        outdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json",) if resume else ("summary.json", "timeseries.csv", "steps.csv",
-                                                       "line_profiles.csv", "checkpoint/state.json"):
-            (outdir / stale).unlink(missing_ok=True)
-    comm.Barrier()
     wall0 = time.perf_counter()
     st = run.solver
     sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,

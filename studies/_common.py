@@ -221,13 +221,11 @@ def load_maps(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------- running
 def execute_observed(run, outdir: Path, comm, observers=()) -> dict:
-    """``nmcfx.solver.run.execute`` with extra Simulation observers, after clearing study files."""
+    """``nmcfx.solver.run.execute`` with extra Simulation observers, replacing what an earlier
+    (failed or changed) run of the case left there."""
     from nmcfx.solver.run import execute
 
-    outdir = Path(outdir)
-    if comm.rank == 0:
-        (outdir / "fields.npz").unlink(missing_ok=True)
-    return execute(run, outdir, comm=comm, progress=False, observers=observers)
+    return execute(run, Path(outdir), comm=comm, progress=False, overwrite=True, observers=observers)
 
 
 class Study:

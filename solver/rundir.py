@@ -1,0 +1,108 @@
+"""The run directory before a run starts: checked, protected, then created.
+
+:func:`prepare_run_directory` is the first thing :func:`nmcfx.solver.run.execute` does to
+the disk, after every table of the config has been validated. It either leaves the
+directory ready for the run or raises one :class:`~nmcfx.errors.InputError` on every rank
+having written nothing:
+
+* a new run into a missing or empty directory (or one holding unrelated files): created;
+* a new run into a directory holding an earlier run's results or checkpoint: refused,
+  unless ``overwrite`` — then those files (and only those, :data:`RESULT_NAMES`) are
+  deleted;
+* ``resume``: the checkpoint must be there, readable, and written by the same config and
+  number of MPI ranks; only ``summary.json`` (written again at the end) is removed.
+
+::
+
+    prepare_run_directory("runs/flagship", config=cfg, comm=comm)                  # new run
+    prepare_run_directory("runs/flagship", config=cfg, overwrite=True, comm=comm)  # replace
+    prepare_run_directory("runs/flagship", config=cfg, resume=True, comm=comm)     # continue
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from mpi4py import MPI
+
+from nmcfx.errors import InputError
+from nmcfx.parallel import run_on_root
+from nmcfx.paths import check_output_dir
+
+#: What a run leaves in its directory (plus the field files of RESULT_PATTERNS); an
+#: earlier run is recognised by any of them, and ``overwrite`` deletes exactly these.
+RESULT_NAMES = ("metadata.json", "metadata-resumed.json", "summary.json", "timeseries.csv", "steps.csv",
+                "line_profiles.csv", "theta_maps.png", "center_trace.png", "kymograph.png", "fields.npz",
+                "checkpoint")
+RESULT_PATTERNS = ("theta.bp", "theta-part*.bp", "theta.xdmf", "theta.h5", "theta-part*.xdmf", "theta-part*.h5")
+#: Field of the errors raised here (the CLI option that names the directory).
+FIELD = "--output"
+
+
+def earlier_results(outdir: Path) -> list[str]:
+    """Names of an earlier run's files in ``outdir`` (sorted; empty if none or no directory)."""
+    outdir = Path(outdir)
+    if not outdir.is_dir():
+        return []
+    found = {n for n in RESULT_NAMES if (outdir / n).exists()}
+    for pattern in RESULT_PATTERNS:
+        found.update(p.name for p in outdir.glob(pattern))
+    return sorted(found)
+
+
+def prepare_run_directory(outdir, *, config: dict, resume: bool = False, overwrite: bool = False,
+                          comm=MPI.COMM_WORLD) -> Path:
+    """Check and create ``outdir`` for a run (collective; rank 0 touches the disk). See the module docstring."""
+    outdir = Path(outdir)
+
+    def on_root():
+        check_output_dir(outdir, FIELD)
+        if resume:
+            check_resumable(outdir / "checkpoint", config, comm.size)
+            (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
+            return
+        found = earlier_results(outdir)
+        if found and not overwrite:
+            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+            raise InputError(FIELD, f"{outdir} holds an earlier run ({shown}); add --overwrite to replace it, "
+                                    "--resume to continue it, or choose another directory")
+        for name in found:
+            path = outdir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        outdir.mkdir(parents=True, exist_ok=True)
+
+    run_on_root(comm, on_root, field=FIELD)
+    return outdir
+
+
+def check_resumable(checkpoint_dir: Path, config: dict, mpi_size: int):
+    """The checkpoint in ``checkpoint_dir`` can be resumed with ``config`` on ``mpi_size`` ranks.
+
+    Reads only the header of ``state.json`` (format, config hash, number of ranks), so a
+    refused resume stops before anything is written. The full validation of the saved
+    state happens when :class:`~nmcfx.solver.checkpoint.Checkpointer` loads it.
+    """
+    from .checkpoint import FORMAT, config_hash
+
+    state_file = Path(checkpoint_dir) / "state.json"
+    if not state_file.is_file():
+        raise InputError("--resume", f"no checkpoint in {checkpoint_dir} to resume from")
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError("--resume", f"{state_file} is unreadable or corrupt ({type(exc).__name__}); "
+                                     "the run cannot be resumed — start it again with --overwrite") from None
+    if not isinstance(state, dict):
+        raise InputError("--resume", f"{state_file} is corrupt (not a JSON object)")
+    if state.get("format") != FORMAT:
+        raise InputError("--resume", f"checkpoint format {state.get('format')!r} is not {FORMAT}")
+    if state.get("config_hash") != config_hash(config):
+        raise InputError("--resume", "the config differs from the one of the checkpointed run")
+    if state.get("mpi_size") != mpi_size:
+        raise InputError("--resume", f"the checkpoint was written by {state.get('mpi_size')} MPI rank(s); "
+                                     f"resume with mpiexec -n {state.get('mpi_size')}")
