@@ -28,6 +28,7 @@ from typing import Any
 from mpi4py import MPI
 
 from nmcfx.errors import InputError
+from nmcfx.parallel import describe_os_error, run_on_root
 
 from ._validate import boolean, positive
 from .particle import ParticleMesh
@@ -174,16 +175,8 @@ def read_contour_csv(path: Any, field: str, comm: MPI.Comm = MPI.COMM_WORLD, bas
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise InputError(field, f"must be a path to a CSV file, got {path!r}")
     full = os.path.join(os.fspath(base_dir), os.fspath(path)) if base_dir is not None else os.fspath(path)
-    result: tuple = ("ok", None)
-    if comm.rank == 0:
-        try:
-            result = ("ok", _parse_csv(full, field))
-        except InputError as exc:
-            result = ("err", str(exc)[len(field) + 2 :])
-    result = comm.bcast(result, root=0)
-    if result[0] == "err":
-        raise InputError(field, result[1])
-    return result[1]
+    # any failure on rank 0 (unreadable, not UTF-8, ...) is raised on every rank: none waits in a bcast
+    return run_on_root(comm, _parse_csv, full, field, field=field)
 
 
 def _parse_csv(path: str, field: str) -> list[tuple[float, float]]:
@@ -192,6 +185,8 @@ def _parse_csv(path: str, field: str) -> list[tuple[float, float]]:
             lines = fh.read().splitlines()
     except OSError as exc:
         raise InputError(field, f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(field, f"{path}: {describe_os_error(exc)}") from None
     points: list[tuple[float, float]] = []
     first = True
     for lineno, raw in enumerate(lines, start=1):
