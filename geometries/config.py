@@ -14,6 +14,8 @@ Schema (lengths in µm)::
     mesh_size_um = ...          # bulk cell size; default 1/20 of the smallest particle size
     surface_mesh_size_um = ...  # cell size at the reactive surface; default mesh_size_um / 3
     grading_width_um = ...      # distance over which sizes grade; default 1/10 particle size
+    min_quality = 0.1           # refuse a mesh whose worst cell is below this (gmsh minSICN, (0, 1])
+    max_cells = ...             # refuse larger meshes; default: what fits in half the memory (limits.py)
     sectors = [{name = "a", start_deg = 45, end_deg = 135},
                {name = "b", start_fraction = 0.5, end_fraction = 0.6}]
     verbose = false             # show gmsh output
@@ -38,7 +40,7 @@ from .shapes3d import cylinder, prism, sphere
 SHAPES_2D = ("disk", "ellipse", "contour", "xu2022")
 SHAPES = SHAPES_2D + ("prism", "cylinder", "sphere")
 DEFAULT_SHAPE = "xu2022"
-MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um")
+MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um", "min_quality", "max_cells")
 COMMON_KEYS = ("shape",) + MESH_KEYS + ("sectors", "verbose")
 SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "disk": ("diameter_um",),
@@ -166,7 +168,8 @@ def _sizes(cfg: Mapping, char_size: float, prefix: str) -> dict:
     hs = cfg.get("surface_mesh_size_um")
     if hs is None:
         hs = DEFAULT_SURFACE_RATIO * float(h)
-    return {"mesh_size_um": h, "surface_mesh_size_um": hs, "grading_width_um": cfg.get("grading_width_um")}
+    return {"mesh_size_um": h, "surface_mesh_size_um": hs, "grading_width_um": cfg.get("grading_width_um"),
+            "min_quality": cfg.get("min_quality"), "max_cells": cfg.get("max_cells")}
 
 
 def read_contour_csv(path: Any, field: str, comm: MPI.Comm = MPI.COMM_WORLD, base_dir=None):
