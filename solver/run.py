@@ -22,6 +22,7 @@ from mpi4py import MPI
 from nmcfx.errors import InputError
 
 from .checkpoint import Checkpointer
+from .consistency import check_tables_together
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import sector_weights
@@ -68,6 +69,7 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
     output = OutputSettings.from_dict(cfg.get("output"))
     particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
     surface.check_sectors(particle)
+    check_tables_together(protocol, material, output, particle)  # voltage at start, snapshots, line cut
     title = cfg.get("title", "")
     return PreparedRun(cfg, particle, material, protocol, surface, solver, output, title, base_dir)
 
