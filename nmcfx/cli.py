@@ -170,13 +170,13 @@ def _say(comm, *msg):
 
 
 def _cmd_run(args, comm) -> int:
-    from nmcfx.parallel import run_on_root
-    from nmcfx.paths import check_output_dir
+    from nmcfx.solver.rundir import check_run_directory
     from nmcfx.solver.run import execute, format_summary, prepare
 
     cfg, base, name = _config_source(args)
     outdir = Path(args.output) if args.output else Path("runs") / name
-    run_on_root(comm, check_output_dir, outdir, "--output")  # before the (possibly long) meshing
+    # refuse a bad or occupied output directory before the (possibly long) meshing
+    check_run_directory(outdir, config=cfg, resume=args.resume, overwrite=args.overwrite, comm=comm)
     prepared = prepare(cfg, base_dir=base, comm=comm)
     _say(comm, f"nmcfx: {prepared.title or name}")
     _say(comm, prepared.particle.summary())

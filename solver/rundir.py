@@ -52,22 +52,26 @@ def earlier_results(outdir: Path) -> list[str]:
     return sorted(found)
 
 
+def check_run_directory(outdir, *, config: dict, resume: bool = False, overwrite: bool = False,
+                        comm=MPI.COMM_WORLD) -> list[str]:
+    """Everything :func:`prepare_run_directory` checks, writing nothing (collective).
+
+    Returns the earlier run's files that ``overwrite`` would delete. The CLI calls it
+    before meshing, so a refusal comes at once.
+    """
+    return run_on_root(comm, _check_on_root, Path(outdir), config, resume, overwrite, comm.size, field=FIELD)
+
+
 def prepare_run_directory(outdir, *, config: dict, resume: bool = False, overwrite: bool = False,
                           comm=MPI.COMM_WORLD) -> Path:
     """Check and create ``outdir`` for a run (collective; rank 0 touches the disk). See the module docstring."""
     outdir = Path(outdir)
 
     def on_root():
-        check_output_dir(outdir, FIELD)
+        found = _check_on_root(outdir, config, resume, overwrite, comm.size)
         if resume:
-            check_resumable(outdir / "checkpoint", config, comm.size)
             (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
             return
-        found = earlier_results(outdir)
-        if found and not overwrite:
-            shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-            raise InputError(FIELD, f"{outdir} holds an earlier run ({shown}); add --overwrite to replace it, "
-                                    "--resume to continue it, or choose another directory")
         for name in found:
             path = outdir / name
             if path.is_dir() and not path.is_symlink():
@@ -78,6 +82,19 @@ def prepare_run_directory(outdir, *, config: dict, resume: bool = False, overwri
 
     run_on_root(comm, on_root, field=FIELD)
     return outdir
+
+
+def _check_on_root(outdir: Path, config: dict, resume: bool, overwrite: bool, mpi_size: int) -> list[str]:
+    check_output_dir(outdir, FIELD)
+    if resume:
+        check_resumable(outdir / "checkpoint", config, mpi_size)
+        return []
+    found = earlier_results(outdir)
+    if found and not overwrite:
+        shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+        raise InputError(FIELD, f"{outdir} holds an earlier run ({shown}); add --overwrite to replace it, "
+                                "--resume to continue it, or choose another directory")
+    return found
 
 
 def check_resumable(checkpoint_dir: Path, config: dict, mpi_size: int):
