@@ -3,6 +3,7 @@
     nmcfx run CONFIG.toml [-o DIR]       run a simulation described by a TOML file
     nmcfx run --example NAME [-o DIR]    run a built-in example (see `nmcfx examples`)
     nmcfx run … -o DIR --resume          continue an interrupted run from its checkpoint
+    nmcfx run … -o DIR --overwrite       replace an earlier run in DIR (refused otherwise)
     nmcfx mesh CONFIG.toml               build only the mesh and report it
     nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem
     nmcfx examples                       list the built-in examples
@@ -11,7 +12,8 @@
     nmcfx --version
 
 Works the same under ``mpiexec -n N``: every rank runs, rank 0 prints and writes.
-User errors print one line (``nmcfx: error: ...``) and exit with status 2.
+User errors print one line (``nmcfx: error: ...``) and exit with status 2; an error on
+some ranks only ends the whole job (``nmcfx.parallel.ErrorGuard``) instead of hanging it.
 """
 
 from __future__ import annotations
@@ -128,29 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     except NmcfxError as exc:
-        return _fail(guard, comm, f"nmcfx: error: {exc}", 2)
+        return guard.fail(f"nmcfx: error: {exc}", 2)
     except (OSError, UnicodeDecodeError) as exc:  # a file problem that no earlier check caught
-        return _fail(guard, comm, f"nmcfx: error: {describe_os_error(exc)}", 2)
+        return guard.fail(f"nmcfx: error: {describe_os_error(exc)}", 2)
     except KeyboardInterrupt:
-        return _fail(guard, comm, "nmcfx: interrupted", 130)
+        return guard.fail("nmcfx: interrupted", 130)
     except Exception:  # a bug: keep its traceback, but never leave the other ranks waiting
         import traceback
 
         traceback.print_exc()
-        return _fail(guard, comm, None, 1)
-
-
-def _fail(guard, comm, line: str | None, code: int) -> int:
-    """Print ``line`` once and return ``code`` if every rank got here; otherwise print it
-    on this rank and end the whole job (``MPI.Abort``): the other ranks are stuck."""
-    if guard.all_ranks_failed():
-        if comm.rank == 0 and line:
-            print(line, file=sys.stderr, flush=True)
-        return code
-    if line:
-        print(f"{line} (rank {comm.rank} of {comm.size}; aborting the others)", file=sys.stderr, flush=True)
-    guard.abort(code)
-    return code  # not reached
+        return guard.fail(None, 1)
 
 
 def _config_source(args) -> tuple[dict, Path, str]:
@@ -224,7 +213,6 @@ def _cmd_materials(args, comm, parser) -> int:
     import numpy as np
 
     from nmcfx.errors import InputError
-
     from nmcfx.parallel import collective_errors, run_on_root
     from nmcfx.paths import check_output_file, figure_suffixes
 

@@ -19,11 +19,12 @@ Two layers:
   errors). Any other exception is a bug: the failing rank re-raises it with its traceback,
   the others raise an ``NmcfxError`` that points to it.
 
-* **Last resort** — :class:`ErrorGuard`, used by the CLI for an error that reaches the top
-  on some ranks only while others may be blocked in a collective call. The ranks that get
-  there wait up to :data:`AGREE_WAIT_S` seconds for the others on a private communicator
-  (so no collective on ``comm`` is disturbed); if all arrive, they exit normally, else the
-  ones that arrived print their line and ``MPI.Abort`` ends the whole job.
+* **Last resort** — :class:`ErrorGuard`, used by the CLI (and usable by any script's
+  entry point) for an error that reaches the top on some ranks only while others may be
+  blocked in a collective call. The ranks that get there wait up to
+  :data:`AGREE_WAIT_S` seconds for the others on a private communicator (so no collective
+  on ``comm`` is disturbed); if all arrive, they exit normally, else the ones that
+  arrived print their line and ``MPI_Abort`` ends the whole job.
 """
 
 from __future__ import annotations
@@ -119,20 +120,18 @@ def run_on_root(comm, fn, *args, field: str | None = None, root: int = 0, **kwar
 
 
 class ErrorGuard:
-    """The CLI's last resort against a job that hangs after an error on some ranks only.
+    """The last resort against a job that hangs after an error on some ranks only.
 
-    Create it on every rank before any work (it duplicates ``comm``, a collective call).
-    When an error reaches the top, :meth:`all_ranks_failed` tells whether every rank got
-    there within :data:`AGREE_WAIT_S` seconds; if not, print the error and call
-    :meth:`abort`, which ends the job on all ranks.
+    Create it on every rank before any work (it duplicates ``comm``, a collective call);
+    when an error reaches the top, :meth:`fail` prints its line and returns the exit
+    status if every rank got there within :data:`AGREE_WAIT_S` seconds, and otherwise
+    prints the line on this rank and ends the whole job with ``MPI_Abort``::
 
         guard = ErrorGuard(comm)
         try:
-            ...
+            return command()
         except NmcfxError as exc:
-            if not guard.all_ranks_failed():
-                print(f"nmcfx: error: {exc}", file=sys.stderr)
-                guard.abort(2)
+            return guard.fail(f"nmcfx: error: {exc}", 2)
     """
 
     def __init__(self, comm, wait_s: float | None = None):
@@ -153,10 +152,18 @@ class ErrorGuard:
                 return False
             time.sleep(0.01)
 
-    def abort(self, code: int):
-        """End every rank of the job (``MPI_Abort``); flushes this rank's output first."""
+    def fail(self, line: str | None, code: int) -> int:
+        """Report an error that reached the top: ``line`` once (rank 0) and ``code`` if all
+        ranks are here; else ``line`` from this rank and ``MPI_Abort(code)`` for the job."""
         import sys
 
+        if self.all_ranks_failed():
+            if self.comm.rank == 0 and line:
+                print(line, file=sys.stderr, flush=True)
+            return code
+        if line:
+            print(f"{line} (rank {self.comm.rank} of {self.comm.size}; aborting the others)", file=sys.stderr,
+                  flush=True)
         sys.stdout.flush()
-        sys.stderr.flush()
         self.comm.Abort(code)
+        return code  # not reached
