@@ -6,11 +6,13 @@ anything is written; each problem is one :class:`~nmcfx.errors.InputError` namin
 * a stop condition on the voltage already met at the start: the initial state is uniform,
   at V_oc(θ₀) (both surface models), so the first step (and any rest before it) would end
   at once — ``protocol.steps[i].until[j]``;
+* with the flux model, a voltage threshold outside the range of V_oc (the voltage is the
+  surface-averaged V_oc there, so it can never be reached) — ``protocol.steps[i].until[j]``;
 * a snapshot after the latest possible end of the protocol (the sum of the step
   durations, when every step has one) — ``output.snapshot_times_min``;
 * a line cut that misses the particle — ``output.line_profile_um``.
 
-    check_tables_together(protocol, material, output, particle)   # collective (probes the mesh)
+    check_tables_together(protocol, material, surface, output, particle)   # collective (probes the mesh)
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import numpy as np
 from nmcfx.errors import InputError
 
 
-def check_tables_together(protocol, material, output, particle):
+def check_tables_together(protocol, material, surface, output, particle):
     check_voltage_not_met_at_start(protocol, material)
+    if surface.model == "flux":
+        check_voltage_within_ocv(protocol, material)
     check_snapshots_within_protocol(output, protocol)
     check_line_profile_crosses(output, particle)
 
@@ -37,6 +41,20 @@ def check_voltage_not_met_at_start(protocol, material):
                     "so the step would end at once; check the threshold or protocol.initial_theta")
         if step.kind != "rest":
             return
+
+
+def check_voltage_within_ocv(protocol, material):
+    lo, hi = sorted(float(v) for v in material.ocv(np.array([1.0 - 1e-6, 1e-6])))
+    for k, step in enumerate(protocol.steps):
+        for j, cond in enumerate(step.until):
+            if cond.quantity != "voltage_V":
+                continue
+            beyond = cond.value > hi if cond.op in (">", ">=") else cond.value < lo
+            if beyond:
+                raise InputError(
+                    f"{_config_field(protocol, k)}.until[{j}]",
+                    f"'{cond}' can never be met: with surface.model = 'flux' the voltage is the surface-averaged "
+                    f"V_oc, which stays within [{lo:.3f}, {hi:.3f}] V for this material")
 
 
 def check_snapshots_within_protocol(output, protocol):

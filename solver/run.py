@@ -69,7 +69,7 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
     output = OutputSettings.from_dict(cfg.get("output"))
     particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
     surface.check_sectors(particle)
-    check_tables_together(protocol, material, output, particle)  # voltage at start, snapshots, line cut
+    check_tables_together(protocol, material, surface, output, particle)  # voltage at start, snapshots, line cut
     title = cfg.get("title", "")
     return PreparedRun(cfg, particle, material, protocol, surface, solver, output, title, base_dir)
 

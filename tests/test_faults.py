@@ -236,6 +236,7 @@ def test_unrelated_files_are_not_an_earlier_run(tmp_path):
     ("duration_min = 1", 'until = ["theta_surface_min <= 0.96"]', "protocol.steps[0].until[0]",
      "already true at the start"),
     ("duration_min = 1", 'until = ["voltage_V >= 3.0"]', "protocol.steps[0].until[0]", "already true at the start"),
+    ("duration_min = 1", 'until = ["voltage_V >= 4.9"]', "protocol.steps[0].until[0]", "surface-averaged V_oc"),
     ("[output]", '[solver]\npetsc_options = { snes_rtoll = 1e-8 }\n[output]', "solver.petsc_options.snes_rtoll",
      "not read"),
     ("[output]", '[solver]\npetsc_options = { snes_max_it = 2.5 }\n[output]', "solver.petsc_options.snes_max_it",
