@@ -79,9 +79,9 @@ def check_line_profile_crosses(output, particle):
     probe = PointProbe(particle.mesh, a[None, :] + s[:, None] * (b - a)[None, :], allow_outside=True)
     if probe.inside.sum() < 2:
         c = ", ".join(f"{x:.3g}" for x in particle.centroid)
+        a_um, b_um = (list(q) for q in output.line_profile_um)
         raise InputError("output.line_profile_um",
-                         f"the line cut from {list(output.line_profile_um[0])} to {list(output.line_profile_um[1])} µm "
-                         f"does not cross the particle (centroid at ({c}) µm)")
+                         f"the line cut from {a_um} to {b_um} µm does not cross the particle (centroid at ({c}) µm)")
 
 
 def _config_field(protocol, k: int) -> str:

@@ -302,7 +302,8 @@ def protocol_from_dict(d: dict | None, theta0_default: float) -> Protocol:
         raise InputError("protocol.steps", "at least one step is required")
     if not isinstance(raw_steps, list):
         raise InputError("protocol.steps", "must be an array of tables ([[protocol.steps]])")
-    by_entry = [(f"protocol.steps[{i}]", steps_from_dict(s, f"protocol.steps[{i}]", i)) for i, s in enumerate(raw_steps)]
+    by_entry = [(f"protocol.steps[{i}]", steps_from_dict(s, f"protocol.steps[{i}]", i))
+                for i, s in enumerate(raw_steps)]
     steps = tuple(st for _, entry in by_entry for st in entry)
     if "initial_theta" in d:
         th0 = d["initial_theta"]

@@ -55,8 +55,8 @@ class SolverSettings:
                 v = d[key]
                 if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                         or not lo < v <= hi):
-                    raise InputError(f"solver.{key}", f"must be a number in ({lo:g}, {hi:g}]{' ' + unit if unit else ''}, "
-                                                      f"got {v!r}")
+                    rng = f"({lo:g}, {hi:g}]" + (f" {unit}" if unit else "")
+                    raise InputError(f"solver.{key}", f"must be a number in {rng}, got {v!r}")
                 out[key] = float(v)
         if "growth_max" in d:
             v = d["growth_max"]

@@ -44,7 +44,8 @@ fields = "none"
 progress = false
 """
 #: two steps, so the finished run leaves a checkpoint (saved at the end of step 0)
-TWO_STEPS = GOOD.replace("duration_min = 1\n", 'duration_min = 1\n[[protocol.steps]]\ntype = "rest"\nduration_min = 1\n')
+TWO_STEPS = GOOD.replace("duration_min = 1\n",
+                         'duration_min = 1\n[[protocol.steps]]\ntype = "rest"\nduration_min = 1\n')
 
 
 def _config(tmp_path: Path, text: str = GOOD, name: str = "case.toml") -> Path:
@@ -267,7 +268,8 @@ def test_good_petsc_options_pass_unchanged():
 # ------------------------------------------------------------------------- mesh size and quality
 def test_degenerate_mesh_is_refused(capsys, tmp_path):
     """The issue's case: a 2 µm disk at mesh_size_um = 0.004 meshes to 7 k mostly flat cells."""
-    cfg = _config(tmp_path, GOOD.replace("diameter_um = 1.0\nmesh_size_um = 0.2", "diameter_um = 2.0\nmesh_size_um = 0.004"))
+    cfg = _config(tmp_path, GOOD.replace("diameter_um = 1.0\nmesh_size_um = 0.2",
+                                         "diameter_um = 2.0\nmesh_size_um = 0.004"))
     assert main(["mesh", str(cfg)]) == 2
     _one_error_line(capsys, "geometry.min_quality:", "degenerate", "gmsh minSICN")
 
