@@ -39,7 +39,7 @@ def check_petsc_options(options: dict, field: str = FIELD) -> dict:
             raise InputError(key, f"must be a string, number or boolean, got {type(value).__name__}")
     if not options:
         return options
-    from .transport import DEFAULT_PETSC_OPTIONS
+    from .problem import DEFAULT_PETSC_OPTIONS
 
     error, unused = _try_setup({**DEFAULT_PETSC_OPTIONS, **options})
     if error is None:

@@ -21,7 +21,6 @@ having written nothing:
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -35,8 +34,10 @@ from nmcfx.paths import check_output_dir
 #: earlier run is recognised by any of them, and ``overwrite`` deletes exactly these.
 RESULT_NAMES = ("metadata.json", "metadata-resumed.json", "summary.json", "timeseries.csv", "steps.csv",
                 "line_profiles.csv", "theta_maps.png", "center_trace.png", "kymograph.png", "fields.npz",
+                "particles.csv", "voltage.png", "particles.png", "electrode_maps.png", "potential_maps.png",
                 "checkpoint")
-RESULT_PATTERNS = ("theta.bp", "theta-part*.bp", "theta.xdmf", "theta.h5", "theta-part*.xdmf", "theta-part*.h5")
+RESULT_PATTERNS = tuple(f"{stem}{part}.{ext}" for stem in ("theta", "fields") for part in ("", "-part*")
+                        for ext in ("bp", "xdmf", "h5"))
 #: Field of the errors raised here (the CLI option that names the directory).
 FIELD = "--output"
 
@@ -98,28 +99,18 @@ def _check_on_root(outdir: Path, config: dict, resume: bool, overwrite: bool, mp
 
 
 def check_resumable(checkpoint_dir: Path, config: dict, mpi_size: int):
-    """The checkpoint in ``checkpoint_dir`` can be resumed with ``config`` on ``mpi_size`` ranks.
+    """The checkpoint in ``checkpoint_dir`` can be resumed with ``config`` on ``mpi_size`` ranks (rank 0).
 
-    Reads only the header of ``state.json`` (format, config hash, number of ranks), so a
-    refused resume stops before anything is written. The full validation of the saved
-    state happens when :class:`~nmcfx.solver.checkpoint.Checkpointer` loads it.
+    Runs the checkpoint's own validation of what rank 0 reads (``state.json``, the appended
+    history, ``observers.npz``) and compares the config and the number of ranks, so a
+    refused resume stops before anything is written. The per-rank field arrays and the
+    mesh are checked when :class:`~nmcfx.solver.checkpoint.Checkpointer` loads the state.
     """
-    from .checkpoint import FORMAT, config_hash
+    from .checkpoint import Checkpointer, config_hash
 
-    state_file = Path(checkpoint_dir) / "state.json"
-    if not state_file.is_file():
-        raise InputError("--resume", f"no checkpoint in {checkpoint_dir} to resume from")
-    try:
-        state = json.loads(state_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError("--resume", f"{state_file} is unreadable or corrupt ({type(exc).__name__}); "
-                                     "the run cannot be resumed — start it again with --overwrite") from None
-    if not isinstance(state, dict):
-        raise InputError("--resume", f"{state_file} is corrupt (not a JSON object)")
-    if state.get("format") != FORMAT:
-        raise InputError("--resume", f"checkpoint format {state.get('format')!r} is not {FORMAT}")
-    if state.get("config_hash") != config_hash(config):
+    state = Checkpointer(checkpoint_dir, None, config)._read_rank0()[0]
+    if state["config_hash"] != config_hash(config):
         raise InputError("--resume", "the config differs from the one of the checkpointed run")
-    if state.get("mpi_size") != mpi_size:
-        raise InputError("--resume", f"the checkpoint was written by {state.get('mpi_size')} MPI rank(s); "
-                                     f"resume with mpiexec -n {state.get('mpi_size')}")
+    if state["mpi_size"] != mpi_size:
+        raise InputError("--resume", f"the checkpoint was written by {state['mpi_size']} MPI rank(s); "
+                                     f"resume with mpiexec -n {state['mpi_size']}")
