@@ -188,8 +188,11 @@ def _run_files(output, outdir: Path) -> list[str]:
         names.append("figures *.png")
     if output.fields != "none":
         ext = ".bp" if output.fields == "vtx" else ".xdmf"
-        parts = sorted(p.name for p in outdir.glob(f"theta-part*{ext}"))
-        names.append("fields " + " + ".join([f"theta{ext}", *parts]))
+        stem = "fields" if (outdir / f"fields{ext}").exists() else "theta"  # electrodes write fields.*
+        parts = sorted(p.name for p in outdir.glob(f"{stem}-part*{ext}"))
+        names.append("fields " + " + ".join([f"{stem}{ext}", *parts]))
+    if (outdir / "particles.csv").exists():
+        names.insert(2, "particles.csv")
     return names + ["metadata.json", "summary.json"]
 
 
