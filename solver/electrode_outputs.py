@@ -13,11 +13,11 @@
                       also c_l (mol m⁻³) and φ_l (V) on the electrolyte and the CBD
     electrode_maps.png, potential_maps.png, particles.png, voltage.png
     electrolyte_maps.png  c_l and φ_l − φ_l(separator) at the first and last snapshot (resolved electrolyte)
+    metadata.json, summary.json
 
 With the resolved electrolyte timeseries.csv also has c_l_min/max/mean_mol_m3,
 electrolyte_potential_drop_V (max |φ_l − φ_l(separator)|), salt_balance_error and
 electrolyte_charge_balance_error (see nmcfx.solver.electrolyte).
-    metadata.json, summary.json
 
 Only rank 0 writes files; fields are written collectively.
 """
@@ -140,7 +140,7 @@ class ElectrodeOutputs:
             while (self.outdir / f"fields-part{part}.bp").exists() or (self.outdir / f"fields-part{part}.xdmf").exists():
                 part += 1
             stem = f"fields-part{part}"
-        self._pore_dg = []  # resolved electrolyte: (DG1 target, field, its cells, parent cells, offset of φ_l)
+        self._pore_dg = []  # resolved electrolyte: (DG1 target, field, its cells, parent cells, name)
         if m.electrolyte is not None:
             el = m.electrolyte
             cells = np.sort(np.concatenate([m.electrode.cell_tags.find(t) for t in el.c_l.tags])).astype(np.int32)
