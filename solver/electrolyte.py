@@ -456,7 +456,7 @@ class ResolvedElectrolyte:
     def clipped(self) -> np.ndarray:
         """c_l = c_l,ref + Δc_l at the nodes, within the property set's range (mol m⁻³)."""
         lo, hi = self.props.c_range
-        return np.clip(self.c0 + self.c_l.u.x.array, lo, hi)
+        return np.clip(self.c0 + self.c_l.u.x.array, max(lo, 1.0), hi)  # ≥ 1 mol/m³: ∇ln c stays finite
 
     @property
     def fields(self) -> tuple[Field, Field]:

@@ -4,7 +4,6 @@ states, conservation, the uniform limit, serial ≡ 2 ranks, bad inputs."""
 from __future__ import annotations
 
 import csv
-import math
 import subprocess
 
 import numpy as np
@@ -370,8 +369,6 @@ BAD = [
 
 @pytest.mark.parametrize("electrode, csv_text, field", BAD)
 def test_bad_electrolyte_input_is_one_line_and_writes_nothing(tmp_path, capsys, electrode, csv_text, field):
-    import tomllib  # noqa: F401  (the CLI reads TOML; build the file from a dict)
-
     from nmcfx.cli import main
 
     if csv_text is not None:
