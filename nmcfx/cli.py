@@ -104,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from nmcfx.errors import NmcfxError
 
+    from nmcfx.log import setup as setup_logging
+
     comm = MPI.COMM_WORLD
     parser = _parser()
     args = parser.parse_args(argv)
+    setup_logging()
     try:
         if args.command == "run":
             return _cmd_run(args, comm)
@@ -149,21 +152,19 @@ def _say(comm, *msg):
 
 
 def _cmd_run(args, comm) -> int:
-    from nmcfx.solver.run import execute, format_summary, prepare
+    from nmcfx.api import run
+    from nmcfx.log import get_logger
+    from nmcfx.solver.run import format_summary
+    from nmcfx.spec import RunSpec
 
+    log = get_logger("nmcfx.cli")
     cfg, base, name = _config_source(args)
-    prepared = prepare(cfg, base_dir=base, comm=comm)
+    spec = RunSpec(cfg, base_dir=base, name=name)
     outdir = Path(args.output) if args.output else Path("runs") / name
-    _say(comm, f"nmcfx: {prepared.title or name}")
-    _say(comm, prepared.particle.summary())
-    for i, s in enumerate(prepared.protocol.steps):
-        _say(comm, f"  step {i}: {s.describe()}")
-    if args.resume:
-        _say(comm, f"  resuming from {outdir / 'checkpoint'}")
-    summary = execute(prepared, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume)
-    _say(comm, "summary:")
-    _say(comm, format_summary(summary))
-    _say(comm, f"results in {outdir}/ (timeseries.csv, figures *.png, fields theta.bp, metadata.json)")
+    result = run(spec, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume)
+    log.info("summary:")
+    log.info("%s", format_summary(result.summary))
+    log.info("results in %s/ (timeseries.csv, figures *.png, fields theta.bp, metadata.json)", outdir)
     return 0
 
 
