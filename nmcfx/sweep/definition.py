@@ -471,8 +471,17 @@ def _axis_from_table(t: Any, i: int) -> Axis:
             split_key(k)
         return sample(ranges, t.get("n", 0), seed=t.get("seed", 0), method=t["sample"], name=name or "sample")
     except InputError as exc:
-        field = exc.field if exc.field.startswith(where) else f"{where} ({exc.field})"
-        raise InputError(field, str(exc)[len(exc.field) + 2:] if str(exc).startswith(exc.field) else str(exc)) from None
+        msg = str(exc)[len(exc.field) + 2:] if str(exc).startswith(exc.field + ": ") else str(exc)
+        field = exc.field
+        if field.startswith("axis "):  # "axis NAME[.sub]" from the builders → "axes[i][.sub]"
+            aname = name or (t.get("key") if kind == "key" else next(iter(t.get(kind) or {}), "")
+                             if kind == "zip" else "sample")
+            rest = field[len("axis "):]
+            rest = rest[len(aname):] if aname and rest.startswith(aname) else ""
+            field = where + rest
+        elif not field.startswith(where):
+            field = f"{where}.{field}" if kind != "key" else f"{where} ({field})"
+        raise InputError(field, msg) from None
 
 
 def _spaced(spec, how: str, field: str) -> list[float]:
