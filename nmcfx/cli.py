@@ -75,6 +75,9 @@ def _sweep_parser(sub):
     s.add_argument("--ranks-per-case", type=int, metavar="K", help="mpi: ranks per case (default 1)")
     s.add_argument("--force", action="store_true", help="run every case again, even finished ones")
     s.add_argument("--check", action="store_true", help="only validate every case and list them")
+    s.add_argument("--plan", action="store_true",
+                   help="validate every case and write DIR/sweep.json without running; then run case ID with "
+                        "`nmcfx sweep DIR --task ID` (e.g. from your own PBS/LSF array job)")
     s.add_argument("--task", type=int, metavar="ID", help="run only case ID (what a SLURM array task does)")
     s.add_argument("--expect", help=argparse.SUPPRESS)
     s.add_argument("--metric", help="plot: the table column to show (default: [sweep.plot] or the first metric)")
@@ -337,6 +340,13 @@ def _cmd_sweep(args, comm) -> int:
             log.info("  %4d  %s", c.index, c.name)
         if len(cases) > 20:
             log.info("  ... (%d more)", len(cases) - 20)
+        return 0
+    if args.plan:
+        plan = engine.Plan(sweep, root, args.force)
+        if comm.rank == 0:
+            plan.write_manifest()
+        log.info("sweep %s: %d case(s) valid, %d to run; manifest %s (run case ID with `nmcfx sweep %s --task ID`)",
+                 sweep.name, len(plan.cases), len(plan.todo), plan.dir.manifest_path, root)
         return 0
     engine.run_sweep(sweep, root, backend=args.backend, workers=args.workers, ranks_per_case=args.ranks_per_case,
                      force=args.force, comm=comm)
