@@ -95,16 +95,17 @@ def get_key(cfg: Mapping, dotted: str, default: Any = KeyError) -> Any:
     return node
 
 
-def set_key(cfg: dict, dotted: str, value: Any) -> bool:
+def set_key(cfg: dict, dotted: str, value: Any, *, run_config: bool = True) -> bool:
     """Set a dotted key in place, creating missing tables. Returns True if the leaf is new.
 
-    Raises :class:`InputError` naming ``dotted`` for an unknown top-level table, an index out
-    of range or a path through a value that is not a table/list.
+    Raises :class:`InputError` naming ``dotted`` for an unknown top-level table (of a run
+    config, with ``run_config``), an index out of range or a path through a value that is
+    not a table/list.
     """
     from nmcfx.config import TOP_LEVEL_KEYS
 
     parts = split_key(dotted)
-    if parts[0] not in TOP_LEVEL_KEYS:
+    if run_config and parts[0] not in TOP_LEVEL_KEYS:
         raise InputError(dotted, f"unknown key: {parts[0]!r} is not a config table; allowed: {list(TOP_LEVEL_KEYS)}")
     node: Any = cfg
     for i, p in enumerate(parts):
@@ -395,7 +396,7 @@ class RunSpec:
 
     def to_dict(self) -> dict:
         """Everything needed to rebuild the spec elsewhere (JSON-able)."""
-        return {"config": self.config, "base_dir": str(self.base_dir), "name": self.name,
+        return {"kind": "run", "config": self.config, "base_dir": str(self.base_dir), "name": self.name,
                 "source": None if self.source is None else str(self.source)}
 
     @classmethod
@@ -410,6 +411,42 @@ class RunSpec:
 
     def __hash__(self) -> int:
         return hash(self.digest)
+
+
+class Params(RunSpec):
+    """Free-form case parameters for a sweep task that is not one run config (e.g. a study
+    that builds its own mesh): the same overrides and digest, validated by the task itself.
+
+        base = Params({"model": "resolved", "delta_nm": 1.0, "rate_mA_g": 100.0})
+        base.with_overrides({"delta_nm": 2.0}).digest
+    """
+
+    __slots__ = ()
+
+    def __init__(self, config: Mapping, base_dir: str | os.PathLike = ".", name: str = "case",
+                 source: str | os.PathLike | None = None, *, validate: bool = True):
+        super().__init__(config, base_dir, name, source, validate=False)
+
+    def with_overrides(self, overrides=None, *, name=None, validate=True) -> "Params":  # noqa: ARG002
+        cfg = copy.deepcopy(self._cfg)
+        for key, value in (overrides or {}).items():
+            set_key(cfg, key, plain(value), run_config=False)
+        return Params(cfg, self.base_dir, self.name if name is None else name, self.source)
+
+    def prepare(self, comm=None):  # noqa: ARG002
+        raise TypeError("Params are not a run config; the sweep task interprets them")
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {"kind": "params"}
+
+    def __repr__(self) -> str:
+        return f"Params(name={self.name!r}, digest={self.digest})"
+
+
+def spec_from_payload(d: Mapping, *, validate: bool = True) -> RunSpec:
+    """A :class:`RunSpec` or :class:`Params` from ``to_dict()`` output."""
+    cls = Params if d.get("kind") == "params" else RunSpec
+    return cls(d["config"], d["base_dir"], d.get("name", "run"), d.get("source"), validate=validate)
 
 
 def _unknown_key_error(exc: InputError, created: list[str]) -> InputError:

@@ -321,8 +321,62 @@ def test_python_api_cases_axis_and_plot(local_run, tmp_path):
     assert png.stat().st_size > 5000
     with pytest.raises(InputError, match="not a swept key"):
         plot_metric(res, "capacity_mAh_g", "rate", "eta")
+    assert main(["sweep", "plot", str(out), "--metric", "theta_center_final", "--x", "S", "--y", "rate"]) == 0
+    assert (out / "theta_center_final_rate_vs_S.png").stat().st_size > 5000
     sw = Sweep(load_sweep(path).base, [cases({"slow": {"protocol.steps[0].c_rate": 0.5},
                                               "fast": {"protocol.steps[0].c_rate": 1.5}})])
     assert [c.name for c in sw.cases()] == ["slow", "fast"]
     with pytest.raises(InputError, match="empty"):
         grid("material.scaling_S", [])
+
+
+PARAM_TASKS = '''
+def square(params, casedir, comm, offset=0.0):
+    x = params.get("x")
+    (casedir / "note.txt").write_text(repr(x))
+    return {"y": x * x + offset, "rank_count": comm.size}
+'''
+
+
+def test_params_sweep_with_a_custom_task_in_this_process(tmp_path, monkeypatch):
+    """What a study with its own mesh (or the calibration) uses: free parameters + its task."""
+    from nmcfx.spec import Params
+
+    (tmp_path / "paramtasks.py").write_text(PARAM_TASKS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sw = Sweep(Params({"x": 0.0, "model": "demo"}), [grid("x", [1.0, 2.0, 3.0])], name="squares",
+               task="paramtasks:square", task_options={"offset": 0.5})
+    res = run_sweep(sw, tmp_path / "out", backend="mpi")  # no mpiexec: the cases run in this process
+    assert list(res.column("y")) == [1.5, 4.5, 9.5]
+    note = tmp_path / "out" / "cases" / "x=2" / "note.txt"
+    assert note.read_text() == "2.0"
+    mtime = note.stat().st_mtime_ns
+    again = run_sweep(sw, tmp_path / "out", backend="mpi")
+    assert list(again.column("y")) == [1.5, 4.5, 9.5] and note.stat().st_mtime_ns == mtime  # skipped
+    changed = Sweep(Params({"x": 0.0, "model": "other"}), [grid("x", [2.0])], name="squares",
+                    task="paramtasks:square", task_options={"offset": 0.5})
+    run_sweep(changed, tmp_path / "out", backend="mpi")
+    assert note.stat().st_mtime_ns != mtime  # another base parameter: another digest, run again
+    # a sampled axis over two keys: the table, the dataset (one "sample" dimension), a scatter figure
+    from nmcfx.sweep import plot_metric
+
+    lhs = Sweep(Params({"x": 0.0, "z": 0.0}), [sample({"x": [0, 1], "z": [0, 1]}, n=6, seed=2)], name="lhs",
+                task="paramtasks:square")
+    res = run_sweep(lhs, tmp_path / "lhs", backend="mpi")
+    ds = res.dataset()
+    assert dict(ds.sizes) == {"sample": 6}
+    np.testing.assert_array_equal(ds["y"].values, ds["x"].values ** 2)
+    assert plot_metric(res, "y", "x", "z").stat().st_size > 5000
+
+
+def test_sweep_from_complete_configs(tmp_path):
+    cfg = {"geometry": {"shape": "disk", "diameter_um": 1.0, "mesh_size_um": 0.25},
+           "protocol": {"steps": [{"type": "charge", "c_rate": 1.0, "duration_min": 2}]},
+           "output": {"figures": False, "fields": "none", "progress": False}}
+    fast = json.loads(json.dumps(cfg))
+    fast["protocol"]["steps"][0]["c_rate"] = 2.0
+    sw = Sweep.from_configs({"slow": cfg, "fast": fast}, name="two")
+    assert [c.name for c in sw.cases()] == ["slow", "fast"] and sw.cases()[1].spec.config == fast
+    res = run_sweep(sw, tmp_path / "out", backend="mpi")
+    cap = dict(zip([r["name"] for r in res.rows], res.column("capacity_mAh_g")))
+    assert cap["fast"] == pytest.approx(2 * cap["slow"], rel=1e-9)

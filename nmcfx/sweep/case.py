@@ -119,7 +119,7 @@ def execute_case(payload: dict, sweep_dir: str | Path, comm) -> dict:
     """Run one case on ``comm`` (collective) and write its marker; returns the outcome
     (``index``, ``name``, ``status``, ``wall_s``, ``reason``, ``numbers``) on every rank."""
     from nmcfx import __version__
-    from nmcfx.spec import RunSpec
+    from nmcfx.spec import spec_from_payload
 
     casedir = Path(sweep_dir) / "cases" / payload["name"]
     root = comm.rank == 0
@@ -131,7 +131,7 @@ def execute_case(payload: dict, sweep_dir: str | Path, comm) -> dict:
     comm.Barrier()
     status, reason, tb, numbers, digest = "done", None, None, {}, payload.get("digest")
     try:
-        spec = RunSpec.from_payload(payload["spec"])
+        spec = spec_from_payload(payload["spec"])
         digest = spec.digest  # the files as they are now, when the case reads them
         task = resolve_task(payload.get("task") or "nmcfx.sweep.case:simulate")
         out = task(spec, casedir, comm, **(payload.get("task_options") or {}))

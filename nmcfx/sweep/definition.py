@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from nmcfx.errors import InputError
-from nmcfx.spec import RunSpec, canonical_json, load as load_spec, plain, split_key
+from nmcfx.spec import RunSpec, canonical_json, load as load_spec, plain, spec_from_payload, split_key
 
 DEFAULT_TASK = "nmcfx.sweep.case:simulate"
 #: Output settings every case gets unless the base config sets them (a sweep draws its own
@@ -220,6 +220,16 @@ class Sweep:
                     taken.add(lab)
                     self.axes[i] = replace(a, name=lab)
 
+    @classmethod
+    def from_configs(cls, configs: Mapping[str, Mapping], *, base_dir: str | Path = ".", name: str = "sweep",
+                     **kwargs) -> "Sweep":
+        """One case per complete run config, named by its key (a study's hand-built cases)::
+
+            Sweep.from_configs({"uniform": cfg_a, "eta0.3": cfg_b}, name="fig4")
+        """
+        base = RunSpec({}, base_dir=base_dir, name="base", validate=False)
+        return cls(base, [cases({n: dict(c) for n, c in configs.items()})], name=name, **kwargs)
+
     # -- labels and names
     def label(self, key: str) -> str:
         """Short label of a dotted key (``[sweep.labels]``, else its last component)."""
@@ -300,7 +310,7 @@ class Sweep:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "Sweep":
-        return cls(RunSpec.from_payload(d["base"]), [Axis.from_dict(a) for a in d["axes"]], d.get("name", "sweep"),
+        return cls(spec_from_payload(d["base"]), [Axis.from_dict(a) for a in d["axes"]], d.get("name", "sweep"),
                    dict(d.get("labels", {})), list(d.get("metrics", [])), dict(d.get("plot", {})),
                    d.get("task", DEFAULT_TASK), dict(d.get("task_options", {})), dict(d.get("settings", {})),
                    None if d.get("source") is None else Path(d["source"]))

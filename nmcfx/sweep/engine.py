@@ -68,13 +68,16 @@ class Progress:
 
 
 def run_sweep(sweep: Sweep, outdir: str | Path, *, backend: str = "local", workers: int | None = None,
-              ranks_per_case: int | None = None, force: bool = False, comm=None, collect: bool = True):
+              ranks_per_case: int | None = None, force: bool = False, comm=None, collect: bool = True,
+              pool=None):
     """Run (or submit) every unfinished case of ``sweep`` into ``outdir``.
 
     Returns the gathered :class:`~nmcfx.sweep.results.SweepResults` (``local``, ``mpi``,
     ``dask``; on every rank for ``mpi``) or, for ``slurm``, the submission record.
     Every case is validated first; an invalid one raises :class:`InputError` naming it and
-    nothing is written.
+    nothing is written. ``backend="mpi"`` without ``mpiexec`` runs the cases in this
+    process (no start-up at all: what an adaptive search calling ``run_sweep`` repeatedly
+    wants); ``pool``: a :class:`~nmcfx.sweep.local.LocalPool` kept open across calls.
     """
     if backend not in BACKENDS:
         raise InputError("--backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
@@ -103,10 +106,13 @@ def run_sweep(sweep: Sweep, outdir: str | Path, *, backend: str = "local", worke
         if backend == "local":
             from .local import LocalPool
 
-            nw = _workers(workers, sweep.settings.get("local", {}), len(plan.todo))
-            log.info("local backend: %d worker process(es); logs in %s/", nw, plan.dir.root / "logs")
-            with LocalPool(nw, plan.dir.root / "logs") as pool:
+            if pool is not None:
                 pool.run(plan.payloads(), plan.dir.root, progress)
+            else:
+                nw = _workers(workers, sweep.settings.get("local", {}), len(plan.todo))
+                log.info("local backend: %d worker process(es); logs in %s/", nw, plan.dir.root / "logs")
+                with LocalPool(nw, plan.dir.root / "logs") as own:
+                    own.run(plan.payloads(), plan.dir.root, progress)
         else:
             from .jobqueue import run_dask
 

@@ -128,12 +128,12 @@ def _fmt(v):
 
 def gather(root: str | Path) -> SweepResults:
     """Read every case's marker (or error) in a sweep directory into one table."""
-    from nmcfx.spec import RunSpec
+    from nmcfx.spec import spec_from_payload
 
     sd = SweepDir(root)
     manifest = sd.read_manifest()
     sweep = manifest["sweep"]
-    base = RunSpec.from_payload(sweep["base"], validate=False)
+    base = spec_from_payload(sweep["base"], validate=False)
     labels = manifest.get("labels", {})
     keys = [k for a in sweep["axes"] for k in a["keys"]]
     rows, numeric = [], []
