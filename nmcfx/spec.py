@@ -18,10 +18,10 @@ override may add a key the base config leaves at its default; a key no room know
 :class:`~nmcfx.errors.InputError` naming the dotted key.
 
 The digest covers the canonical JSON of the config and the SHA-256 of the contents of
-every file the config points to (CSV tables, contour files, label images, directories
-file by file): any string value that names an existing file or directory relative to
-the base directory, plus every key ending in one of :data:`PATH_SUFFIXES` (a missing
-one hashes as "missing", so it re-runs when the file appears).
+every file the config points to (CSV tables, contour files, label images): any string
+value that names an existing file relative to the base directory, plus every key ending
+in one of :data:`PATH_SUFFIXES` (a folder there is hashed file by file; a missing path
+hashes as "missing", so it re-runs when the file appears).
 """
 
 from __future__ import annotations
@@ -249,10 +249,10 @@ def referenced_files(cfg: Mapping, base_dir: Path) -> dict[str, Path]:
             p = Path(node).expanduser()
             p = p if p.is_absolute() else Path(base_dir) / p
             try:
-                exists = p.exists()
+                is_file = p.is_file()
             except OSError:
-                exists = False
-            if exists or _is_pathish(key):
+                is_file = False
+            if is_file or _is_pathish(key):  # folders only under path-like keys (e.g. analysis_dir)
                 out[join_key(parts)] = p
 
     walk(cfg, [])

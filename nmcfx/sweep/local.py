@@ -208,8 +208,11 @@ def _worker_main(fd: int) -> int:
 
     import nmcfx.solver.run  # noqa: F401
 
+    from nmcfx.log import setup
+
     from .case import execute_case
 
+    setup()  # the cases' log lines (mesh, protocol) go to this worker's log file
     send({"event": "ready", "pid": os.getpid()})
     for line in sys.stdin:
         if not line.strip():

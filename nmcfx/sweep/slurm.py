@@ -172,8 +172,21 @@ def submit(sweep, outdir, *, force: bool = False) -> dict:
         chunks.setdefault(offset, []).append(c.index - offset)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     scripts, collect = write_scripts(root, sweep, sorted(chunks.items()), s, stamp)
-    ids = [_sbatch([str(p)]) for p in scripts]
-    cid = _sbatch([f"--dependency=afterany:{':'.join(ids)}", str(collect)])
+    ids = []
+    try:
+        for p in scripts:
+            ids.append(_sbatch([str(p)]))
+    except InputError as exc:
+        if not ids:
+            raise  # nothing was submitted
+        raise InputError("--backend slurm", f"{exc} after job array(s) {','.join(ids)} were submitted; "
+                                            "submit again to add the rest") from None
+    try:
+        cid = _sbatch([f"--dependency=afterany:{':'.join(ids)}", str(collect)])
+    except InputError as exc:
+        log.warning("the collect job was not submitted (%s): run `nmcfx sweep collect %s` when the array ends",
+                    exc, root)
+        cid = None
     record = {"submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "array_jobs": ids, "collect_job": cid,
               "cases": [c.index for c in plan.todo], "scripts": [str(p) for p in scripts], "collect": str(collect)}
     history = read_json(root / "slurm" / "jobs.json") or {"submissions": []}
