@@ -147,3 +147,25 @@ def test_run_is_collective_and_agrees_on_every_rank(tmp_path):
     got = comm.allgather((res.summary["capacity_mAh_g"], res.timeseries["theta_center"].tolist()))
     assert all(g == got[0] for g in got)
     assert res.summary["mpi_size"] == comm.size
+
+
+def test_digest_finds_files_anywhere_in_the_config(tiny, tmp_path):
+    """A contour file in [geometry] and a path-like key (even one not there yet) are covered."""
+    import math
+
+    pts = [(math.cos(2 * math.pi * k / 40), 0.7 * math.sin(2 * math.pi * k / 40)) for k in range(40)]
+    (tmp_path / "outline.csv").write_text("x_um,y_um\n" + "".join(f"{x!r},{y!r}\n" for x, y in pts))
+    spec = nmcfx.load(tiny).with_overrides({"geometry": {"shape": "contour", "contour_csv": "outline.csv",
+                                                         "mesh_size_um": 0.25}})
+    assert spec.files() == {"geometry.contour_csv": tmp_path / "outline.csv"}
+    d0 = spec.digest
+    (tmp_path / "outline.csv").write_text("x_um,y_um\n" + "".join(f"{1.01 * x!r},{y!r}\n" for x, y in pts))
+    assert nmcfx.load(tiny).with_overrides({"geometry": {"shape": "contour", "contour_csv": "outline.csv",
+                                                         "mesh_size_um": 0.25}}).digest != d0
+    from nmcfx.spec import Params
+
+    p = Params({"labels_tif": "labels.tif"}, base_dir=tmp_path)
+    assert p.files() == {"labels_tif": tmp_path / "labels.tif"}
+    missing = p.digest
+    (tmp_path / "labels.tif").write_bytes(b"\x00\x01")
+    assert Params({"labels_tif": "labels.tif"}, base_dir=tmp_path).digest != missing
