@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +85,14 @@ class _History:
         self.steps = [dict(s) for s in sim.step_log]
 
     def columns(self) -> dict[str, np.ndarray]:
-        from nmcfx.solver.simulation import StepRecord
-
-        names = [f.name for f in fields(StepRecord)]
-        return {n: np.array([getattr(r, n) for r in self.records]) for n in names}
+        """One array per recorded quantity (StepRecord fields, or the keys of dict records)."""
+        if not self.records:
+            return {}
+        first = self.records[0]
+        if is_dataclass(first):
+            return {f.name: np.array([getattr(r, f.name) for r in self.records]) for f in fields(first)}
+        names = list(dict.fromkeys(k for r in self.records for k in r))  # e.g. electrode records
+        return {n: np.array([r.get(n, np.nan) for r in self.records]) for n in names}
 
 
 def run(spec: RunSpec | str | os.PathLike | Mapping, outdir: str | os.PathLike | None = None, *,

@@ -1,10 +1,9 @@
 """A run specification: one validated config, its base directory and its digest.
 
 :class:`RunSpec` is what ``nmcfx.load`` returns and what ``nmcfx.run`` and the sweep
-engine consume. It is built from a TOML file or a dict and validated once, by the
-rooms' own validators in the order :func:`nmcfx.solver.run.prepare` calls them, minus
-meshing (the geometry table is checked by ``geometry_from_config`` with its mesh
-builder short-circuited)::
+engine consume. It is built from a TOML file or a dict and validated once, by
+:func:`nmcfx.solver.run.prepare` itself (every room's validator, in its order) with the
+geometry room's mesh builder short-circuited, so nothing is meshed::
 
     import nmcfx
     spec = nmcfx.load("run.toml")                                  # validated
@@ -157,20 +156,40 @@ class _Meshless(Exception):
 
 @contextlib.contextmanager
 def _no_meshing():
-    """Short-circuit the geometry room's mesh builders: everything up to meshing is checked."""
-    from nmcfx.geometries import shapes2d, shapes3d
+    """Short-circuit the geometry room's mesh builders (``_build.mesh_and_distribute`` and
+    ``build_particle``, wherever a geometry module bound them): everything up to meshing is
+    checked, then :class:`_Meshless` is raised in place of gmsh."""
+    import importlib
+    import pkgutil
+    import sys
+
+    import nmcfx.geometries as geometries
+    from nmcfx.geometries import _build
+
+    for info in pkgutil.iter_modules(geometries.__path__):  # bind every module before patching
+        try:
+            importlib.import_module(f"nmcfx.geometries.{info.name}")
+        except ImportError:  # pragma: no cover - an optional module
+            continue
+    targets = [getattr(_build, n) for n in ("mesh_and_distribute", "build_particle") if hasattr(_build, n)]
 
     def stop(*args, **kwargs):  # noqa: ARG001
         raise _Meshless
 
-    saved = [(m, m.build_particle) for m in (shapes2d, shapes3d) if hasattr(m, "build_particle")]
-    for m, _ in saved:
-        m.build_particle = stop
+    saved = []
+    for name, mod in list(sys.modules.items()):
+        if mod is None or not name.startswith("nmcfx.geometries"):
+            continue
+        for attr in ("mesh_and_distribute", "build_particle"):
+            f = getattr(mod, attr, None)
+            if f is not None and any(f is t for t in targets):
+                saved.append((mod, attr, f))
+                setattr(mod, attr, stop)
     try:
         yield
     finally:
-        for m, f in saved:
-            m.build_particle = f
+        for mod, attr, f in saved:
+            setattr(mod, attr, f)
 
 
 class _SectorNames:
@@ -189,41 +208,54 @@ class _SectorNames:
 
 
 def validate_config(cfg: dict, base_dir: Path) -> None:
-    """Check every table of a run config with the rooms' validators, without meshing.
+    """Check a run config with :func:`nmcfx.solver.run.prepare` itself, meshing short-circuited.
 
-    The same calls, in the same order, as :func:`nmcfx.solver.run.prepare`; the geometry
-    table goes through ``geometry_from_config`` up to (not including) gmsh.
+    prepare validates every table before it meshes; the few checks it makes on the mesh
+    (sector names, per-particle stop quantities and materials) are made here on what the
+    config says (:func:`_checks_after_meshing`).
     """
     from mpi4py import MPI
 
-    from nmcfx.config import check_top_level
-    from nmcfx.geometries import geometry_from_config
-    from nmcfx.materials import material_from_config
-    from nmcfx.solver.outputs import OutputSettings
+    from nmcfx.solver import run as run_module
+
+    try:
+        with _no_meshing():
+            run_module.prepare(cfg, base_dir=base_dir, comm=MPI.COMM_SELF)
+    except _Meshless:
+        _checks_after_meshing(cfg, base_dir)
+
+
+def _checks_after_meshing(cfg: dict, base_dir: Path) -> None:
+    from nmcfx.materials import get_material, material_from_config
+    from nmcfx.solver import run as run_module
     from nmcfx.solver.protocol import protocol_from_dict
-    from nmcfx.solver.simulation import SolverSettings
     from nmcfx.solver.surface import SurfaceSettings
 
-    check_top_level(cfg)
-    if "protocol" not in cfg:
-        raise InputError("protocol", "missing: a config needs a [protocol] table with at least one step")
     material = material_from_config(cfg.get("material", {}), base_dir)
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
-    surface = SurfaceSettings.from_dict(cfg.get("surface"))
-    if surface.model == "flux":  # as in prepare()
-        for i, st in enumerate(protocol.steps):
-            if st.kind == "hold":
-                raise InputError(f"protocol.steps[{i}]",
-                                 "a constant-voltage hold needs [surface] model = 'butler_volmer'")
-    SolverSettings.from_dict(cfg.get("solver"))
-    OutputSettings.from_dict(cfg.get("output"))
-    gcfg = cfg.get("geometry", {})
-    with _no_meshing():
-        try:
-            geometry_from_config(gcfg, comm=MPI.COMM_SELF, base_dir=base_dir)
-        except _Meshless:
-            pass
-    surface.check_sectors(_SectorNames(gcfg))
+    check_stop = getattr(run_module, "check_stop_quantities", None)
+    gcfg = cfg.get("geometry") or {}
+    is_electrode = getattr(run_module, "is_electrode_config", lambda c: False)(cfg)
+    if not is_electrode:
+        SurfaceSettings.from_dict(cfg.get("surface")).check_sectors(_SectorNames(gcfg))
+        if check_stop:
+            check_stop(protocol, ())
+        return
+    if gcfg.get("shape") == "electrode_3d":
+        particles = [("P0", None)]
+    else:
+        from nmcfx.geometries.electrode import layout_from_config
+
+        layout = layout_from_config(gcfg, base_dir=base_dir)[0]
+        particles = [(p.name or f"P{i}", p.material) for i, p in enumerate(layout.particles)]
+    if check_stop:
+        check_stop(protocol, [n for n, _ in particles])
+    for name, mat in particles:  # as prepare's particle_materials
+        if mat not in (None, material.name):
+            try:
+                get_material(mat)
+            except InputError as exc:
+                raise InputError(f"geometry.particles[{name}].material", str(exc).split(": ", 1)[-1]) from None
 
 
 # ----------------------------------------------------------------------------- files and digest
