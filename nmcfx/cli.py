@@ -327,9 +327,9 @@ def _cmd_sweep(args, comm) -> int:
             res = gather(root)
             spec = dict(res.manifest["sweep"].get("plot") or engine.default_plot(res))
             spec.update({k: v for k, v in (("metric", args.metric), ("x", args.x), ("y", args.y)) if v})
-            if not {"metric", "x", "y"} <= set(spec):
-                raise InputError("--metric/--x/--y", "name the metric and two swept keys (see results.csv)")
-            log.info("written %s", plot_metric(res, spec["metric"], spec["x"], spec["y"]))
+            if not {"metric", "x"} <= set(spec):
+                raise InputError("--metric/--x", "name the metric and one or two swept keys (see results.csv)")
+            log.info("written %s", plot_metric(res, spec["metric"], spec["x"], spec.get("y")))
         return 0
     sweep = Sweep.from_dict(SweepDir(path).read_manifest()["sweep"]) if existing else load_sweep(path)
     root = Path(args.output) if args.output else (path if existing else Path("runs") / sweep.name)

@@ -121,6 +121,10 @@ BAD_SWEEPS = [
                                                         '"solver.theta_tol" = [1e-3] }', "axes[0]: "
                                                                                          "zipped lists"),
     ('name = "tiny"', 'name = "tiny"\nbogus = 1', "sweep: unknown key(s) ['bogus']"),
+    ('[[axes]]\nkey = "material.scaling_S"', '[local]\nworkerz = 2\n\n[[axes]]\nkey = "material.scaling_S"',
+     "local.workerz: unknown key"),
+    ('[[axes]]\nkey = "material.scaling_S"', '[slurm]\ntime = 30\n\n[[axes]]\nkey = "material.scaling_S"',
+     "slurm.time: must be a plain word"),
 ]
 
 
@@ -348,6 +352,7 @@ def test_params_sweep_with_a_custom_task_in_this_process(tmp_path, monkeypatch):
                task="paramtasks:square", task_options={"offset": 0.5})
     res = run_sweep(sw, tmp_path / "out", backend="mpi")  # no mpiexec: the cases run in this process
     assert list(res.column("y")) == [1.5, 4.5, 9.5]
+    assert (tmp_path / "out" / "y_vs_x.png").stat().st_size > 5000  # one axis: the metric against it
     note = tmp_path / "out" / "cases" / "x=2" / "note.txt"
     assert note.read_text() == "2.0"
     mtime = note.stat().st_mtime_ns

@@ -385,20 +385,35 @@ def load_sweep(source: str | Path | Mapping, *, base_dir: str | Path | None = No
     for m in metrics:
         check_metric(m)
     plot = head.get("plot", {})
-    if not isinstance(plot, Mapping) or set(plot) - {"metric", "x", "y"}:
-        raise InputError("sweep.plot", "must be a table with metric, x, y")
+    if not isinstance(plot, Mapping) or set(plot) - {"metric", "x", "y"} or (plot and not {"metric", "x"} <= set(plot)):
+        raise InputError("sweep.plot", "must be a table with metric, x and (optionally) y")
     task = head.get("task", DEFAULT_TASK)
     if not isinstance(task, str) or ":" not in task:
         raise InputError("sweep.task", f"must be \"module:function\", got {task!r}")
-    settings = {k: dict(data[k]) for k in BACKEND_TABLES if k in data}
-    for k, v in settings.items():
-        if not isinstance(data[k], Mapping):
+    for k in BACKEND_TABLES:
+        if k in data and not isinstance(data[k], Mapping):
             raise InputError(k, "must be a table")
+    settings = {k: dict(data[k]) for k in BACKEND_TABLES if k in data}
+    for k, allowed in (("local", ("workers",)), ("mpi", ("ranks_per_case",))):
+        extra = set(settings.get(k, {})) - set(allowed)
+        if extra:
+            raise InputError(f"{k}.{sorted(extra)[0]}", f"unknown key; allowed: {list(allowed)}")
+        for key in allowed:
+            v = settings.get(k, {}).get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise InputError(f"{k}.{key}", f"must be an integer >= 1, got {v!r}")
+    if "slurm" in settings:
+        from .slurm import slurm_settings
+
+        slurm_settings(settings["slurm"])
+    task_options = head.get("task_options", {})
+    if not isinstance(task_options, Mapping):
+        raise InputError("sweep.task_options", "must be a table of keyword arguments for the task")
     name = head.get("name", default_name)
     if not isinstance(name, str) or not name.strip():
         raise InputError("sweep.name", f"must be a non-empty string, got {name!r}")
     return Sweep(base, axes, name, dict(labels), list(metrics), dict(plot), task,
-                 dict(head.get("task_options", {})), settings, src)
+                 dict(task_options), settings, src)
 
 
 def with_sweep_outputs(base: RunSpec, light: bool = True) -> RunSpec:

@@ -54,17 +54,27 @@ class Progress:
 
     def __init__(self, total: int, already: int, group: int | None = None):
         self.total, self.k, self.failed = total, already, 0
+        self.already = already
         self.group = group  # mpi: each group leader reports its own cases
         self.extra = ALL_RANKS if group is not None else None
+        self.t0 = time.perf_counter()
+
+    def eta(self) -> str:
+        ran, left = self.k - self.already, self.total - self.k
+        if ran < 1 or left < 1:
+            return ""
+        s = (time.perf_counter() - self.t0) / ran * left
+        return f", about {s / 60:.0f} min left" if s >= 90 else f", about {s:.0f} s left"
 
     def __call__(self, outcome: dict):
         self.k += 1
         where = f"[group {self.group}]" if self.group is not None else f"[{self.k}/{self.total}]"
+        eta = "" if self.group is not None else self.eta()
         if outcome["status"] == "done":
-            log.info("%s %s: done in %.1f s", where, outcome["name"], outcome["wall_s"], extra=self.extra)
+            log.info("%s %s: done in %.1f s%s", where, outcome["name"], outcome["wall_s"], eta, extra=self.extra)
         else:
             self.failed += 1
-            log.info("%s %s: FAILED: %s", where, outcome["name"], outcome["reason"], extra=self.extra)
+            log.info("%s %s: FAILED: %s%s", where, outcome["name"], outcome["reason"], eta, extra=self.extra)
 
 
 def run_sweep(sweep: Sweep, outdir: str | Path, *, backend: str = "local", workers: int | None = None,
@@ -140,7 +150,7 @@ def collect_results(root: str | Path, *, plot: dict | None = None):
         spec = default_plot(res)
     if spec and res.counts["done"]:
         try:
-            files.append(plot_metric(res, spec["metric"], spec["x"], spec["y"]))
+            files.append(plot_metric(res, spec["metric"], spec["x"], spec.get("y")))
         except InputError as exc:
             log.warning("no figure: %s", exc)
     c = res.counts
@@ -156,16 +166,21 @@ def default_plot(res) -> dict:
     """The first numeric summary column over the first two swept labels, if there are two."""
     labels = list(dict.fromkeys(res.manifest.get("labels", {}).values()))
     axes = res.manifest["sweep"]["axes"]
-    if len(labels) < 2:
+    if not labels:
         return {}
     metrics = res.manifest["sweep"].get("metrics") or []
     from .definition import metric_column
 
     first = next((metric_column(m) for m in metrics if metric_column(m) in res.numeric), None)
-    metric = first or next((m for m in ("capacity_mAh_g", "theta_center_final") if m in res.numeric), None)
+    bookkeeping = {"wall_s", "wall_time_s", "assembly_time_s", "mpi_size", "dofs", "steps", "rejected_steps",
+                   "newton_iterations", "linear_iterations"}
+    metric = (first or next((m for m in ("capacity_mAh_g", "theta_center_final") if m in res.numeric), None)
+              or next((m for m in res.numeric if m not in bookkeeping), None))
     if metric is None:
         return {}
     grid_names = [a["name"] for a in axes if a["kind"] in ("grid", "zip", "cases")]
+    if len(labels) == 1:
+        return {"metric": metric, "x": labels[0]}
     if len(grid_names) >= 2:
         return {"metric": metric, "x": grid_names[0], "y": grid_names[1]}
     return {"metric": metric, "x": labels[0], "y": labels[1]}

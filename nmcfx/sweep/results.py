@@ -161,12 +161,14 @@ def gather(root: str | Path) -> SweepResults:
 
 
 # ----------------------------------------------------------------------------- the figure
-def plot_metric(results: SweepResults, metric: str, x: str, y: str, path: str | Path | None = None) -> Path:
+def plot_metric(results: SweepResults, metric: str, x: str, y: str | None = None,
+                path: str | Path | None = None) -> Path:
     """A figure of ``metric`` over the swept keys labelled ``x`` and ``y``.
 
     Two grid axes: a heat map (one cell per case, value written in it), one panel per
     value of any remaining axis (at most 12). Keys on one sampled/zipped axis: a scatter
-    plot coloured by the metric.
+    plot coloured by the metric. No ``y``: the metric against ``x``, one line per
+    combination of the other axes (at most 12).
     """
     import matplotlib
 
@@ -177,7 +179,7 @@ def plot_metric(results: SweepResults, metric: str, x: str, y: str, path: str | 
     if metric not in ds:
         raise InputError("--metric", f"unknown metric {metric!r}; available: {sorted(results.numeric)}")
     dim_of = {}
-    for name in (x, y):
+    for name in (x,) if y is None else (x, y):
         if name in ds.dims:
             dim_of[name] = name
         elif name in ds.coords and len(ds[name].dims) == 1:
@@ -185,9 +187,26 @@ def plot_metric(results: SweepResults, metric: str, x: str, y: str, path: str | 
         else:
             swept = sorted(set(results.manifest.get("labels", {}).values()))
             raise InputError("--x/--y", f"{name!r} is not a swept key; swept: {swept}")
-    path = Path(path) if path else results.root / f"{metric}_{y}_vs_{x}.png"
+    path = Path(path) if path else results.root / (f"{metric}_{y}_vs_{x}.png" if y else f"{metric}_vs_{x}.png")
     da = ds[metric]
-    if dim_of[x] == dim_of[y]:  # scattered points along one dimension
+    if y is None:  # the metric against one swept key
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        rest = [d for d in da.dims if d != dim_of[x]]
+        combos = [dict()]
+        for d in rest:
+            combos = [dict(c, **{d: i}) for c in combos for i in range(ds.sizes[d])]
+        xv = ds[x].values
+        order = np.argsort(xv) if xv.dtype != object else np.arange(len(xv))
+        for combo in combos[:12]:
+            vals = da.isel(combo).values
+            ax.plot(xv[order], vals[order], "o-", ms=4,
+                    label=", ".join(f"{d} = {_coord_text(ds, d, i)}" for d, i in combo.items()) or None)
+        if rest:
+            ax.legend(fontsize=7)
+        ax.set_xlabel(x)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    elif dim_of[x] == dim_of[y]:  # scattered points along one dimension
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
         other = [d for d in da.dims if d != dim_of[x]]
         flat = da.mean(dim=other) if other else da
