@@ -290,6 +290,16 @@ def test_mpi_backend_matches_local(local_run, tmp_path):
     assert res.counts["done"] == 6
     assert_same_numbers(res, local)
     assert not (tmp_path / "mpi" / ".claims").exists()
+    # one group of two ranks: every case runs distributed, and agrees with the serial run
+    proc = subprocess.run(mpiexec_cmd(2) + nmcfx_cmd() + ["sweep", str(path), "-o", str(tmp_path / "mpi2"),
+                                                           "--backend", "mpi", "--ranks-per-case", "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res2 = gather(tmp_path / "mpi2")
+    assert res2.counts["done"] == 6 and set(res2.column("mpi_size")) == {2}
+    for a, b in zip(res2.rows, local.rows):
+        for k in ("capacity_mAh_g", "theta_center_final", "theta_mean_final"):
+            assert a[k] == pytest.approx(b[k], rel=1e-8), (a["name"], k)
 
 
 def test_dask_backend_matches_local(local_run, tmp_path):
