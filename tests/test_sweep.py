@@ -368,6 +368,8 @@ def test_params_sweep_with_a_custom_task_in_this_process(tmp_path, monkeypatch):
     mtime = note.stat().st_mtime_ns
     again = run_sweep(sw, tmp_path / "out", backend="mpi")
     assert list(again.column("y")) == [1.5, 4.5, 9.5] and note.stat().st_mtime_ns == mtime  # skipped
+    other = Sweep(sw.base, sw.axes, name="squares", task="paramtasks:square", task_options={"offset": 1.0})
+    assert list(run_sweep(other, tmp_path / "out", backend="mpi").column("y")) == [2.0, 5.0, 10.0]  # options count
     changed = Sweep(Params({"x": 0.0, "model": "other"}), [grid("x", [2.0])], name="squares",
                     task="paramtasks:square", task_options={"offset": 0.5})
     run_sweep(changed, tmp_path / "out", backend="mpi")

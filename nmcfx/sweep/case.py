@@ -121,6 +121,8 @@ def execute_case(payload: dict, sweep_dir: str | Path, comm) -> dict:
     from nmcfx import __version__
     from nmcfx.spec import spec_from_payload
 
+    from .definition import DEFAULT_TASK, case_digest
+
     casedir = Path(sweep_dir) / "cases" / payload["name"]
     root = comm.rank == 0
     t0 = time.perf_counter()
@@ -132,9 +134,10 @@ def execute_case(payload: dict, sweep_dir: str | Path, comm) -> dict:
     status, reason, tb, numbers, digest = "done", None, None, {}, payload.get("digest")
     try:
         spec = spec_from_payload(payload["spec"])
-        digest = spec.digest  # the files as they are now, when the case reads them
-        task = resolve_task(payload.get("task") or "nmcfx.sweep.case:simulate")
-        out = task(spec, casedir, comm, **(payload.get("task_options") or {}))
+        task_path, options = payload.get("task") or DEFAULT_TASK, payload.get("task_options") or {}
+        digest = case_digest(spec.digest, task_path, options)  # the files as they are now, when read
+        task = resolve_task(task_path)
+        out = task(spec, casedir, comm, **options)
         numbers = case_numbers(out, payload.get("metrics") or [])
     except Exception as exc:  # noqa: BLE001 - any failure is recorded and the sweep goes on
         from nmcfx.errors import NmcfxError

@@ -176,6 +176,15 @@ def _is_num(x) -> bool:
 
 
 # ----------------------------------------------------------------------------- cases
+def case_digest(spec_digest: str, task: str = DEFAULT_TASK, task_options: Mapping | None = None) -> str:
+    """A case's identity: its spec's digest, and the task and task options when not the default
+    (a task's options, e.g. the sampling points of a calibration, shape its results too)."""
+    if task == DEFAULT_TASK and not task_options:
+        return spec_digest
+    blob = canonical_json({"spec": spec_digest, "task": task, "task_options": dict(task_options or {})})
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
 @dataclass
 class Case:
     """One point of the sweep: the base spec with ``overrides``, validated."""
@@ -185,10 +194,13 @@ class Case:
     overrides: dict
     coords: dict  # axis name → position along it
     spec: RunSpec
+    task: str = DEFAULT_TASK
+    task_options: dict = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
-        return self.spec.digest
+        """The spec's digest (config + files), with the task and its options if not the default."""
+        return case_digest(self.spec.digest, self.task, self.task_options)
 
 
 @dataclass
@@ -292,7 +304,7 @@ class Sweep:
                 spec = self.base.with_overrides(overrides, name=name)
             except InputError as exc:
                 raise InputError(f"sweep case {name!r} ({index + 1}/{total})", str(exc)) from None
-            out.append(Case(index, name, overrides, coords, spec))
+            out.append(Case(index, name, overrides, coords, spec, self.task, dict(self.task_options)))
         return out
 
     def payload(self, case: Case, casedir: Path | str | None = None) -> dict:

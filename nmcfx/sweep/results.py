@@ -130,6 +130,8 @@ def gather(root: str | Path) -> SweepResults:
     """Read every case's marker (or error) in a sweep directory into one table."""
     from nmcfx.spec import spec_from_payload
 
+    from .definition import DEFAULT_TASK, case_digest
+
     sd = SweepDir(root)
     manifest = sd.read_manifest()
     sweep = manifest["sweep"]
@@ -138,7 +140,8 @@ def gather(root: str | Path) -> SweepResults:
     keys = [k for a in sweep["axes"] for k in a["keys"]]
     rows, numeric = [], []
     for c in manifest["cases"]:
-        digest = base.with_overrides(c["overrides"], validate=False).digest
+        digest = case_digest(base.with_overrides(c["overrides"], validate=False).digest,
+                             sweep.get("task", DEFAULT_TASK), sweep.get("task_options"))
         st = sd.state(c["name"], digest, c["index"])
         row = {"index": c["index"], "name": c["name"], "status": st.state}
         for k in keys:

@@ -215,7 +215,7 @@ def run_task(root, task_id: int, expect: str | None = None) -> int:
     e = entries[task_id]
     sweep = Sweep.from_dict(manifest["sweep"])
     spec = sweep.base.with_overrides(e["overrides"], name=e["name"], validate=False)
-    case = Case(e["index"], e["name"], e["overrides"], e["coords"], spec)
+    case = Case(e["index"], e["name"], e["overrides"], e["coords"], spec, sweep.task, dict(sweep.task_options))
     st = sd.state(case.name, case.digest, case.index)
     if st.state == "done":
         log.info("case %d %s: already done (same inputs), skipped", task_id, case.name)

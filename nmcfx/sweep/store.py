@@ -10,7 +10,8 @@
     DIR/logs/                 worker logs (local backend); DIR/slurm/ scripts and job logs
 
 A case is *done* when its marker holds the digest the case has now (config + the files
-it reads); a marker with another digest is *stale* and the case runs again. Killing a
+it reads, + the task and its options when not the default); a marker with another digest
+is *stale* and the case runs again. Killing a
 sweep at any moment loses no finished case: a marker only exists complete.
 """
 
