@@ -92,8 +92,8 @@ def main(argv=None):
                 fresh.append((total, inner))
 
         print()
-        print(f"| quantity | value |")
-        print(f"|---|---|")
+        print("| quantity | value |")
+        print("|---|---|")
         print(f"| cases (done / failed) | {len(ok)} / {n - len(ok)} |")
         print(f"| sweep wall time, {args.workers} workers | {wall:.1f} s |")
         print(f"| **cases per minute** | **{60 * n / wall:.1f}** |")

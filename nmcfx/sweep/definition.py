@@ -223,6 +223,7 @@ class Sweep:
         # an axis named after its dotted key (the default) is named by the key's label
         from dataclasses import replace
 
+        self.axes = list(self.axes)  # a copy: the caller's list is left alone
         taken = {a.name for a in self.axes}
         for i, a in enumerate(self.axes):
             if a.name in a.keys:
