@@ -478,7 +478,7 @@ def mesh_electrode(layout: ElectrodeLayout, *, comm: MPI.Comm = MPI.COMM_WORLD, 
     def on_root(model):
         return _build_2d(model, layout, mesh_size, surface_mesh_size)
 
-    meta, data = mesh_and_distribute(comm, on_root, 2, "electrode", verbose)
+    meta, data = mesh_and_distribute(comm, on_root, 2, "electrode", verbose, ghost_shared_facets=True)
     return _finish(meta, data, layout, 2, unconnected, prefix)
 
 
@@ -785,7 +785,8 @@ def particle_with_patch(diameter: float, patch_angle_deg: float, patch_thickness
                       "coverage": covered / (surf + covered), "path": ["P0", "CBD", "collector"], "nmc_in_path": 0}]
         return {"particles": particles, "info": info, "sectors": {}, "reactive": ()}
 
-    meta, data = mesh_and_distribute(comm, on_root, 3, "particle with a CBD patch", verbose)
+    meta, data = mesh_and_distribute(comm, on_root, 3, "particle with a CBD patch", verbose,
+                                     ghost_shared_facets=True)
     return _finish(meta, data, None, 3, "error", "geometry")
 
 

@@ -42,9 +42,17 @@ from nmcfx.errors import InputError
 from nmcfx.materials.constants import FARADAY, GAS_CONSTANT
 
 from .exports import BoundaryExtremes, FieldIntegral, PointProbe, owned_weights
-from .problem import Field, Problem, StepResult
+from .problem import Field, Problem, StepResult, Term
 from .simulation import Simulation
-from .terms import ButlerVolmer, Conduction, CurrentControl, NonlinearDiffusion, TimeDerivative, theta_to_flux_scale
+from .terms import (
+    THETA_CLIP,
+    ButlerVolmer,
+    Conduction,
+    CurrentControl,
+    NonlinearDiffusion,
+    TimeDerivative,
+    theta_to_flux_scale,
+)
 
 ELECTROLYTE_MODELS = ("uniform",)
 
@@ -150,6 +158,54 @@ def sub_facets_on(field: Field, parent_facets: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- the model
+class _BatchedNodalUpdate(Term):
+    """Refreshes the nodal coefficients of every particle in one vectorised pass per material
+    (D_chem, V_oc, i0 and σ_NMC of all particles at once) instead of one small pass per term."""
+
+    def __init__(self, model: "ElectrodeModel"):
+        self.model = model
+
+    def residuals(self, problem):
+        return {}
+
+    def setup(self, problem):
+        m = self.model
+        for t in m.diffusions + m.reactions + [m.conduction]:
+            t.auto_update = False
+        groups: dict[int, list[int]] = {}
+        for i, mat in enumerate(m.materials):
+            groups.setdefault(id(mat), []).append(i)
+        self.groups = [(m.materials[idx[0]], idx) for idx in groups.values()]
+        nodal = {id(th): coeff for th, frozen, coeff in m.conduction._nodal}
+        self.sigma = [(nodal[id(th)], next(fz for t2, fz, _ in m.conduction._nodal if t2 is th)) for th in m.thetas]
+
+    def update(self, problem):
+        m = self.model
+        for mat, idx in self.groups:
+            raw = [m.thetas[i].u.x.array for i in idx]
+            sizes = np.cumsum([0] + [len(a) for a in raw])
+            th = np.clip(np.concatenate(raw), THETA_CLIP, 1.0 - THETA_CLIP)
+            bv = m.reactions[idx[0]]
+            cr = bv.concentration_ratio
+            values = {"D": mat.D_chem(th) * 1e12, "dD": mat.dD_chem(th) * 1e12, "U": mat.ocv(th),
+                      "dU": mat.docv(th), "i0": mat.i0(th, cr), "di0": mat.di0(th, cr),
+                      "s": m.sigma(th), "ds": m.sigma.derivative(th)}
+            for j, i in enumerate(idx):
+                sl = slice(sizes[j], sizes[j + 1])
+                d, r = m.diffusions[i], m.reactions[i]
+                d.D.value.x.array[:] = values["D"][sl]
+                d.D.derivative.x.array[:] = values["dD"][sl]
+                r.frozen.x.array[:] = raw[j]
+                r.U.value.x.array[:] = values["U"][sl]
+                r.U.derivative.x.array[:] = values["dU"][sl]
+                r.i0.value.x.array[:] = values["i0"][sl]
+                r.i0.derivative.x.array[:] = values["di0"][sl]
+                coeff, frozen = self.sigma[i]
+                frozen.x.array[:] = raw[j]
+                coeff.value.x.array[:] = values["s"][sl]
+                coeff.derivative.x.array[:] = values["ds"][sl]
+
+
 class ElectrodeModel:
     """The electrode problem; the interface the time loop needs mirrors :class:`TransportSolver`."""
 
@@ -176,7 +232,7 @@ class ElectrodeModel:
         solid = tuple(tags) + ((CBD_TAG,) if has_cbd else ())
 
         self.problem = pb = Problem(mesh, cell_tags=electrode.cell_tags, petsc_options=petsc_options, prefix=prefix,
-                                    atol_measure=electrode.active_measure)
+                                    atol_measure=electrode.active_measure, block_tolerances=self._block_tolerances)
         self.counters = pb.counters
         self.dt, self.bdf = pb.dt, pb.bdf
         self.thetas = [pb.add_field(Field(f"theta_{n}", tags=(t,), degree=degree, transient=True))
@@ -197,6 +253,7 @@ class ElectrodeModel:
             pb.add_term(NonlinearDiffusion(th, mat))
             self.reactions.append(pb.add_term(ButlerVolmer(th, self.phi_s, self.phi_l, [(ds, 1.0)], mat,
                                                            concentration_ratio=concentration_ratio)))
+        self.diffusions = [t for t in pb.terms if isinstance(t, NonlinearDiffusion)]
         regions = [((CBD_TAG,), settings.cbd_conductivity_S_m)] if has_cbd else []
         regions += [((t,), (th, self.sigma, self.sigma.derivative)) for th, t in zip(self.thetas, tags)]
         pb.add_term(Conduction(self.phi_s, regions, self.material.site_concentration))
@@ -209,6 +266,8 @@ class ElectrodeModel:
         if self.comm.allreduce(len(self._collector_facets), op=MPI.SUM) == 0:
             raise InputError("geometry", "no electronic conductor touches the current collector")
         pb.add_dirichlet(self.phi_s, 0.0, self._collector_facets)
+        self.conduction = next(t for t in pb.terms if isinstance(t, Conduction))
+        pb.add_term(_BatchedNodalUpdate(self))
         pb.initialise()
         self.petsc_options = pb.petsc_options
 
@@ -227,9 +286,24 @@ class ElectrodeModel:
         self.perimeter = float(sum(self.reacting_measure))
         self._current_forms = [fem.form(r.amps_form(), entity_maps=emaps) for r in self.reactions]
         self._collector_dofs = self._owned_collector_dofs()
+        self._j_ref = self.material.current_density_for_c_rate(0.05, self.volume, self.perimeter)
         self._probes: dict[str, PointProbe] = {}
 
     # ------------------------------------------------------------------ construction helpers
+    #: relative charge defect per step allowed in the electron and control equations
+    CHARGE_RTOL = 1e-12
+
+    def _block_tolerances(self, problem) -> list[float]:
+        """Newton tolerance per block: θ blocks bound the Li defect of a step (the problem's snes_atol,
+        θ·µm^d); the φ_s and φ_l blocks bound the charge defect of a step relative to the charge the
+        step passes (at least the charge of a C/20 step, so that rests and holds are bounded too)."""
+        atol = float(problem.petsc_options["snes_atol"])
+        dt = float(problem.dt.value)
+        j = max(abs(float(self.control.j_set.value)), self._j_ref)
+        current = self.CHARGE_RTOL * self._scale * j * self.perimeter  # θ·µm^d per s
+        # the control row is a current (CC) or a scaled voltage difference (CV: 1e-12 V)
+        cv = float(self.control.w_cv.value) * self.control.cv_scale * self._scale * self.perimeter * 1e-12
+        return [atol] * len(self.thetas) + [dt * current, current + cv]
     def _boundary_weights(self, th: Field) -> np.ndarray:
         ds = ufl.Measure("ds", domain=th.mesh, metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
         return owned_weights(th, ds)

@@ -175,6 +175,8 @@ class Term:
     ``row`` depends on; default: all fields whose function appears in it)."""
 
     fields: tuple[Field, ...] = ()
+    #: False when another term refreshes this term's nodal coefficients (e.g. in one batch)
+    auto_update: bool = True
 
     def residuals(self, problem: "Problem") -> dict[Field, ufl.Form]:
         raise NotImplementedError
@@ -194,13 +196,14 @@ class Problem:
     """Fields on regions of ``mesh`` coupled by terms; see the module docstring."""
 
     def __init__(self, mesh, *, cell_tags=None, petsc_options: dict | None = None, prefix: str = "nmcfx_",
-                 atol_measure: float = 1.0):
+                 atol_measure: float = 1.0, block_tolerances=None):
         self.mesh = mesh
         self.comm = mesh.comm
         self.cell_tags = cell_tags
         self.fields: list[Field] = []
         self.terms: list[Term] = []
         self.bcs: list = []
+        self._bc_fields: list = []
         self.prefix = prefix
         self.counters = SolverCounters()
         opts = dict(DEFAULT_PETSC_OPTIONS)
@@ -215,6 +218,9 @@ class Problem:
         self._initialised = False
         self.interrupted = False
         self._abort, self._error = False, None
+        # optional: callable(problem) -> absolute tolerance per unknown (2-norm of its residual block);
+        # Newton converges when every block meets its own tolerance (e.g. a charge balance per step)
+        self.block_tolerances = block_tolerances
 
     # ------------------------------------------------------------------ building
     def add_field(self, f: Field) -> Field:
@@ -241,6 +247,7 @@ class Problem:
         dofs = fem.locate_dofs_topological(f.V, tdim - 1, facets)
         bc = fem.dirichletbc(PETSc.ScalarType(value), dofs, f.V)
         self.bcs.append(bc)
+        self._bc_fields.append((f, bc))
         return bc
 
     def build_spaces(self):
@@ -309,11 +316,34 @@ class Problem:
                 self.F_ufl, [f.u for f in unknowns], J=self.J_ufl, bcs=self.bcs or None, kind="mpi",
                 petsc_options_prefix=self.prefix, petsc_options=opts, entity_maps=emaps)
         self._install_callbacks(unknowns)
+        if self.block_tolerances is not None and len(unknowns) > 1:
+            self._install_block_convergence_test(unknowns)
 
     # ------------------------------------------------------------------ SNES glue
+    def _install_block_convergence_test(self, unknowns):
+        sizes = [f.n_owned for f in unknowns]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        max_it = int(self.petsc_options.get("snes_max_it", 50))
+        comm = self.comm
+
+        def test(snes, it, norms):
+            _, _, fnorm = norms
+            if not np.isfinite(fnorm):
+                return PETSc.SNES.ConvergedReason.DIVERGED_FNORM_NAN
+            r = snes.getFunction()[0].array_r
+            local = np.array([float(np.dot(r[a:b], r[a:b])) for a, b in zip(offsets[:-1], offsets[1:])])
+            block = np.sqrt(comm.allreduce(local, op=MPI.SUM))
+            if np.all(block <= self._block_atol):
+                return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
+            if it >= max_it:
+                return PETSc.SNES.ConvergedReason.DIVERGED_MAX_IT
+            return PETSc.SNES.ConvergedReason.ITERATING
+
+        self.problem.solver.setConvergenceTest(test)
     def update_coefficients(self):
         for t in self.terms:
-            t.update(self)
+            if t.auto_update:
+                t.update(self)
 
     def _install_callbacks(self, unknowns):
         """Own SNES callbacks: copy the iterate into the fields, refresh nodal coefficients,
@@ -361,21 +391,32 @@ class Problem:
             return
 
         funcs = [f.u for f in unknowns] if len(unknowns) > 1 else unknowns[0].u
-        F_ctx = {"u": self.problem.u, "residual": self.problem.F, "jacobian": self.problem.J,
-                 "bcs": self.bcs}
-        if (blocks := self.problem.b.getAttr("_blocks")) is not None:
-            F_ctx["_blocks"] = blocks
         J_ctx = {"u": self.problem.u, "jacobian": self.problem.J, "preconditioner": None, "bcs": self.bcs}
-        assemble_F = dolfinx.fem.petsc.assemble_residual
         assemble_J = dolfinx.fem.petsc.assemble_jacobian
         assign = dolfinx.fem.petsc.assign
+        F_forms = self.problem.F
+        blocks = self.problem.b.getAttr("_blocks")
+        bcs0 = ([[bc for g, bc in self._bc_fields if g is f] for f in unknowns] if len(unknowns) > 1
+                else self.bcs)
+        assemble_vector = dolfinx.fem.petsc.assemble_vector
+        set_bc = dolfinx.fem.petsc.set_bc
 
         def residual(snes_, x, b):
+            # No lifting: :meth:`solve` imposes the Dirichlet data on the initial guess, so every
+            # Newton update vanishes on the constrained DOFs and the lifting term is zero.
             t0 = clock()
             x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
             assign(x, funcs)
             self.update_coefficients()
-            assemble_F(snes_, x, b, **F_ctx)
+            if blocks is not None:
+                b.setAttr("_blocks", blocks)
+                x.setAttr("_blocks", blocks)
+            with b.localForm() as bl:
+                bl.set(0.0)
+            assemble_vector(b, F_forms)
+            b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+            set_bc(b, bcs0, x0=x, alpha=-1.0)
+            b.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
             counters.residual_evaluations += 1
             counters.assembly_time += clock() - t0
 
@@ -411,6 +452,10 @@ class Problem:
         t0 = MPI.Wtime()
         a_before = self.counters.assembly_time
         snes = self.problem.solver
+        for f, bc in self._bc_fields:
+            bc.set(f.u.x.array)  # the initial guess meets the Dirichlet data (no lifting needed)
+        if self.block_tolerances is not None:
+            self._block_atol = np.asarray(self.block_tolerances(self), dtype=float)
         self._abort, self._error = False, None
         with _sigint_as_flag(self):
             try:
