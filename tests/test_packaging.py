@@ -17,7 +17,8 @@ def test_wheel_has_one_namespace_and_its_data(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"nmcfx"}, top  # no generic `solver`/`materials` packages in site-packages
-    for required in ("nmcfx/cli.py", "nmcfx/solver/transport.py", "nmcfx/geometries/__init__.py",
+    for required in ("nmcfx/cli.py", "nmcfx/api.py", "nmcfx/spec.py", "nmcfx/sweep/engine.py",
+                     "nmcfx/sweep/local.py", "nmcfx/solver/transport.py", "nmcfx/geometries/__init__.py",
                      "nmcfx/materials/data/nmc_dli_xu2022_default.csv", "nmcfx/studies/examples/flagship.toml"):
         assert required in names, required
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
