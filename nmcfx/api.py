@@ -97,15 +97,17 @@ class _History:
 
 def run(spec: RunSpec | str | os.PathLike | Mapping, outdir: str | os.PathLike | None = None, *,
         overrides: Mapping[str, Any] | None = None, comm=None, progress: bool | None = None,
-        resume: bool = False, observers: Sequence = ()) -> RunResult:
+        resume: bool = False, overwrite: bool = False, observers: Sequence = ()) -> RunResult:
     """Run a simulation into ``outdir`` (default ``runs/<spec name>``) and return its results.
 
     ``spec``: a :class:`RunSpec`, a TOML path or a config dict (validated first);
     ``overrides``: dotted keys applied before running; ``comm``: the MPI communicator the
     case runs on (default ``MPI.COMM_WORLD``); ``progress``: progress bar (default: the
     config's ``output.progress``); ``resume``: continue from ``outdir/checkpoint``;
+    ``overwrite``: replace an earlier run in ``outdir`` (refused otherwise);
     ``observers``: extra ``Simulation`` observers (e.g. a θ-map recorder).
-    Bad input raises :class:`nmcfx.errors.InputError` before anything is written.
+    Bad input or an occupied ``outdir`` raises :class:`nmcfx.errors.InputError` before
+    anything is written (and before meshing).
     """
     from mpi4py import MPI
 
@@ -114,6 +116,12 @@ def run(spec: RunSpec | str | os.PathLike | Mapping, outdir: str | os.PathLike |
     spec = load(spec, overrides)
     comm = MPI.COMM_WORLD if comm is None else comm
     outdir = Path(outdir) if outdir is not None else Path("runs") / spec.name
+    try:
+        from nmcfx.solver.rundir import check_run_directory
+    except ImportError:  # pragma: no cover - a solver without run-directory protection
+        check_run_directory = None
+    if check_run_directory is not None:
+        check_run_directory(outdir, config=spec.config, resume=resume, overwrite=overwrite, comm=comm)
     prepared = spec.prepare(comm)
     log.info("nmcfx: %s", prepared.title or spec.name)
     log.info("%s", prepared.particle.summary())
@@ -122,6 +130,7 @@ def run(spec: RunSpec | str | os.PathLike | Mapping, outdir: str | os.PathLike |
     if resume:
         log.info("  resuming from %s", outdir / "checkpoint")
     history = _History()
+    extra = {"overwrite": overwrite} if check_run_directory is not None else {}
     summary = execute(prepared, outdir, comm=comm, progress=progress, resume=resume,
-                      observers=[*observers, history])
+                      observers=[*observers, history], **extra)
     return RunResult(spec, outdir, summary, history.columns(), history.steps)

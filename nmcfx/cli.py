@@ -3,6 +3,7 @@
     nmcfx run CONFIG.toml [-o DIR]       run a simulation described by a TOML file
     nmcfx run --example NAME [-o DIR]    run a built-in example (see `nmcfx examples`)
     nmcfx run … -o DIR --resume          continue an interrupted run from its checkpoint
+    nmcfx run … -o DIR --overwrite       replace an earlier run in DIR (refused otherwise)
     nmcfx mesh CONFIG.toml               build only the mesh and report it
     nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem
     nmcfx examples                       list the built-in examples
@@ -13,7 +14,8 @@
     nmcfx --version
 
 Works the same under ``mpiexec -n N``: every rank runs, rank 0 prints and writes.
-User errors print one line (``nmcfx: error: ...``) and exit with status 2.
+User errors print one line (``nmcfx: error: ...``) and exit with status 2; an error on
+some ranks only ends the whole job (``nmcfx.parallel.ErrorGuard``) instead of hanging it.
 """
 
 from __future__ import annotations
@@ -35,8 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--example", metavar="NAME", help="run a built-in example instead of a file")
     r.add_argument("-o", "--output", metavar="DIR", help="run directory (default: runs/<name>)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from DIR/checkpoint (same config, same number of ranks)")
+    again = r.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from DIR/checkpoint (same config, same number of ranks)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the results and checkpoint of an earlier run in DIR (refused otherwise)")
 
     m = sub.add_parser("mesh", help="build the mesh of a config and print its summary")
     m.add_argument("config", nargs="?")
@@ -132,13 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
     from nmcfx.errors import NmcfxError
-
     from nmcfx.log import setup as setup_logging
+    from nmcfx.parallel import ErrorGuard, describe_os_error
 
     comm = MPI.COMM_WORLD
     parser = _parser()
     args = parser.parse_args(argv)
     setup_logging()
+    guard = ErrorGuard(comm)  # errors on some ranks only must not hang the others
     try:
         if args.command == "run":
             return _cmd_run(args, comm)
@@ -157,13 +163,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     except NmcfxError as exc:
-        if comm.rank == 0:
-            print(f"nmcfx: error: {exc}", file=sys.stderr)
-        return 2
+        return guard.fail(f"nmcfx: error: {exc}", 2)
+    except (OSError, UnicodeDecodeError) as exc:  # a file problem that no earlier check caught
+        return guard.fail(f"nmcfx: error: {describe_os_error(exc)}", 2)
     except KeyboardInterrupt:
-        if comm.rank == 0:
-            print("nmcfx: interrupted", file=sys.stderr)
-        return 130
+        return guard.fail("nmcfx: interrupted", 130)
+    except Exception:  # a bug: keep its traceback, but never leave the other ranks waiting
+        import traceback
+
+        traceback.print_exc()
+        return guard.fail(None, 1)
 
 
 def _config_source(args) -> tuple[dict, Path, str]:
@@ -185,18 +194,37 @@ def _say(comm, *msg):
 def _cmd_run(args, comm) -> int:
     from nmcfx.api import run
     from nmcfx.log import get_logger
+    from nmcfx.solver.outputs import OutputSettings
     from nmcfx.solver.run import format_summary
     from nmcfx.spec import RunSpec
 
     log = get_logger("nmcfx.cli")
     cfg, base, name = _config_source(args)
-    spec = RunSpec(cfg, base_dir=base, name=name)
+    # validated by prepare inside run(), after the run directory check (as before)
+    spec = RunSpec(cfg, base_dir=base, name=name, validate=False)
     outdir = Path(args.output) if args.output else Path("runs") / name
-    result = run(spec, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume)
+    result = run(spec, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
+                 overwrite=args.overwrite)
     log.info("summary:")
     log.info("%s", format_summary(result.summary))
-    log.info("results in %s/ (timeseries.csv, figures *.png, fields theta.bp, metadata.json)", outdir)
+    files = _run_files(OutputSettings.from_dict(spec.config.get("output")), outdir)
+    log.info("results in %s/ (%s)", outdir, ", ".join(files))
     return 0
+
+
+def _run_files(output, outdir: Path) -> list[str]:
+    """The main files a run wrote, as named in the closing line of ``nmcfx run``."""
+    names = ["timeseries.csv", "steps.csv"]
+    if output.figures:
+        names.append("figures *.png")
+    if output.fields != "none":
+        ext = ".bp" if output.fields == "vtx" else ".xdmf"
+        stem = "fields" if (outdir / f"fields{ext}").exists() else "theta"  # electrodes write fields.*
+        parts = sorted(p.name for p in outdir.glob(f"{stem}-part*{ext}"))
+        names.append("fields " + " + ".join([f"{stem}{ext}", *parts]))
+    if (outdir / "particles.csv").exists():
+        names.insert(2, "particles.csv")
+    return names + ["metadata.json", "summary.json"]
 
 
 def _cmd_mesh(args, comm) -> int:
@@ -219,22 +247,31 @@ def _cmd_materials(args, comm, parser) -> int:
     import numpy as np
 
     from nmcfx.errors import InputError
+    from nmcfx.parallel import collective_errors, run_on_root
+    from nmcfx.paths import check_output_file, figure_suffixes
 
     if not 2 <= args.points <= 10000:
         raise InputError("--points", f"must be in [2, 10000], got {args.points}")
+    if args.csv:
+        run_on_root(comm, check_output_file, args.csv, "--csv")
+    if args.plot:
+        run_on_root(comm, check_output_file, args.plot, "--plot", suffixes=figure_suffixes())
     material = get_material(args.name)
     thetas = np.linspace(0.05, 0.99, args.points)
     table = property_table(material, thetas)
     _say(comm, format_property_table(material, table))
-    if comm.rank == 0:
-        if args.csv:
-            write_property_csv(args.csv, material, table)
-            print(f"written {args.csv}")
-        if args.plot:
-            from nmcfx.materials import plot_properties
+    for option, path in (("--csv", args.csv), ("--plot", args.plot)):
+        if not path:
+            continue
+        with collective_errors(comm, option):
+            if comm.rank == 0:
+                if option == "--csv":
+                    write_property_csv(path, material, table)
+                else:
+                    from nmcfx.materials import plot_properties
 
-            plot_properties(material, args.plot)
-            print(f"written {args.plot}")
+                    plot_properties(material, path)
+        _say(comm, f"written {path}")
     return 0
 
 

@@ -350,7 +350,9 @@ class ElectrodeModel:
             self.control.set_current(value)
         elif mode == "voltage":
             self.control.set_voltage(value)
+            # Newton starts every step from the last accepted potentials: start the hold at its voltage
             self.phi_l.u.x.array[:] = -value
+            self.phi_l.u_n.x.array[:] = -value
         else:
             raise ValueError(mode)
 

@@ -12,7 +12,7 @@ The default, :func:`simulate`, is ``nmcfx.run``; another task returns either a
 write more files into ``casedir`` (e.g. θ maps, sampled fields)::
 
     def my_task(spec, casedir, comm, maps=False):
-        result = nmcfx.run(spec, casedir, comm=comm, observers=[...])
+        result = nmcfx.run(spec, casedir, comm=comm, overwrite=True, observers=[...])
         return result
 """
 
@@ -34,10 +34,11 @@ class Interrupted(Exception):
 
 
 def simulate(spec, casedir, comm):
-    """The default task: ``nmcfx.run`` into the case directory, no progress bar."""
+    """The default task: ``nmcfx.run`` into the case directory, no progress bar. The case
+    directory belongs to the sweep: a case run again replaces what an earlier attempt left."""
     from nmcfx.api import run
 
-    return run(spec, casedir, comm=comm, progress=False)
+    return run(spec, casedir, comm=comm, progress=False, overwrite=True)
 
 
 def resolve_task(path: str):
