@@ -183,8 +183,8 @@ def _half_time(t, q):
     """Time at which half of the capacity passed during the hold had passed."""
     if len(q) < 2:
         return math.nan
-    q = q - q[0]
-    return float(np.interp(0.5 * q[-1], q, t)) if q[-1] > 0 and np.all(np.diff(q) >= -1e-12) else math.nan
+    q = np.maximum.accumulate(q - q[0])  # lithiation only (round-off aside) during a hold at 3.0 V
+    return float(t[np.searchsorted(q, 0.5 * q[-1])]) if q[-1] > 0 else math.nan
 
 
 def report(study, label, key):
