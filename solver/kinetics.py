@@ -32,7 +32,7 @@ Two pieces, both evaluated node by node (no DOLFINx here):
    Solved for i with u = f (η − R i) as the unknown: h(u) = f R i₀ B(u) + u − f η = 0,
    B(u) = e^{α_a u} − e^{−α_c u}, is strictly increasing (h' ≥ 1) with its root between
    0 and f η, so a safeguarded Newton iteration inside that bracket converges for any R ≥ 0
-   and any η (no overflow: |u| ≤ |f η| and the start is ≤ ln(1 + |η|/(R i₀)) from zero). The
+   and any η (no overflow: |u| ≤ |f η|, and the start is at most ln(1 + |η|/(R i₀))/α from zero). The
    derivatives follow from the implicit-function theorem on i − i₀ B(f(η − R i)) = 0:
 
        ∂i/∂η  = i₀ f B'(u) / D,   ∂i/∂i₀ = B(u) / D,   ∂i/∂R = −i i₀ f B'(u) / D,
