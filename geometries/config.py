@@ -3,6 +3,7 @@
 Schema (lengths in µm)::
 
     shape = "xu2022"            # disk | ellipse | contour | xu2022 | prism | cylinder | sphere
+                                # (electrode | electrode_3d: composite electrodes, see electrode.py)
     diameter_um = 5.0           # disk, cylinder, sphere
     semi_axes_um = [2.0, 1.0]   # ellipse
     angle_deg = 0.0             # ellipse, xu2022: direction of the first semi-axis
@@ -68,6 +69,10 @@ def geometry_from_config(
     cfg = {} if cfg is None else cfg
     if not isinstance(cfg, Mapping):
         raise InputError(prefix, f"must be a table, got {type(cfg).__name__}")
+    if cfg.get("shape") in ("electrode", "electrode_3d"):  # composite electrodes: geometries/electrode.py
+        from .electrode import electrode_from_config
+
+        return electrode_from_config(cfg, comm, base_dir=base_dir, prefix=prefix)
     shape = _shape(cfg, prefix, SHAPES)
     _check_keys(cfg, COMMON_KEYS + SHAPE_KEYS[shape], shape, prefix)
     verbose = boolean(cfg["verbose"], f"{prefix}.verbose") if "verbose" in cfg else False

@@ -46,7 +46,9 @@ from nmcfx.errors import InputError
 THETA_QUANTITIES = ("theta_mean", "theta_center", "theta_surface_min", "theta_surface_max")
 STOP_QUANTITIES = THETA_QUANTITIES + ("voltage_V", "current_mA_g", "abs_current_mA_g")
 _OPS = ("<=", ">=", "<", ">")
-_COND_RE = re.compile(r"^\s*([A-Za-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+_COND_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z_0-9]*)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
+#: per-particle quantities of an electrode (``theta_mean_T3``); the particle name is checked in prepare
+_PARTICLE_RE = re.compile(r"^(theta_mean|theta_surface|theta_near)_[A-Za-z0-9]+$")
 
 
 @dataclass(frozen=True)
@@ -72,13 +74,15 @@ class StopCondition:
                 f"{list(STOP_QUANTITIES)} and op in {list(_OPS)}",
             )
         q, op, val = m.groups()
-        if q not in STOP_QUANTITIES:
-            raise InputError(field_name, f"unknown quantity {q!r}; allowed: {list(STOP_QUANTITIES)}")
+        if q not in STOP_QUANTITIES and not _PARTICLE_RE.match(q):
+            raise InputError(field_name, f"unknown quantity {q!r}; allowed: {list(STOP_QUANTITIES)} "
+                                         "(electrodes also theta_mean_<particle>, theta_surface_<particle>, "
+                                         "theta_near_<particle>)")
         try:
             v = float(val)
         except ValueError:
             raise InputError(field_name, f"threshold {val!r} is not a number") from None
-        if q in THETA_QUANTITIES and not 0.0 < v < 1.0:
+        if (q in THETA_QUANTITIES or q.startswith("theta_")) and not 0.0 < v < 1.0:
             raise InputError(field_name, f"occupancy threshold must be in (0, 1), got {v:g}")
         if q == "voltage_V" and not 0.0 < v < 10.0:
             raise InputError(field_name, f"voltage threshold must be in (0, 10) V, got {v:g}")
