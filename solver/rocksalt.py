@@ -12,9 +12,10 @@ surface
 With L = R (the equivalent radius) a 2.4 µm particle and ratio = 3000 give δ_c = 0.4 nm.
 ``studies/lun2025_rocksalt_shell.py`` resolves the film (D_chem/3000 in a meshed layer,
 Butler–Volmer surface, 0.25–4 nm): the form 1/(1 + δ/δ_c) fits the charge-averaged flux
-ratio over the whole range, with δ_c ≈ 0.26 nm, i.e. L ≈ 0.65 R — the default
-``length_factor`` below. The resolved ratio is not constant in time (it starts near
-0.02–0.05 and rises as the particle-side depletion layer grows), which a single η cannot
+ratio over the whole range, with δ_c ≈ 0.58 nm (0.50–0.65) for the default material, i.e.
+L ≈ 1.45 R — the default ``length_factor`` below (0.65 with the previous default tables,
+whose D_chem near θ₀ was 4× larger). The resolved ratio is not constant in time (it starts
+lower and rises as the particle-side depletion layer grows), which a single η cannot
 follow; see ``studies/lun2025_rocksalt_shell.md``.
 """
 
@@ -23,8 +24,8 @@ from __future__ import annotations
 import math
 
 
-#: L / R fitted to the resolved-film study (δ_c ≈ 0.26 nm for a 2.4 µm disk at ratio 3000)
-LENGTH_FACTOR = 0.65
+#: L / R fitted to the resolved-film study (median δ_c ≈ 0.58 nm for a 2.4 µm disk at ratio 3000)
+LENGTH_FACTOR = 1.45
 
 
 def critical_thickness_nm(particle, ratio: float, length_factor: float = LENGTH_FACTOR) -> float:
