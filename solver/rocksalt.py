@@ -43,12 +43,22 @@ def eta_from_thickness(thickness_nm: float, critical_nm: float) -> float:
 
 
 def sector_weights(surface, particle, material=None) -> dict[str, float]:
-    """η per reactive sector: 1 unless blocked (η given) or covered by a rocksalt film (δ given)."""
+    """η per reactive sector: 1 unless blocked (η given) or, with the prescribed-flux model, covered
+    by a rocksalt film (δ given → η(δ)). With Butler–Volmer a film is a series resistance in the
+    kinetics instead (:func:`film_thicknesses`), and its sector keeps η = 1."""
     reactive = [s for s in particle.reactive_sectors if s in particle.sectors]
     weights = {s: 1.0 for s in reactive}
     weights.update(surface.blocking)
-    if surface.rocksalt_thickness_nm:
+    if surface.rocksalt_thickness_nm and surface.model != "butler_volmer":
         dc = critical_thickness_nm(particle, surface.rocksalt_diffusivity_ratio)
         for s, delta in surface.rocksalt_thickness_nm.items():
             weights[s] = eta_from_thickness(delta, dc)
     return weights
+
+
+def film_thicknesses(surface) -> dict[str, float]:
+    """Sector → rocksalt thickness (nm) that Butler–Volmer runs treat as a series resistance
+    (:func:`nmcfx.solver.kinetics.film_resistance`); empty for the prescribed-flux model."""
+    if surface.model != "butler_volmer":
+        return {}
+    return {s: float(d) for s, d in surface.rocksalt_thickness_nm.items() if d > 0}
