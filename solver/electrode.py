@@ -604,7 +604,8 @@ class ElectrodeSimulation(Simulation):
                      theta_mean=obs["theta_mean"], theta_surface_min=obs["theta_surface_min"],
                      theta_surface_max=obs["theta_surface_max"], potential_drop_V=obs["potential_drop_V"],
                      mass_balance_error=((self._I0 - I) - self._ledger) / self._I0,
-                     charge_balance_error=(coll - total) / max(abs(total), 1e-300) if total else coll)
+                     # relative to the step's current, or to a C/20 current in rests and fading holds
+                     charge_balance_error=(coll - total) / max(abs(total), m._j_ref * m.perimeter))
         if m.electrolyte is not None:  # c_l range and mean, electrolyte potential drop, salt and charge balances
             rec.update(m.electrolyte.record_columns(dt))
         for key, val in obs.items():

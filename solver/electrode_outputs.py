@@ -150,9 +150,11 @@ class ElectrodeOutputs:
         written = [self._theta_dg, self._phi_dg] + [g for g, *_ in self._pore_dg]
         if self.settings.fields == "vtx":
             self._vtx = dolfinx.io.VTXWriter(m.comm, str(self.outdir / f"{stem}.bp"), written, engine="BP4")
-        else:
+        else:  # XDMF takes P1 or cell data: cell values (DG0) of the same fields
             self._vtx = dolfinx.io.XDMFFile(m.comm, str(self.outdir / f"{stem}.xdmf"), "w")
             self._vtx.write_mesh(mesh)
+            Q0 = fem.functionspace(mesh, ("DG", 0))
+            self._cell_copies = [(g, fem.Function(Q0, name=g.name)) for g in written]
 
     def _setup_current_density(self, m):
         """|σ∇φ_s| (A m⁻²) as a DG0 field on the solid: σ per cell from the cell-mean θ of its particle."""
@@ -230,8 +232,9 @@ class ElectrodeOutputs:
             if self.settings.fields == "vtx":
                 self._vtx.write(t)
             else:
-                for g in [self._theta_dg, self._phi_dg] + [g for g, *_ in self._pore_dg]:
-                    self._vtx.write_function(g, t)
+                for g, cell in self._cell_copies:
+                    cell.interpolate(g)
+                    self._vtx.write_function(cell, t)
 
     def _write_step(self, info: dict):
         self._steps_csv.writerow([info["index"], info["label"], info["description"]]
