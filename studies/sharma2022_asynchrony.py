@@ -59,9 +59,9 @@ INITIAL_THETA = 0.99
 
 def cycle_protocol(charges: int, *, relithiate_after_first: bool = False, quick: bool = False) -> dict:
     """C/20 charge to 4.3 V + CV until C/50, C/20 discharge to 2.5 V + CV until C/50, repeated."""
-    cap_h = 30.0 if not quick else 3.0
-    cv_min = 120.0 if not quick else 10.0
-    rate = 0.05 if not quick else 1.0  # quick: a smoke test that reaches the cut-offs in minutes
+    cap_h = 30.0 if not quick else 0.25
+    cv_min = 120.0 if not quick else 5.0
+    rate = 0.05 if not quick else 1.0  # quick: a smoke test (15 min steps at 1C)
     steps = []
     for n in range(charges):
         steps += [
@@ -103,7 +103,31 @@ def base_config(quick: bool) -> dict:
     }
 
 
-def cases(quick: bool) -> list[tuple[str, dict, str]]:
+def pristine_scaled_conductivity(factor: float, path: Path) -> Path:
+    """The default σ_NMC(θ) table with its pristine side scaled: log10 σ is stretched about the
+    charged value so that σ(θ = 1) is ``factor`` × the default and σ(θ ≤ 0.9) is unchanged."""
+    from nmcfx.materials.conductivity import DEFAULT_CONDUCTIVITY_CSV, load_conductivity_table
+
+    t = load_conductivity_table(DEFAULT_CONDUCTIVITY_CSV)
+    lg = np.log10(t.sigma)
+    ref = float(np.log10(t(0.9)))
+    w = np.clip((t.theta - 0.9) / 0.1, 0.0, 1.0)  # 0 at θ ≤ 0.9, 1 at θ = 1
+    lg = lg + w * np.log10(factor)
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(f"# default sigma_NMC(theta) with sigma(1) x {factor:g} (pristine side only; log10 sigma "
+                     f"{ref:.3f} at 0.9 kept)\n")
+            fh.write("theta,sigma_S_m\n")
+            for th, v in zip(t.theta, lg):
+                fh.write(f"{th:.4f},{10.0 ** v:.6g}\n")
+    MPI.COMM_WORLD.Barrier()
+    return path
+
+
+def cases(quick: bool, outdir: Path | None = None) -> list[tuple[str, dict, str]]:
     base = base_config(quick)
     out = [("baseline", base, "three charges, CV after each half-cycle")]
     relith = copy.deepcopy(base)
@@ -119,6 +143,11 @@ def cases(quick: bool) -> list[tuple[str, dict, str]]:
         cfg["material"]["i0_ref_A_m2"] = i0 * f
         cfg["protocol"] = copy.deepcopy(first)
         out.append((name, cfg, f"first charge with i0 × {f:g} (Fig. S7)"))
+    if outdir is not None and not quick:
+        cfg = copy.deepcopy(base)
+        cfg["protocol"] = copy.deepcopy(first)
+        cfg["electrode"]["nmc_conductivity_csv"] = str(pristine_scaled_conductivity(0.01, outdir / "sigma_pristine_x0.01.csv"))
+        out.append(("sigma_low", cfg, "first charge with the pristine σ_NMC 100× lower (sensitivity)"))
     if quick:
         out = out[:1] + out[2:3]
     return out
@@ -195,48 +224,93 @@ class CapacityMaps:
 
 
 # ----------------------------------------------------------------------------- analysis
+def charge_metrics(series: dict, step_index: int, names) -> dict:
+    """Synchrony of one charge step from a case's time series:
+
+    * ``q10``/``q50``: for each particle, the cell capacity passed in the step (mAh/g) when the
+      particle has done 10 % / 50 % of its own change of mean θ in the step — their spread
+      (max − min) is 0 for a synchronous electrode and up to the whole charge when particles
+      react one after another;
+    * ``asynchrony``: the time average over the step of the standard deviation, over particles,
+      of each particle's current relative to the electrode's (1 = its mass share of the current):
+      0 when every particle carries its share, ~1 when a few particles carry everything;
+    * ``onset_h``: per particle, the time from the step start until its mean θ has dropped by
+      0.05 (the electrode's onset definition)."""
+    step = series["protocol_step"].astype(int)
+    sel = np.flatnonzero(step == step_index)
+    if sel.size < 2:
+        return {}
+    if sel[0] > 0:
+        sel = np.concatenate([[sel[0] - 1], sel])
+    t = series["time_s"][sel]
+    q = series["capacity_mAh_g"][sel] - series["capacity_mAh_g"][sel[0]]
+    out = {"q10": {}, "q50": {}, "onset_h": {}}
+    for n in names:
+        th = series[f"theta_mean_{n}"][sel]
+        total = th[0] - th[-1]
+        frac = (th[0] - th) / total if abs(total) > 1e-9 else np.zeros_like(th)
+        for key, f in (("q10", 0.1), ("q50", 0.5)):
+            j = int(np.argmax(frac >= f)) if np.any(frac >= f) else len(frac) - 1
+            out[key][n] = float(q[j])
+        j = np.flatnonzero(th[0] - th >= 0.05)
+        out["onset_h"][n] = float((t[j[0]] - t[0]) / 3600.0) if j.size else float("nan")
+    cur = np.array([series[f"current_mA_g_{n}"][sel] for n in names]).T
+    tot = series["current_mA_g"][sel]
+    ok = np.abs(tot) > 1e-9
+    rel = cur[ok] / tot[ok, None]
+    w = np.diff(t, prepend=t[0])[ok]
+    out["asynchrony"] = float(np.sum(np.std(rel, axis=1) * w) / max(w.sum(), 1e-300)) if w.sum() > 0 else float("nan")
+    out["capacity"] = float(q[-1])
+    return out
+
+
+def first_cycle_loss(steps: list) -> float:
+    """1 − (first discharge incl. its CV) / (first charge incl. its CV)."""
+    charge = discharge = 0.0
+    phase = None
+    for st in steps:
+        d = str(st["description"])
+        if d.startswith("charge"):
+            if phase == "discharge":
+                break
+            phase = "charge"
+        elif d.startswith("discharge"):
+            if phase == "discharge" and "re-lithiation" in str(st.get("label", "")):
+                break
+            phase = "discharge"
+        if phase == "charge":
+            charge += float(st["capacity_mAh_g"])
+        elif phase == "discharge" and "re-lithiation" not in str(st.get("label", "")):
+            discharge -= float(st["capacity_mAh_g"])
+    return 1.0 - discharge / charge if charge > 0 and phase == "discharge" else float("nan")
+
+
+SUMMARY_HEADER = ["case", "charge", "protocol_step", "capacity_mAh_g", "asynchrony_index", "q10_spread_mAh_g",
+                  "q50_spread_mAh_g", "onset_T0_h", "onset_T4_h", "top_row_onsets_in_order", "first_cycle_loss_pct"]
+
+
 def analyse(study: Study) -> tuple[list, list]:
-    """Per case, charge and particle rows (from each case's particles.csv) and per case/charge
-    summary rows: onset spread, top-row order, first-cycle loss."""
     rows, summary = [], []
     for key, res in study.results.items():
-        parts = read_csv_rows(res.directory / "particles.csv")
-        steps = res.steps
-        charge_caps = [s["capacity_mAh_g"] for s in steps if str(s["description"]).startswith(("charge", "hold"))
-                       and "4.3" in str(s["description"]) or str(s["description"]).startswith("charge")]
-        # capacity of each half-cycle incl. its CV step
-        halves, cur = [], None
-        for s in steps:
-            d = str(s["description"])
-            kind = "charge" if d.startswith("charge") or "4.3" in d else "discharge"
-            if d.startswith(("charge", "discharge")):
-                cur = [kind, 0.0]
-                halves.append(cur)
-            if cur is not None and "re-lithiation" not in str(s.get("label", "")):  # loss: cycle 1 only
-                cur[1] += float(s["capacity_mAh_g"])
-        loss = (halves[0][1] + halves[1][1]) / halves[0][1] if len(halves) > 1 and halves[0][1] > 0 else np.nan
-        by_step: dict = {}
-        for r in parts:
-            if str(r["description"]).startswith("charge"):
-                by_step.setdefault(int(r["step"]), []).append(r)
-            rows.append([key, int(r["step"]), r["description"], r["particle"], r["onset_h"],
-                         r["particle_capacity_mAh_g"], r["slope_peak_per_mAh_g"]])
-        for n, (k, rs) in enumerate(sorted(by_step.items()), start=1):
-            on = {r["particle"]: r["onset_h"] for r in rs}
-            top = [on[p] for p in TOP_ROW if p in on]
-            finite = [o for o in on.values() if np.isfinite(o)]
-            order = all(np.isfinite(top[i]) and np.isfinite(top[i + 1]) and top[i] <= top[i + 1]
-                        for i in range(len(top) - 1)) if len(top) == len(TOP_ROW) else False
-            peaks = [r["slope_peak_per_mAh_g"] for r in rs]
-            summary.append([key, n, k, (max(finite) - min(finite)) if len(finite) > 1 else np.nan,
-                            (top[-1] - top[0]) if len(top) == len(TOP_ROW) else np.nan, order,
-                            float(np.max(peaks)) if peaks else np.nan, float(np.median(peaks)) if peaks else np.nan,
-                            loss if n == 1 else np.nan, charge_caps[0] if charge_caps else np.nan])
+        s = res.series
+        if not s:
+            continue
+        names = [c[len("theta_mean_"):] for c in s if c.startswith("theta_mean_")]
+        charges = [st for st in res.steps if str(st["description"]).startswith("charge")]
+        loss = first_cycle_loss(res.steps)
+        for n, st in enumerate(charges, start=1):
+            m = charge_metrics(s, int(st["index"]), names)
+            if not m:
+                continue
+            for p in names:
+                rows.append([key, n, p, m["onset_h"][p], m["q10"][p], m["q50"][p]])
+            top = [m["onset_h"].get(p, np.nan) for p in TOP_ROW]
+            order = all(np.isfinite(a) and np.isfinite(b) and a <= b for a, b in zip(top, top[1:]))
+            summary.append([key, n, int(st["index"]), m["capacity"], m["asynchrony"],
+                            max(m["q10"].values()) - min(m["q10"].values()),
+                            max(m["q50"].values()) - min(m["q50"].values()), top[0], top[-1], order,
+                            100 * loss if n == 1 else np.nan])
     return rows, summary
-
-
-SUMMARY_HEADER = ["case", "charge", "protocol_step", "onset_spread_h", "top_row_T4_minus_T0_h", "top_row_in_order",
-                  "slope_peak_max", "slope_peak_median", "first_cycle_loss_fraction", "first_charge_mAh_g"]
 
 
 def figures(study: Study, out: Path):
@@ -267,7 +341,7 @@ def figures(study: Study, out: Path):
         sel = np.flatnonzero(step == int(st["index"]))
         if len(sel) < 3:
             continue
-        sel = np.concatenate([[sel[0] - 1], sel])
+        sel = np.concatenate([[sel[0] - 1], sel]) if sel[0] > 0 else sel
         q = np.abs(s["capacity_mAh_g"][sel] - s["capacity_mAh_g"][sel[0]])
         for i, n in enumerate(names):
             y = s[f"theta_near_{n}"][sel]
@@ -327,7 +401,7 @@ def figures(study: Study, out: Path):
 def main(argv=None):
     args = parse_args(NAME, __doc__.splitlines()[0], argv)
     study = Study(NAME, args)
-    todo = cases(study.quick)
+    todo = cases(study.quick, study.outdir)
     study.plan(len(todo))
     for key, cfg, describe in todo:
         study.case(key, cfg, describe=describe, recorder=CapacityMaps() if key == "baseline" else None)
@@ -335,14 +409,13 @@ def main(argv=None):
     out = study.outdir
     made = []
     if study.comm.rank == 0:
-        write_csv(out / "asynchrony.csv", ["case", "protocol_step", "description", "particle", "onset_h",
-                                           "particle_capacity_mAh_g", "slope_peak_per_mAh_g"], rows)
+        write_csv(out / "asynchrony.csv", ["case", "charge", "particle", "onset_h", "q10_mAh_g", "q50_mAh_g"], rows)
         write_csv(out / "asynchrony_summary.csv", SUMMARY_HEADER, summary)
         made = figures(study, out)
         for r in summary:
-            study.say(f"{r[0]:>12s} charge {r[1]}: onset spread {r[3]:.2f} h, T4−T0 {r[4]:.2f} h, top row in order "
-                      f"{r[5]}, slope peak max {r[6]:.3g}" + (f", first-cycle loss {100 * r[8]:.1f} %"
-                                                              if r[8] == r[8] else ""))
+            study.say(f"{r[0]:>12s} charge {r[1]}: {r[3]:6.1f} mAh/g, asynchrony index {r[4]:.3f}, spread of the "
+                      f"10 %/50 % points {r[5]:.1f}/{r[6]:.1f} mAh/g, onsets T0 {r[7]:.2f} h … T4 {r[8]:.2f} h "
+                      f"(in order: {r[9]})" + (f", first-cycle loss {r[10]:.1f} %" if r[10] == r[10] else ""))
     study.finish(__doc__.splitlines()[0], extra={"summary_header": SUMMARY_HEADER, "summary": summary},
                  outputs=["asynchrony.csv", "asynchrony_summary.csv", *made])
 
