@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -602,10 +603,12 @@ KILL_POINTS = {
     "inside a checkpoint save, torn files left": ("commit", lambda r: 30, None),
     "Ctrl-C during a failed Newton solve": ("sigint", _first_failed_solve, None),
     "Ctrl-C while an event is located": ("sigint", lambda r: r.locating(12), None),
+    "Ctrl-C while a checkpoint is written": ("sigint_in_save", lambda r: 40, None),
+    "Ctrl-C twice, again in the checkpoint it asks for": ("sigint_twice", lambda r: 20, None),
 }
 #: these also run under mpiexec -n 2 (./dev test); a Ctrl-C then reaches rank 0 only
 UNDER_MPI = ("GITT rest 1", "charge until, locating the event", "inside a checkpoint save, torn files left",
-             "Ctrl-C while an event is located")
+             "Ctrl-C while an event is located", "Ctrl-C while a checkpoint is written")
 
 
 @pytest.mark.parametrize("where", [pytest.param(w, marks=pytest.mark.mpi) if w in UNDER_MPI else w
@@ -623,18 +626,22 @@ def test_resume_is_exact_wherever_the_run_stops(resume_reference, where):
     fields_cut, fields_resumed = _Fields(kill_at_step_end=select(ref) if how == "step_end" else None), _Fields()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Checkpointer, "fsync", False)
-        if how == "commit":  # every file of the save written but state.json: then the process dies
+        if how in ("commit", "sigint_in_save", "sigint_twice"):
             commits, original = [0], ckpt._write_atomic
 
-            def dying(path, text, durable=True):
+            def commit(path, text, durable=True):
                 commits[0] += 1
-                if commits[0] == select(ref):
-                    raise _Kill()
-                return original(path, text, durable)
+                if how == "commit" and commits[0] == select(ref):
+                    raise _Kill()  # every file of the save written but state.json: the process dies
+                if how != "commit" and commits[0] in (select(ref), select(ref) + (how == "sigint_twice")) \
+                        and comm.rank == 0:
+                    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the checkpoint is written (and again
+                return original(path, text, durable)  # in the checkpoint the first one asks for)
 
-            mp.setattr(ckpt, "_write_atomic", dying)
+            mp.setattr(ckpt, "_write_atomic", commit)
         kill = {"kill_at": select(ref)} if how == "kill" else {"sigint_at": select(ref)} if how == "sigint" else {}
-        with _solves(fields_cut, **kill), pytest.raises(KeyboardInterrupt if how == "sigint" else (_Kill, NmcfxError)):
+        stops = KeyboardInterrupt if how.startswith("sigint") else (_Kill, NmcfxError)
+        with _solves(fields_cut, **kill), pytest.raises(stops):
             execute(ref.prepared, out, comm=comm, observers=[fields_cut])
         comm.Barrier()
         state = json.loads((out / "checkpoint" / "state.json").read_text())
@@ -672,3 +679,309 @@ def _csv_rows(path):
 
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
+
+
+# ------------------------------------------------------------------------- corrupted checkpoints
+def _edit_state(**changes):
+    def edit(ck: Path, state: dict):
+        (ck / "state.json").write_text(json.dumps(state | changes))
+    return edit
+
+
+def _cut(name: str, keep: float = 0.5):
+    def cut(ck: Path, state: dict):
+        path = ck / name.format(slot=state["slot"])
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+    return cut
+
+
+def _remove(name: str):
+    def remove(ck: Path, state: dict):
+        (ck / name.format(slot=state["slot"])).unlink()
+    return remove
+
+
+def _garble_first_record(name: str):
+    def garble(ck: Path, state: dict):
+        data = bytearray((ck / name).read_bytes())
+        data[2:12] = b"#" * 10  # same length: only parsing finds it
+        (ck / name).write_bytes(bytes(data))
+    return garble
+
+
+def _other_layout(ck: Path, state: dict):
+    path = ck / f"rank0.{state['slot']}.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["layout:theta"] = arrays["layout:theta"] * (1 + 1e-6)  # the same DOF count, other coordinates
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+#: corruption → words the one error line must contain ("{slot}": the slot state.json names)
+CORRUPTIONS = {
+    "state.json truncated": (_cut("state.json"), ["damaged", "state.json"]),
+    "state.json garbage": (lambda ck, st: (ck / "state.json").write_bytes(bytes(range(256))),
+                           ["damaged", "state.json", "utf-8"]),
+    "state.json missing": (_remove("state.json"), ["no checkpoint in"]),
+    "t is NaN": (_edit_state(t=float("nan")), ["state.json: t = nan"]),
+    "negative dt": (_edit_state(dt=-1.0), ["state.json: dt = -1.0"]),
+    "a step count that is not a count": (_edit_state(k=1.5), ["state.json: k = 1.5"]),
+    "an older format": (_edit_state(format=2), ["has format 2", "reads format 3"]),
+    "another number of ranks": (_edit_state(mpi_size=3), ["written by 3 MPI rank(s)", "mpiexec -n 3"]),
+    "rank0 arrays missing": (_remove("rank0.{slot}.npz"), ["rank0.{slot}.npz is missing"]),
+    "rank0 arrays truncated": (_cut("rank0.{slot}.npz"), ["rank0.{slot}.npz is not a readable array file"]),
+    "observers file missing": (_remove("observers.{slot}.npz"), ["observers.{slot}.npz is missing"]),
+    "observers file truncated": (_cut("observers.{slot}.npz", 0.3), ["observers.{slot}.npz is not a readable"]),
+    "history.jsonl with fewer lines": (_cut("history.jsonl", 0.6), ["history.jsonl is truncated"]),
+    "history.jsonl missing": (_remove("history.jsonl"), ["history.jsonl: No such file"]),
+    "steps.jsonl with a garbled record": (_garble_first_record("steps.jsonl"), ["steps.jsonl, record 1"]),
+    "line profiles truncated": (_cut("series.0.profiles.f64", 0.9), ["series.0.profiles.f64 is truncated"]),
+    "another mesh (DOF count)": (_edit_state(num_dofs=89), ["for another mesh (89 DOFs, this run has 88)"]),
+    "another mesh (same DOF count)": (_other_layout, ["for another mesh", "DOF layout of theta differs"]),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpointed_run(tmp_path_factory):
+    """A finished two-step run with a checkpoint after every step (its directory is copied per case)."""
+    base = tmp_path_factory.mktemp("checkpointed")
+    cfg = _config(base, TWO_STEPS.replace("[output]", "[solver]\ncheckpoint_wall_s = 1e-9\n[output]"))
+    assert main(["run", str(cfg), "-o", str(base / "run"), "-q"]) == 0
+    return cfg, base / "run"
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupted_checkpoint_refuses_resume_in_one_line(checkpointed_run, tmp_path, capsys, corruption):
+    """Each corruption is named in one line (exit 2) and the run directory is left as it was:
+    no metadata-resumed.json, summary.json kept, the checkpoint untouched."""
+    cfg, template = checkpointed_run
+    out = tmp_path / "run"
+    shutil.copytree(template, out)
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    damage, words = CORRUPTIONS[corruption]
+    damage(out / "checkpoint", state)
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["run", str(cfg), "-o", str(out), "-q", "--resume"]) == 2
+    _one_error_line(capsys, "nmcfx: error: --resume: ", *[w.format(slot=state["slot"]) for w in words])
+    assert _snapshot(out) == before
+
+
+def test_resume_with_another_config_is_refused(checkpointed_run, tmp_path, capsys):
+    cfg, template = checkpointed_run
+    out = tmp_path / "run"
+    shutil.copytree(template, out)
+    before = _snapshot(out)
+    other = _config(tmp_path, cfg.read_text().replace("c_rate = 1.0", "c_rate = 1.5"), "other.toml")
+    capsys.readouterr()
+    assert main(["run", str(other), "-o", str(out), "-q", "--resume"]) == 2
+    _one_error_line(capsys, "--resume: the config differs")
+    assert _snapshot(out) == before
+
+
+def test_validate_is_what_the_early_check_runs(checkpointed_run, tmp_path):
+    """rundir's check before meshing is Checkpointer.validate: it returns the state of a good
+    checkpoint and raises the same one-line error as the run would."""
+    from nmcfx.config import load_config
+    from nmcfx.solver.rundir import check_resumable
+
+    cfg_path, template = checkpointed_run
+    cfg = load_config(cfg_path)
+    state = Checkpointer(template / "checkpoint", None, cfg).validate(mpi_size=1)
+    assert state == check_resumable(template / "checkpoint", cfg, 1)
+    assert state["format"] == 3 and state["history"]["count"] >= 2
+    with pytest.raises(InputError, match=r"^--resume: the checkpoint was written by 1 MPI rank\(s\)"):
+        check_resumable(template / "checkpoint", cfg, 2)
+
+
+# ------------------------------------------------------------------------- checkpoint cost
+APPENDED = (".jsonl", ".f64")
+
+
+def _bytes_written(name: str, old: tuple | None, new: tuple) -> int:
+    """What one save wrote to a file: its growth if it was appended to, all of it if rewritten."""
+    if old == new:
+        return 0
+    if old is not None and name.endswith(APPENDED) and new[0].startswith(old[0]):
+        return len(new[0]) - len(old[0])
+    return len(new[0])
+
+
+def test_checkpoint_saves_cost_the_same_at_step_10_and_step_150(tmp_path, monkeypatch):
+    """Checkpoints append: the bytes a save writes (fields + the records since the last save)
+    do not grow with the step count, and the checkpoint grows by one record per step."""
+    from nmcfx.solver.run import execute, prepare
+
+    cfg = {"geometry": {"shape": "disk", "diameter_um": 1.0, "mesh_size_um": 0.2},
+           "protocol": {"steps": [{"type": "charge", "c_rate": 1.0, "duration_min": 3}]},
+           "solver": {"checkpoint_wall_s": 1e-9, "dt_max_s": 1.0},
+           "output": {"figures": False, "fields": "none", "progress": False}}
+    written, sizes = [], []
+    original = Checkpointer.save
+
+    def measured(self, sim, **kwargs):
+        files = lambda: {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in self.dir.glob("*")}  # noqa: E731
+        before = files() if self.dir.is_dir() else {}
+        original(self, sim, **kwargs)
+        after = files()
+        written.append(sum(_bytes_written(n, before.get(n), after[n]) for n in after))
+        sizes.append(sum(len(b) for b, _ in after.values()))
+
+    monkeypatch.setattr(Checkpointer, "save", measured)
+    monkeypatch.setattr(Checkpointer, "fsync", False)
+    execute(prepare(cfg, comm=MPI.COMM_SELF), tmp_path / "run", comm=MPI.COMM_SELF)
+    assert len(written) >= 160
+    early, late = written[10], written[150]
+    growth = (sizes[150] - sizes[10]) / 140
+    print(f"\nbytes written by save 10: {early}, by save 150: {late}; checkpoint {sizes[10]} → {sizes[150]} bytes "
+          f"({growth:.0f} per step)")
+    assert late <= 1.05 * early
+    assert growth <= 2000  # a history line (~0.7 kB) and a line profile (~1 kB), nothing rewritten whole
+
+
+# ------------------------------------------------------------------------- Ctrl-C of `mpiexec -n 2 nmcfx run`
+RESUME_TOML = """
+title = "flux: charge, rest, GITT ended by its condition, charge until, rest"
+[geometry]
+shape = "disk"
+diameter_um = 1.0
+mesh_size_um = 0.2
+[[protocol.steps]]
+type = "charge"
+c_rate = 2.0
+duration_min = 1
+[[protocol.steps]]
+type = "rest"
+duration_min = 1
+[[protocol.steps]]
+type = "gitt"
+direction = "charge"
+c_rate = 2.0
+pulse_min = 0.5
+rest_min = 0.5
+pulses = 5
+until = ["theta_surface_min <= 0.87"]
+[[protocol.steps]]
+type = "charge"
+c_rate = 4.0
+until = ["theta_surface_min <= 0.75"]
+[[protocol.steps]]
+type = "rest"
+duration_min = 0.5
+[solver]
+checkpoint_wall_s = 0.5
+dt_max_s = 5.0
+[output]
+snapshot_times_min = [0.5, 2.25, 3.1]
+image_pixels = 32
+"""
+#: rank 0 takes 4 s over its 3rd checkpoint commit, announcing it in a file
+SLOW_COMMIT = """
+import sys, time
+from pathlib import Path
+from mpi4py import MPI
+from nmcfx.solver import checkpoint
+original, commits = checkpoint._write_atomic, [0]
+def slow(path, text, durable=True):
+    commits[0] += 1
+    if commits[0] == 3:
+        Path("saving").write_text("3")
+        time.sleep(4.0)
+    return original(path, text, durable)
+if MPI.COMM_WORLD.rank == 0:
+    checkpoint._write_atomic = slow
+from nmcfx.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def mpi_reference(tmp_path_factory):
+    """The uninterrupted run under mpiexec -n 2 (fields, figures and all)."""
+    base = tmp_path_factory.mktemp("mpi_sigint")
+    cfg = _config(base, RESUME_TOML, "resume.toml")
+    proc, _ = _mpirun(nmcfx_cmd() + ["run", str(cfg), "-o", "full", "-q"], base, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return base, cfg
+
+
+def _wait_for(predicate, proc, timeout=240.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if predicate():
+            return
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("the run ended (or hung) before it could be interrupted")
+
+
+def _assert_resumes_like(base: Path, cut: Path, cfg: Path):
+    """Resume ``cut`` under mpiexec -n 2 and compare it with ``base/full``, byte for byte."""
+    from nmcfx.config import load_config
+
+    Checkpointer(cut / "checkpoint", None, load_config(cfg)).validate(mpi_size=2)  # whole, for these 2 ranks
+    proc, _ = _mpirun(nmcfx_cmd() + ["run", str(cfg), "-o", str(cut), "--resume", "-q"], base, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "theta.bp + theta-part2.bp" in proc.stdout.splitlines()[-1]  # the closing line names both
+    for name in COMPARED + ("theta_maps.png",):
+        assert (cut / name).read_bytes() == (base / "full" / name).read_bytes(), name
+    full = json.loads((base / "full" / "summary.json").read_text())
+    assert _strip_wall(json.loads((cut / "summary.json").read_text())) == _strip_wall(full)
+    assert (cut / "theta.bp").is_dir() and (cut / "theta-part2.bp").is_dir()
+
+
+def test_ctrl_c_of_mpiexec_stops_within_seconds_and_resumes_exactly(mpi_reference):
+    """SIGINT to `mpiexec -n 2 nmcfx run` (hydra passes it to both ranks) while it solves: exit 130
+    within seconds, one line, a checkpoint; --resume then ends exactly as the uninterrupted run."""
+    base, cfg = mpi_reference
+    cut = base / "cut"
+    proc = subprocess.Popen(mpiexec_cmd(2) + nmcfx_cmd() + ["run", str(cfg), "-o", str(cut), "-q"], cwd=base,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    series = cut / "timeseries.csv"
+    _wait_for(lambda: series.is_file() and series.read_text().count("\n") >= 16, proc)  # in the rest step
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("Ctrl-C did not stop the run within 60 s")
+    stopped_in = time.monotonic() - t0
+    assert proc.returncode == 130, err[-2000:]
+    assert [ln for ln in err.splitlines() if ln.startswith("nmcfx:")] == ["nmcfx: interrupted"], err[-2000:]
+    assert "Traceback" not in err and stopped_in < 15.0, stopped_in
+    state = json.loads((cut / "checkpoint" / "state.json").read_text())
+    rows = series.read_text().count("\n") - 1
+    assert state["mpi_size"] == 2 and state["history"]["count"] == rows  # the checkpoint is where it stopped
+    assert rows < (base / "full" / "timeseries.csv").read_text().count("\n") - 1
+    assert not (cut / "summary.json").exists()
+    _assert_resumes_like(base, cut, cfg)
+
+
+def test_second_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(mpi_reference):
+    """A Ctrl-C while rank 0 writes a checkpoint, then a second one: mpiexec force-aborts both
+    ranks in the middle of the save. The previous checkpoint is intact and --resume ends exactly
+    as the uninterrupted run."""
+    base, cfg = mpi_reference
+    cut = base / "cut2"
+    cut.mkdir()
+    (cut / "slow.py").write_text(SLOW_COMMIT)
+    proc = subprocess.Popen(mpiexec_cmd(2) + [sys.executable, "slow.py", "run", str(cfg), "-o", ".", "-q"], cwd=cut,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (cut / "saving").is_file(), proc)
+    committed = json.loads((cut / "checkpoint" / "state.json").read_text())
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)  # hydra: "Press Ctrl-C again to force abort"
+    try:
+        proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("a second Ctrl-C did not end the job within 60 s")
+    assert proc.returncode != 0
+    (cut / "saving").unlink()
+    (cut / "slow.py").unlink()
+    assert json.loads((cut / "checkpoint" / "state.json").read_text()) == committed  # the save never committed
+    _assert_resumes_like(base, cut, cfg)
