@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return guard.fail(f"nmcfx: error: {exc}", 2)
     except (OSError, UnicodeDecodeError) as exc:  # a file problem that no earlier check caught
         return guard.fail(f"nmcfx: error: {describe_os_error(exc)}", 2)
-    except KeyboardInterrupt:
-        return guard.fail("nmcfx: interrupted", 130)
+    except KeyboardInterrupt as exc:  # (``nmcfx run`` says how to continue)
+        return guard.fail(f"nmcfx: interrupted{'; ' + str(exc) if str(exc) else ''}", 130)
     except Exception:  # a bug: keep its traceback, but never leave the other ranks waiting
         import traceback
 
@@ -173,8 +173,15 @@ def _cmd_run(args, comm) -> int:
         _say(comm, f"  step {i}: {s.describe()}")
     if args.resume:
         _say(comm, f"  resuming from {outdir / 'checkpoint'}")
-    summary = execute(prepared, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
-                      overwrite=args.overwrite)
+    try:
+        summary = execute(prepared, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
+                          overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        if not (outdir / "checkpoint" / "state.json").is_file():
+            raise
+        source = args.config if args.config else f"--example {args.example}"
+        mpi = f"mpiexec -n {comm.size} " if comm.size > 1 else ""
+        raise KeyboardInterrupt(f"continue with: {mpi}nmcfx run {source} -o {outdir} --resume") from None
     _say(comm, "summary:")
     _say(comm, format_summary(summary))
     _say(comm, f"results in {outdir}/ ({', '.join(_run_files(prepared.output, outdir))})")
