@@ -122,6 +122,7 @@ def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, 
     from nmcfx.materials.conductivity import load_conductivity_table
 
     load_conductivity_table(settings.nmc_conductivity_csv, base_dir=base_dir)  # validated before meshing
+    check_snapshots_within_protocol(output, protocol)
     electrode = electrode_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
     check_stop_quantities(protocol, [p["name"] for p in electrode.particles])
 
@@ -132,11 +133,10 @@ def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, 
             raise InputError(f"geometry.particles[{p['name']}].material", str(exc).split(": ", 1)[-1]) from None
 
     materials = particle_materials(electrode, material, other)
-    # the limits that need two tables, as for a particle (the line cut does not apply): the uniform
-    # initial state sits at V_oc(θ₀) when the particles share one V_oc; snapshots within the protocol
+    # a voltage condition already met at the start, as for a particle: the uniform initial state
+    # sits at V_oc(θ₀) when the particles share one V_oc (the line cut of a particle does not apply)
     if len({float(m.ocv(np.array([protocol.initial_theta]))[0]) for m in materials}) == 1:
         check_voltage_not_met_at_start(protocol, materials[0])
-    check_snapshots_within_protocol(output, protocol)
     return PreparedRun(cfg, electrode, material, protocol, surface, solver, output, title, base_dir,
                        electrode=settings, materials=materials)
 

@@ -986,3 +986,66 @@ def test_second_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(mpi_refe
     (cut / "slow.py").unlink()
     assert json.loads((cut / "checkpoint" / "state.json").read_text()) == committed  # the save never committed
     _assert_resumes_like(base, cut, cfg)
+
+
+# ------------------------------------------------------------------------- studies under MPI
+STUDY = str(Path(__file__).resolve().parents[1] / "studies" / "lun2025_fig4.py")
+INJECT_STUDY_BUG = """
+import runpy, sys
+from mpi4py import MPI
+import nmcfx.studies._common as common
+def broken(cfg):
+    raise RuntimeError("injected bug on rank 0")
+if MPI.COMM_WORLD.rank == 0:
+    common.config_digest = broken  # rank 0 fails where rank 1 goes on to wait in a broadcast
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_study_script_errors_under_mpi_never_hang(tmp_path):
+    """A study run as a script under mpiexec -n 2: a bad -o is one line on every rank (exit 2);
+    a bug on rank 0 alone prints its traceback and ends the job within seconds (the script
+    entry's error guard), where rank 1 would otherwise wait forever."""
+    (tmp_path / "afile").write_text("x")
+    proc, _ = _mpirun([sys.executable, STUDY, "--quick", "-o", "afile"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "python studies/lun2025_fig4.py: error: --output: afile exists and is not a directory"]
+    (tmp_path / "inject.py").write_text(INJECT_STUDY_BUG)
+    proc, wall = _mpirun([sys.executable, "inject.py", STUDY, "--quick", "-o", "out"], tmp_path)
+    assert proc.returncode != 0
+    assert "RuntimeError: injected bug on rank 0" in proc.stderr and "MPI_Abort" in proc.stderr, proc.stderr[-2000:]
+    assert wall < 60
+
+
+# ------------------------------------------------------------------------- electrodes: limits across tables
+ELECTRODE = {
+    "geometry": {"shape": "electrode", "width_um": 16.0, "height_um": 11.0,
+                 "particles": [{"shape": "disk", "center_um": [5.0, 6.0], "diameter_um": 6.0, "name": "A"},
+                               {"shape": "disk", "center_um": [10.9, 6.0], "diameter_um": 6.0, "name": "B"}],
+                 "strands": [{"points_um": [[5.0, 0.0], [5.0, 3.2]], "width_um": 1.2}],
+                 "mesh_size_um": 1.2, "surface_mesh_size_um": 0.6},
+    "protocol": {"initial_theta": 0.9, "steps": [{"type": "charge", "c_rate": 1.0, "duration_min": 3}]},
+}
+
+
+@pytest.mark.parametrize("change, field, words", [
+    ({"until": ["voltage_V >= 3.5"]}, "protocol.steps[0].until[0]", "already true at the start (V_oc(θ₀ = 0.9)"),
+    ({"output": {"snapshot_times_min": [1, 4]}}, "output.snapshot_times_min", "4 min is after the end"),
+])
+def test_electrode_limits_across_tables(change, field, words):
+    """An electrode run gets the particle's cross-table checks: a voltage condition already met
+    by the uniform initial state (all particles at V_oc(θ₀) = 3.559 V), a snapshot after the end."""
+    import copy
+
+    from nmcfx.solver.run import prepare
+
+    cfg = copy.deepcopy(ELECTRODE)
+    if "until" in change:
+        cfg["protocol"]["steps"][0]["until"] = change["until"]
+    else:
+        cfg.update(change)
+    with pytest.raises(InputError) as exc:
+        prepare(cfg, comm=MPI.COMM_WORLD)
+    assert str(exc.value).startswith(field + ":") and words in str(exc.value), str(exc.value)
