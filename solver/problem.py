@@ -326,14 +326,24 @@ class Problem:
         max_it = int(self.petsc_options.get("snes_max_it", 50))
         comm = self.comm
 
+        history: list[float] = []
+
         def test(snes, it, norms):
             _, _, fnorm = norms
             if not np.isfinite(fnorm):
                 return PETSc.SNES.ConvergedReason.DIVERGED_FNORM_NAN
+            if it == 0:
+                history.clear()
+            history.append(fnorm)
             r = snes.getFunction()[0].array_r
             local = np.array([float(np.dot(r[a:b], r[a:b])) for a, b in zip(offsets[:-1], offsets[1:])])
             block = np.sqrt(comm.allreduce(local, op=MPI.SUM))
             if np.all(block <= self._block_atol):
+                return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
+            # round-off floor: within 100× of every tolerance and no longer decreasing (< 10 % per
+            # iteration twice in a row) — the residual cannot get smaller in floating point
+            if (it >= 2 and np.all(block <= 100.0 * self._block_atol)
+                    and history[-1] > 0.9 * history[-2] and history[-2] > 0.9 * history[-3]):
                 return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
             if it >= max_it:
                 return PETSc.SNES.ConvergedReason.DIVERGED_MAX_IT
