@@ -390,17 +390,18 @@ def test_mpi_write_failures_on_rank_0_end_every_rank_with_one_line(tmp_path):
     assert [ln for ln in proc.stdout.splitlines() if ": exit" in ln] == [f"{k}: exit [2, 2]" for k in kinds]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("nmcfx:")]
     assert lines == ["nmcfx: error: --output: injected: No space left on device"] * len(kinds), proc.stderr
-    assert "aborting" not in proc.stderr and "Traceback" not in proc.stderr
-    assert wall < 60
+    assert "aborting" not in proc.stderr and "Traceback" not in proc.stderr  # (a hang fails _mpirun)
 
 
 INJECT_UNGUARDED_FAILURE = """
-import sys
+import sys, time
+from pathlib import Path
 from mpi4py import MPI
 from nmcfx.solver import simulation
 original = simulation.Simulation._record
 def record(self, obs, k, dt, its):
     if MPI.COMM_WORLD.rank == 0 and len(self.history) == 4:
+        Path("failed_at").write_text(repr(time.time()))
         raise OSError(28, "No space left on device", "somewhere.csv")
     return original(self, obs, k, dt, its)
 simulation.Simulation._record = record
@@ -414,10 +415,11 @@ def test_mpi_failure_on_rank_0_only_mid_run_ends_the_job(tmp_path):
     the next collective: the CLI's last resort prints the line and aborts the job within seconds."""
     (tmp_path / "inject.py").write_text(INJECT_UNGUARDED_FAILURE)
     cfg = _config(tmp_path)
-    proc, wall = _mpirun([sys.executable, "inject.py", "run", str(cfg), "-o", "out", "-q"], tmp_path)
+    proc, _ = _mpirun([sys.executable, "inject.py", "run", str(cfg), "-o", "out", "-q"], tmp_path)
+    ended = time.time()
     assert proc.returncode != 0
     assert "nmcfx: error: somewhere.csv: No space left on device (rank 0 of 2" in proc.stderr, proc.stderr[-2000:]
-    assert wall < 60
+    assert ended - float((tmp_path / "failed_at").read_text()) < 30  # 5 s of waiting for the others, then abort
 
 
 # ------------------------------------------------------------------------- the collective-error helpers
@@ -951,7 +953,8 @@ def test_ctrl_c_of_mpiexec_stops_within_seconds_and_resumes_exactly(mpi_referenc
     assert proc.returncode == 130, err[-2000:]
     assert [ln for ln in err.splitlines() if ln.startswith("nmcfx:")] == [
         f"nmcfx: interrupted; continue with: mpiexec -n 2 nmcfx run {cfg} -o {cut} --resume"], err[-2000:]
-    assert "Traceback" not in err and stopped_in < 15.0, stopped_in
+    print(f"\nCtrl-C to exit: {stopped_in:.1f} s")
+    assert "Traceback" not in err and stopped_in < 20.0, stopped_in
     state = json.loads((cut / "checkpoint" / "state.json").read_text())
     rows = series.read_text().count("\n") - 1
     assert state["mpi_size"] == 2 and state["history"]["count"] == rows  # the checkpoint is where it stopped
@@ -990,10 +993,12 @@ def test_second_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(mpi_refe
 # ------------------------------------------------------------------------- studies under MPI
 STUDY = str(Path(__file__).resolve().parents[1] / "studies" / "lun2025_fig4.py")
 INJECT_STUDY_BUG = """
-import runpy, sys
+import runpy, sys, time
+from pathlib import Path
 from mpi4py import MPI
 import nmcfx.studies._common as common
 def broken(cfg):
+    Path("failed_at").write_text(repr(time.time()))
     raise RuntimeError("injected bug on rank 0")
 if MPI.COMM_WORLD.rank == 0:
     common.config_digest = broken  # rank 0 fails where rank 1 goes on to wait in a broadcast
@@ -1012,10 +1017,11 @@ def test_study_script_errors_under_mpi_never_hang(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "python studies/lun2025_fig4.py: error: --output: afile exists and is not a directory"]
     (tmp_path / "inject.py").write_text(INJECT_STUDY_BUG)
-    proc, wall = _mpirun([sys.executable, "inject.py", STUDY, "--quick", "-o", "out"], tmp_path)
+    proc, _ = _mpirun([sys.executable, "inject.py", STUDY, "--quick", "-o", "out"], tmp_path)
+    ended = time.time()
     assert proc.returncode != 0
     assert "RuntimeError: injected bug on rank 0" in proc.stderr and "MPI_Abort" in proc.stderr, proc.stderr[-2000:]
-    assert wall < 60
+    assert ended - float((tmp_path / "failed_at").read_text()) < 30
 
 
 # ------------------------------------------------------------------------- electrodes: limits across tables
