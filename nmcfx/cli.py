@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return guard.fail(f"nmcfx: error: {exc}", 2)
     except (OSError, UnicodeDecodeError) as exc:  # a file problem that no earlier check caught
         return guard.fail(f"nmcfx: error: {describe_os_error(exc)}", 2)
-    except KeyboardInterrupt:
-        return guard.fail("nmcfx: interrupted", 130)
+    except KeyboardInterrupt as exc:  # (``nmcfx run`` says how to continue)
+        return guard.fail(f"nmcfx: interrupted{'; ' + str(exc) if str(exc) else ''}", 130)
     except Exception:  # a bug: keep its traceback, but never leave the other ranks waiting
         import traceback
 
@@ -203,8 +203,15 @@ def _cmd_run(args, comm) -> int:
     # validated by prepare inside run(), after the run directory check (as before)
     spec = RunSpec(cfg, base_dir=base, name=name, validate=False)
     outdir = Path(args.output) if args.output else Path("runs") / name
-    result = run(spec, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
-                 overwrite=args.overwrite)
+    try:
+        result = run(spec, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
+                     overwrite=args.overwrite)
+    except KeyboardInterrupt:  # Ctrl-C: the run checkpointed where it stopped; say how to continue
+        if not (outdir / "checkpoint" / "state.json").is_file():
+            raise
+        source = args.config if args.config else f"--example {args.example}"
+        mpi = f"mpiexec -n {comm.size} " if comm.size > 1 else ""
+        raise KeyboardInterrupt(f"continue with: {mpi}nmcfx run {source} -o {outdir} --resume") from None
     log.info("summary:")
     log.info("%s", format_summary(result.summary))
     files = _run_files(OutputSettings.from_dict(spec.config.get("output")), outdir)

@@ -101,13 +101,13 @@ class RunOutputs:
         self.profiles: list[np.ndarray] = []
 
     # -------------------------------------------------------------- observer API
-    def state(self) -> dict:
-        """What a checkpoint needs to rebuild the figures after a resume (rank 0 data)."""
+    def appended_state(self) -> dict:
+        """What a checkpoint needs to rebuild the figures after a resume (rank 0 data): lists that
+        only grow, so each save appends the new rows (the line profile of every step)."""
         if not self.root:
             return {}
-        return {"image_times": np.array([t for t, _ in self.images]),
-                "images": np.array([img for _, img in self.images]),
-                "profile_times": np.array(self.profile_times), "profiles": np.array(self.profiles)}
+        return {"image_times": [t for t, _ in self.images], "images": [img for _, img in self.images],
+                "profile_times": self.profile_times, "profiles": self.profiles}
 
     def start(self, sim, restore: list | None = None):
         sv = sim.solver

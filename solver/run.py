@@ -20,9 +20,10 @@ import numpy as np
 from mpi4py import MPI
 
 from nmcfx.errors import InputError
+from nmcfx.parallel import collective_errors
 
 from .checkpoint import Checkpointer
-from .consistency import check_tables_together
+from .consistency import check_snapshots_within_protocol, check_tables_together, check_voltage_not_met_at_start
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import film_thicknesses, sector_weights
@@ -121,6 +122,7 @@ def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, 
     from nmcfx.materials.conductivity import load_conductivity_table
 
     load_conductivity_table(settings.nmc_conductivity_csv, base_dir=base_dir)  # validated before meshing
+    check_snapshots_within_protocol(output, protocol)
     electrode = electrode_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
     if settings.electrolyte == "resolved":  # properties, geometry and [surface] checks (solver/electrolyte.py)
         from .electrolyte import check_run
@@ -135,6 +137,10 @@ def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, 
             raise InputError(f"geometry.particles[{p['name']}].material", str(exc).split(": ", 1)[-1]) from None
 
     materials = particle_materials(electrode, material, other)
+    # a voltage condition already met at the start, as for a particle: the uniform initial state
+    # sits at V_oc(θ₀) when the particles share one V_oc (the line cut of a particle does not apply)
+    if len({float(m.ocv(np.array([protocol.initial_theta]))[0]) for m in materials}) == 1:
+        check_voltage_not_met_at_start(protocol, materials[0])
     return PreparedRun(cfg, electrode, material, protocol, surface, solver, output, title, base_dir,
                        electrode=settings, materials=materials)
 
@@ -185,8 +191,15 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
                              film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio)
         outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
         sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs, *observers])
-    if comm.rank == 0:
-        write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), metadata(run, sv, comm))
+    if resume:
+        checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
+    meta = metadata(run, sv, comm)
+    with collective_errors(comm, "--output"):  # rank-0 writes: a full disk ends every rank with one line
+        if comm.rank == 0:
+            if resume:
+                (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
+            write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), meta)
+    _agreed_writes(outputs, comm)
     try:
         sim.run(checkpoint=checkpoint, resume=resume)
     finally:
@@ -194,9 +207,26 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
                                                                                                    title=run.title)
-    if comm.rank == 0:
-        write_json(outdir / "summary.json", summary)
+    with collective_errors(comm, "--output"):
+        if comm.rank == 0:
+            write_json(outdir / "summary.json", summary)
     return summary
+
+
+def _agreed_writes(observer, comm):
+    """Make every hook of an outputs observer an agreed check point (:func:`collective_errors`):
+    a file error on rank 0 — a full disk, lost permissions — is raised on every rank as the same
+    ``--output`` error instead of leaving the other ranks waiting in the next collective call.
+    (The outputs observers make their collective calls — probes, field files — before rank 0
+    writes, as a check point requires.)"""
+    for name in ("start", "record", "snapshot", "step_end", "finish"):
+        hook = getattr(observer, name)
+
+        def agreed(*args, _hook=hook, **kwargs):
+            with collective_errors(comm, "--output"):
+                return _hook(*args, **kwargs)
+
+        setattr(observer, name, agreed)
 
 
 def summarize(sim: Simulation, wall_s: float, title: str = "") -> dict:

@@ -9,8 +9,9 @@ having written nothing:
 * a new run into a directory holding an earlier run's results or checkpoint: refused,
   unless ``overwrite`` — then those files (and only those, :data:`RESULT_NAMES`) are
   deleted;
-* ``resume``: the checkpoint must be there, readable, and written by the same config and
-  number of MPI ranks; only ``summary.json`` (written again at the end) is removed.
+* ``resume``: the checkpoint must be there, whole, and written by the same config and
+  number of MPI ranks; nothing is removed here (``execute`` removes ``summary.json``, written
+  again at the end, once the checkpoint has been read against the mesh).
 
 ::
 
@@ -70,8 +71,7 @@ def prepare_run_directory(outdir, *, config: dict, resume: bool = False, overwri
 
     def on_root():
         found = _check_on_root(outdir, config, resume, overwrite, comm.size)
-        if resume:
-            (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
+        if resume:  # execute() removes summary.json once the checkpoint has been read against the mesh
             return
         for name in found:
             path = outdir / name
@@ -98,19 +98,16 @@ def _check_on_root(outdir: Path, config: dict, resume: bool, overwrite: bool, mp
     return found
 
 
-def check_resumable(checkpoint_dir: Path, config: dict, mpi_size: int):
-    """The checkpoint in ``checkpoint_dir`` can be resumed with ``config`` on ``mpi_size`` ranks (rank 0).
+def check_resumable(checkpoint_dir: Path, config: dict, mpi_size: int) -> dict:
+    """The checkpoint in ``checkpoint_dir`` can be resumed with ``config`` on ``mpi_size`` ranks
+    (any one process; returns its state).
 
-    Runs the checkpoint's own validation of what rank 0 reads (``state.json``, the appended
-    history, ``observers.npz``) and compares the config and the number of ranks, so a
-    refused resume stops before anything is written. The per-rank field arrays and the
-    mesh are checked when :class:`~nmcfx.solver.checkpoint.Checkpointer` loads the state.
+    :meth:`Checkpointer.validate <nmcfx.solver.checkpoint.Checkpointer.validate>`: every file
+    of the checkpoint, the config and the number of ranks, so a refused resume stops before
+    anything is written. The field arrays are checked against the mesh by
+    :meth:`~nmcfx.solver.checkpoint.Checkpointer.read` once the model is built, still before
+    the resumed run writes anything.
     """
-    from .checkpoint import Checkpointer, config_hash
+    from .checkpoint import Checkpointer
 
-    state = Checkpointer(checkpoint_dir, None, config)._read_rank0()[0]
-    if state["config_hash"] != config_hash(config):
-        raise InputError("--resume", "the config differs from the one of the checkpointed run")
-    if state["mpi_size"] != mpi_size:
-        raise InputError("--resume", f"the checkpoint was written by {state['mpi_size']} MPI rank(s); "
-                                     f"resume with mpiexec -n {state['mpi_size']}")
+    return Checkpointer(checkpoint_dir, None, config).validate(mpi_size)

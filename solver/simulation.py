@@ -355,9 +355,6 @@ class Simulation:
             if res.converged and sv.kinetics:
                 outflow = sv.boundary_outflow()  # the current at the new state (CV holds: varies)
             if not res.converged:
-                if sv.problem.interrupted:  # stopped by Ctrl-C: back to the last accepted state
-                    sv.problem.restore()
-                    self._check_interrupt(k, t_start, dt, obs, snaps)
                 sv.counters.rejected_steps += 1
                 dt *= 0.25
                 locating = None
@@ -366,6 +363,10 @@ class Simulation:
                         f"time step fell below solver.dt_min_s={st.dt_min_s:g} s at t = {self.t:.6g} s "
                         f"(Newton reason {res.reason}); the state may be leaving (0, 1) — check the rate and cut-offs"
                     )
+                if sv.problem.interrupted:
+                    # Ctrl-C during a failed solve: checkpoint after the rejection, as the run would
+                    # continue (reduced dt, counters, and the iterate the next attempt starts from)
+                    self._check_interrupt(k, t_start, dt, obs, snaps)
                 continue
             # ---- local error control (not while locating an event: steps only shrink then)
             err = self._error_estimate(guess, dt, order)

@@ -45,7 +45,43 @@ def parse_args(name: str, description: str, argv: list[str] | None) -> argparse.
     p.add_argument("--force", action="store_true", help="re-run every case even if its results exist")
     args = p.parse_args(argv)
     args.output = Path(args.output) if args.output else DEFAULT_ROOT / name
+    guard_script_entry(name)
     return args
+
+
+def guard_script_entry(name: str) -> None:
+    """When ``studies/<name>.py`` runs as a script (serially or under ``mpiexec``), an error that
+    reaches the top ends the whole job with one line instead of leaving other ranks waiting.
+
+    A user error prints ``python studies/<name>.py: error: …`` (exit status 2), a bug its
+    traceback (status 1), Ctrl-C a note that finished cases are kept (130); if some ranks are
+    still busy after :data:`nmcfx.parallel.AGREE_WAIT_S` seconds, ``MPI_Abort`` ends them
+    (:class:`nmcfx.parallel.ErrorGuard`). Collective (all ranks parse their arguments first);
+    does nothing when a study's ``main`` is called as a function (tests).
+    """
+    if Path(sys.argv[0]).stem != name or getattr(sys.excepthook, "nmcfx_study", None) == name:
+        return
+    from nmcfx.errors import NmcfxError
+    from nmcfx.parallel import ErrorGuard, describe_os_error
+
+    guard = ErrorGuard(MPI.COMM_WORLD)
+    previous = sys.excepthook
+    prog = f"python studies/{name}.py"
+
+    def hook(kind, exc, tb):
+        if issubclass(kind, NmcfxError):
+            line, code = f"{prog}: error: {exc}", 2
+        elif issubclass(kind, (OSError, UnicodeDecodeError)):
+            line, code = f"{prog}: error: {describe_os_error(exc)}", 2
+        elif issubclass(kind, KeyboardInterrupt):
+            line, code = f"{prog}: interrupted; finished cases are kept, run it again to continue", 130
+        else:  # a bug: its traceback
+            previous(kind, exc, tb)
+            line, code = None, 1
+        raise SystemExit(guard.fail(line, code))
+
+    hook.nmcfx_study = name
+    sys.excepthook = hook
 
 
 def config_digest(cfg: dict) -> str:
@@ -299,8 +335,14 @@ class Study:
         self.results: dict[str, CaseResult] = {}
         self.t0 = time.perf_counter()
         self._n_cases = None
-        if self.comm.rank == 0:
+        from nmcfx.parallel import run_on_root
+        from nmcfx.paths import check_output_dir
+
+        def make_dirs():  # a bad -o is one line on every rank
+            check_output_dir(self.outdir, "--output")
             (self.outdir / "cases").mkdir(parents=True, exist_ok=True)
+
+        run_on_root(self.comm, make_dirs, field="--output")
 
     # -- printing (rank 0)
     def say(self, *msg):
