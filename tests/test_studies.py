@@ -279,3 +279,28 @@ def test_study_examples_run(name, tmp_path):
             theta_3v = get_material().ocv_model.theta_at(3.0)
             assert math.isfinite(summary["theta_center_final"])
             assert summary["theta_center_final"] == pytest.approx(theta_3v, abs=2e-3)
+
+
+# ----------------------------------------------------------------------------- Sharma 2022
+def test_sharma2022_asynchrony_quick(tmp_path):
+    """The composite-electrode study runs end to end (quick: one short 1C charge and discharge on a
+    coarse mesh) and writes its tables and figures with the Li balance kept."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "studies" / "sharma2022_asynchrony.py"
+    spec = importlib.util.spec_from_file_location("sharma2022_asynchrony", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = _outdir(tmp_path, "sharma")
+    mod.main(["--quick", "-o", out])
+    if COMM.rank == 0:
+        rows = _rows(Path(out) / "asynchrony_summary.csv")
+        assert rows and rows[0]["case"] == "baseline"
+        assert math.isfinite(float(rows[0]["asynchrony_index"]))
+        per = _rows(Path(out) / "asynchrony.csv")
+        assert {r["particle"] for r in per} >= {"T0", "T1", "T2", "T3", "T4"}
+        summary = json.loads((Path(out) / "cases" / "baseline" / "summary.json").read_text())
+        assert summary["max_abs_mass_balance_error"] <= 1e-10
+        assert summary["max_abs_charge_balance_error"] <= 1e-10
+        for name in ("fig4d_surface_li.png", "fig1c_slopes.png", "voltage.png", "study.json"):
+            assert (Path(out) / name).is_file(), name
