@@ -545,6 +545,7 @@ class ElectrodeSimulation(Simulation):
             obs[f"theta_near_{name}"] = float(near)
             obs[f"current_mA_g_{name}"] = float(i_p * f)
         obs["_sum_particle_currents"] = total
+        obs["_gross_particle_currents"] = float(np.abs(cur).sum())
         return obs
 
     def _record(self, obs: dict, k: int, dt: float, its: int):
@@ -553,6 +554,9 @@ class ElectrodeSimulation(Simulation):
         c = m.counters
         total = obs["_sum_particle_currents"]
         coll = m.collector_current() if dt > 0 else total
+        # relative to the gross reaction current (in a rest the particles still exchange charge while
+        # Σ i ≈ 0), at least that of C/20, so that the error is a ratio of currents, never of round-off
+        ref = max(obs.get("_gross_particle_currents", abs(total)), m._j_ref * m.perimeter)
         rec = Record(time_s=self.t, protocol_step=k, voltage_V=obs["voltage_V"],
                      current_mA_g=obs["current_mA_g"],
                      capacity_mAh_g=(self._I0 - I) / self.area * self.material.theoretical_capacity_mAh_g,
@@ -560,7 +564,7 @@ class ElectrodeSimulation(Simulation):
                      theta_mean=obs["theta_mean"], theta_surface_min=obs["theta_surface_min"],
                      theta_surface_max=obs["theta_surface_max"], potential_drop_V=obs["potential_drop_V"],
                      mass_balance_error=((self._I0 - I) - self._ledger) / self._I0,
-                     charge_balance_error=(coll - total) / max(abs(total), 1e-300) if total else coll)
+                     charge_balance_error=(coll - total) / ref)
         for key, val in obs.items():
             if key.startswith(("theta_mean_", "theta_surface_", "theta_near_", "current_mA_g_")):
                 rec[key] = val

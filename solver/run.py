@@ -64,7 +64,7 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
     material = material_from_config(cfg.get("material", {}), base_dir)
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
     surface = SurfaceSettings.from_dict(cfg.get("surface"))
-    if surface.model == "flux":
+    if surface.model == "flux" and not is_electrode_config(cfg):  # an electrode always has kinetics
         for i, st in enumerate(protocol.steps):
             if st.kind == "hold":
                 raise InputError(f"protocol.steps[{i}]",
