@@ -124,14 +124,14 @@ def gather_mesh(mesh, cell_tags=None, facet_tags=None, *, interfaces: bool = Tru
     tdim = mesh.topology.dim
     fdim = tdim - 1
     geom = mesh.geometry
-    if geom.cmap.degree != 1:
+    if geom.cmaps[0].degree != 1:
         raise InputError("--export", "only meshes with straight (degree-1) cells can be exported")
     imap = geom.index_map()
     n_local = imap.size_local + imap.num_ghosts
     glob = imap.local_to_global(np.arange(n_local, dtype=np.int32))
     n_own_nodes = imap.size_local
     n_cells = mesh.topology.index_map(tdim).size_local
-    cells = glob[geom.dofmap[:n_cells]]
+    cells = glob[geom.dofmaps[0][:n_cells]]
     regions = np.zeros(n_cells, dtype=np.int32)
     if cell_tags is not None:
         own = cell_tags.indices < n_cells
