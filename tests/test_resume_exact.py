@@ -79,7 +79,8 @@ def bv_full(tmp_path_factory):
     return base, summary
 
 
-@pytest.mark.mpi
+# serial only: checkpoints every step make the 2-rank Butler–Volmer particle ~20× slower (the parallel
+# checkpoint path is covered by the electrode below and by test_checkpoint.py)
 @pytest.mark.parametrize("t_kill, where", [(150.0, "charge at 200 mA/g"), (1000.0, "gitt rest 3"),
                                            (1250.0, "hold at 3.7 V")])
 def test_butler_volmer_resume_is_bit_identical(bv_full, monkeypatch, t_kill, where):
