@@ -15,6 +15,8 @@ Schema (lengths in µm)::
     mesh_size_um = ...          # bulk cell size; default 1/20 of the smallest particle size
     surface_mesh_size_um = ...  # cell size at the reactive surface; default mesh_size_um / 3
     grading_width_um = ...      # distance over which sizes grade; default 1/10 particle size
+    min_quality = 0.1           # refuse a mesh whose worst cell is below this (gmsh minSICN, (0, 1])
+    max_cells = ...             # refuse larger meshes; default: what fits in half the memory (limits.py)
     sectors = [{name = "a", start_deg = 45, end_deg = 135},
                {name = "b", start_fraction = 0.5, end_fraction = 0.6}]
     verbose = false             # show gmsh output
@@ -29,6 +31,7 @@ from typing import Any
 from mpi4py import MPI
 
 from nmcfx.errors import InputError
+from nmcfx.parallel import describe_os_error, run_on_root
 
 from ._validate import boolean, positive
 from .particle import ParticleMesh
@@ -38,7 +41,7 @@ from .shapes3d import cylinder, prism, sphere
 SHAPES_2D = ("disk", "ellipse", "contour", "xu2022")
 SHAPES = SHAPES_2D + ("prism", "cylinder", "sphere")
 DEFAULT_SHAPE = "xu2022"
-MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um")
+MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um", "min_quality", "max_cells")
 COMMON_KEYS = ("shape",) + MESH_KEYS + ("sectors", "verbose")
 SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "disk": ("diameter_um",),
@@ -170,7 +173,8 @@ def _sizes(cfg: Mapping, char_size: float, prefix: str) -> dict:
     hs = cfg.get("surface_mesh_size_um")
     if hs is None:
         hs = DEFAULT_SURFACE_RATIO * float(h)
-    return {"mesh_size_um": h, "surface_mesh_size_um": hs, "grading_width_um": cfg.get("grading_width_um")}
+    return {"mesh_size_um": h, "surface_mesh_size_um": hs, "grading_width_um": cfg.get("grading_width_um"),
+            "min_quality": cfg.get("min_quality"), "max_cells": cfg.get("max_cells")}
 
 
 def read_contour_csv(path: Any, field: str, comm: MPI.Comm = MPI.COMM_WORLD, base_dir=None):
@@ -179,16 +183,8 @@ def read_contour_csv(path: Any, field: str, comm: MPI.Comm = MPI.COMM_WORLD, bas
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise InputError(field, f"must be a path to a CSV file, got {path!r}")
     full = os.path.join(os.fspath(base_dir), os.fspath(path)) if base_dir is not None else os.fspath(path)
-    result: tuple = ("ok", None)
-    if comm.rank == 0:
-        try:
-            result = ("ok", _parse_csv(full, field))
-        except InputError as exc:
-            result = ("err", str(exc)[len(field) + 2 :])
-    result = comm.bcast(result, root=0)
-    if result[0] == "err":
-        raise InputError(field, result[1])
-    return result[1]
+    # any failure on rank 0 (unreadable, not UTF-8, ...) is raised on every rank: none waits in a bcast
+    return run_on_root(comm, _parse_csv, full, field, field=field)
 
 
 def _parse_csv(path: str, field: str) -> list[tuple[float, float]]:
@@ -197,6 +193,8 @@ def _parse_csv(path: str, field: str) -> list[tuple[float, float]]:
             lines = fh.read().splitlines()
     except OSError as exc:
         raise InputError(field, f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(field, f"{path}: {describe_os_error(exc)}") from None
     points: list[tuple[float, float]] = []
     first = True
     for lineno, raw in enumerate(lines, start=1):

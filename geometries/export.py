@@ -40,7 +40,7 @@ _CELL_TYPES = {2: ("triangle", "line"), 3: ("tetra", "triangle")}
 
 
 def check_export_path(path, field: str = "--export") -> Path:
-    """The export file, validated before anything is meshed: a known extension and an existing folder."""
+    """The export file, validated before anything is meshed: a format meshio writes, a writable place."""
     import meshio
 
     p = Path(path)
@@ -49,9 +49,9 @@ def check_export_path(path, field: str = "--export") -> Path:
         known = ", ".join(sorted(e for e in meshio.extension_to_filetypes if e.count(".") == 1))
         raise InputError(field, f"unknown mesh format {p.suffix or '(no extension)'!r} of {p.name}; "
                                 f"meshio writes {known}")
-    if not p.parent.is_dir():
-        raise InputError(field, f"folder {p.parent} does not exist")
-    return p
+    from nmcfx.paths import check_output_file
+
+    return check_output_file(p, field)
 
 
 def _file_format(path: Path) -> str:
@@ -202,6 +202,7 @@ def export_mesh(path, obj, *, cell_tags=None, facet_tags=None) -> dict:
         m = meshio.Mesh(points, blocks, cell_data=cell_data, field_data=field_data)
         tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             meshio.write(tmp, m, file_format=fmt, **kwargs)
             os.replace(tmp, path)
             status = ("ok", {"cells": int(len(cells)), "facets": int(len(facets)),
@@ -243,6 +244,9 @@ def _export_xdmf(path: Path, obj, cell_tags, facet_tags, electrode: bool) -> dic
     mesh.topology.create_connectivity(fdim, tdim)
     facets = dolfinx.mesh.meshtags(mesh, fdim, idx, val)
     cell_tags.name, facets.name = "region", "boundary"
+    if comm.rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    comm.Barrier()
     tmp_h5 = path.with_name(f".{path.stem}.partial.h5")
     tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
     with dolfinx.io.XDMFFile(comm, str(tmp), "w") as xdmf:

@@ -22,9 +22,11 @@ from mpi4py import MPI
 from nmcfx.errors import InputError
 
 from .checkpoint import Checkpointer
+from .consistency import check_tables_together
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import sector_weights
+from .rundir import prepare_run_directory
 from .simulation import Simulation, SolverSettings
 from .surface import SurfaceSettings
 from .transport import TransportSolver
@@ -64,7 +66,7 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
     material = material_from_config(cfg.get("material", {}), base_dir)
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
     surface = SurfaceSettings.from_dict(cfg.get("surface"))
-    if surface.model == "flux" and not is_electrode_config(cfg):  # an electrode always has kinetics
+    if surface.model == "flux" and not is_electrode_config(cfg):  # electrodes always use Butler–Volmer
         for i, st in enumerate(protocol.steps):
             if st.kind == "hold":
                 raise InputError(f"protocol.steps[{i}]",
@@ -79,6 +81,7 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
     particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
     surface.check_sectors(particle)
     check_stop_quantities(protocol, ())
+    check_tables_together(protocol, material, surface, output, particle)  # voltage at start, snapshots, line cut
     return PreparedRun(cfg, particle, material, protocol, surface, solver, output, title, base_dir)
 
 
@@ -142,21 +145,16 @@ def default_snapshots_s(protocol: Protocol) -> list[float]:
 
 
 def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progress: bool | None = None,
-            resume: bool = False, observers=()) -> dict:
+            resume: bool = False, overwrite: bool = False, observers=()) -> dict:
     """Run into ``outdir``. With ``resume`` continue from ``outdir/checkpoint`` (same config, same ranks).
+    A directory holding an earlier run is refused unless ``overwrite`` (see :mod:`.rundir`).
 
     ``observers``: extra :class:`Simulation` observers (studies record what they need this way).
     """
     outdir = Path(outdir)
+    # refuse (on every rank, writing nothing) or create the directory; earlier results are kept unless overwrite
+    prepare_run_directory(outdir, config=run.config, resume=resume, overwrite=overwrite, comm=comm)
     checkpoint = Checkpointer(outdir / "checkpoint", comm, run.config, every_wall_s=run.solver.checkpoint_wall_s)
-    if resume and not checkpoint.exists():
-        raise InputError("--resume", f"no checkpoint in {outdir / 'checkpoint'} to resume from")
-    if comm.rank == 0:
-        outdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json",) if resume else ("summary.json", "timeseries.csv", "steps.csv",
-                                                       "line_profiles.csv", "checkpoint/state.json"):
-            (outdir / stale).unlink(missing_ok=True)
-    comm.Barrier()
     wall0 = time.perf_counter()
     st = run.solver
     snaps = ([60.0 * t for t in run.output.snapshot_times_min] if run.output.snapshot_times_min is not None

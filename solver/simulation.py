@@ -46,12 +46,17 @@ class SolverSettings:
         if extra:
             raise InputError("solver", f"unknown key(s) {sorted(extra)}; allowed: {sorted(names)}")
         out = {}
-        for key in ("dt_initial_s", "dt_min_s", "dt_max_s", "theta_tol", "event_tol", "thickness_um",
-                    "checkpoint_wall_s"):
+        # allowed ranges (lower bound excluded): θ tolerances are absolute occupancies in (0, 1)
+        ranges = {"dt_initial_s": (0.0, 1e6, "s"), "dt_min_s": (0.0, 1e3, "s"), "dt_max_s": (0.0, 1e6, "s"),
+                  "theta_tol": (0.0, 0.05, ""), "event_tol": (0.0, 0.01, ""), "thickness_um": (0.0, 1e4, "µm"),
+                  "checkpoint_wall_s": (0.0, 1e7, "s")}
+        for key, (lo, hi, unit) in ranges.items():
             if key in d:
                 v = d[key]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                    raise InputError(f"solver.{key}", f"must be a positive number, got {v!r}")
+                if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                        or not lo < v <= hi):
+                    rng = f"({lo:g}, {hi:g}]" + (f" {unit}" if unit else "")
+                    raise InputError(f"solver.{key}", f"must be a number in {rng}, got {v!r}")
                 out[key] = float(v)
         if "growth_max" in d:
             v = d["growth_max"]
@@ -73,7 +78,9 @@ class SolverSettings:
         if "petsc_options" in d:
             if not isinstance(d["petsc_options"], dict):
                 raise InputError("solver.petsc_options", "must be a table of PETSc option names to values")
-            out["petsc_options"] = dict(d["petsc_options"])
+            from .petsc_options import check_petsc_options  # a throw-away PETSc set-up: fails here, not mid-run
+
+            out["petsc_options"] = check_petsc_options(dict(d["petsc_options"]))
         s = cls(**out)
         if s.dt_min_s > s.dt_max_s or s.dt_initial_s > s.dt_max_s:
             raise InputError("solver", "need dt_min_s <= dt_initial_s <= dt_max_s")
