@@ -22,8 +22,9 @@ from pathlib import Path
 from nmcfx.errors import InputError
 
 from .constants import FARADAY, GAS_CONSTANT
-from .nmc import NMC_NI87_COMPOSITION, NMC_NI87_MOLAR_MASS, Material, OCVModel
-from .ocv import ChenExtendedOCV
+from .constants import MAH_TO_C
+from .nmc import NMC_NI87_COMPOSITION, NMC_NI87_MOLAR_MASS, Material, OCVModel, pitt_bounded_i0_ref
+from .ocv import ChenExtendedOCV, MappedChenOCV
 from .report import (
     DEFAULT_THETAS,
     format_property_table,
@@ -40,6 +41,7 @@ __all__ = [
     "DEFAULT_THETAS",
     "FARADAY",
     "GAS_CONSTANT",
+    "MappedChenOCV",
     "Material",
     "OCVModel",
     "Table",
@@ -48,6 +50,7 @@ __all__ = [
     "get_material",
     "load_table",
     "material_from_config",
+    "pitt_bounded_i0_ref",
     "plot_properties",
     "property_table",
     "write_property_csv",
@@ -79,13 +82,19 @@ def _default_dli_table() -> Table:
     return load_table(DEFAULT_DLI_CSV, "diffusivity", field="material.dli_csv", quantity="D_Li")
 
 
+@functools.lru_cache(maxsize=None)
+def _default_ocv() -> MappedChenOCV:
+    """The Chen 2020 fit placed on NMC-Ni87's θ axis by the statements of seed 002 (ocv.py)."""
+    return MappedChenOCV.from_statements(theoretical_capacity_mAh_g=FARADAY / NMC_NI87_MOLAR_MASS / MAH_TO_C)
+
+
 def _nmc_ni87(**kw) -> Material:
     dli = kw.setdefault("dli_table", _default_dli_table())
-    ocv = kw.setdefault("ocv_model", ChenExtendedOCV())
+    ocv = kw.setdefault("ocv_model", _default_ocv())
     if "description" not in kw:
         d = "constructed default (Xu et al. 2022 text)" if dli is _default_dli_table() else (
             f"from {dli.source}" if getattr(dli, "source", "") else "user table")
-        v = repr(ocv) if isinstance(ocv, ChenExtendedOCV) else (
+        v = repr(ocv) if isinstance(ocv, (MappedChenOCV, ChenExtendedOCV)) else (
             f"from {ocv.source}" if getattr(ocv, "source", "") else "user model")
         kw["description"] = (
             f"single-crystal LiNi0.87Mn0.05Co0.08O2 (Xu et al., Joule 2022); D_Li {d}; V_oc {v}"

@@ -57,6 +57,17 @@ _DEFAULT_QUANTITY = {"diffusivity": "D_Li", "ocv": "V_oc", "exchange_current": "
 _POSITIVE_KINDS = ("diffusivity", "exchange_current")
 
 
+def _column_units(column: str, si_units: str) -> str:
+    """Units a value column's name states (for messages in the file's own units)."""
+    low = column.lower()
+    for suffix, units in (("_cm2_s", "cm^2/s"), ("_m2_s", "m^2/s"), ("_ma_cm2", "mA/cm^2"), ("_a_m2", "A/m^2")):
+        if low.endswith(suffix):
+            return units
+    if "[" in column and column.endswith("]"):
+        return column[column.rindex("[") + 1:-1]
+    return si_units
+
+
 def _column_factor(kind: str, column: str, field: str, where: str) -> float:
     """SI factor implied by the value column's name (its unit suffix)."""
     name = column.strip()
@@ -172,8 +183,8 @@ class Table:
             if self.kind in _POSITIVE_KINDS and not va[i] > 0.0:
                 raise InputError(
                     f,
-                    f"{self._where(i, rows)}: {self.quantity}={va[i]:g} {self.units}; "
-                    "values must be > 0",
+                    f"{self._where(i, rows)}: {self.column}={va[i] / self.column_factor:g} "
+                    f"({_column_units(self.column, self.units)}); values must be > 0",
                 )
             if self.kind == "ocv" and i > 0 and not va[i] < va[i - 1]:
                 raise InputError(

@@ -9,6 +9,8 @@
     nmcfx examples                       list the built-in examples
     nmcfx analyze STACK [options]        analyse an operando image stack (see nmcfx.imaging)
     nmcfx calibrate CONFIG.toml          calibrate S and A against analysed images
+    nmcfx sweep SWEEP.toml [-o DIR] [--backend local|mpi|slurm|dask]   a parameter sweep
+    nmcfx sweep status|collect|plot DIR  progress, the gathered table, a figure
     nmcfx --version
 
 Works the same under ``mpiexec -n N``: every rank runs, rank 0 prints and writes.
@@ -61,7 +63,34 @@ def _parser() -> argparse.ArgumentParser:
     cal = sub.add_parser("calibrate", help="calibrate S and A (Xu 2022 Eq. 18) against an analysed stack")
     cal.add_argument("config", help="TOML: the run tables plus a [calibration] table (see README)")
     cal.add_argument("-o", "--output", metavar="DIR", help="output directory (default: runs/<config name>-calibration)")
+    _sweep_parser(sub)
     return p
+
+
+def _sweep_parser(sub):
+    s = sub.add_parser("sweep", help="run a parameter sweep (local processes, mpiexec, SLURM array, dask-jobqueue)",
+                       description="nmcfx sweep SWEEP.toml [-o DIR] runs every case of a sweep file (README: "
+                                   "'Parameter sweeps'); nmcfx sweep status|collect|plot DIR inspects a sweep "
+                                   "directory. Re-running skips the cases that are done with unchanged inputs.")
+    s.add_argument("target", nargs="+", metavar="[ACTION] SWEEP",
+                   help="SWEEP.toml or a sweep directory; ACTION: run (default), status, collect or plot")
+    s.add_argument("-o", "--output", metavar="DIR", help="sweep directory (default: runs/<sweep name>)")
+    s.add_argument("--backend", choices=("local", "mpi", "slurm", "dask"), default="local",
+                   help="local: N worker processes (default); mpi: under mpiexec, cases on sub-communicators; "
+                        "slurm: submit a job array; dask: a dask-jobqueue cluster ([dask] table)")
+    s.add_argument("-j", "--workers", type=int, metavar="N", help="local/dask: worker processes (default: [local] "
+                                                                   "workers, else the number of cores)")
+    s.add_argument("--ranks-per-case", type=int, metavar="K", help="mpi: ranks per case (default 1)")
+    s.add_argument("--force", action="store_true", help="run every case again, even finished ones")
+    s.add_argument("--check", action="store_true", help="only validate every case and list them")
+    s.add_argument("--plan", action="store_true",
+                   help="validate every case and write DIR/sweep.json without running; then run case ID with "
+                        "`nmcfx sweep DIR --task ID` (e.g. from your own PBS/LSF array job)")
+    s.add_argument("--task", type=int, metavar="ID", help="run only case ID (what a SLURM array task does)")
+    s.add_argument("--expect", help=argparse.SUPPRESS)
+    s.add_argument("--metric", help="plot: the table column to show (default: [sweep.plot] or the first metric)")
+    s.add_argument("--x", help="plot: swept key label on the x axis")
+    s.add_argument("--y", help="plot: swept key label on the y axis")
 
 
 def _analyze_parser(sub):
@@ -111,11 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
     from nmcfx.errors import NmcfxError
+    from nmcfx.log import setup as setup_logging
     from nmcfx.parallel import ErrorGuard, describe_os_error
 
     comm = MPI.COMM_WORLD
     parser = _parser()
     args = parser.parse_args(argv)
+    setup_logging()
     guard = ErrorGuard(comm)  # errors on some ranks only must not hang the others
     try:
         if args.command == "run":
@@ -130,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_analyze(args, comm)
         if args.command == "calibrate":
             return _cmd_calibrate(args, comm)
+        if args.command == "sweep":
+            return _cmd_sweep(args, comm)
         parser.print_help()
         return 1
     except NmcfxError as exc:
@@ -162,25 +195,23 @@ def _say(comm, *msg):
 
 
 def _cmd_run(args, comm) -> int:
-    from nmcfx.solver.rundir import check_run_directory
-    from nmcfx.solver.run import execute, format_summary, prepare
+    from nmcfx.api import run
+    from nmcfx.log import get_logger
+    from nmcfx.solver.outputs import OutputSettings
+    from nmcfx.solver.run import format_summary
+    from nmcfx.spec import RunSpec
 
+    log = get_logger("nmcfx.cli")
     cfg, base, name = _config_source(args)
+    # validated by prepare inside run(), after the run directory check (as before)
+    spec = RunSpec(cfg, base_dir=base, name=name, validate=False)
     outdir = Path(args.output) if args.output else Path("runs") / name
-    # refuse a bad or occupied output directory before the (possibly long) meshing
-    check_run_directory(outdir, config=cfg, resume=args.resume, overwrite=args.overwrite, comm=comm)
-    prepared = prepare(cfg, base_dir=base, comm=comm)
-    _say(comm, f"nmcfx: {prepared.title or name}")
-    _say(comm, prepared.particle.summary())
-    for i, s in enumerate(prepared.protocol.steps):
-        _say(comm, f"  step {i}: {s.describe()}")
-    if args.resume:
-        _say(comm, f"  resuming from {outdir / 'checkpoint'}")
-    summary = execute(prepared, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
-                      overwrite=args.overwrite)
-    _say(comm, "summary:")
-    _say(comm, format_summary(summary))
-    _say(comm, f"results in {outdir}/ ({', '.join(_run_files(prepared.output, outdir))})")
+    result = run(spec, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
+                 overwrite=args.overwrite)
+    log.info("summary:")
+    log.info("%s", format_summary(result.summary))
+    files = _run_files(OutputSettings.from_dict(spec.config.get("output")), outdir)
+    log.info("results in %s/ (%s)", outdir, ", ".join(files))
     return 0
 
 
@@ -304,6 +335,70 @@ def _cmd_calibrate(args, comm) -> int:
     result = run_calibration(args.config, outdir, comm=comm, log=lambda *m: _say(comm, *m), command=sys.argv)
     _say(comm, format_calibration(result))
     _say(comm, f"results in {outdir}/ (calibration.json, e_profile.csv, fit.csv, error_map.png, fit_overlay.png, ...)")
+    return 0
+
+
+def _cmd_sweep(args, comm) -> int:
+    from nmcfx.errors import InputError
+    from nmcfx.log import get_logger
+    from nmcfx.sweep import engine, load_sweep
+    from nmcfx.sweep.definition import Sweep
+    from nmcfx.sweep.store import SweepDir
+
+    log = get_logger("nmcfx.cli")
+    actions = ("run", "status", "collect", "plot")
+    if len(args.target) > 2 or (len(args.target) == 2 and args.target[0] not in actions):
+        raise InputError("sweep", f"usage: nmcfx sweep [{'|'.join(actions)}] SWEEP.toml|DIR, got {args.target}")
+    action, target = (args.target if len(args.target) == 2 else ("run", args.target[0]))
+    if target in actions:
+        raise InputError("sweep", f"give the sweep directory: nmcfx sweep {target} DIR")
+    path = Path(target)
+    existing = SweepDir(path).exists() if path.is_dir() else False
+    if action != "run" or args.task is not None:
+        root = Path(args.output) if (args.output and not existing) else path
+        if not SweepDir(root).exists():
+            raise InputError("sweep", f"{root} is not a sweep directory (no sweep.json): run the sweep first")
+        if args.task is not None:
+            from nmcfx.sweep.slurm import run_task
+
+            return run_task(root, args.task, args.expect)
+        if action == "status":
+            if comm.rank == 0:
+                log.info("%s", engine.format_status(engine.status(root), root))
+            return 0
+        if action == "collect":
+            if comm.rank == 0:
+                engine.collect_results(root)
+            return 0
+        from nmcfx.sweep.results import gather, plot_metric
+
+        if comm.rank == 0:
+            res = gather(root)
+            spec = dict(res.manifest["sweep"].get("plot") or engine.default_plot(res))
+            spec.update({k: v for k, v in (("metric", args.metric), ("x", args.x), ("y", args.y)) if v})
+            if not {"metric", "x"} <= set(spec):
+                raise InputError("--metric/--x", "name the metric and one or two swept keys (see results.csv)")
+            log.info("written %s", plot_metric(res, spec["metric"], spec["x"], spec.get("y")))
+        return 0
+    sweep = Sweep.from_dict(SweepDir(path).read_manifest()["sweep"]) if existing else load_sweep(path)
+    root = Path(args.output) if args.output else (path if existing else Path("runs") / sweep.name)
+    if args.check:
+        cases = sweep.cases()
+        log.info("sweep %s: %d case(s), all valid", sweep.name, len(cases))
+        for c in cases[:20]:
+            log.info("  %4d  %s", c.index, c.name)
+        if len(cases) > 20:
+            log.info("  ... (%d more)", len(cases) - 20)
+        return 0
+    if args.plan:
+        plan = engine.Plan(sweep, root, args.force)
+        if comm.rank == 0:
+            plan.write_manifest()
+        log.info("sweep %s: %d case(s) valid, %d to run; manifest %s (run case ID with `nmcfx sweep %s --task ID`)",
+                 sweep.name, len(plan.cases), len(plan.todo), plan.dir.manifest_path, root)
+        return 0
+    engine.run_sweep(sweep, root, backend=args.backend, workers=args.workers, ranks_per_case=args.ranks_per_case,
+                     force=args.force, comm=comm)
     return 0
 
 

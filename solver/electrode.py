@@ -240,8 +240,8 @@ class ElectrodeModel:
         self.dt, self.bdf = pb.dt, pb.bdf
         self.thetas = [pb.add_field(Field(f"theta_{n}", tags=(t,), degree=degree, transient=True))
                        for n, t in zip(self.names, tags)]
-        self.phi_s = pb.add_field(Field("phi_s", tags=solid))
-        self.phi_l = pb.add_field(Field.real("phi_l"))
+        self.phi_s = pb.add_field(Field("phi_s", tags=solid, keep_history=True))
+        self.phi_l = pb.add_field(Field("phi_l", is_real=True, keep_history=True))
         pb.build_spaces()
 
         self.reactions = []
@@ -293,8 +293,9 @@ class ElectrodeModel:
         self._probes: dict[str, PointProbe] = {}
 
     # ------------------------------------------------------------------ construction helpers
-    #: relative charge defect per step allowed in the electron and control equations
-    CHARGE_RTOL = 1e-12
+    #: relative charge defect per step allowed in the electron and control equations (2-norm of the
+    #: block; the balance itself is its sum, checked ≤ 1e-10 in the tests)
+    CHARGE_RTOL = 1e-11
 
     def _block_tolerances(self, problem) -> list[float]:
         """Newton tolerance per block: θ blocks bound the Li defect of a step (the problem's snes_atol,
@@ -377,14 +378,21 @@ class ElectrodeModel:
         self.phi_l.u.x.array[:] = -v
         for f in (self.phi_s, self.phi_l):
             f.u_n.x.array[:] = f.u.x.array
+            f.u_nm1.x.array[:] = f.u.x.array
 
     def solve_step(self, dt: float, dt_prev: float | None, order: int, guess=None) -> StepResult:
         """One implicit step of every field; ``guess``: predicted θ arrays (one per particle) or None."""
         self.problem.set_time_step(dt, dt_prev, order)
         for i, th in enumerate(self.thetas):
             th.u.x.array[:] = guess[i] if guess is not None else th.u_n.x.array
-        for f in (self.phi_s, self.phi_l):  # Newton starts from the last accepted potentials
-            f.u.x.array[:] = f.u_n.x.array
+        # Newton starts from the potentials extrapolated linearly from the last two accepted steps
+        # (they move fast where particles saturate or become insulating); without history (first step
+        # of a protocol step: the time loop passes no dt_prev) from the last accepted ones
+        for f in (self.phi_s, self.phi_l):
+            if dt_prev:
+                f.u.x.array[:] = f.u_n.x.array + (dt / dt_prev) * (f.u_n.x.array - f.u_nm1.x.array)
+            else:
+                f.u.x.array[:] = f.u_n.x.array
         res = self.problem.solve()
         if res.converged:
             ok = all(bool(th.u.x.array.min() > 0.0 and th.u.x.array.max() < 1.0) for th in self.thetas

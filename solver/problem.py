@@ -98,8 +98,10 @@ class Field:
     """
 
     def __init__(self, name: str, *, tags: tuple[int, ...] | None = None, degree: int = 1, transient: bool = False,
-                 is_real: bool = False):
+                 is_real: bool = False, keep_history: bool = False):
         self.name = name
+        #: keep u_{n-1} although the field is quasi-static (e.g. to extrapolate a potential)
+        self.keep_history = keep_history
         self.tags = None if tags is None else tuple(int(t) for t in tags)
         self.degree = degree
         self.transient = transient
@@ -130,7 +132,7 @@ class Field:
             self.V = fem.functionspace(self.mesh, ("Lagrange", self.degree))
         self.u = fem.Function(self.V, name=self.name)
         self.u_n = fem.Function(self.V, name=f"{self.name}_n")
-        if self.transient:
+        if self.transient or self.keep_history:
             self.u_nm1 = fem.Function(self.V, name=f"{self.name}_nm1")
         self.test = ufl.TestFunction(self.V)
         self.trial = ufl.TrialFunction(self.V)
@@ -159,7 +161,7 @@ class Field:
     def history(self) -> dict[str, fem.Function]:
         """The functions a checkpoint must store to continue exactly."""
         out = {"u_n": self.u_n}
-        if self.transient:
+        if self.u_nm1 is not None:
             out["u_nm1"] = self.u_nm1
         return out
 
@@ -326,14 +328,24 @@ class Problem:
         max_it = int(self.petsc_options.get("snes_max_it", 50))
         comm = self.comm
 
+        history: list[float] = []
+
         def test(snes, it, norms):
             _, _, fnorm = norms
             if not np.isfinite(fnorm):
                 return PETSc.SNES.ConvergedReason.DIVERGED_FNORM_NAN
+            if it == 0:
+                history.clear()
+            history.append(fnorm)
             r = snes.getFunction()[0].array_r
             local = np.array([float(np.dot(r[a:b], r[a:b])) for a, b in zip(offsets[:-1], offsets[1:])])
             block = np.sqrt(comm.allreduce(local, op=MPI.SUM))
             if np.all(block <= self._block_atol):
+                return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
+            # round-off floor: within 100× of every tolerance and no longer decreasing (< 10 % per
+            # iteration twice in a row) — the residual cannot get smaller in floating point
+            if (it >= 2 and np.all(block <= 100.0 * self._block_atol)
+                    and history[-1] > 0.9 * history[-2] and history[-2] > 0.9 * history[-3]):
                 return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
             if it >= max_it:
                 return PETSc.SNES.ConvergedReason.DIVERGED_MAX_IT
@@ -484,7 +496,7 @@ class Problem:
     def accept(self):
         """Shift the histories after an accepted step."""
         for f in self.fields:
-            if f.transient:
+            if f.u_nm1 is not None:
                 f.u_nm1.x.array[:] = f.u_n.x.array
             f.u_n.x.array[:] = f.u.x.array
 

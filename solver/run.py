@@ -25,7 +25,7 @@ from .checkpoint import Checkpointer
 from .consistency import check_tables_together
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
-from .rocksalt import sector_weights
+from .rocksalt import film_thicknesses, sector_weights
 from .rundir import prepare_run_directory
 from .simulation import Simulation, SolverSettings
 from .surface import SurfaceSettings
@@ -178,7 +178,9 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
                              mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
                              surface=run.surface,
-                             sector_weights=sector_weights(run.surface, run.particle, run.material))
+                             sector_weights=sector_weights(run.surface, run.particle, run.material),
+                             films=film_thicknesses(run.surface),
+                             film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio)
         outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
         sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs, *observers])
     if comm.rank == 0:

@@ -350,7 +350,9 @@ class Simulation:
                 dt, hit_target = remaining, True
             order = 2 if (st.time_scheme == "bdf2" and self._have_prev) else 1
             guess = self._predict(dt)
-            res = sv.solve_step(dt, self._dt_prev if order == 2 else None, order, guess)
+            # the previous step length whenever there is history (BDF2 needs it; a model may also use it
+            # to extrapolate its quasi-static unknowns)
+            res = sv.solve_step(dt, self._dt_prev if self._have_prev else None, order, guess)
             if res.converged and sv.kinetics:
                 outflow = sv.boundary_outflow()  # the current at the new state (CV holds: varies)
             if not res.converged:

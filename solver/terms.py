@@ -196,7 +196,8 @@ class ButlerVolmer(Term):
     when φ_s is a Lagrange field, leaves the electron field."""
 
     def __init__(self, theta: Field, phi_s, phi_l, surfaces: Sequence[tuple[object, object]], material, *,
-                 concentration_ratio: float = 1.0):
+                 concentration_ratio: float = 1.0, films: dict[int, float] | None = None,
+                 film_diffusivity_ratio: float = 3000.0):
         self.theta = theta
         self.phi_s, self.phi_l = phi_s, phi_l
         self.fields = tuple(f for f in (theta, phi_s, phi_l) if isinstance(f, Field))
@@ -204,6 +205,11 @@ class ButlerVolmer(Term):
         self.material = material
         self.concentration_ratio = concentration_ratio
         self.scale = theta_to_flux_scale(material.site_concentration)
+        #: surface index → rocksalt film thickness (nm): a series resistance in the charge transfer
+        self.films = {int(k): float(v) for k, v in (films or {}).items() if v > 0}
+        self.film_diffusivity_ratio = film_diffusivity_ratio
+        if self.films and isinstance(phi_s, Field) and not phi_s.is_real:
+            raise ValueError("a film resistance needs the particle potential as one real unknown")
 
     def setup(self, p: Problem):
         th = self.theta
@@ -216,6 +222,8 @@ class ButlerVolmer(Term):
         over = _value(self.phi_s) - _value(self.phi_l) - self.U.expr()
         self.overpotential = over
         self.i = self.i0.expr() * (ufl.exp(mat.alpha_a * f * over) - ufl.exp(-mat.alpha_c * f * over))
+        if self.films:
+            self._setup_films(p)
 
     def update(self, p: Problem):
         th = clipped(self.theta)
@@ -224,13 +232,54 @@ class ButlerVolmer(Term):
         # i0 ∝ (1 − θ)^α_a vanishes at a full surface: that is the barrier that keeps θ ≤ 1, so it is
         # evaluated at θ itself (the material clips at 1e-12), not at the properties' clip
         self.i0.update(np.clip(self.theta.u.x.array, I0_CLIP, 1.0 - I0_CLIP))
+        if self.films:
+            self._update_films(th)
+
+    # -- a rocksalt film in series (Lun 2025; solver/kinetics.py): nodal implicit current
+    def _setup_films(self, p: Problem):
+        """For film-covered surfaces the current solves i = i0 B(f(η − R(θ) i)) node by node; it is
+        represented nodally as I + ∂I/∂θ (θ − θ_frozen) + ∂I/∂φ (φ_s − φ_frozen), exact at the
+        vertices (vertex-rule measures) with its exact Jacobian."""
+        th = self.theta
+        V = th.V
+        self._film_I = {k: fem.Function(V, name=f"i_film{k}") for k in self.films}
+        self._film_dth = {k: fem.Function(V) for k in self.films}
+        self._film_dphi = {k: fem.Function(V) for k in self.films}
+        self._phi_frozen = fem.Constant(p.mesh, PETSc.ScalarType(0.0))
+        phi = _value(self.phi_s)
+        self.i_film = {k: self._film_I[k] + self._film_dth[k] * (th.u - self.frozen)
+                       + self._film_dphi[k] * (phi - self._phi_frozen) for k in self.films}
+
+    def _update_films(self, th_clipped: np.ndarray):
+        from .kinetics import butler_volmer_series, film_resistance
+
+        mat = self.material
+        phi = float(self.phi_s.u.x.array[0]) if isinstance(self.phi_s, Field) else float(self.phi_s.value)
+        phi_l = float(self.phi_l.u.x.array[0]) if isinstance(self.phi_l, Field) else float(self.phi_l.value)
+        self._phi_frozen.value = phi
+        U, dU = self.U.value.x.array, self.U.derivative.x.array
+        i0, di0 = self.i0.value.x.array, self.i0.derivative.x.array
+        eta = phi - phi_l - U
+        for k, delta in self.films.items():
+            film = film_resistance(delta, th_clipped, mat.D_eff(th_clipped), mat.site_concentration,
+                                   dD_eff_dtheta=mat.dD_eff(th_clipped), ratio=self.film_diffusivity_ratio,
+                                   temperature_K=mat.temperature_K)
+            sol = butler_volmer_series(eta, i0, film.resistance, alpha_a=mat.alpha_a, alpha_c=mat.alpha_c,
+                                       temperature_K=mat.temperature_K)
+            self._film_I[k].x.array[:] = sol.current
+            self._film_dth[k].x.array[:] = -sol.d_eta * dU + sol.d_i0 * di0 + sol.d_R * film.d_resistance_dtheta
+            self._film_dphi[k].x.array[:] = sol.d_eta
+
+    def _current(self, k: int):
+        """The current density expression on surface ``k`` (with its film, if it has one)."""
+        return self.i_film[k] if k in self.films else self.i
 
     def current_form(self, test, *, weighted: bool = True):
         """Σ_s η_s i/(F N_L) · test over the reacting facets (µm s⁻¹ of θ integrated)."""
         sc = self.scale
         if weighted:
-            return _sum(eta * sc * self.i * test * ds for ds, eta in self.surfaces)
-        return _sum(sc * self.i * test * ds for ds, _ in self.surfaces)
+            return _sum(eta * sc * self._current(k) * test * ds for k, (ds, eta) in enumerate(self.surfaces))
+        return _sum(sc * self._current(k) * test * ds for k, (ds, _) in enumerate(self.surfaces))
 
     def reference_form(self, test):
         """Σ_s (1/(F N_L)) · test over the reacting facets: ∫ j_set × this = the set current."""
@@ -238,13 +287,15 @@ class ButlerVolmer(Term):
 
     def amps_form(self):
         """Σ_s η_s i over the reacting facets (A m⁻² × µm^(d-1))."""
-        return _sum(eta * self.i * ds for ds, eta in self.surfaces)
+        return _sum(eta * self._current(k) * ds for k, (ds, eta) in enumerate(self.surfaces))
 
     def residuals(self, p: Problem):
         th = self.theta
-        out = {th: _sum(p.dt * eta * self.scale * self.i * th.test * ds for ds, eta in self.surfaces)}
+        out = {th: _sum(p.dt * eta * self.scale * self._current(k) * th.test * ds
+                        for k, (ds, eta) in enumerate(self.surfaces))}
         if isinstance(self.phi_s, Field) and not self.phi_s.is_real:
-            out[self.phi_s] = _sum(p.dt * eta * self.scale * self.i * self.phi_s.test * ds for ds, eta in self.surfaces)
+            out[self.phi_s] = _sum(p.dt * eta * self.scale * self._current(k) * self.phi_s.test * ds
+                                   for k, (ds, eta) in enumerate(self.surfaces))
         return out
 
 

@@ -70,6 +70,8 @@ class TransportSolver:
         surface=None,
         sector_weights: dict | None = None,
         diffusivity_scale=None,
+        films: dict[str, float] | None = None,
+        film_diffusivity_ratio: float = 3000.0,
     ):
         if degree not in (1, 2):
             raise InputError("solver.degree", f"must be 1 or 2, got {degree!r}")
@@ -108,9 +110,11 @@ class TransportSolver:
         if self.kinetics:
             self.phi = self.phi_field.u
             self.phi_l = fem.Constant(mesh, PETSc.ScalarType(surface.electrolyte_potential_V))
+            films = {self.reactive.index(s): d for s, d in (films or {}).items() if s in self.reactive}
             self.reaction = pb.add_term(ButlerVolmer(
                 th, self.phi_field, self.phi_l, [(ds_nodal(tags[s]), self.eta[s]) for s in self.reactive], material,
-                concentration_ratio=surface.electrolyte_concentration_ratio))
+                concentration_ratio=surface.electrolyte_concentration_ratio, films=films,
+                film_diffusivity_ratio=film_diffusivity_ratio))
             f = FARADAY / (GAS_CONSTANT * material.temperature_K)
             self.control = pb.add_term(CurrentControl(self.phi_field, [self.reaction], self.phi - self.phi_l,
                                                       cv_scale=material.i0_ref_A_m2 * f))

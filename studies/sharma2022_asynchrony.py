@@ -103,7 +103,9 @@ def cases(quick: bool) -> list[tuple[str, dict, str]]:
     out.append(("relithiated", relith, "counter-test: fully re-lithiated after the first cycle"))
     first = cycle_protocol(1, quick=quick)
     first["steps"] = first["steps"][:1]
-    i0 = 3.4  # the material default (A m⁻² at θ = 0.5)
+    from nmcfx.materials import get_material
+
+    i0 = get_material(**MATERIAL).i0_ref_A_m2  # the material default (A m⁻² at θ = 0.5)
     for name, f in (("k_low", 0.1), ("k_high", 10.0)):
         cfg = copy.deepcopy(base)
         cfg["material"]["i0_ref_A_m2"] = i0 * f
