@@ -386,6 +386,10 @@ class Simulation:
                         return self._next_dt(dt, err, order), new_obs, "reached " + " and ".join(hit)
                     if locating is None:
                         g_old = min(c.distance(obs[c.quantity]) for c in step.until)
+                        if g_old <= 0:  # a current condition the step began with met: it ends after one step
+                            hit = [str(c) for c in step.until if c.distance(new_obs[c.quantity]) <= 0]
+                            self._accept(dt, outflow, res.newton_iterations, new_obs, k)
+                            return self._next_dt(dt, err, order), new_obs, "reached " + " and ".join(hit)
                         locating = _EventBracket(0.0, g_old, dt, g_new)
                     else:
                         locating.update(dt, g_new)
