@@ -55,18 +55,27 @@ from .terms import (
     theta_to_flux_scale,
 )
 
-ELECTROLYTE_MODELS = ("uniform",)
+ELECTROLYTE_MODELS = ("uniform", "resolved")
 
 
 @dataclass(frozen=True)
 class ElectrodeSettings:
     """The ``[electrode]`` table: electron and electrolyte physics of a composite electrode."""
 
-    electrolyte: str = "uniform"  # φ_l, c_l uniform (004 at C/20)
+    electrolyte: str = "uniform"  # φ_l, c_l uniform (004 at C/20) | "resolved" (solver/electrolyte.py)
     cbd_conductivity_S_m: float = 1.0e4  # σ_CBD (004: ~1e4 S m⁻¹)
     nmc_conductivity_csv: str | None = None  # σ_NMC(θ) table (default: materials/data/nmc_conductivity_default.csv)
     near_surface_depth_um: float = 0.5  # depth of the near-surface mean θ (the optical proxy)
     onset_drop: float = 0.05  # a particle's reaction onset: its mean θ has dropped this much in a charge
+    # resolved electrolyte (solver/electrolyte.py; defaults and provenance there and in materials/data/README.md)
+    electrolyte_concentration_mol_m3: float = 1000.0  # initial = reference c_l (i0_ref applies there)
+    cbd_porosity: float = 0.5  # electrolyte volume fraction of the CBD
+    bruggeman_exponent: float = 1.5  # κ_eff = κ ε^b, D_eff = D ε^b in the CBD
+    electrolyte_csv: str | None = None  # own property table (default: LiPF6, Valøen & Reimers 2005)
+    electrolyte_conductivity_S_m: float | None = None  # constant overrides of single properties
+    electrolyte_diffusivity_m2_s: float | None = None
+    electrolyte_transference_number: float | None = None
+    electrolyte_thermodynamic_factor: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "ElectrodeSettings":
@@ -92,6 +101,9 @@ class ElectrodeSettings:
             if not isinstance(d["nmc_conductivity_csv"], str):
                 raise InputError("electrode.nmc_conductivity_csv", "must be a path to a CSV (theta,sigma_S_m)")
             out["nmc_conductivity_csv"] = d["nmc_conductivity_csv"]
+        from .electrolyte import validate_settings
+
+        out.update(validate_settings(d))
         return cls(**out)
 
     def to_dict(self) -> dict:
@@ -242,20 +254,29 @@ class ElectrodeModel:
                        for n, t in zip(self.names, tags)]
         self.phi_s = pb.add_field(Field("phi_s", tags=solid, keep_history=True))
         self.phi_l = pb.add_field(Field("phi_l", is_real=True, keep_history=True))
+        self.electrolyte = None  # resolved electrolyte: φ_l is then the separator's potential φ_ref
+        if settings.electrolyte == "resolved":
+            from .electrolyte import ResolvedElectrolyte
+
+            self.electrolyte = ResolvedElectrolyte(self)  # adds the fields c_l and δφ_l
         pb.build_spaces()
 
         self.reactions = []
-        # one subdomain-data list for every reacting-facet measure (a form allows one per integral type)
-        ds_data = [(tag, reacting_facets(mesh, electrode.cell_tags, electrode.facet_tags, tag, tuple(tags),
-                                         (COLLECTOR, SIDES))) for tag in tags]
-        ds_all = ufl.Measure("ds", domain=mesh, subdomain_data=ds_data,
-                             metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
-        self._ds = [ds_all(tag) for tag in tags]
-        for th, ds, mat in zip(self.thetas, self._ds, self.materials):
+        if self.electrolyte is None:
+            # one subdomain-data list for every reacting-facet measure (a form allows one per integral type)
+            ds_data = [(tag, reacting_facets(mesh, electrode.cell_tags, electrode.facet_tags, tag, tuple(tags),
+                                             (COLLECTOR, SIDES))) for tag in tags]
+            ds_all = ufl.Measure("ds", domain=mesh, subdomain_data=ds_data,
+                                 metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
+            self._ds = [ds_all(tag) for tag in tags]
+        else:
+            self._ds = self.electrolyte.reacting_measures
+        for i, (th, ds, mat) in enumerate(zip(self.thetas, self._ds, self.materials)):
             pb.add_term(TimeDerivative(th, lumped=mass_lumping))
             pb.add_term(NonlinearDiffusion(th, mat))
-            self.reactions.append(pb.add_term(ButlerVolmer(th, self.phi_s, self.phi_l, [(ds, 1.0)], mat,
-                                                           concentration_ratio=concentration_ratio)))
+            bv = (ButlerVolmer(th, self.phi_s, self.phi_l, [(ds, 1.0)], mat, concentration_ratio=concentration_ratio)
+                  if self.electrolyte is None else self.electrolyte.reaction(i, th, mat))
+            self.reactions.append(pb.add_term(bv))
         self.diffusions = [t for t in pb.terms if isinstance(t, NonlinearDiffusion)]
         regions = [((CBD_TAG,), settings.cbd_conductivity_S_m)] if has_cbd else []
         regions += [((t,), (th, self.sigma, self.sigma.derivative)) for th, t in zip(self.thetas, tags)]
@@ -269,10 +290,14 @@ class ElectrodeModel:
         if self.comm.allreduce(len(self._collector_facets), op=MPI.SUM) == 0:
             raise InputError("geometry", "no electronic conductor touches the current collector")
         pb.add_dirichlet(self.phi_s, 0.0, self._collector_facets)
+        if self.electrolyte is not None:
+            self.electrolyte.add_transport()  # salt and charge in the pores, δφ_l = 0 at the separator
         self.conduction = next(t for t in pb.terms if isinstance(t, Conduction))
         pb.add_term(_BatchedNodalUpdate(self))
         pb.initialise()
         self.petsc_options = pb.petsc_options
+        if self.electrolyte is not None:
+            self.electrolyte.finish()
 
         # observables
         self._scale = theta_to_flux_scale(self.material.site_concentration)
@@ -307,7 +332,8 @@ class ElectrodeModel:
         current = self.CHARGE_RTOL * self._scale * j * self.perimeter  # θ·µm^d per s
         # the control row is a current (CC) or a scaled voltage difference (CV: 1e-12 V)
         cv = float(self.control.w_cv.value) * self.control.cv_scale * self._scale * self.perimeter * 1e-12
-        return [atol] * len(self.thetas) + [dt * current, current + cv]
+        extra = [] if self.electrolyte is None else self.electrolyte.block_tolerances(dt, current)  # c_l, δφ_l
+        return [atol] * len(self.thetas) + [dt * current, current + cv] + extra
     def _boundary_weights(self, th: Field) -> np.ndarray:
         ds = ufl.Measure("ds", domain=th.mesh, metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
         return owned_weights(th, ds)
@@ -382,6 +408,8 @@ class ElectrodeModel:
         for f in (self.phi_s, self.phi_l):
             f.u_n.x.array[:] = f.u.x.array
             f.u_nm1.x.array[:] = f.u.x.array
+        if self.electrolyte is not None:
+            self.electrolyte.set_initial()
 
     def solve_step(self, dt: float, dt_prev: float | None, order: int, guess=None) -> StepResult:
         """One implicit step of every field; ``guess``: predicted θ arrays (one per particle) or None."""
@@ -395,6 +423,9 @@ class ElectrodeModel:
             if dt_prev:
                 f.u.x.array[:] = f.u_n.x.array + (dt / dt_prev) * (f.u_n.x.array - f.u_nm1.x.array)
             else:
+                f.u.x.array[:] = f.u_n.x.array
+        if self.electrolyte is not None:  # Δc_l and δφ_l start from their last accepted values
+            for f in self.electrolyte.fields:
                 f.u.x.array[:] = f.u_n.x.array
         res = self.problem.solve()
         if res.converged:
@@ -561,7 +592,6 @@ class ElectrodeSimulation(Simulation):
             obs[f"theta_near_{name}"] = float(near)
             obs[f"current_mA_g_{name}"] = float(i_p * f)
         obs["_sum_particle_currents"] = total
-        obs["_gross_particle_currents"] = float(np.abs(cur).sum())
         return obs
 
     def _record(self, obs: dict, k: int, dt: float, its: int):
@@ -570,9 +600,6 @@ class ElectrodeSimulation(Simulation):
         c = m.counters
         total = obs["_sum_particle_currents"]
         coll = m.collector_current() if dt > 0 else total
-        # relative to the gross reaction current (in a rest the particles still exchange charge while
-        # Σ i ≈ 0), at least that of C/20, so that the error is a ratio of currents, never of round-off
-        ref = max(obs.get("_gross_particle_currents", abs(total)), m._j_ref * m.perimeter)
         rec = Record(time_s=self.t, protocol_step=k, voltage_V=obs["voltage_V"],
                      current_mA_g=obs["current_mA_g"],
                      capacity_mAh_g=(self._I0 - I) / self.area * self.material.theoretical_capacity_mAh_g,
@@ -580,7 +607,10 @@ class ElectrodeSimulation(Simulation):
                      theta_mean=obs["theta_mean"], theta_surface_min=obs["theta_surface_min"],
                      theta_surface_max=obs["theta_surface_max"], potential_drop_V=obs["potential_drop_V"],
                      mass_balance_error=((self._I0 - I) - self._ledger) / self._I0,
-                     charge_balance_error=(coll - total) / ref)
+                     # relative to the step's current, or to a C/20 current in rests and fading holds
+                     charge_balance_error=(coll - total) / max(abs(total), m._j_ref * m.perimeter))
+        if m.electrolyte is not None:  # c_l range and mean, electrolyte potential drop, salt and charge balances
+            rec.update(m.electrolyte.record_columns(dt))
         for key, val in obs.items():
             if key.startswith(("theta_mean_", "theta_surface_", "theta_near_", "current_mA_g_")):
                 rec[key] = val

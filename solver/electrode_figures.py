@@ -1,5 +1,6 @@
 """Figures of an electrode run (matplotlib, Agg, rank 0): voltage, per-particle reaction history
-(Sharma 2022 Figs. 1c, 4d), θ maps (Fig. 5) and electron potential / current-path maps."""
+(Sharma 2022 Figs. 1c, 4d), θ maps (Fig. 5) and electron potential / current-path maps; c_l and φ_l
+maps of a resolved electrolyte."""
 
 from __future__ import annotations
 
@@ -138,6 +139,34 @@ def potential_maps(images, extent, outlines, path: Path, *, title: str = ""):
             for o in outlines:
                 ax.plot(o[:, 0], o[:, 1], color="c", lw=0.5)
             ax.set_aspect("equal")
+        axes[0, j].set_title(f"t = {t / 3600:.2f} h", fontsize=10)
+    if title:
+        fig.suptitle(_wrap(title, 110), fontsize=10)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def electrolyte_maps(images, extent, outlines, path: Path, *, title: str = ""):
+    """Resolved electrolyte: c_l (top row) and φ_l − φ_l(separator) (bottom row) at the first and last
+    snapshot, particles outlined."""
+    plt = _plt()
+    pick = [images[0], images[-1]] if len(images) > 1 else images[:1]
+    fig, axes = plt.subplots(2, len(pick), figsize=(4.6 * len(pick) + 0.6, 6.0), squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.9, bottom=0.07, top=0.88, wspace=0.3, hspace=0.35)
+    for j, (t, img) in enumerate(pick):
+        for i, (key, label, scale, cmap) in enumerate((("c_l", "c_l (mol m⁻³)", 1.0, "cividis"),
+                                                      ("phi_l", "φ_l − φ_l(separator) (mV)", 1e3, "coolwarm"))):
+            data = img[key] * scale
+            finite = data[np.isfinite(data)]
+            kw = {}
+            if key == "phi_l" and finite.size:
+                lim = max(float(np.abs(finite).max()), 1e-9)
+                kw = {"vmin": -lim, "vmax": lim}
+            h = axes[i, j].imshow(data, origin="lower", extent=extent, cmap=cmap, interpolation="nearest", **kw)
+            fig.colorbar(h, ax=axes[i, j], label=label, shrink=0.8)
+            for o in outlines:
+                axes[i, j].plot(o[:, 0], o[:, 1], color="k", lw=0.5)
+            axes[i, j].set_aspect("equal")
         axes[0, j].set_title(f"t = {t / 3600:.2f} h", fontsize=10)
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)

@@ -9,9 +9,15 @@
     particles.csv     per particle and charge/discharge step: onset time, capacity, peak of the
                       optical proxy's slope against cell capacity
     fields.bp/        θ (all particles) and φ_s at the snapshot times (ADIOS2 VTX, DG1 on the whole
-                      mesh, NaN outside the region of a field)
+                      mesh, NaN outside the region of a field); with electrode.electrolyte = "resolved"
+                      also c_l (mol m⁻³) and φ_l (V) on the electrolyte and the CBD
     electrode_maps.png, potential_maps.png, particles.png, voltage.png
+    electrolyte_maps.png  c_l and φ_l − φ_l(separator) at the first and last snapshot (resolved electrolyte)
     metadata.json, summary.json
+
+With the resolved electrolyte timeseries.csv also has c_l_min/max/mean_mol_m3,
+electrolyte_potential_drop_V (max |φ_l − φ_l(separator)|), salt_balance_error and
+electrolyte_charge_balance_error (see nmcfx.solver.electrolyte).
 
 Only rank 0 writes files; fields are written collectively.
 """
@@ -46,13 +52,14 @@ class ElectrodeOutputs:
         self._vtx = None
         self._bar = None
         self.images: list[tuple[float, dict]] = []
+        self._electrolyte_images = False  # c_l and φ_l maps (resolved electrolyte)
 
     # ------------------------------------------------------------------ observer API
     def state(self) -> dict:
         if not self.root:
             return {}
         out = {"image_times": np.array([t for t, _ in self.images])}
-        for key in ("theta", "phi_s", "current"):
+        for key in ("theta", "phi_s", "current") + (("c_l", "phi_l") if self._electrolyte_images else ()):
             out[key] = np.array([img[key] for _, img in self.images]) if self.images else np.zeros((0,))
         return out
 
@@ -74,11 +81,21 @@ class ElectrodeOutputs:
             self._phi_probe = PointProbe(m.phi_s.mesh, pts, allow_outside=True) if self.settings.figures else None
         else:
             self._theta_probes, self._phi_probe = [], None
+        # resolved electrolyte: c_l and φ_l maps on the pore network
+        el = m.electrolyte
+        self._pore_probes = None
+        if el is not None and self._phi_probe is not None:
+            self._pore_probes = (PointProbe(el.c_l.mesh, pts, allow_outside=True),
+                                 PointProbe(el.dphi.mesh, pts, allow_outside=True))
+        self._electrolyte_images = self._pore_probes is not None
         self._setup_current_density(m)
         mine = next((r for r, o in zip(restore or [], sim.observers) if o is self), None)
         if mine and len(mine.get("image_times", [])):
             self.images = [(float(t), {"theta": a, "phi_s": b, "current": c}) for t, a, b, c in
                            zip(mine["image_times"], mine["theta"], mine["phi_s"], mine["current"])]
+            if self._electrolyte_images and "c_l" in mine:
+                for (_, img), c_l, phi_l in zip(self.images, mine["c_l"], mine["phi_l"]):
+                    img.update(c_l=c_l, phi_l=phi_l)
         self._setup_fields(m, restore is not None)
         if self.root:
             self._csv_file = open(self.outdir / "timeseries.csv", "w", newline="")
@@ -123,12 +140,21 @@ class ElectrodeOutputs:
             while (self.outdir / f"fields-part{part}.bp").exists() or (self.outdir / f"fields-part{part}.xdmf").exists():
                 part += 1
             stem = f"fields-part{part}"
+        self._pore_dg = []  # resolved electrolyte: (DG1 target, field, its cells, parent cells, name)
+        if m.electrolyte is not None:
+            el = m.electrolyte
+            cells = np.sort(np.concatenate([m.electrode.cell_tags.find(t) for t in el.c_l.tags])).astype(np.int32)
+            for name, f in (("c_l", el.c_l), ("phi_l", el.dphi)):
+                self._pore_dg.append((fem.Function(W, name=name), f, f.entity_map.sub_topology_to_topology(
+                    cells, inverse=True), cells, name))
+        written = [self._theta_dg, self._phi_dg] + [g for g, *_ in self._pore_dg]
         if self.settings.fields == "vtx":
-            self._vtx = dolfinx.io.VTXWriter(m.comm, str(self.outdir / f"{stem}.bp"), [self._theta_dg, self._phi_dg],
-                                             engine="BP4")
-        else:
+            self._vtx = dolfinx.io.VTXWriter(m.comm, str(self.outdir / f"{stem}.bp"), written, engine="BP4")
+        else:  # XDMF takes P1 or cell data: cell values (DG0) of the same fields
             self._vtx = dolfinx.io.XDMFFile(m.comm, str(self.outdir / f"{stem}.xdmf"), "w")
             self._vtx.write_mesh(mesh)
+            Q0 = fem.functionspace(mesh, ("DG", 0))
+            self._cell_copies = [(g, fem.Function(Q0, name=g.name)) for g in written]
 
     def _setup_current_density(self, m):
         """|σ∇φ_s| (A m⁻²) as a DG0 field on the solid: σ per cell from the cell-mean θ of its particle."""
@@ -183,19 +209,32 @@ class ElectrodeOutputs:
             phi[~self._phi_probe.inside] = np.nan
             cur = self._phi_probe.evaluate(self._current)
             cur[~self._phi_probe.inside] = np.nan
-            self.images.append((t, {k: v.reshape(self.grid_shape) for k, v in
-                                    (("theta", theta), ("phi_s", phi), ("current", cur))}))
+            maps = [("theta", theta), ("phi_s", phi), ("current", cur)]
+            if self._pore_probes is not None:  # c_l (mol m⁻³) and φ_l − φ_l(separator) (V)
+                el = m.electrolyte
+                pc, pp = self._pore_probes
+                c_l = el.c0 + pc.evaluate(el.c_l.u)
+                c_l[~pc.inside] = np.nan
+                phi_l = pp.evaluate(el.dphi.u)
+                phi_l[~pp.inside] = np.nan
+                maps += [("c_l", c_l), ("phi_l", phi_l)]
+            self.images.append((t, {k: v.reshape(self.grid_shape) for k, v in maps}))
         if self._vtx is not None:
             self._theta_dg.x.array[:] = np.nan
             self._phi_dg.x.array[:] = np.nan
             for f, cells, sub_cells in self._maps:
                 target = self._phi_dg if f is m.phi_s else self._theta_dg
                 target.interpolate(f.u, cells0=sub_cells, cells1=cells)
+            for target, f, sub_cells, cells, name in self._pore_dg:  # c_l = c_ref + Δc_l, φ_l = φ_ref + δφ_l
+                target.x.array[:] = np.nan
+                target.interpolate(f.u, cells0=sub_cells, cells1=cells)
+                target.x.array[:] += m.electrolyte.c0 if name == "c_l" else m.electrolyte.phi_l_offset()
             if self.settings.fields == "vtx":
                 self._vtx.write(t)
             else:
-                self._vtx.write_function(self._theta_dg, t)
-                self._vtx.write_function(self._phi_dg, t)
+                for g, cell in self._cell_copies:
+                    cell.interpolate(g)
+                    self._vtx.write_function(cell, t)
 
     def _write_step(self, info: dict):
         self._steps_csv.writerow([info["index"], info["label"], info["description"]]
@@ -236,6 +275,9 @@ class ElectrodeOutputs:
                 figs.maps(self.images, self.extent, outlines, self.outdir / "electrode_maps.png", title=self.title)
                 figs.potential_maps(self.images, self.extent, outlines, self.outdir / "potential_maps.png",
                                     title=self.title)
+                if "c_l" in self.images[0][1]:
+                    figs.electrolyte_maps(self.images, self.extent, outlines, self.outdir / "electrolyte_maps.png",
+                                          title=self.title)
 
     def close(self):
         if self._bar is not None:

@@ -124,6 +124,10 @@ def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, 
 
     load_conductivity_table(settings.nmc_conductivity_csv, base_dir=base_dir)  # validated before meshing
     electrode = electrode_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
+    if settings.electrolyte == "resolved":  # properties, geometry and [surface] checks (solver/electrolyte.py)
+        from .electrolyte import check_run
+
+        settings = check_run(settings, electrode, surface, material, base_dir)
     check_stop_quantities(protocol, [p["name"] for p in electrode.particles])
 
     def other(name, p):

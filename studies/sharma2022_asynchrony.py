@@ -47,10 +47,12 @@ MAP_FRACTIONS = (0.0, 0.05, 0.15, 0.5)
 #: NMC532-like material (LiNi0.5Mn0.3Co0.2O2): molar mass from the composition; X-ray density from
 #: the layered cell (a ≈ 2.87 Å, c ≈ 14.25 Å, Z = 3); 1C = 170 mAh/g (the practical capacity that
 #: makes C/20 a ~20 h first charge, 004: "first charge ~20 h"); transport, V_oc and i0 tables are
-#: the project defaults for Ni-rich layered NMC (materials/data/README.md), which carry the feature
-#: 004 relies on — a diffusivity that is low near x = 1 (004 Fig. 4c); σ_NMC(θ) is the default
-#: table (Amin & Chiang 2016 end values, transition in x = 1.0–0.9).
-MATERIAL = {"molar_mass_g_mol": 96.55, "density_g_cm3": 4.73, "capacity_mAh_g": 170.0}
+#: V_oc and i0 are the project defaults for layered NMC (materials/data/README.md); D_Li follows
+#: 004's own words for its NMC532 — low over x = 1.0–0.8, rising as the charge proceeds
+#: (materials/data/nmc532_dli_sharma2022_like.csv); σ_NMC(θ) is the default table (Amin & Chiang 2016
+#: end values, transition in x = 1.0–0.9).
+MATERIAL = {"molar_mass_g_mol": 96.55, "density_g_cm3": 4.73, "capacity_mAh_g": 170.0,
+            "dli_csv": str(Path(__file__).resolve().parents[1] / "materials" / "data" / "nmc532_dli_sharma2022_like.csv")}
 #: start pristine (004: "start pristine (x ≈ 1)")
 INITIAL_THETA = 0.99
 
@@ -70,15 +72,21 @@ def cycle_protocol(charges: int, *, relithiate_after_first: bool = False, quick:
         ]
         if n + 1 == charges:
             break
+        # the discharge ends at 2.5 V — or when a particle's surface is full: the default V_oc(θ) is
+        # bounded as θ → 1, so the cell voltage then collapses towards the cut-off through ever more
+        # resistive (re-lithiated, insulating) paths, a regime this model resolves only with tiny steps
         steps += [
-            {"type": "discharge", "c_rate": rate, "duration_min": 60 * cap_h, "until": ["voltage_V <= 2.5"],
-             "label": f"discharge {n + 1}"},
-            {"type": "hold", "voltage_V": 2.5, "duration_min": cv_min, "until": ["abs_current_mA_g <= 3.4"],
-             "label": f"CV 2.5 V {n + 1}"},
+            {"type": "discharge", "c_rate": rate, "duration_min": 60 * cap_h,
+             "until": ["voltage_V <= 2.5", "theta_surface_max >= 0.9999"], "label": f"discharge {n + 1}"},
         ]
         if n == 0 and relithiate_after_first:
-            steps.append({"type": "hold", "voltage_V": 2.5, "duration_min": 60 * (400.0 if not quick else 4.0),
-                          "until": ["theta_mean >= 0.985"], "label": "full re-lithiation (CV 2.5 V)"})
+            # full re-lithiation: rests let the Li piled up at the surfaces move inwards, each followed
+            # by a C/20 discharge until a surface is full again (a slow, GITT-like top-up)
+            for k in range(6 if not quick else 1):
+                steps += [{"type": "rest", "duration_min": 60 * 20.0, "label": f"re-lithiation rest {k + 1}"},
+                          {"type": "discharge", "c_rate": rate, "duration_min": 60 * cap_h,
+                           "until": ["voltage_V <= 2.5", "theta_surface_max >= 0.9999"],
+                           "label": f"re-lithiation {k + 1}"}]
     return {"initial_theta": INITIAL_THETA, "steps": steps}
 
 
@@ -86,7 +94,7 @@ def base_config(quick: bool) -> dict:
     return {
         "title": "Sharma 2022 preset electrode, NMC532-like, C/20 4.3-2.5 V",
         "geometry": {"shape": "electrode", "preset": "sharma2022",
-                     "mesh_size_um": 1.5 if not quick else 3.0, "surface_mesh_size_um": 0.6 if not quick else 1.5},
+                     "mesh_size_um": 2.0 if not quick else 3.0, "surface_mesh_size_um": 0.8 if not quick else 1.5},
         "material": dict(MATERIAL),
         "electrode": {},
         "protocol": cycle_protocol(3 if not quick else 1, quick=quick),
@@ -204,7 +212,7 @@ def analyse(study: Study) -> tuple[list, list]:
             if d.startswith(("charge", "discharge")):
                 cur = [kind, 0.0]
                 halves.append(cur)
-            if cur is not None and "re-lithiation" not in str(s.get("label", "")):
+            if cur is not None and "re-lithiation" not in str(s.get("label", "")):  # loss: cycle 1 only
                 cur[1] += float(s["capacity_mAh_g"])
         loss = (halves[0][1] + halves[1][1]) / halves[0][1] if len(halves) > 1 and halves[0][1] > 0 else np.nan
         by_step: dict = {}
