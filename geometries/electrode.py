@@ -254,13 +254,23 @@ def label_image_layout(labels: np.ndarray, pixel_size: float, nmc: tuple[int, ..
     ny, nx = labels.shape
     height, width = ny * pixel_size, nx * pixel_size
 
-    def polygons(mask) -> list[np.ndarray]:
+    def polygons(mask, grow_into=None) -> list[np.ndarray]:
+        """Outline of every connected piece of ``mask``. Outlines of neighbouring pieces, traced and
+        simplified separately, need not meet: a piece is first grown by two pixels into ``grow_into``
+        (the CBD into the NMC, which wins the overlap when meshing, so that an NMC|CBD contact in the
+        image stays a contact) and continued one row below the image (a piece on the last row meets
+        the collector along its whole width once clipped to the box)."""
+        from scipy.ndimage import binary_dilation
+
         lab = measure.label(mask, connectivity=1)
         out = []
         for region in measure.regionprops(lab):
             if region.area < min_pixels:
                 continue
-            piece = np.pad(lab == region.label, 1)
+            piece = lab == region.label
+            if grow_into is not None:
+                piece = piece | (binary_dilation(piece, iterations=2) & grow_into)
+            piece = np.pad(np.vstack([piece, piece[-1:]]), 1)
             contours = measure.find_contours(piece.astype(float), 0.5)
             if not contours:
                 continue
@@ -270,18 +280,21 @@ def label_image_layout(labels: np.ndarray, pixel_size: float, nmc: tuple[int, ..
             xy = np.column_stack([(c[:, 1] + 0.5) * pixel_size, height - (c[:, 0] + 0.5) * pixel_size])
             xy[:, 0] = np.clip(xy[:, 0], 0.0, width)
             xy[:, 1] = np.clip(xy[:, 1], 0.0, height)
+            keep = np.any(np.abs(xy - np.roll(xy, 1, axis=0)) > 1e-9 * pixel_size, axis=1)  # clipped duplicates
+            xy = xy[keep]
             if _polygon_area(xy) < 0:
                 xy = xy[::-1]
             if len(xy) >= 3:
                 out.append(xy)
         return out
 
-    parts = polygons(np.isin(labels, nmc))
+    nmc_mask = np.isin(labels, nmc)
+    parts = polygons(nmc_mask)
     if not parts:
         raise InputError(f"{prefix}.nmc", f"no NMC region of at least {min_pixels} pixels in the image")
     particles = tuple(ParticleSpec("contour", tuple(map(tuple, _polygon_centroid(p)[None, :]))[0],
                                    points=tuple(map(tuple, p)), name=f"P{i}") for i, p in enumerate(parts))
-    cbd_polys = tuple(tuple(map(tuple, p)) for p in polygons(np.isin(labels, cbd))) if cbd else ()
+    cbd_polys = tuple(tuple(map(tuple, p)) for p in polygons(np.isin(labels, cbd), grow_into=nmc_mask)) if cbd else ()
     return ElectrodeLayout(width, height, particles, cbd_polygons=cbd_polys, contact_overlap=2 * pixel_size,
                            origin="label image", info={"pixels": [int(nx), int(ny)], "pixel_size_um": pixel_size})
 
@@ -370,6 +383,7 @@ class ElectrodeMesh:
             lines.append(f"    {p['name']:>4s} tag {p['tag']}: {'area' if self.dim == 2 else 'volume'} {p['area']:.4g} {aunit}, "
                          f"surface {p['perimeter']:.4g} {unit}, coverage {100 * p['coverage']:.0f} %, "
                          f"path {path}")
+        lines += [f"  warning: {w}" for w in i.get("warnings", [])]
         return "\n".join(lines)
 
 
@@ -757,13 +771,17 @@ def particle_with_patch(diameter: float, patch_angle_deg: float, patch_thickness
         model.addPhysicalGroup(3, particle, tag=PARTICLE_TAG0)
         model.addPhysicalGroup(3, cbd, tag=CBD_TAG)
         faces = model.getBoundary([(3, v) for v in particle + cbd], combined=True, oriented=False)
+        cbd_faces = {abs(g) for _, g in model.getBoundary([(3, v) for v in cbd], oriented=False)}
         collector = []
         for _, f in faces:
-            x0, y0, z0, x1, y1, z1 = model.getBoundingBox(2, abs(f))
-            com = occ.getCenterOfMass(2, abs(f))
-            if abs(f) in {abs(g) for _, g in model.getBoundary([(3, v) for v in cbd], oriented=False)} and \
-                    np.linalg.norm(com) > R + 0.25 * t:
+            # the cap's outer face lies at R + t, its conical rim between R and R + t: classify by a point
+            # on the face (a face's centre of mass lies inside the sphere for wide caps)
+            lo, hi = model.getParametrizationBounds(2, abs(f))
+            point = model.getValue(2, abs(f), 0.5 * (np.asarray(lo) + np.asarray(hi)))
+            if abs(f) in cbd_faces and np.linalg.norm(point) > R + 0.75 * t:
                 collector.append(abs(f))
+        if not collector:
+            raise MeshError("particle with a CBD patch: found no outer patch face for the collector")
         model.addPhysicalGroup(2, collector, tag=COLLECTOR)
         _gmsh.set_mesh_options(3)
         _gmsh.set_size_field(model, 2, [abs(f) for _, f in model.getBoundary([(3, v) for v in particle],
@@ -772,6 +790,7 @@ def particle_with_patch(diameter: float, patch_angle_deg: float, patch_thickness
         q = _gmsh.generate(model, 3, "particle with a CBD patch")
         area_p = sum(occ.getMass(3, v) for v in particle)
         area_c = sum(occ.getMass(3, v) for v in cbd)
+        # the particle's whole surface (the covered part included)
         surf = sum(occ.getMass(2, abs(f)) for _, f in model.getBoundary([(3, v) for v in particle], combined=True,
                                                                            oriented=False))
         shared = {abs(f) for _, f in model.getBoundary([(3, v) for v in particle], oriented=False)} & \
@@ -779,10 +798,10 @@ def particle_with_patch(diameter: float, patch_angle_deg: float, patch_thickness
         covered = sum(occ.getMass(2, f) for f in shared)
         info = {"origin": f"sphere {diameter:g} µm with a {patch_angle_deg:g}° CBD patch", **q,
                 "region_measure": {"nmc": area_p, "cbd": area_c},
-                "interface_measure": {"nmc|cbd": covered, "nmc|electrolyte": surf}}
+                "interface_measure": {"nmc|cbd": covered, "nmc|electrolyte": surf - covered}}
         particles = [{"name": "P0", "tag": PARTICLE_TAG0, "material": None, "scaling_S": None, "area": area_p,
-                      "perimeter": surf + covered, "centroid": [0.0, 0.0, 0.0],
-                      "coverage": covered / (surf + covered), "path": ["P0", "CBD", "collector"], "nmc_in_path": 0}]
+                      "perimeter": surf, "centroid": [0.0, 0.0, 0.0],
+                      "coverage": covered / surf, "path": ["P0", "CBD", "collector"], "nmc_in_path": 0}]
         return {"particles": particles, "info": info, "sectors": {}, "reactive": ()}
 
     meta, data = mesh_and_distribute(comm, on_root, 3, "particle with a CBD patch", verbose,

@@ -4,7 +4,7 @@
     nmcfx run --example NAME [-o DIR]    run a built-in example (see `nmcfx examples`)
     nmcfx run … -o DIR --resume          continue an interrupted run from its checkpoint
     nmcfx run … -o DIR --overwrite       replace an earlier run in DIR (refused otherwise)
-    nmcfx mesh CONFIG.toml               build only the mesh and report it
+    nmcfx mesh CONFIG.toml [--export F]  build only the mesh and report it (and write it with its tags)
     nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem
     nmcfx examples                       list the built-in examples
     nmcfx analyze STACK [options]        analyse an operando image stack (see nmcfx.imaging)
@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("mesh", help="build the mesh of a config and print its summary")
     m.add_argument("config", nargs="?")
     m.add_argument("--example", metavar="NAME")
+    m.add_argument("--export", metavar="FILE",
+                   help="also write the mesh with its region and boundary tags (format from the extension: "
+                        ".msh, .vtu, .xdmf, … anything meshio writes)")
 
     mat = sub.add_parser("materials", help="material property tables")
     matsub = mat.add_subparsers(dest="materials_command", metavar="ACTION")
@@ -240,8 +243,17 @@ def _cmd_mesh(args, comm) -> int:
 
     cfg, base, _ = _config_source(args)
     check_top_level(cfg)
+    if args.export:
+        from nmcfx.geometries.export import check_export_path
+        from nmcfx.parallel import run_on_root
+
+        run_on_root(comm, check_export_path, args.export, field="--export")  # before meshing: costs nothing
     particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base)
     _say(comm, particle.summary())
+    if args.export:
+        from nmcfx.geometries.export import describe_export, export_mesh
+
+        _say(comm, describe_export(args.export, export_mesh(args.export, particle), particle))
     return 0
 
 

@@ -381,8 +381,11 @@ class ElectrodeModel:
         elif mode == "voltage":
             self.control.set_voltage(value)
             # Newton starts every step from the last accepted potentials: start the hold at its voltage
-            self.phi_l.u.x.array[:] = -value
-            self.phi_l.u_n.x.array[:] = -value
+            # (and its history too: Newton's guess extrapolates the last two steps, which would push
+            # the jump to the hold voltage further by dt/dt_prev)
+            for f in (self.phi_l.u, self.phi_l.u_n, self.phi_l.u_nm1):
+                if f is not None:
+                    f.x.array[:] = -value
         else:
             raise ValueError(mode)
 

@@ -39,6 +39,7 @@ the conservation defect of a step whatever the step size.
 from __future__ import annotations
 
 import signal
+import weakref
 from dataclasses import dataclass, field
 
 import basix.ufl
@@ -327,6 +328,7 @@ class Problem:
         offsets = np.concatenate([[0], np.cumsum(sizes)])
         max_it = int(self.petsc_options.get("snes_max_it", 50))
         comm = self.comm
+        me = weakref.proxy(self)  # the SNES keeps its callbacks: a strong reference would keep the problem forever
 
         history: list[float] = []
 
@@ -340,11 +342,11 @@ class Problem:
             r = snes.getFunction()[0].array_r
             local = np.array([float(np.dot(r[a:b], r[a:b])) for a, b in zip(offsets[:-1], offsets[1:])])
             block = np.sqrt(comm.allreduce(local, op=MPI.SUM))
-            if np.all(block <= self._block_atol):
+            if np.all(block <= me._block_atol):
                 return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
             # round-off floor: within 100× of every tolerance and no longer decreasing (< 10 % per
             # iteration twice in a row) — the residual cannot get smaller in floating point
-            if (it >= 2 and np.all(block <= 100.0 * self._block_atol)
+            if (it >= 2 and np.all(block <= 100.0 * me._block_atol)
                     and history[-1] > 0.9 * history[-2] and history[-2] > 0.9 * history[-3]):
                 return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
             if it >= max_it:
@@ -362,6 +364,10 @@ class Problem:
         assemble. A Ctrl-C inside PETSc is turned into a flag (see :meth:`solve`)."""
         snes = self.problem.solver
         counters, clock = self.counters, MPI.Wtime
+        # the callbacks hold the problem weakly: the SNES (C level, invisible to the garbage collector)
+        # keeps them, and a strong reference would keep every problem, its meshes and their MPI
+        # communicators alive for the life of the process (MPICH runs out after ~2000 communicators)
+        me = weakref.proxy(self)
         if len(unknowns) == 1 and not self.bcs:
             # one field, no Dirichlet condition: a plain vector assembly (the generic callback
             # also applies lifting, which costs a Jacobian-sized pass)
@@ -376,7 +382,7 @@ class Problem:
                 x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
                 with x.localForm() as xl:
                     u.x.array[:] = xl.array_r
-                self.update_coefficients()
+                me.update_coefficients()
                 with b.localForm() as bl:
                     bl.set(0.0)
                 assemble_vector(b, F_form)
@@ -391,15 +397,15 @@ class Problem:
                     x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
                     with x.localForm() as xl:
                         u.x.array[:] = xl.array_r
-                    self.update_coefficients()
+                    me.update_coefficients()
                 A.zeroEntries()
                 assemble_matrix(A, J_form)
                 A.assemble()
                 counters.jacobian_evaluations += 1
                 counters.assembly_time += clock() - t0
 
-            snes.setFunction(_guarded(self, residual), self.problem.b)
-            snes.setJacobian(_guarded(self, jacobian), self.problem.A, None)
+            snes.setFunction(_guarded(me, residual), self.problem.b)
+            snes.setJacobian(_guarded(me, jacobian), self.problem.A, None)
             return
 
         funcs = [f.u for f in unknowns] if len(unknowns) > 1 else unknowns[0].u
@@ -419,7 +425,7 @@ class Problem:
             t0 = clock()
             x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
             assign(x, funcs)
-            self.update_coefficients()
+            me.update_coefficients()
             if blocks is not None:
                 b.setAttr("_blocks", blocks)
                 x.setAttr("_blocks", blocks)
@@ -435,13 +441,13 @@ class Problem:
         def jacobian(snes_, x, A, P):
             t0 = clock()
             assign(x, funcs)
-            self.update_coefficients()
+            me.update_coefficients()
             assemble_J(snes_, x, A, P, **J_ctx)
             counters.jacobian_evaluations += 1
             counters.assembly_time += clock() - t0
 
-        snes.setFunction(_guarded(self, residual), self.problem.b)
-        snes.setJacobian(_guarded(self, jacobian), self.problem.A, self.problem.P_mat)
+        snes.setFunction(_guarded(me, residual), self.problem.b)
+        snes.setJacobian(_guarded(me, jacobian), self.problem.A, self.problem.P_mat)
 
     # ------------------------------------------------------------------ time stepping
     def set_time_step(self, dt: float, dt_prev: float | None, order: int):

@@ -97,6 +97,8 @@ def check_stop_quantities(protocol: Protocol, particle_names) -> None:
     from .protocol import STOP_QUANTITIES
 
     allowed = set(STOP_QUANTITIES) | set(particle_quantities(particle_names))
+    if particle_names:  # an electrode has no single centre
+        allowed.discard("theta_center")
     for i, st in enumerate(protocol.steps):
         for c in st.until:
             if c.quantity not in allowed:

@@ -332,9 +332,10 @@ class Simulation:
         self._apply_controls(k, step)
         outflow = sv.boundary_outflow()
         t_end = t_start + step.duration_s if step.duration_s is not None else math.inf
-        # a condition already met at the start ends the step at once
+        # a condition already met at the start ends the step at once (not one on the current: the
+        # current at the start is the previous step's, e.g. zero before a CV hold that follows a rest)
         for cond in step.until:
-            if cond.distance(obs[cond.quantity]) <= 0:
+            if "current" not in cond.quantity and cond.distance(obs[cond.quantity]) <= 0:
                 return dt, obs, f"{cond} at start"
         dt = min(dt, st.dt_max_s)
         locating = None  # _EventBracket while a stop condition is being located
@@ -386,6 +387,10 @@ class Simulation:
                         return self._next_dt(dt, err, order), new_obs, "reached " + " and ".join(hit)
                     if locating is None:
                         g_old = min(c.distance(obs[c.quantity]) for c in step.until)
+                        if g_old <= 0:  # a current condition the step began with met: it ends after one step
+                            hit = [str(c) for c in step.until if c.distance(new_obs[c.quantity]) <= 0]
+                            self._accept(dt, outflow, res.newton_iterations, new_obs, k)
+                            return self._next_dt(dt, err, order), new_obs, "reached " + " and ".join(hit)
                         locating = _EventBracket(0.0, g_old, dt, g_new)
                     else:
                         locating.update(dt, g_new)
