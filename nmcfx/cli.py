@@ -4,7 +4,7 @@
     nmcfx run --example NAME [-o DIR]    run a built-in example (see `nmcfx examples`)
     nmcfx run … -o DIR --resume          continue an interrupted run from its checkpoint
     nmcfx mesh CONFIG.toml               build only the mesh and report it
-    nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem
+    nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem; lattice a, c; stiffness
     nmcfx examples                       list the built-in examples
     nmcfx analyze STACK [options]        analyse an operando image stack (see nmcfx.imaging)
     nmcfx calibrate CONFIG.toml          calibrate S and A against analysed images
@@ -194,6 +194,7 @@ def _cmd_materials(args, comm, parser) -> int:
     thetas = np.linspace(0.05, 0.99, args.points)
     table = property_table(material, thetas)
     _say(comm, format_property_table(material, table))
+    _say(comm, "\n" + _mechanics_text(args.name, thetas))
     if comm.rank == 0:
         if args.csv:
             write_property_csv(args.csv, material, table)
@@ -204,6 +205,13 @@ def _cmd_materials(args, comm, parser) -> int:
             plot_properties(material, args.plot)
             print(f"written {args.plot}")
     return 0
+
+
+def _mechanics_text(name: str, thetas) -> str:
+    """The mechanical data block of ``nmcfx materials show`` (strains relative to θ = 1)."""
+    from nmcfx.materials.mechanics import default_mechanics, format_mechanics_table
+
+    return format_mechanics_table(default_mechanics(name), thetas, theta_ref=1.0)
 
 
 def _cmd_examples(comm) -> int:

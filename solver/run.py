@@ -22,6 +22,8 @@ from mpi4py import MPI
 from nmcfx.errors import InputError
 
 from .checkpoint import Checkpointer
+from .mechanics import mechanics_from_config
+from .mechanics_outputs import mechanics_observers
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import sector_weights
@@ -57,6 +59,7 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
         raise InputError("protocol", "missing: a config needs a [protocol] table with at least one step")
     material = material_from_config(cfg.get("material", {}), base_dir)
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
+    mechanics_from_config(cfg, base_dir=base_dir, theta0=protocol.initial_theta)  # [mechanics]: validate only
     surface = SurfaceSettings.from_dict(cfg.get("surface"))
     if surface.model == "flux":
         for i, st in enumerate(protocol.steps):
@@ -107,7 +110,8 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
 
         out_settings = replace(out_settings, progress=progress)
     outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-    sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs, *observers])
+    observers = [outputs, *mechanics_observers(run, outdir, comm), *observers]  # [mechanics]: θ → σ each step
+    sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
     if comm.rank == 0:
         write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), metadata(run, sv, comm))
     try:
