@@ -520,6 +520,11 @@ class ElasticitySolver:
         self.counters.iterations += its
         return its
 
+    def stress_of(self, w, ezz=None):
+        """UFL stress (MPa) of a displacement ``w`` with this solver's eigenstrain and assumption
+        (``ezz``: out-of-plane strain for plane strain / generalised plane strain; default 0)."""
+        return self._stress(w, self.eig_t, ezz)
+
     @property
     def ezz_coefficients(self) -> np.ndarray:
         """Generalised plane strain: (e₀, e₁, e₂) of ε_zz = e₀ + e₁(x − x_c) + e₂(y − y_c) (zeros otherwise)."""
