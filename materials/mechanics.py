@@ -18,7 +18,7 @@ Defaults (``data/nmc_lattice_ni_rich_default.csv`` and :data:`DEFAULT_E_GPA`,
     >>> mech = default_mechanics()
     >>> ea, ec = mech.lattice.strains([0.5, 0.95], theta_ref=0.95)
     >>> round(float(ea[0]), 4), round(float(ec[0]), 4)
-    (-0.0113, 0.0169)
+    (-0.0113, 0.017)
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class LatticeTable:
     """a(θ), c(θ) in Å at nodes θ_i, PCHIP-interpolated, constant beyond the end nodes.
 
     >>> t = LatticeTable(np.array([0.0, 1.0]), np.array([2.8, 2.9]), np.array([14.4, 14.2]))
-    >>> float(t.a(0.5)), t.covers(0.95)
+    >>> round(float(t.a(0.5)), 6), t.covers(0.95)
     (2.85, True)
     """
 
@@ -134,17 +134,17 @@ class LatticeTable:
     def covers(self, theta: float) -> bool:
         return self.theta_min - 1e-12 <= float(theta) <= self.theta_max + 1e-12
 
-    def _eval(self, spline, values, theta):
+    def _eval(self, spline, theta):
         th = np.clip(np.asarray(theta, dtype=float), self.theta_min, self.theta_max)
         return np.asarray(spline(th), dtype=float)
 
     def a(self, theta):
         """a(θ) in Å."""
-        return self._eval(self._a, self.a_A, theta)
+        return self._eval(self._a, theta)
 
     def c(self, theta):
         """c(θ) in Å."""
-        return self._eval(self._c, self.c_A, theta)
+        return self._eval(self._c, theta)
 
     def strains(self, theta, theta_ref: float):
         """(ε_a, ε_c) = (a(θ)/a(θ_ref) − 1, c(θ)/c(θ_ref) − 1)."""
@@ -179,8 +179,8 @@ def _positive(field_name: str, value) -> float:
 class Stiffness:
     """Elastic stiffness in the crystal frame (c ∥ z), GPa.
 
-    >>> Stiffness.isotropic(170.0, 0.275).voigt()[0, 1] > 0
-    True
+    >>> round(float(Stiffness.isotropic(170.0, 0.275).voigt()[0, 0]), 2)
+    214.81
     """
 
     kind: str
