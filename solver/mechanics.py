@@ -313,7 +313,8 @@ class ElasticitySolver:
         self.variable_modulus = material.modulus is not None
         self.fmod = fem.Function(Vth, name="modulus_factor") if self.variable_modulus else None
         self.C = material.stiffness.voigt() * 1e3  # GPa → MPa
-        Cm = ufl.as_matrix(self.C.tolist())
+        # material and geometry enter as Constants: one compiled form serves every mesh and material
+        Cm = fem.Constant(mesh, PETSc.ScalarType(1.0) * self.C)
         x = ufl.SpatialCoordinate(mesh)
         one = fem.Constant(mesh, PETSc.ScalarType(1.0))
         vol = self.comm.allreduce(fem.assemble_scalar(fem.form(one * ufl.dx(domain=mesh))), op=MPI.SUM)
@@ -329,8 +330,8 @@ class ElasticitySolver:
         # ---- out-of-plane strain modes (generalised plane strain)
         self.p = [fem.Constant(mesh, PETSc.ScalarType(0.0)) for _ in range(3)]
         if tdim == 2:
-            xc, yc = self.centroid[0], self.centroid[1]
-            self.gmodes = [one, x[0] - xc, x[1] - yc]
+            xc = fem.Constant(mesh, np.asarray(self.centroid[:2], dtype=PETSc.ScalarType))
+            self.gmodes = [one, x[0] - xc[0], x[1] - xc[1]]
         else:
             self.gmodes = []
 
@@ -344,7 +345,7 @@ class ElasticitySolver:
         def eig(ea, ec):
             return ufl.as_matrix([[ea, 0.0, 0.0], [0.0, ea, 0.0], [0.0, 0.0, ec]])
 
-        C = self.C
+        C = Cm
 
         def stress(w, eig_t, ezz=None):
             """σ for displacement w, eigenstrain tensor eig_t and (2D) out-of-plane strain ezz.
