@@ -13,9 +13,12 @@ builds an :class:`~nmcfx.solver.mechanics.ElasticitySolver` on the transport mes
     lattice_distribution.csv at the snapshot times: the volume distribution of θ (quantiles,
                              modes and their splitting) and of the lattice parameters (stress-free
                              a(θ), c(θ) and as strained), FWHM of the simulated peaks
-    xrd_profiles.csv         simulated (003) and (110) line profiles (2θ, Cu Kα1 by default)
+    xrd_profiles.csv         simulated (003) and (110) line profiles (2θ, Cu Kα1 by default), one
+                             intensity column per snapshot time
     displacement.bp/, stress.bp/   u and σ (+ σ1, von Mises, hydrostatic) at the snapshots (VTX)
-    stress_maps.png, stress_trace.png, surface_hoop.png, xrd_peaks.png
+    stress_maps.png          σ1, hydrostatic and von Mises maps at (up to four) snapshot times
+    stress_summary.png       stresses and fracture indicator vs time, surface hoop stress vs angle,
+                             θ distribution and simulated (003), (110) peaks
     mechanics.json           resolved settings and material, peaks over the run, cost
 
 Stresses in MPa (tension > 0), lengths in µm, times in s.
@@ -305,7 +308,7 @@ class MechanicsObserver:
         t003 = bragg_two_theta_deg(c / 3.0, lam)
         t110 = bragg_two_theta_deg(a / 2.0, lam)
         m = 0.3 + 4 * self.settings.xrd_fwhm_deg
-        return (np.linspace(t003.min() - m, t003.max() + m, 1200), np.linspace(t110.min() - m, t110.max() + m, 1200))
+        return (np.linspace(t003.min() - m, t003.max() + m, 800), np.linspace(t110.min() - m, t110.max() + m, 800))
 
     def step_end(self, sim, info):
         pass
@@ -319,45 +322,37 @@ class MechanicsObserver:
             return
         self._csv_file.close()
         out = self.outdir
-        with open(out / "surface_hoop.csv", "w", newline="") as fh:
-            wr = csv.writer(fh)
-            wr.writerow(["time_s", "angle_deg", "x_um", "y_um", "z_um", "hoop_MPa"])
-            for t, prof in self.hoop_profiles:
-                for r in prof:
-                    wr.writerow([_fmt(t)] + [_fmt(v) for v in r])
-        with open(out / "lattice_distribution.csv", "w", newline="") as fh:
-            wr = csv.writer(fh)
-            wr.writerow(LATTICE_COLUMNS)
-            for r in self.lattice_rows:
-                wr.writerow([_fmt(v) for v in r])
-        with open(out / "xrd_profiles.csv", "w", newline="") as fh:
-            wr = csv.writer(fh)
-            wr.writerow(["time_s", "reflection", "two_theta_deg", "intensity"])
-            for t, g3, p3, g1, p1 in self.xrd:
-                for name, g, p in (("003", g3, p3), ("110", g1, p1)):
-                    for x, y in zip(g, p):
-                        wr.writerow([_fmt(t), name, f"{x:.5f}", f"{y:.6g}"])
+        _write_table(out / "surface_hoop.csv", ["time_s", "angle_deg", "x_um", "y_um", "z_um", "hoop_MPa"],
+                     np.concatenate([np.column_stack([np.full(len(p), t), p]) for t, p in self.hoop_profiles])
+                     if self.hoop_profiles else np.zeros((0, 6)))
+        _write_table(out / "lattice_distribution.csv", list(LATTICE_COLUMNS),
+                     np.array(self.lattice_rows, dtype=float).reshape(-1, len(LATTICE_COLUMNS)))
+        # simulated line profiles, wide: one intensity column per snapshot time
+        head = ["reflection", "two_theta_deg"] + [f"I_t={x[0]:g}s" for x in self.xrd]
+        with open(out / "xrd_profiles.csv", "w") as fh:
+            fh.write(",".join(head) + "\n")
+            for name, gi, pi in (("003", 1, 2), ("110", 3, 4)):
+                if self.xrd:
+                    block = np.column_stack([self.xrd[0][gi]] + [x[pi] for x in self.xrd])
+                    fh.writelines(f"{name}," + ",".join(f"{v:.6g}" for v in row) + "\n" for row in block)
         write_json(out / "mechanics.json", summary)
         if self.output.figures and self.rows:
             from . import mechanics_figures as figs
 
             rows = np.array(self.rows)
             series = {c: rows[:, i] for i, c in enumerate(COLUMNS)}
-            figs.stress_trace(series, out / "stress_trace.png", title=self.title,
-                              toughness=self.settings.toughness_MPa_sqrt_m)
+            figs.stress_summary(series, self.hoop_profiles, self.xrd, self.theta_hist, THETA_BINS,
+                                out / "stress_summary.png", title=self.title,
+                                toughness=self.settings.toughness_MPa_sqrt_m,
+                                wavelength_A=self.settings.xrd_wavelength_A)
             if self.images:
                 figs.stress_maps(self.images, self.extent, out / "stress_maps.png", title=self.title)
-            if self.hoop_profiles:
-                figs.surface_hoop(self.hoop_profiles, out / "surface_hoop.png", title=self.title)
-            if self.xrd:
-                figs.xrd_peaks(self.xrd, self.theta_hist, THETA_BINS, out / "xrd_peaks.png", title=self.title,
-                               wavelength_A=self.settings.xrd_wavelength_A)
         if self.output.progress:
             p = summary["peak"]
             print(f"mechanics ({summary['resolved']['assumption']}): peak tensile stress {p['sigma1_max_MPa']:.0f} MPa "
                   f"at t = {p['time_s'] / 60:.1f} min (r/R = {p['r_over_R']:.2f}); surface hoop stress "
                   f"{p['hoop_surface_max_MPa']:.0f} / {p['hoop_surface_min_MPa']:.0f} MPa (max/min); "
-                  f"results in mechanics.csv, stress_maps.png", flush=True)
+                  f"results in mechanics.csv, stress_summary.png", flush=True)
 
     def summary(self) -> dict:
         """Resolved settings, peaks over the run and cost (identical on all ranks)."""
@@ -481,6 +476,13 @@ def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict
             "c_free_mean_A": mean(c_free), "c_free_std_A": std(c_free),
             "a_strained_mean_A": mean(a_strained), "a_strained_std_A": std(a_strained),
             "c_strained_mean_A": mean(c_strained), "c_strained_std_A": std(c_strained)}
+
+
+def _write_table(path, header, data: np.ndarray):
+    """A float table as CSV (NaN written as 'nan')."""
+    with open(path, "w") as fh:
+        fh.write(",".join(header) + "\n")
+        fh.writelines(",".join(repr(float(v)) if np.isfinite(v) else "nan" for v in row) + "\n" for row in data)
 
 
 def _fmt(v):

@@ -22,7 +22,7 @@ phases Grenier et al. fitted to operando XRD of NCA, quoted in 002).
 Outputs (DIR, default runs/studies/xu2022_stress_size): stress_size.png (traces and peak vs
 size), stress_size.csv (the table), stress_size_traces.csv, study.json, cases/<case>/ (run
 directories with mechanics.csv, surface_hoop.csv, lattice_distribution.csv; with the full
-meshes also stress_maps.png and xrd_peaks.png). --quick: coarse meshes, 2.5 and 0.6 µm at 2C.
+meshes also stress_maps.png and stress_summary.png). --quick: coarse meshes, 2.5 and 0.6 µm at 2C.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ def test_outputs_of_a_run_with_mechanics(tmp_path):
 
         o = Path(out)
         for f in ("mechanics.csv", "surface_hoop.csv", "lattice_distribution.csv", "xrd_profiles.csv",
-                  "stress_maps.png", "stress_trace.png", "surface_hoop.png", "xrd_peaks.png", "mechanics.json"):
+                  "stress_maps.png", "stress_summary.png", "mechanics.json"):
             assert (o / f).is_file() and (o / f).stat().st_size > 0, f
         assert (o / "stress.bp").is_dir() and (o / "displacement.bp").is_dir()
         meta = json.loads((o / "metadata.json").read_text())
