@@ -95,6 +95,51 @@ def test_uniform_theta_gives_zero_stress(tmp_path, assumption):
 
 
 @pytest.mark.mpi
+def test_stiffness_variants_through_the_config(tmp_path):
+    """Transversely isotropic constants equal to the isotropic ones give the same stresses; a θ-dependent
+    modulus table with a constant factor 2 (matrix re-assembled every step) doubles every stress."""
+    from nmcfx.materials.mechanics import DEFAULT_E_GPA, DEFAULT_NU, Stiffness
+
+    steps = [{"type": "charge", "current_mA_g": 200, "duration_min": 3}]
+    iso, _ = _run(tmp_path, _cfg(steps), "iso")
+    C = Stiffness.isotropic(DEFAULT_E_GPA, DEFAULT_NU).voigt()
+    ti = {"stiffness": "transversely_isotropic", "C11_GPa": C[0, 0], "C12_GPa": C[0, 1], "C13_GPa": C[0, 2],
+          "C33_GPa": C[2, 2], "C44_GPa": C[3, 3]}
+    same, _ = _run(tmp_path, _cfg(steps, mechanics=ti), "ti")
+    base = COMM.bcast(str(tmp_path), root=0)
+    if COMM.rank == 0:
+        with open(f"{base}/factor2.csv", "w") as fh:
+            fh.write("theta,factor\n0.0,2.0\n1.0,2.0\n")
+    COMM.Barrier()
+    cfg = _cfg(steps, mechanics={"modulus_csv": "factor2.csv"})
+    out = f"{base}/mod"
+    execute(prepare(cfg, base_dir=base, comm=COMM), out, comm=COMM)
+    double = COMM.bcast(_csv(f"{out}/mechanics.csv") if COMM.rank == 0 else None, root=0)
+    scale = np.abs(iso["sigma1_max_MPa"]).max()
+    assert scale > 10
+    for col in ("sigma1_max_MPa", "hoop_surface_max_MPa", "hydrostatic_center_MPa", "von_mises_max_MPa"):
+        assert np.allclose(same[col], iso[col], atol=1e-8 * scale), col
+        assert np.allclose(double[col], 2 * iso[col], atol=1e-8 * scale), col
+    assert np.allclose(double["ezz_0"], iso["ezz_0"], atol=1e-12)  # strains do not change
+
+
+@pytest.mark.mpi
+def test_3d_cylinder_run_with_cg_gamg(tmp_path):
+    """A 3D prism (c ∥ z, inert basal faces) through the run path: CG + GAMG converges in few iterations
+    per step (warm start) and delithiation puts the lateral surface in hoop tension."""
+    geom = {"shape": "cylinder", "diameter_um": 2.0, "height_um": 1.0, "mesh_size_um": 0.3,
+            "surface_mesh_size_um": 0.15}
+    s, out = _run(tmp_path, _cfg([{"type": "charge", "current_mA_g": 200, "duration_min": 4}], geometry=geom))
+    assert s["hoop_surface_min_MPa"][1:].min() > 0
+    assert s["hoop_surface_max_MPa"][-1] > 20
+    assert np.all(s["linear_iterations"][1:] < 40) and s["linear_iterations"].sum() > 0
+    if COMM.rank == 0:
+        m = json.loads(open(f"{out}/mechanics.json").read())
+        assert m["resolved"]["assumption"] == "3d" and m["resolved"]["solver"] == "iterative"
+        assert m["resolved"]["petsc_options"]["pc_type"] == "gamg"
+
+
+@pytest.mark.mpi
 def test_outputs_of_a_run_with_mechanics(tmp_path):
     """All outputs: CSVs, figures, VTX fields, mechanics.json; metadata keeps the [mechanics] table."""
     cfg = _cfg([{"type": "charge", "current_mA_g": 200, "duration_min": 4}],
