@@ -84,7 +84,9 @@ def analyse(res, files) -> dict:
            "sigma1_peak_early_r_over_R": m["sigma1_max_r_over_R"][e],
            "sigma1_peak_MPa": m["sigma1_max_MPa"][i], "sigma1_peak_time_min": m["time_s"][i] / 60,
            "sigma1_peak_r_over_R": m["sigma1_max_r_over_R"][i], "sigma1_peak_theta_mean": m["theta_mean"][i],
+           "hoop_peak_early_MPa": float(np.max(np.where(early, m["hoop_surface_max_MPa"], -np.inf))),
            "hoop_peak_MPa": m["hoop_surface_max_MPa"][j], "hoop_peak_time_min": m["time_s"][j] / 60,
+           "hoop_peak_theta_mean": m["theta_mean"][j],
            "K_I_surface_peak_MPa_sqrt_m": m["K_I_surface_MPa_sqrt_m"][j],
            "max_center_minus_surface_theta": dtheta[k], "at_theta_mean": s["theta_mean"][k],
            "end_reason": res.steps[0]["reason"] if res.steps else "", "error": res.error}
@@ -98,7 +100,8 @@ def analyse(res, files) -> dict:
 
 COLUMNS = ("size_um", "c_rate", "sigma1_peak_early_MPa", "sigma1_peak_early_theta_mean",
            "sigma1_peak_early_r_over_R", "sigma1_peak_MPa", "sigma1_peak_time_min", "sigma1_peak_r_over_R",
-           "sigma1_peak_theta_mean", "hoop_peak_MPa", "hoop_peak_time_min", "K_I_surface_peak_MPa_sqrt_m",
+           "sigma1_peak_theta_mean", "hoop_peak_early_MPa", "hoop_peak_MPa", "hoop_peak_time_min",
+           "hoop_peak_theta_mean", "K_I_surface_peak_MPa_sqrt_m",
            "max_center_minus_surface_theta", "at_theta_mean", "theta_spread_at_0.9", "theta_mode_split_at_0.9",
            "theta_spread_at_0.74", "theta_mode_split_at_0.74", "end_reason")
 
