@@ -170,6 +170,10 @@ def mechanics_from_config(cfg: dict, *, base_dir=None, theta0: float | None = No
     extra = sorted(set(table) - allowed)
     if extra:
         raise InputError("mechanics", f"unknown key(s) {extra}; allowed: {sorted(allowed)}")
+    geometry = cfg.get("geometry")
+    if isinstance(geometry, dict) and geometry.get("shape") in ("electrode", "electrode_3d"):
+        raise InputError("mechanics", "stress is computed for single particles so far; the composite electrode "
+                                      "does not take a [mechanics] table yet")
     d = dict(table)
     out = {}
     model = d.get("model", "linear_elastic")
