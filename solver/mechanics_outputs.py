@@ -138,7 +138,7 @@ class MechanicsObserver:
         self.radius = self.comm.allreduce(rmax, op=MPI.MAX)
         E_b, nu_b = self.setup.material.stiffness.basal_modulus()
         self.E_prime = E_b / (1.0 - nu_b**2)
-        from .transport import PointProbe
+        from .exports import PointProbe
 
         self._center_probe = PointProbe(sv.mesh, pad[None, :], allow_outside=True)
         # pixel grid for the maps (plane z = centroid in 3D)
