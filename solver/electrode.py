@@ -45,6 +45,7 @@ from .exports import BoundaryExtremes, FieldIntegral, PointProbe, owned_weights
 from .problem import Field, Problem, StepResult, Term
 from .simulation import Simulation
 from .terms import (
+    I0_CLIP,
     THETA_CLIP,
     ButlerVolmer,
     Conduction,
@@ -184,11 +185,13 @@ class _BatchedNodalUpdate(Term):
         for mat, idx in self.groups:
             raw = [m.thetas[i].u.x.array for i in idx]
             sizes = np.cumsum([0] + [len(a) for a in raw])
-            th = np.clip(np.concatenate(raw), THETA_CLIP, 1.0 - THETA_CLIP)
+            cat = np.concatenate(raw)
+            th = np.clip(cat, THETA_CLIP, 1.0 - THETA_CLIP)
+            th_i0 = np.clip(cat, I0_CLIP, 1.0 - I0_CLIP)  # as ButlerVolmer.update
             bv = m.reactions[idx[0]]
             cr = bv.concentration_ratio
             values = {"D": mat.D_chem(th) * 1e12, "dD": mat.dD_chem(th) * 1e12, "U": mat.ocv(th),
-                      "dU": mat.docv(th), "i0": mat.i0(th, cr), "di0": mat.di0(th, cr),
+                      "dU": mat.docv(th), "i0": mat.i0(th_i0, cr), "di0": mat.di0(th_i0, cr),
                       "s": m.sigma(th), "ds": m.sigma.derivative(th)}
             for j, i in enumerate(idx):
                 sl = slice(sizes[j], sizes[j + 1])
@@ -350,7 +353,9 @@ class ElectrodeModel:
             self.control.set_current(value)
         elif mode == "voltage":
             self.control.set_voltage(value)
+            # Newton starts every step from the last accepted potentials: start the hold at its voltage
             self.phi_l.u.x.array[:] = -value
+            self.phi_l.u_n.x.array[:] = -value
         else:
             raise ValueError(mode)
 

@@ -69,7 +69,7 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
     mechanics_from_config(cfg, base_dir=base_dir, theta0=protocol.initial_theta)  # [mechanics]: validate only
     surface = SurfaceSettings.from_dict(cfg.get("surface"))
-    if surface.model == "flux":
+    if surface.model == "flux" and not is_electrode_config(cfg):  # electrodes always use Butler–Volmer
         for i, st in enumerate(protocol.steps):
             if st.kind == "hold":
                 raise InputError(f"protocol.steps[{i}]",

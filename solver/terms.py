@@ -37,6 +37,7 @@ from nmcfx.materials.constants import FARADAY, GAS_CONSTANT
 from .problem import Field, Problem, Term
 
 THETA_CLIP = 1e-6  # nodal properties are evaluated at θ clipped to [THETA_CLIP, 1 − THETA_CLIP]
+I0_CLIP = 1e-12  # ... except the exchange current, whose zero at θ = 1 bounds the occupancy
 
 
 def theta_to_flux_scale(site_concentration: float) -> float:
@@ -220,7 +221,9 @@ class ButlerVolmer(Term):
         th = clipped(self.theta)
         self.frozen.x.array[:] = self.theta.u.x.array
         self.U.update(th)
-        self.i0.update(th)
+        # i0 ∝ (1 − θ)^α_a vanishes at a full surface: that is the barrier that keeps θ ≤ 1, so it is
+        # evaluated at θ itself (the material clips at 1e-12), not at the properties' clip
+        self.i0.update(np.clip(self.theta.u.x.array, I0_CLIP, 1.0 - I0_CLIP))
 
     def current_form(self, test, *, weighted: bool = True):
         """Σ_s η_s i/(F N_L) · test over the reacting facets (µm s⁻¹ of θ integrated)."""

@@ -313,7 +313,9 @@ class Study:
 
     # -- one case
     def case(self, key: str, cfg: dict, *, maps: bool = False, maps_at_step_ends: bool = False,
-             describe: str = "") -> CaseResult:
+             describe: str = "", recorder=None) -> CaseResult:
+        """Run (or reload) one case. ``recorder``: an observer with ``save(path)`` that records the
+        maps itself (instead of the θ-map :class:`FieldRecorder`); saved as ``fields.npz``."""
         comm = self.comm
         casedir = self.outdir / "cases" / key
         marker = casedir / "case.json"
@@ -337,11 +339,11 @@ class Study:
             res = self._load(key, cfg, casedir, skipped=True)
             self.say(f"{tag}: already done, skipped ({describe or 'results in ' + str(casedir)})")
         else:
-            res = self._run(key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe)
+            res = self._run(key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe, recorder)
         self.results[key] = res
         return res
 
-    def _run(self, key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe) -> CaseResult:
+    def _run(self, key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe, recorder=None) -> CaseResult:
         from nmcfx.errors import NmcfxError
         from nmcfx.solver.run import prepare
 
@@ -353,7 +355,8 @@ class Study:
             (casedir / "error.json").unlink(missing_ok=True)
         t0 = time.perf_counter()
         run = prepare(cfg, comm=comm)
-        rec = FieldRecorder(at_step_ends=maps_at_step_ends) if (maps or maps_at_step_ends) else None
+        rec = recorder if recorder is not None else (
+            FieldRecorder(at_step_ends=maps_at_step_ends) if (maps or maps_at_step_ends) else None)
         error = None
         try:
             execute_observed(run, casedir, comm, observers=[rec] if rec else [])
