@@ -351,11 +351,14 @@ class ElasticitySolver:
             return ufl.as_matrix([[ea, 0.0, 0.0], [0.0, ea, 0.0], [0.0, 0.0, ec]])
 
         C = Cm
+        plane_stress = tdim == 2 and self.assumption == "plane_stress"
 
+        # (the closures capture locals only, never ``self``: no reference cycle keeps the solver's
+        # communicators alive after its last use; MPI has a limited number of them)
         def stress(w, eig_t, ezz=None):
             """σ for displacement w, eigenstrain tensor eig_t and (2D) out-of-plane strain ezz.
             Plane stress: ezz follows from σ_zz = 0 (ezz=None)."""
-            if tdim == 2 and self.assumption == "plane_stress":
+            if plane_stress:
                 e_in = strain3(w, 0.0)
                 d = _voigt(e_in - eig_t)
                 ezz_el = -(C[2, 0] * d[0] + C[2, 1] * d[1] + C[2, 5] * d[5]) / C[2, 2]  # ε_zz − ε*_zz

@@ -21,6 +21,8 @@ Accuracy is measured as a fraction of the stress scale max|σ| (σ_rr vanishes a
 
 from __future__ import annotations
 
+import gc
+
 from mpi4py import MPI
 
 import numpy as np
@@ -39,6 +41,14 @@ from nmcfx.solver.transport import TransportSolver
 from test_analytic_disk import D_UM2, RADIUS, crank_cylinder
 
 COMM = MPI.COMM_WORLD
+
+
+@pytest.fixture(autouse=True)
+def _free_mpi_objects():
+    """Collect reference cycles after each test: meshes, vectors and solvers hold MPI communicators,
+    of which a process has a limited number (context IDs)."""
+    yield
+    gc.collect()
 E_GPA, NU = 170.0, 0.275
 BETA_A, BETA_C = 0.025, -0.03  # dε/dθ of the linear test lattice (a grows, c shrinks with θ)
 THETA0 = 0.95

@@ -11,6 +11,8 @@ near-null space, 2D (plane stress: the reduced stiffness with C13, C33) MUMPS.
 
 from __future__ import annotations
 
+import gc
+
 from mpi4py import MPI
 
 import numpy as np
@@ -23,6 +25,14 @@ from nmcfx.solver.mechanics import ElasticitySolver
 from test_mechanics_analytic import linear_lattice
 
 COMM = MPI.COMM_WORLD
+
+
+@pytest.fixture(autouse=True)
+def _free_mpi_objects():
+    """Collect reference cycles after each test: meshes, vectors and solvers hold MPI communicators,
+    of which a process has a limited number (context IDs)."""
+    yield
+    gc.collect()
 TI = Stiffness.transversely_isotropic(230.0, 90.0, 60.0, 160.0, 45.0)  # GPa, c ∥ z (made up, positive definite)
 
 

@@ -3,6 +3,8 @@ uniform θ, serial ≡ 2 ranks, resume, and bad input (one line, nothing written
 
 from __future__ import annotations
 
+import gc
+
 import csv
 import json
 import subprocess
@@ -18,6 +20,14 @@ from nmcfx.cli import main
 from nmcfx.solver.run import execute, prepare
 
 COMM = MPI.COMM_WORLD
+
+
+@pytest.fixture(autouse=True)
+def _free_mpi_objects():
+    """Collect reference cycles after each test: meshes, vectors and solvers hold MPI communicators,
+    of which a process has a limited number (context IDs)."""
+    yield
+    gc.collect()
 
 
 def _csv(path) -> dict:

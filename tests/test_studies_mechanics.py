@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import csv
 import json
 import os
@@ -12,6 +14,14 @@ from mpi4py import MPI
 import pytest
 
 COMM = MPI.COMM_WORLD
+
+
+@pytest.fixture(autouse=True)
+def _free_mpi_objects():
+    """Collect reference cycles after each test: meshes, vectors and solvers hold MPI communicators,
+    of which a process has a limited number (context IDs)."""
+    yield
+    gc.collect()
 
 
 def _outdir(tmp_path, name) -> str:
