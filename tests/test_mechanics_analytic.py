@@ -49,6 +49,8 @@ def _free_mpi_objects():
     of which a process has a limited number (context IDs)."""
     yield
     gc.collect()
+
+
 E_GPA, NU = 170.0, 0.275
 BETA_A, BETA_C = 0.025, -0.03  # dε/dθ of the linear test lattice (a grows, c shrinks with θ)
 THETA0 = 0.95

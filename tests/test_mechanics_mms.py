@@ -33,6 +33,8 @@ def _free_mpi_objects():
     of which a process has a limited number (context IDs)."""
     yield
     gc.collect()
+
+
 TI = Stiffness.transversely_isotropic(230.0, 90.0, 60.0, 160.0, 45.0)  # GPa, c ∥ z (made up, positive definite)
 
 
