@@ -30,6 +30,7 @@ Usage (any θ Function on any particle mesh)::
     mech = ElasticitySolver(particle.mesh, theta, default_mechanics(), theta_ref=0.95)
     mech.solve()
     s = mech.invariants()          # σ1, von Mises, hydrostatic at the stress nodes (MPa)
+    mech.destroy()                 # free the PETSc objects (and their MPI communicators) when done
 
 In a run, :class:`nmcfx.solver.mechanics_outputs.MechanicsObserver` does this after every
 accepted time step (one-way coupling θ → σ), configured by the ``[mechanics]`` table
@@ -52,7 +53,6 @@ from petsc4py import PETSc
 import dolfinx
 import dolfinx.fem.petsc
 import dolfinx.la
-import dolfinx.la.petsc
 from dolfinx import fem
 
 from nmcfx.errors import InputError, SolverError
@@ -416,8 +416,7 @@ class ElasticitySolver:
         self.b = dolfinx.fem.petsc.create_vector(V)
         self.x = dolfinx.fem.petsc.create_vector(V)
         self.nullspace_vectors = self._rigid_body_modes()
-        self.nullspace = PETSc.NullSpace().create(vectors=[dolfinx.la.petsc.create_vector_wrap(q)
-                                                           for q in self.nullspace_vectors], comm=self.comm)
+        self.nullspace = PETSc.NullSpace().create(vectors=self.nullspace_vectors, comm=self.comm)
         kind = solver if solver != "auto" else ("direct" if tdim == 2 else "iterative")
         if kind not in ("direct", "iterative"):
             raise InputError("mechanics.solver", f"must be 'auto', 'direct' or 'iterative', got {solver!r}")
@@ -438,15 +437,27 @@ class ElasticitySolver:
         self._matrix_ready = False
         self._update_coefficients()
 
+    def destroy(self):
+        """Free the PETSc objects now (solver, matrix, vectors, null space): MUMPS and PETSc hold MPI
+        communicators, of which a process has a limited number. The solver is unusable afterwards."""
+        for name in ("ksp", "A", "b", "x", "nullspace"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                obj.destroy()
+        for v in getattr(self, "nullspace_vectors", ()):
+            v.destroy()
+        self.nullspace_vectors = []
+
     # ------------------------------------------------------------------ set-up helpers
     def _rigid_body_modes(self) -> list:
-        """Orthonormal rigid-body modes (2D: 2 translations + 1 rotation; 3D: 3 + 3)."""
+        """Euclidean-orthonormal rigid-body modes as PETSc vectors of the owned DOFs (2D: 2
+        translations + 1 rotation; 3D: 3 + 3). Plain PETSc vectors on purpose: wrapping DOLFINx
+        vectors keeps their MPI communicators alive for the life of the process."""
         V = self.V
         im, bs = V.dofmap.index_map, V.dofmap.index_map_bs
         n = im.size_local
         X = V.tabulate_dof_coordinates()[:n] - np.pad(self.centroid, (0, 3 - len(self.centroid)))
-        basis = [dolfinx.la.vector(im, bs) for _ in range(3 if bs == 2 else 6)]
-        arrs = [b.array[: n * bs].reshape(n, bs) for b in basis]
+        arrs = [np.zeros((n, bs)) for _ in range(3 if bs == 2 else 6)]
         for i in range(bs):
             arrs[i][:, i] = 1.0
         if bs == 2:
@@ -455,9 +466,14 @@ class ElasticitySolver:
             arrs[3][:, 0], arrs[3][:, 1] = -X[:, 1], X[:, 0]
             arrs[4][:, 1], arrs[4][:, 2] = -X[:, 2], X[:, 1]
             arrs[5][:, 2], arrs[5][:, 0] = -X[:, 0], X[:, 2]
-        for b in basis:
-            b.scatter_forward()
-        dolfinx.la.orthonormalize(basis)
+        basis = []
+        for a in arrs:  # modified Gram–Schmidt in the Euclidean inner product of the DOF values
+            v = self.A.createVecRight()
+            v.array[:] = a.ravel()
+            for q in basis:
+                v.axpy(-v.dot(q), q)
+            v.scale(1.0 / v.norm())
+            basis.append(v)
         return basis
 
     def _update_coefficients(self):

@@ -318,6 +318,7 @@ class MechanicsObserver:
             w.close()
         self._writers = []
         summary = self.summary()
+        self.solver.destroy()  # PETSc/MUMPS objects hold MPI communicators: free them now
         if not self.root:
             return
         self._csv_file.close()

@@ -225,7 +225,8 @@ def test_sphere_3d_matches_analytic_with_cg_gamg():
     stress error falls like h² (h = 0.2 → 0.14 µm) to below 2 % of the stress scale; the mean surface
     hoop stress converges like h (faceted surface of an affine mesh, values at the facet vertices; 1.2 %
     at h = 0.1) and is within 3 % at h = 0.14; no rigid motion is left in u."""
-    coarse, hoop_coarse, _, _, _ = _sphere_errors(0.2)
+    coarse, hoop_coarse, _, _, ms_coarse = _sphere_errors(0.2)
+    ms_coarse.destroy()
     fine, mean_hoop, exact_hoop, its, ms = _sphere_errors(0.14)
     assert ms.solver_kind == "iterative" and 0 < its < 80
     rates = [np.log(c / f) / np.log(0.2 / 0.14) for c, f in zip(coarse, fine)]
@@ -237,6 +238,7 @@ def test_sphere_3d_matches_analytic_with_cg_gamg():
     mean_u = COMM.allreduce(u.sum(axis=0), op=MPI.SUM) / COMM.allreduce(len(u), op=MPI.SUM)
     umax = COMM.allreduce(np.abs(u).max(), op=MPI.MAX)
     assert np.abs(mean_u).max() < 1e-8 * umax
+    ms.destroy()
     if COMM.rank == 0:
         print(f"sphere: RMS errors h=0.2 {coarse}, h=0.14 {fine}, rates {rates}, hoop {mean_hoop:.1f} vs "
               f"{exact_hoop:.1f} MPa, {its} CG iterations")

@@ -87,6 +87,7 @@ def solve_mms(n: int, degree: int, dim: int, assumption="plane_stress"):
     c = np.linalg.solve(G, b)
     e_perp = e - sum(float(ci) * ri for ci, ri in zip(c, r))
     l2 = np.sqrt(COMM.allreduce(fem.assemble_scalar(fem.form(ufl.inner(e_perp, e_perp) * dxq)), op=MPI.SUM))
+    ms.destroy()
     return l2, energy, its
 
 
