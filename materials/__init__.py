@@ -10,7 +10,9 @@ Public API::
     plot_properties(material, path) -> Path
     load_table(path, kind) -> Table                                 # "diffusivity" | "ocv"
 
-See :mod:`nmcfx.materials.nmc` for the model and ``data/README.md`` for the defaults.
+See :mod:`nmcfx.materials.nmc` for the model and ``data/README.md`` for the defaults;
+mechanical data (lattice parameters a(θ), c(θ), stiffness) in :mod:`nmcfx.materials.mechanics`
+and ``data/README-mechanics.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .report import (
     write_property_csv,
 )
 from .tables import Table, load_table
+from .mechanics import MechanicalMaterial, Stiffness, default_mechanics, load_lattice_table  # mechanical data
 
 __all__ = [
     "CONFIG_KEYS",
@@ -43,6 +46,10 @@ __all__ = [
     "GAS_CONSTANT",
     "MappedChenOCV",
     "Material",
+    "MechanicalMaterial",
+    "Stiffness",
+    "default_mechanics",
+    "load_lattice_table",
     "OCVModel",
     "Table",
     "available_materials",

@@ -5,7 +5,7 @@
     nmcfx run … -o DIR --resume          continue an interrupted run from its checkpoint
     nmcfx run … -o DIR --overwrite       replace an earlier run in DIR (refused otherwise)
     nmcfx mesh CONFIG.toml [--export F]  build only the mesh and report it (and write it with its tags)
-    nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem
+    nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem; lattice a, c; stiffness
     nmcfx examples                       list the built-in examples
     nmcfx analyze STACK [options]        analyse an operando image stack (see nmcfx.imaging)
     nmcfx calibrate CONFIG.toml          calibrate S and A against analysed images
@@ -279,6 +279,7 @@ def _cmd_materials(args, comm, parser) -> int:
     thetas = np.linspace(0.05, 0.99, args.points)
     table = property_table(material, thetas)
     _say(comm, format_property_table(material, table))
+    _say(comm, "\n" + _mechanics_text(args.name, thetas))
     for option, path in (("--csv", args.csv), ("--plot", args.plot)):
         if not path:
             continue
@@ -292,6 +293,13 @@ def _cmd_materials(args, comm, parser) -> int:
                     plot_properties(material, path)
         _say(comm, f"written {path}")
     return 0
+
+
+def _mechanics_text(name: str, thetas) -> str:
+    """The mechanical data block of ``nmcfx materials show`` (strains relative to θ = 1)."""
+    from nmcfx.materials.mechanics import default_mechanics, format_mechanics_table
+
+    return format_mechanics_table(default_mechanics(name), thetas, theta_ref=1.0)
 
 
 def _cmd_examples(comm) -> int:

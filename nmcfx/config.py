@@ -8,6 +8,7 @@
     [protocol]   -> nmcfx.solver.protocol                   (steps: charge / discharge / rest)
     [solver]     -> nmcfx.solver.simulation.SolverSettings  (element degree, time stepping, PETSc)
     [output]     -> nmcfx.solver.outputs.OutputSettings     (snapshots, fields, figures)
+    [mechanics]  -> nmcfx.solver.mechanics.mechanics_from_config (stress from Li heterogeneity)
 
 Each room validates its own table; this module only reads the file and checks the
 top level. Built-in examples live in ``nmcfx/studies/examples/*.toml``.
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from nmcfx.errors import InputError
 
-TOP_LEVEL_KEYS = ("title", "geometry", "material", "surface", "electrode", "protocol", "solver", "output")
+TOP_LEVEL_KEYS = ("title", "geometry", "material", "surface", "electrode", "protocol", "solver", "output", "mechanics")
 
 
 def read_toml(path: str | Path) -> dict:

@@ -24,6 +24,8 @@ from nmcfx.parallel import collective_errors
 
 from .checkpoint import Checkpointer
 from .consistency import check_snapshots_within_protocol, check_tables_together, check_voltage_not_met_at_start
+from .mechanics import mechanics_from_config
+from .mechanics_outputs import mechanics_observers
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import film_thicknesses, sector_weights
@@ -66,6 +68,9 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
         raise InputError("protocol", "missing: a config needs a [protocol] table with at least one step")
     material = material_from_config(cfg.get("material", {}), base_dir)
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
+    if mechanics_from_config(cfg, base_dir=base_dir, theta0=protocol.initial_theta) is not None \
+            and is_electrode_config(cfg):  # [mechanics]: validated here, built by execute()
+        raise InputError("mechanics", "not available for composite electrodes yet (single particles only)")
     surface = SurfaceSettings.from_dict(cfg.get("surface"))
     if surface.model == "flux" and not is_electrode_config(cfg):  # electrodes always use Butler–Volmer
         for i, st in enumerate(protocol.steps):
@@ -192,7 +197,8 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
                              films=film_thicknesses(run.surface),
                              film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio)
         outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-        sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs, *observers])
+        observers = [outputs, *mechanics_observers(run, outdir, comm), *observers]  # [mechanics]: θ → σ each step
+        sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
     if resume:
         checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
     meta = metadata(run, sv, comm)

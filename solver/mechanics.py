@@ -1,0 +1,773 @@
+"""Chemo-mechanics of a particle: small-strain quasi-static elasticity with a chemical eigenstrain.
+
+    ∇·σ = 0,   σ = f(θ) C : (ε(u) − ε_ch(θ)),   σ·n = 0 on the whole surface,
+
+ε(u) = sym ∇u, ε_ch = diag(ε_a(θ), ε_a(θ), ε_c(θ)) in the crystal frame (c ∥ z, as the
+transport tensor of Xu 2022 Eq. 10), stress-free at θ_ref; C isotropic or transversely
+isotropic about z (:mod:`nmcfx.materials.mechanics`), f(θ) an optional modulus factor.
+Units: µm (mesh), MPa (stress), so u is in µm.
+
+The surface is traction-free, so u is defined up to a rigid motion: the load is
+self-equilibrated, the rigid-body modes are the null space of the stiffness matrix and
+are removed from the solution (the displacement written out has no component along the
+Euclidean-orthonormalised rigid modes). Linear solvers: MUMPS Cholesky with null-pivot detection
+(2D default; the factorisation is reused while C does not change) or CG + GAMG with the
+rigid modes as near-null space (3D default).
+
+2D meshes are basal-plane (a–b) cross-sections; the out-of-plane strain ε_zz is set by
+``assumption_2d``:
+
+* ``plane_strain``: ε_zz = 0 (a prism clamped along c);
+* ``plane_stress``: σ_zz = 0 (a thin plate);
+* ``generalized_plane_strain`` (default): ε_zz = e₀ + e₁(x − x_c) + e₂(y − y_c) with zero
+  axial force and bending moments, ∫σ_zz {1, x − x_c, y − y_c} dA = 0 (a long free prism).
+  Solved by superposition: one solve for the eigenstrain with ε_zz = 0 plus the three
+  responses to unit ε_zz modes (computed once while C is constant) and a 3×3 system.
+
+Usage (any θ Function on any particle mesh)::
+
+    from nmcfx.materials.mechanics import default_mechanics
+    mech = ElasticitySolver(particle.mesh, theta, default_mechanics(), theta_ref=0.95)
+    mech.solve()
+    s = mech.invariants()          # σ1, von Mises, hydrostatic at the stress nodes (MPa)
+    mech.destroy()                 # free the PETSc objects (and their MPI communicators) when done
+
+In a run, :class:`nmcfx.solver.mechanics_outputs.MechanicsObserver` does this after every
+accepted time step (one-way coupling θ → σ), configured by the ``[mechanics]`` table
+(:func:`mechanics_from_config`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ufl
+from mpi4py import MPI
+from petsc4py import PETSc
+
+import dolfinx
+import dolfinx.fem.petsc
+import dolfinx.la
+from dolfinx import fem
+
+from nmcfx.errors import InputError, SolverError
+
+ASSUMPTIONS_2D = ("generalized_plane_strain", "plane_strain", "plane_stress")
+COUPLINGS = ("one_way",)
+MODELS = ("linear_elastic",)
+
+#: 2D: direct Cholesky (MUMPS) with null-pivot detection for the singular (traction-free) stiffness.
+DIRECT_OPTIONS = {
+    "ksp_type": "preonly",
+    "pc_type": "cholesky",  # symmetric: ~10 % faster than LU here
+    "pc_factor_mat_solver_type": "mumps",
+    "mat_mumps_icntl_24": 1,  # detect the null pivots (rigid modes)
+    "mat_mumps_icntl_25": 0,  # return one solution of the consistent singular system
+}
+#: 3D: CG + smoothed-aggregation AMG with the rigid-body modes as near-null space.
+ITERATIVE_OPTIONS = {
+    "ksp_type": "cg",
+    "ksp_rtol": 1e-8,  # stresses to ~1e-7 relative, far below the discretisation error
+    "ksp_atol": 1e-14,
+    "ksp_max_it": 500,
+    "pc_type": "gamg",
+    "pc_gamg_type": "agg",
+    "pc_gamg_threshold": 0.01,
+    "mg_levels_ksp_type": "chebyshev",
+    "mg_levels_pc_type": "jacobi",
+    "mg_levels_ksp_max_it": 3,
+}
+
+
+# ============================================================================ configuration
+@dataclass(frozen=True)
+class MechanicsSettings:
+    """Solver and output settings of the ``[mechanics]`` table (material keys are separate)."""
+
+    model: str = "linear_elastic"
+    coupling: str = "one_way"
+    assumption_2d: str = "generalized_plane_strain"
+    degree: int = 2  # displacement element degree (stresses are discontinuous, one degree lower or θ's)
+    reference_theta: float | None = None  # stress-free occupancy; None → the protocol's initial θ
+    flaw_size_um: float = 0.1  # depth of the surface flaw of the fracture indicator (an assumption: set yours)
+    toughness_MPa_sqrt_m: float | None = None  # K_Ic; without it only K_I and G are reported
+    xrd_wavelength_A: float = 1.5406  # Cu Kα1
+    xrd_fwhm_deg: float = 0.05  # instrumental broadening of the simulated peaks (2θ, degrees)
+    solver: str = "auto"  # auto (2D: direct, 3D: iterative) | direct | iterative
+    petsc_options: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: keys of ``[mechanics]`` read by the material side
+MATERIAL_KEYS = ("stiffness", "E_GPa", "nu", "C11_GPa", "C12_GPa", "C13_GPa", "C33_GPa", "C44_GPa",
+                 "lattice_csv", "modulus_csv")
+SETTINGS_KEYS = tuple(MechanicsSettings.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class MechanicsSetup:
+    """A validated ``[mechanics]`` table: settings, material and the stress-free occupancy."""
+
+    settings: MechanicsSettings
+    material: object  # nmcfx.materials.mechanics.MechanicalMaterial
+    theta_ref: float
+
+    def describe(self) -> dict:
+        return {"settings": self.settings.to_dict(), "theta_ref": self.theta_ref,
+                "material": self.material.describe()}
+
+
+def _number(field_name, v, lo=-math.inf, hi=math.inf, lo_open=True, hi_open=True, what="a number") -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+        raise InputError(field_name, f"must be {what}, got {v!r}")
+    v = float(v)
+    ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+        raise InputError(field_name, f"must be in {lb}{lo:g}, {hi:g}{rb}, got {v!r}")
+    return v
+
+
+def _path(field_name, value, base_dir) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
+        raise InputError(field_name, f"must be a file path (string), got {value!r}")
+    p = Path(os.fspath(value)).expanduser()
+    return p if p.is_absolute() or base_dir is None else Path(base_dir) / p
+
+
+def mechanics_from_config(cfg: dict, *, base_dir=None, theta0: float | None = None) -> MechanicsSetup | None:
+    """Validate the ``[mechanics]`` table of a run config (None if there is none).
+
+    ``theta0`` is the run's initial occupancy: the default stress-free state, which the
+    lattice table must cover. Every problem is an :class:`InputError` naming the key.
+
+    >>> s = mechanics_from_config({"mechanics": {"assumption_2d": "plane_stress"}}, theta0=0.95)
+    >>> s.settings.assumption_2d, s.theta_ref
+    ('plane_stress', 0.95)
+    """
+    from nmcfx.materials.mechanics import (
+        STIFFNESS_KINDS,
+        MechanicalMaterial,
+        Stiffness,
+        default_mechanics,
+        load_lattice_table,
+        load_modulus_table,
+    )
+
+    table = cfg.get("mechanics")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise InputError("mechanics", f"must be a table ([mechanics]), got {type(table).__name__}")
+    allowed = set(SETTINGS_KEYS) | set(MATERIAL_KEYS)
+    extra = sorted(set(table) - allowed)
+    if extra:
+        raise InputError("mechanics", f"unknown key(s) {extra}; allowed: {sorted(allowed)}")
+    geometry = cfg.get("geometry")
+    if isinstance(geometry, dict) and geometry.get("shape") in ("electrode", "electrode_3d"):
+        raise InputError("mechanics", "stress is computed for single particles so far; the composite electrode "
+                                      "does not take a [mechanics] table yet")
+    d = dict(table)
+    out = {}
+    model = d.get("model", "linear_elastic")
+    if model not in MODELS:
+        raise InputError("mechanics.model", f"must be one of {list(MODELS)}, got {model!r}")
+    coupling = d.get("coupling", "one_way")
+    if coupling == "two_way":
+        raise InputError("mechanics.coupling", "'two_way' (stress-driven flux, μ − Ω:σ) is not available yet; "
+                                               "use coupling = 'one_way' (θ → σ after every accepted step)")
+    if coupling not in COUPLINGS:
+        raise InputError("mechanics.coupling", f"must be 'one_way', got {coupling!r}")
+    if "assumption_2d" in d and d["assumption_2d"] not in ASSUMPTIONS_2D:
+        raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, "
+                                                    f"got {d['assumption_2d']!r}")
+    for key in ("model", "coupling", "assumption_2d"):
+        if key in d:
+            out[key] = d[key]
+    if "degree" in d:
+        if d["degree"] not in (1, 2) or isinstance(d["degree"], bool):
+            raise InputError("mechanics.degree", f"must be 1 or 2, got {d['degree']!r}")
+        out["degree"] = int(d["degree"])
+    if "solver" in d:
+        if d["solver"] not in ("auto", "direct", "iterative"):
+            raise InputError("mechanics.solver", f"must be 'auto', 'direct' or 'iterative', got {d['solver']!r}")
+        out["solver"] = d["solver"]
+    if "reference_theta" in d:
+        out["reference_theta"] = _number("mechanics.reference_theta", d["reference_theta"], 0.0, 1.0,
+                                         what="an occupancy in (0, 1)")
+    if "flaw_size_um" in d:
+        out["flaw_size_um"] = _number("mechanics.flaw_size_um", d["flaw_size_um"], 0.0, 1e3, what="a size > 0 µm")
+    if "toughness_MPa_sqrt_m" in d:
+        out["toughness_MPa_sqrt_m"] = _number("mechanics.toughness_MPa_sqrt_m", d["toughness_MPa_sqrt_m"], 0.0,
+                                              1e3, what="a toughness > 0 MPa m^0.5")
+    if "xrd_wavelength_A" in d:
+        out["xrd_wavelength_A"] = _number("mechanics.xrd_wavelength_A", d["xrd_wavelength_A"], 0.0, 5.0)
+    if "xrd_fwhm_deg" in d:
+        out["xrd_fwhm_deg"] = _number("mechanics.xrd_fwhm_deg", d["xrd_fwhm_deg"], 0.0, 5.0)
+    if "petsc_options" in d:
+        if not isinstance(d["petsc_options"], dict):
+            raise InputError("mechanics.petsc_options", "must be a table of PETSc option names to values")
+        out["petsc_options"] = dict(d["petsc_options"])
+    settings = MechanicsSettings(**out)
+
+    # ---- material: defaults of the run's material, overridden key by key
+    mat_name = (cfg.get("material") or {}).get("name", "NMC-Ni87") if isinstance(cfg.get("material"), dict) \
+        else "NMC-Ni87"
+    base = default_mechanics(mat_name) if isinstance(mat_name, str) else default_mechanics()
+    kind = d.get("stiffness", "isotropic")
+    if kind not in STIFFNESS_KINDS:
+        raise InputError("mechanics.stiffness", f"must be one of {list(STIFFNESS_KINDS)}, got {kind!r}")
+    ti_keys = ("C11_GPa", "C12_GPa", "C13_GPa", "C33_GPa", "C44_GPa")
+    if kind == "isotropic":
+        stray = [k for k in ti_keys if k in d]
+        if stray:
+            raise InputError(f"mechanics.{stray[0]}", "belongs to stiffness = 'transversely_isotropic'")
+        if "E_GPa" in d or "nu" in d:
+            stiff = Stiffness.isotropic(d.get("E_GPa", base.stiffness.E_GPa), d.get("nu", base.stiffness.nu),
+                                        source="user input ([mechanics])")
+        else:
+            stiff = base.stiffness
+    else:
+        stray = [k for k in ("E_GPa", "nu") if k in d]
+        if stray:
+            raise InputError(f"mechanics.{stray[0]}", "belongs to stiffness = 'isotropic'")
+        missing = [k for k in ti_keys if k not in d]
+        if missing:
+            raise InputError(f"mechanics.{missing[0]}", "is required for stiffness = 'transversely_isotropic' "
+                                                        f"(give all of {', '.join(ti_keys)})")
+        stiff = Stiffness.transversely_isotropic(*(d[k] for k in ti_keys), source="user input ([mechanics])")
+    lattice = base.lattice
+    if "lattice_csv" in d:
+        lattice = load_lattice_table(_path("mechanics.lattice_csv", d["lattice_csv"], base_dir))
+    modulus = None
+    if "modulus_csv" in d:
+        modulus = load_modulus_table(_path("mechanics.modulus_csv", d["modulus_csv"], base_dir), stiff)
+    material = MechanicalMaterial(base.name, lattice, stiff, modulus)
+
+    theta_ref = settings.reference_theta if settings.reference_theta is not None else theta0
+    if theta_ref is None:
+        theta_ref = 0.95
+    if not lattice.covers(theta_ref):
+        key = "mechanics.reference_theta" if settings.reference_theta is not None else "mechanics.lattice_csv"
+        raise InputError(key, f"the lattice table covers θ in [{lattice.theta_min:g}, {lattice.theta_max:g}], "
+                              f"which does not include the stress-free occupancy θ₀ = {theta_ref:g}")
+    return MechanicsSetup(settings, material, float(theta_ref))
+
+
+# ============================================================================ the solver
+@dataclass
+class MechanicsCounters:
+    solves: int = 0
+    iterations: int = 0
+    assembly_time: float = 0.0
+    solve_time: float = 0.0
+    post_time: float = 0.0
+    factorizations: int = 0
+
+
+def _voigt(e):
+    """3×3 strain → Voigt 6-vector (11, 22, 33, 23, 13, 12) with engineering shears."""
+    return ufl.as_vector([e[0, 0], e[1, 1], e[2, 2], 2 * e[1, 2], 2 * e[0, 2], 2 * e[0, 1]])
+
+
+def _tensor(s):
+    """Voigt 6-vector of stress → symmetric 3×3 tensor."""
+    return ufl.as_matrix([[s[0], s[5], s[4]], [s[5], s[1], s[3]], [s[4], s[3], s[2]]])
+
+
+class ElasticitySolver:
+    """Quasi-static elasticity with the chemical eigenstrain of a θ field (see module docstring).
+
+    Parameters: ``mesh`` (µm), ``theta`` (a scalar Lagrange :class:`dolfinx.fem.Function` on
+    it, read at every :meth:`solve`), ``material`` (:class:`~nmcfx.materials.mechanics.MechanicalMaterial`),
+    ``theta_ref`` (stress-free occupancy). ``extra_rhs(solver, v)`` may add a UFL linear form
+    (body forces, tractions; manufactured solutions use it).
+
+    After :meth:`solve`: ``u`` (displacement, µm), ``sigma`` (3×3 stress tensor in MPa, a
+    discontinuous Lagrange function, full 3D tensor also in 2D), ``ezz_coefficients``
+    (generalised plane strain), and :meth:`invariants` at the stress nodes.
+    """
+
+    def __init__(self, mesh, theta: fem.Function, material, *, theta_ref: float,
+                 assumption_2d: str = "generalized_plane_strain", degree: int = 2, solver: str = "auto",
+                 petsc_options: dict | None = None, extra_rhs=None, prefix: str = "nmcfx_mech_"):
+        if assumption_2d not in ASSUMPTIONS_2D:
+            raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, got {assumption_2d!r}")
+        self.mesh = mesh
+        self.comm = mesh.comm
+        self.theta = theta
+        self.material = material
+        self.theta_ref = float(theta_ref)
+        self.tdim = tdim = mesh.topology.dim
+        self.assumption = assumption_2d if tdim == 2 else "3d"
+        self.degree = degree
+        self.counters = MechanicsCounters()
+        self.V = V = fem.functionspace(mesh, ("Lagrange", degree, (tdim,)))
+        self.u = fem.Function(V, name="displacement_um")
+        Vth = theta.function_space
+        self.eps_a = fem.Function(Vth, name="eps_a")
+        self.eps_c = fem.Function(Vth, name="eps_c")
+        self.variable_modulus = material.modulus is not None
+        self.fmod = fem.Function(Vth, name="modulus_factor") if self.variable_modulus else None
+        self.C = material.stiffness.voigt() * 1e3  # GPa → MPa
+        # material and geometry enter as Constants: one compiled form serves every mesh and material
+        Cm = fem.Constant(mesh, PETSc.ScalarType(1.0) * self.C)
+        x = ufl.SpatialCoordinate(mesh)
+        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
+        vol = self.comm.allreduce(fem.assemble_scalar(fem.form(one * ufl.dx(domain=mesh))), op=MPI.SUM)
+        self.volume = vol
+        self.centroid = np.array([self.comm.allreduce(fem.assemble_scalar(fem.form(x[i] * ufl.dx(domain=mesh))),
+                                                      op=MPI.SUM) / vol for i in range(mesh.geometry.dim)])
+        th_deg = Vth.element.basix_element.degree
+        # exact for the bilinear form (ε(w):ε(v)), the eigenstrain load (θ-degree × ε(v)) and ∫σ_zz g
+        qdeg = max(2 * (degree - 1), th_deg + degree - 1, degree) + (th_deg if self.variable_modulus else 0)
+        self.dx = dx = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": qdeg})
+        f = self.fmod if self.variable_modulus else 1.0
+
+        # ---- out-of-plane strain modes (generalised plane strain): ε_zz = Σ p_k g_k
+        self.p = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))  # coefficients of the solution
+        self.gsel = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))  # selects one mode in set-up forms
+        if tdim == 2:
+            xc = fem.Constant(mesh, np.asarray(self.centroid[:2], dtype=PETSc.ScalarType))
+            self.gmodes = [one, x[0] - xc[0], x[1] - xc[1]]
+        else:
+            self.gmodes = []
+
+        def strain3(w, ezz=0.0):
+            """3×3 strain of w (None: zero displacement) with the out-of-plane strain ezz (2D)."""
+            e = ufl.sym(ufl.grad(w)) if w is not None else ufl.as_matrix([[0.0] * tdim] * tdim)
+            if tdim == 3:
+                return e
+            return ufl.as_matrix([[e[0, 0], e[0, 1], 0.0], [e[1, 0], e[1, 1], 0.0], [0.0, 0.0, ezz]])
+
+        def eig(ea, ec):
+            return ufl.as_matrix([[ea, 0.0, 0.0], [0.0, ea, 0.0], [0.0, 0.0, ec]])
+
+        C = Cm
+        plane_stress = tdim == 2 and self.assumption == "plane_stress"
+
+        # (the closures capture locals only, never ``self``: no reference cycle keeps the solver's
+        # communicators alive after its last use; MPI has a limited number of them)
+        def stress(w, eig_t, ezz=None):
+            """σ for displacement w, eigenstrain tensor eig_t and (2D) out-of-plane strain ezz.
+            Plane stress: ezz follows from σ_zz = 0 (ezz=None)."""
+            if plane_stress:
+                e_in = strain3(w, 0.0)
+                d = _voigt(e_in - eig_t)
+                ezz_el = -(C[2, 0] * d[0] + C[2, 1] * d[1] + C[2, 5] * d[5]) / C[2, 2]  # ε_zz − ε*_zz
+                e3 = strain3(w, ezz_el + eig_t[2, 2])
+            else:
+                e3 = strain3(w, 0.0 if ezz is None else ezz)
+            return f * _tensor(ufl.dot(Cm, _voigt(e3 - eig_t)))
+
+        self._stress = stress
+        self._strain3 = strain3
+        zero_eig = eig(0.0, 0.0)
+        self.eig_t = eig(self.eps_a, self.eps_c)
+        w, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+        ev = strain3(v, 0.0)  # virtual strain: in-plane only in 2D
+        self.a_form = fem.form(ufl.inner(stress(w, zero_eig), ev) * dx)
+        L = -ufl.inner(stress(None, self.eig_t), ev) * dx
+        if extra_rhs is not None:
+            L = L + extra_rhs(self, v)
+        self.L_form = fem.form(L)
+        self.gps = tdim == 2 and self.assumption == "generalized_plane_strain"
+        if self.gps:
+            g_sel = sum(self.gsel[k] * g for k, g in enumerate(self.gmodes))
+            self.L_mode = fem.form(-ufl.inner(stress(None, zero_eig, g_sel), ev) * dx)
+            self.u_modes = [fem.Function(V) for _ in self.gmodes]
+            self._M = None
+        ezz_total = sum(self.p[k] * g for k, g in enumerate(self.gmodes)) if self.gps else 0.0
+        self.sigma_ufl = stress(self.u, self.eig_t, ezz_total)
+        self.strain_ufl = strain3(self.u, ezz_total)
+
+        # ---- stress space: discontinuous, one degree below u. For P1 u the stress is cell-wise
+        # constant and sampled at the cell midpoint, where ε_ch(θ) equals its cell mean (P1 θ):
+        # the consistent value. For P2 u with P1 θ the stress is linear and DG1 is exact.
+        self.stress_degree = degree - 1
+        self.S = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
+        self.Ss = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree))
+        self.sigma = fem.Function(self.S, name="stress_MPa")
+        self._sigma_expr = fem.Expression(self.sigma_ufl, self.S.element.interpolation_points)
+        self._theta_on_stress_nodes = fem.Function(self.Ss)
+        self._theta_expr = fem.Expression(theta, self.Ss.element.interpolation_points)
+        if self.gps:
+            # ∫ f g_k dx = f · m_k for any f in the stress space (exact: f g_k is integrated by the form)
+            vs = ufl.TestFunction(self.Ss)
+            m_form = fem.form(g_sel * vs * dx)
+            n_s = self.Ss.dofmap.index_map.size_local
+            self._m = []
+            for k in range(3):
+                self.gsel.value = np.eye(3)[k]
+                vec = fem.assemble_vector(m_form)
+                vec.scatter_reverse(dolfinx.la.InsertMode.add)
+                self._m.append(vec.array[:n_s].copy())
+            self._mode_sigma = None
+
+        # ---- linear algebra
+        self.A = dolfinx.fem.petsc.create_matrix(self.a_form)
+        self.b = dolfinx.fem.petsc.create_vector(V)
+        self.x = dolfinx.fem.petsc.create_vector(V)
+        self.nullspace_vectors = self._rigid_body_modes()
+        self.nullspace = PETSc.NullSpace().create(vectors=self.nullspace_vectors, comm=self.comm)
+        kind = solver if solver != "auto" else ("direct" if tdim == 2 else "iterative")
+        if kind not in ("direct", "iterative"):
+            raise InputError("mechanics.solver", f"must be 'auto', 'direct' or 'iterative', got {solver!r}")
+        self.solver_kind = kind
+        opts = dict(DIRECT_OPTIONS if kind == "direct" else ITERATIVE_OPTIONS)
+        opts.update({str(k): v for k, v in (petsc_options or {}).items()})
+        self.petsc_options = opts
+        self.ksp = PETSc.KSP().create(self.comm)
+        self.ksp.setOptionsPrefix(prefix)
+        popts = PETSc.Options()
+        for k, val in opts.items():
+            popts[f"{prefix}{k}"] = val
+        self.ksp.setFromOptions()
+        if kind == "iterative":  # θ changes little between time steps: start from the last solution
+            self.ksp.setInitialGuessNonzero(True)
+        for k in opts:
+            del popts[f"{prefix}{k}"]
+        self._matrix_ready = False
+        self._update_coefficients()
+
+    def destroy(self):
+        """Free the PETSc objects now (solver, matrix, vectors, null space): MUMPS and PETSc hold MPI
+        communicators, of which a process has a limited number. The solver is unusable afterwards."""
+        for name in ("ksp", "A", "b", "x", "nullspace"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                obj.destroy()
+        for v in getattr(self, "nullspace_vectors", ()):
+            v.destroy()
+        self.nullspace_vectors = []
+
+    # ------------------------------------------------------------------ set-up helpers
+    def _rigid_body_modes(self) -> list:
+        """Euclidean-orthonormal rigid-body modes as PETSc vectors of the owned DOFs (2D: 2
+        translations + 1 rotation; 3D: 3 + 3). Plain PETSc vectors on purpose: wrapping DOLFINx
+        vectors keeps their MPI communicators alive for the life of the process."""
+        V = self.V
+        im, bs = V.dofmap.index_map, V.dofmap.index_map_bs
+        n = im.size_local
+        X = V.tabulate_dof_coordinates()[:n] - np.pad(self.centroid, (0, 3 - len(self.centroid)))
+        arrs = [np.zeros((n, bs)) for _ in range(3 if bs == 2 else 6)]
+        for i in range(bs):
+            arrs[i][:, i] = 1.0
+        if bs == 2:
+            arrs[2][:, 0], arrs[2][:, 1] = -X[:, 1], X[:, 0]
+        else:
+            arrs[3][:, 0], arrs[3][:, 1] = -X[:, 1], X[:, 0]
+            arrs[4][:, 1], arrs[4][:, 2] = -X[:, 2], X[:, 1]
+            arrs[5][:, 2], arrs[5][:, 0] = -X[:, 0], X[:, 2]
+        basis = []
+        for a in arrs:  # modified Gram–Schmidt in the Euclidean inner product of the DOF values
+            v = self.A.createVecRight()
+            v.array[:] = a.ravel()
+            for q in basis:
+                v.axpy(-v.dot(q), q)
+            v.scale(1.0 / v.norm())
+            basis.append(v)
+        return basis
+
+    def _update_coefficients(self):
+        th = np.clip(self.theta.x.array, 0.0, 1.0)
+        ea, ec = self.material.eigenstrain(th, self.theta_ref)
+        self.eps_a.x.array[:] = ea
+        self.eps_c.x.array[:] = ec
+        if self.variable_modulus:
+            self.fmod.x.array[:] = self.material.modulus_factor(th)
+
+    def _assemble_matrix(self):
+        self.A.zeroEntries()
+        dolfinx.fem.petsc.assemble_matrix(self.A, self.a_form)
+        self.A.assemble()
+        self.A.setNullSpace(self.nullspace)
+        self.A.setNearNullSpace(self.nullspace)
+        self.ksp.setOperators(self.A)
+        self.counters.factorizations += 1
+        self._matrix_ready = True
+
+    def _solve_into(self, L_form, target: fem.Function) -> int:
+        t0 = MPI.Wtime()
+        if self.solver_kind == "iterative":
+            with self.x.localForm() as xl:
+                xl.array[:] = target.x.array
+        with self.b.localForm() as bl:
+            bl.set(0.0)
+        dolfinx.fem.petsc.assemble_vector(self.b, L_form)
+        self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        self.nullspace.remove(self.b)  # exact equilibrium of the discrete load
+        t1 = MPI.Wtime()
+        self.ksp.solve(self.b, self.x)
+        reason = self.ksp.getConvergedReason()
+        if reason < 0:
+            raise SolverError(f"mechanics: linear solver failed (KSP reason {reason}, "
+                              f"{self.ksp.getIterationNumber()} iterations)")
+        self.nullspace.remove(self.x)  # no rigid motion in the displacement
+        self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+        with self.x.localForm() as xl:
+            target.x.array[:] = xl.array_r
+        self.counters.assembly_time += t1 - t0
+        self.counters.solve_time += MPI.Wtime() - t1
+        return self.ksp.getIterationNumber()
+
+    # ------------------------------------------------------------------ solve
+    def solve(self) -> int:
+        """Displacement and stress for the current θ; returns the linear iterations."""
+        self._update_coefficients()
+        if self.variable_modulus or not self._matrix_ready:
+            t0 = MPI.Wtime()
+            self._assemble_matrix()
+            self.counters.assembly_time += MPI.Wtime() - t0
+            if self.gps:
+                self._M = None
+        its = 0
+        if self.gps:
+            if self._M is None:  # responses to unit ε_zz modes: once while C is constant
+                its += self._gps_modes()
+            self.p.value = np.zeros(3)
+            its += self._solve_into(self.L_form, self.u)
+            t0 = MPI.Wtime()
+            self.sigma.interpolate(self._sigma_expr)
+            b = self._zz_moments(self.sigma.x.array)
+            p = np.linalg.solve(self._M, -b)
+            self.p.value = p
+            self.u.x.array[:] += sum(pk * um.x.array for pk, um in zip(p, self.u_modes))
+            self.sigma.x.array[:] += sum(pk * sk for pk, sk in zip(p, self._mode_sigma))
+            self.counters.post_time += MPI.Wtime() - t0
+        else:
+            its += self._solve_into(self.L_form, self.u)
+            t0 = MPI.Wtime()
+            self.sigma.interpolate(self._sigma_expr)
+            self.counters.post_time += MPI.Wtime() - t0
+        self.counters.solves += 1
+        self.counters.iterations += its
+        return its
+
+    def _zz_moments(self, sigma_array) -> np.ndarray:
+        """∫σ_zz g_k dx, k = 0, 1, 2, of a stress array of the stress space (owned part)."""
+        n = len(self._m[0])
+        szz = sigma_array[: 9 * n].reshape(n, 9)[:, 8]
+        return np.array([self.comm.allreduce(float(szz @ m), op=MPI.SUM) for m in self._m])
+
+    def _gps_modes(self) -> int:
+        """Displacement and stress responses to ε_zz = g_k (no eigenstrain) and the 3×3 matrix of their
+        axial force and moments ∫σ_zz g_j; by linearity the stress of a mode is σ(u_k, g_k) with the
+        eigenstrain switched off."""
+        its = 0
+        for k, um in enumerate(self.u_modes):
+            self.gsel.value = np.eye(3)[k]
+            its += self._solve_into(self.L_mode, um)
+        self.gsel.value = np.zeros(3)
+        saved = self.u.x.array.copy()
+        self.eps_a.x.array[:] = 0.0
+        self.eps_c.x.array[:] = 0.0
+        self._mode_sigma = []
+        for k, um in enumerate(self.u_modes):
+            self.u.x.array[:] = um.x.array
+            self.p.value = np.eye(3)[k]
+            self.sigma.interpolate(self._sigma_expr)
+            self._mode_sigma.append(self.sigma.x.array.copy())
+        self.u.x.array[:] = saved
+        self._update_coefficients()
+        self._M = np.column_stack([self._zz_moments(sk) for sk in self._mode_sigma])
+        return its
+
+    def stress_of(self, w, ezz=None):
+        """UFL stress (MPa) of a displacement ``w`` with this solver's eigenstrain and assumption
+        (``ezz``: out-of-plane strain for plane strain / generalised plane strain; default 0)."""
+        return self._stress(w, self.eig_t, ezz)
+
+    @property
+    def ezz_coefficients(self) -> np.ndarray:
+        """Generalised plane strain: (e₀, e₁, e₂) of ε_zz = e₀ + e₁(x − x_c) + e₂(y − y_c) (zeros otherwise)."""
+        return np.array(self.p.value, dtype=float) if self.gps else np.zeros(3)
+
+    # ------------------------------------------------------------------ post-processing
+    def stress_nodes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Owned stress-node coordinates (n, 3) and stress tensors (n, 3, 3) in MPa (views, do not modify)."""
+        n = self.S.dofmap.index_map.size_local
+        if not hasattr(self, "_X"):
+            self._X = self.Ss.tabulate_dof_coordinates()[:n].copy()
+        return self._X, self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
+
+    def invariants(self) -> dict[str, np.ndarray]:
+        """σ1 ≥ σ2 ≥ σ3 (principal), von Mises and hydrostatic stress at the owned stress nodes (MPa)."""
+        _, s = self.stress_nodes()
+        return stress_invariants(s, planar=self.tdim == 2)
+
+    def theta_at_stress_nodes(self) -> np.ndarray:
+        self._theta_on_stress_nodes.interpolate(self._theta_expr)
+        return self._theta_on_stress_nodes.x.array[: self.Ss.dofmap.index_map.size_local].copy()
+
+    def strain_from_stress(self, s: np.ndarray, theta_nodes: np.ndarray) -> np.ndarray:
+        """Total strain ε = C⁻¹σ/f + ε_ch at stress nodes (n, 3, 3), from the stresses and θ there."""
+        comp = np.linalg.inv(self.C)
+        sv = np.stack([s[:, 0, 0], s[:, 1, 1], s[:, 2, 2], s[:, 1, 2], s[:, 0, 2], s[:, 0, 1]], axis=1)
+        f = self.material.modulus_factor(theta_nodes)
+        ev = (sv @ comp.T) / f[:, None]
+        ea, ec = self.material.eigenstrain(theta_nodes, self.theta_ref)
+        e = np.zeros_like(s)
+        e[:, 0, 0], e[:, 1, 1], e[:, 2, 2] = ev[:, 0] + ea, ev[:, 1] + ea, ev[:, 2] + ec
+        e[:, 1, 2] = e[:, 2, 1] = 0.5 * ev[:, 3]
+        e[:, 0, 2] = e[:, 2, 0] = 0.5 * ev[:, 4]
+        e[:, 0, 1] = e[:, 1, 0] = 0.5 * ev[:, 5]
+        return e
+
+    def stress_node_weights(self) -> np.ndarray:
+        """∫φ_i dx of the scalar stress space (owned nodes): volume weights of the stress nodes."""
+        if not hasattr(self, "_weights"):
+            v = ufl.TestFunction(self.Ss)
+            vec = fem.assemble_vector(fem.form(v * self.dx))
+            vec.scatter_reverse(dolfinx.la.InsertMode.add)
+            self._weights = vec.array[: self.Ss.dofmap.index_map.size_local].copy()
+        return self._weights
+
+    @property
+    def num_dofs(self) -> int:
+        return self.V.dofmap.index_map.size_global * self.V.dofmap.index_map_bs
+
+    def describe(self) -> dict:
+        return {"assumption": self.assumption, "degree": self.degree, "stress_degree": self.stress_degree,
+                "dofs": self.num_dofs, "solver": self.solver_kind, "petsc_options": self.petsc_options,
+                "theta_ref": self.theta_ref, "centroid_um": self.centroid.tolist()}
+
+
+# ============================================================================ stress invariants (NumPy)
+def principal_stresses(s: np.ndarray) -> np.ndarray:
+    """Eigenvalues (descending) of symmetric 3×3 tensors s (n, 3, 3), closed form (trigonometric)."""
+    s = np.asarray(s, dtype=float)
+    q = np.trace(s, axis1=1, axis2=2) / 3.0
+    p1 = s[:, 0, 1] ** 2 + s[:, 0, 2] ** 2 + s[:, 1, 2] ** 2
+    d0, d1, d2 = s[:, 0, 0] - q, s[:, 1, 1] - q, s[:, 2, 2] - q
+    p2 = d0**2 + d1**2 + d2**2 + 2 * p1
+    p = np.sqrt(p2 / 6.0)
+    safe = p > 1e-300 + 1e-14 * np.abs(q)
+    ps = np.where(safe, p, 1.0)
+    b00, b11, b22 = d0 / ps, d1 / ps, d2 / ps
+    b01, b02, b12 = s[:, 0, 1] / ps, s[:, 0, 2] / ps, s[:, 1, 2] / ps
+    det = b00 * (b11 * b22 - b12**2) - b01 * (b01 * b22 - b12 * b02) + b02 * (b01 * b12 - b11 * b02)
+    r = np.clip(det / 2.0, -1.0, 1.0)
+    phi = np.arccos(r) / 3.0
+    e1 = q + 2 * p * np.cos(phi)
+    e3 = q + 2 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    e2 = 3 * q - e1 - e3
+    out = np.stack([e1, e2, e3], axis=1)
+    out[~safe] = q[~safe, None]
+    return out
+
+
+def stress_invariants(s: np.ndarray, planar: bool = False) -> dict[str, np.ndarray]:
+    """σ1, σ2, σ3, von Mises and hydrostatic (mean) stress of tensors s (n, 3, 3).
+
+    ``planar``: σ_xz = σ_yz = 0 (2D sections with c ∥ z): σ_zz is principal, the in-plane pair in
+    closed form."""
+    if planar:
+        c = 0.5 * (s[:, 0, 0] + s[:, 1, 1])
+        r = np.hypot(0.5 * (s[:, 0, 0] - s[:, 1, 1]), s[:, 0, 1])
+        pr = np.sort(np.stack([c + r, c - r, s[:, 2, 2]], axis=1), axis=1)[:, ::-1]
+    else:
+        pr = principal_stresses(s)
+    vm = np.sqrt(0.5 * ((s[:, 0, 0] - s[:, 1, 1]) ** 2 + (s[:, 1, 1] - s[:, 2, 2]) ** 2
+                        + (s[:, 2, 2] - s[:, 0, 0]) ** 2)
+                 + 3.0 * (s[:, 0, 1] ** 2 + s[:, 1, 2] ** 2 + s[:, 0, 2] ** 2))
+    return {"sigma1": pr[:, 0], "sigma2": pr[:, 1], "sigma3": pr[:, 2], "von_mises": vm,
+            "hydrostatic": np.trace(s, axis1=1, axis2=2) / 3.0}
+
+
+# ============================================================================ surface (hoop) stress
+class SurfaceStress:
+    """Tangential ("hoop") normal stress t·σ·t at the stress nodes on the particle surface.
+
+    2D: t is the in-plane tangent of each boundary facet. 3D: t = e_z × n / |e_z × n| (the
+    azimuthal direction about the c axis), on facets with |n_z| < 0.7 (lateral faces; basal
+    faces and sphere poles are left out). Angles are polar angles about the centroid. With a
+    piecewise-constant stress (P1 displacement) the boundary cell's value is placed at the
+    facet midpoint.
+    """
+
+    def __init__(self, solver: ElasticitySolver):
+        mesh = solver.mesh
+        tdim, fdim = mesh.topology.dim, mesh.topology.dim - 1
+        mesh.topology.create_connectivity(fdim, tdim)
+        facets = dolfinx.mesh.exterior_facet_indices(mesh.topology)
+        n_owned_cells = mesh.topology.index_map(tdim).size_local
+        f2c = mesh.topology.connectivity(fdim, tdim)
+        Ss = solver.Ss
+        X = Ss.tabulate_dof_coordinates()
+        x = mesh.geometry.x
+        dofs, tangents, points = [], [], []
+        cells = np.array([f2c.links(f)[0] for f in facets], dtype=np.int32)
+        keep = cells < n_owned_cells
+        facets, cells = facets[keep], cells[keep]
+        if len(facets):
+            fverts = dolfinx.mesh.entities_to_geometry(mesh, fdim, facets)[:, : fdim + 1]
+            cmid = x[dolfinx.mesh.entities_to_geometry(mesh, tdim, cells)].mean(axis=1)
+        for k, c in enumerate(cells):
+            cd = Ss.dofmap.cell_dofs(int(c))
+            P = x[fverts[k]]
+            if tdim == 2:
+                t = P[1] - P[0]
+                size = np.linalg.norm(t)
+                t = t / size
+                nrm = np.array([t[1], -t[0], 0.0])
+            else:
+                nrm = np.cross(P[1] - P[0], P[2] - P[0])
+                size = math.sqrt(np.linalg.norm(nrm))
+                nrm = nrm / np.linalg.norm(nrm)
+                if (P.mean(axis=0) - cmid[k]) @ nrm < 0:
+                    nrm = -nrm
+                if abs(nrm[2]) > 0.7:
+                    continue
+                t = np.cross([0.0, 0.0, 1.0], nrm)
+                t /= np.linalg.norm(t)
+            if solver.stress_degree == 0:
+                on, where = cd[:1], P.mean(axis=0)[None, :]
+            else:
+                on = cd[np.abs((X[cd] - P[0]) @ nrm) < 1e-8 * size]
+                where = X[on]
+            dofs.extend(on.tolist())
+            tangents.extend([t] * len(on))
+            points.extend(where.tolist())
+        self.dofs = np.asarray(dofs, dtype=np.int64)
+        self.t = np.asarray(tangents, dtype=float).reshape(-1, 3)
+        self.points = np.asarray(points, dtype=float).reshape(-1, 3)
+        c = solver.centroid
+        self.angle_deg = np.degrees(np.arctan2(self.points[:, 1] - c[1], self.points[:, 0] - c[0])) % 360.0
+        self.solver = solver
+
+    def hoop(self) -> np.ndarray:
+        """t·σ·t (MPa) at the surface nodes owned by this rank."""
+        if not len(self.dofs):
+            return np.zeros(0)
+        s = self.solver.sigma.x.array.reshape(-1, 3, 3)[self.dofs]
+        return np.einsum("ni,nij,nj->n", self.t, s, self.t)
+
+
+# ============================================================================ fracture indicator
+def surface_flaw_indicator(sigma_MPa: float, flaw_size_um: float, E_prime_GPa: float,
+                           toughness_MPa_sqrt_m: float | None = None, geometry_factor: float = 1.12) -> dict:
+    """Energy release rate of a surface flaw of depth a under the tensile stress σ across it.
+
+    K_I = Y σ √(π a) (Y = 1.12, the edge crack in a half space), G = K_I²/E' (E' = E/(1 − ν²),
+    plane strain). Compressive stress gives K_I = G = 0. With a toughness K_Ic the index
+    G/G_c = (K_I/K_Ic)² is returned too (≥ 1: the flaw grows).
+
+    >>> round(surface_flaw_indicator(100.0, 0.1, 180.0)["K_I_MPa_sqrt_m"], 4)
+    0.0628
+    """
+    a = flaw_size_um * 1e-6
+    s = max(float(sigma_MPa), 0.0)
+    K = geometry_factor * s * math.sqrt(math.pi * a)  # MPa √m
+    G = (K * 1e6) ** 2 / (E_prime_GPa * 1e9)  # J m⁻²
+    out = {"K_I_MPa_sqrt_m": K, "G_J_m2": G, "fracture_index": math.nan}
+    if toughness_MPa_sqrt_m is not None:
+        out["fracture_index"] = (K / toughness_MPa_sqrt_m) ** 2
+    return out

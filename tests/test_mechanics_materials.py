@@ -1,0 +1,93 @@
+"""Mechanical material data: the constructed default lattice table meets every statement it is built
+from (materials/data/README-mechanics.md), stiffness validation, user tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nmcfx.errors import InputError
+from nmcfx.materials.mechanics import (
+    DEFAULT_E_GPA,
+    DEFAULT_NU,
+    Stiffness,
+    default_mechanics,
+    load_lattice_table,
+    load_modulus_table,
+)
+
+
+@pytest.fixture(scope="module")
+def lat():
+    return default_mechanics().lattice
+
+
+def test_pristine_lattice_of_xu2022_at_full_lithiation(lat):
+    # 002 Fig. S5: a = 2.87551(7) Å, c = 14.1944(5) Å
+    assert float(lat.a(1.0)) == pytest.approx(2.87551, abs=1e-6)
+    assert float(lat.c(1.0)) == pytest.approx(14.1944, abs=1e-5)
+
+
+def test_a_shrinks_about_2_percent_roughly_linearly_down_to_0p2(lat):
+    th = np.linspace(0.3, 1.0, 71)
+    rel = lat.a(th) / lat.a(1.0) - 1
+    assert float(lat.a(0.2) / lat.a(1.0) - 1) == pytest.approx(-0.02, abs=1e-6)
+    fit = np.polyfit(th, rel, 1)
+    assert np.abs(np.polyval(fit, th) - rel).max() < 1e-6  # linear on [0.3, 1]
+    assert np.all(np.diff(lat.a(np.linspace(0.2, 1.0, 81))) > 0)  # monotone
+
+
+def test_c_grows_about_2_percent_to_0p4_0p5_then_collapses(lat):
+    th = np.linspace(0.0, 1.0, 1001)
+    rel = lat.c(th) / lat.c(1.0) - 1
+    k = int(np.argmax(rel))
+    assert 0.4 <= th[k] <= 0.5
+    assert rel[k] == pytest.approx(0.02, abs=1e-3)
+    assert np.all(np.diff(lat.c(np.linspace(th[k], 1.0, 200))) < 0)  # grows as Li is removed down to the max
+    assert float(lat.c(0.2) / lat.c(1.0) - 1) < rel[k] - 0.015  # collapse below θ ≈ 0.4
+
+
+def test_default_stiffness_is_in_the_quoted_ranges():
+    mech = default_mechanics()
+    assert 140 <= DEFAULT_E_GPA <= 200 and 0.25 <= DEFAULT_NU <= 0.3
+    E, nu = mech.stiffness.basal_modulus()
+    assert E == pytest.approx(DEFAULT_E_GPA) and nu == pytest.approx(DEFAULT_NU)
+    assert "de Vasconcelos" in mech.stiffness.source
+
+
+def test_transversely_isotropic_reduces_to_isotropic():
+    iso = Stiffness.isotropic(170.0, 0.275).voigt()
+    ti = Stiffness.transversely_isotropic(iso[0, 0], iso[0, 1], iso[0, 2], iso[2, 2], iso[3, 3]).voigt()
+    assert np.allclose(ti, iso, rtol=1e-12)
+    C = Stiffness.transversely_isotropic(230, 90, 60, 160, 45).voigt()
+    assert np.all(np.linalg.eigvalsh(C) > 0)
+    assert C[5, 5] == pytest.approx(70.0)  # (C11 − C12)/2
+
+
+@pytest.mark.parametrize("nu", [0.5, -1.0, 0.7, float("nan"), True])
+def test_poisson_ratio_outside_range_rejected(nu):
+    with pytest.raises(InputError, match=r"mechanics\.nu"):
+        Stiffness.isotropic(170.0, nu)
+
+
+def test_user_lattice_table_and_errors(tmp_path):
+    p = tmp_path / "lat.csv"
+    p.write_text("# my XRD\ntheta,a_A,c_A\n0.2,2.81,14.1\n0.6,2.84,14.45\n1.0,2.87,14.2\n")
+    t = load_lattice_table(p)
+    assert t.provenance == ("my XRD",) and t.covers(0.95) and not t.covers(0.1)
+    assert float(t.a(0.0)) == pytest.approx(2.81)  # constant beyond the ends
+    for text, msg in (("theta,a_A\n0.1,2.8\n0.9,2.9\n", "lacks"), ("theta,a_A,c_A\n0.5,2.8,14\n0.4,2.8,14\n", "increasing"),
+                      ("theta,a_A,c_A\n0.1,-2.8,14\n0.9,2.9,14\n", "> 0"), ("theta,a_A,c_A\n0.1,x,14\n0.9,2.9,14\n", "number")):
+        p.write_text(text)
+        with pytest.raises(InputError, match=msg):
+            load_lattice_table(p)
+
+
+def test_modulus_table(tmp_path):
+    p = tmp_path / "E.csv"
+    p.write_text("theta,E_GPa\n0.2,150\n1.0,200\n")
+    st = Stiffness.isotropic(200.0, 0.3)
+    m = load_modulus_table(p, st)
+    assert float(m(1.0)) == pytest.approx(1.0) and float(m(0.2)) == pytest.approx(0.75)
+    with pytest.raises(InputError, match="factor"):
+        load_modulus_table(p, Stiffness.transversely_isotropic(230, 90, 60, 160, 45))
