@@ -507,7 +507,7 @@ def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]
             time_zero_s=r.t0_s, resolution_um=r.options.resolution_um, reaction=r.options.reaction)
     os.replace(tmp, outdir / "contrast.npz")
     done("contrast.npz")
-    r.drift.write_csv(outdir / ".drift.csv.tmp", px)
+    r.drift.write_csv(outdir / ".drift.csv.tmp", px, r.t0_s)
     os.replace(outdir / ".drift.csv.tmp", outdir / "drift.csv")
     done("drift.csv")
     cap = r.capacity_mAh_g

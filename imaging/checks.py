@@ -57,14 +57,17 @@ def baseline_check(contrast: np.ndarray, times_rel_s: np.ndarray, mask: np.ndarr
     m = np.array([float(np.mean(contrast[k][core])) for k in pre_idx])
     t = np.asarray(times_rel_s, dtype=float)[pre_idx]
     s2 = float(np.mean(noise.sigma_rel(i0[core]) ** 2))
-    sig_m = math.sqrt(s2 / core.sum() * noise.correlation_factor() + noise.flicker**2)
+    sig_pix = math.sqrt(s2 / core.sum() * noise.correlation_factor())  # the particle mean's pixel noise
+    sig_m = math.sqrt(sig_pix**2 + noise.flicker**2)
     out["pre_current_mean_contrast"] = m.tolist()
     out["pixel_noise_rel"] = math.sqrt(s2)
     out["mean_noise_rel"] = sig_m
     others = [i for i, k in enumerate(pre_idx) if int(k) not in ref]
     if others:
         off = float(np.mean(m[others]))
-        sig = sig_m * math.sqrt(1.0 / len(others) + 1.0 / max(len(ref), 1))
+        # against the pixel noise: a reference that differs by more is an offset every frame inherits,
+        # whether a flicker caused it or not
+        sig = sig_pix * math.sqrt(1.0 / len(others) + 1.0 / max(len(ref), 1))
         z = off / sig if sig > 0 else math.inf
         out["reference_offset"] = -off
         out["reference_offset_sigma"] = z

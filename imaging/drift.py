@@ -57,11 +57,12 @@ class DriftTrace:
     def n_frames(self) -> int:
         return len(self.drift_rc)
 
-    def rows(self, pixel_size_um: float) -> list[dict]:
+    def rows(self, pixel_size_um: float, t0_s: float = 0.0) -> list[dict]:
         out = []
         for k in range(self.n_frames):
             dr, dc = self.drift_rc[k]
-            row = {"frame": k, "time_s": float(self.times_s[k]), "drift_x_px": float(dc), "drift_y_px": float(dr),
+            row = {"frame": k, "time_s": float(self.times_s[k]), "time_since_current_s": float(self.times_s[k] - t0_s),
+                   "drift_x_px": float(dc), "drift_y_px": float(dr),
                    "drift_x_um": float(dc * pixel_size_um), "drift_y_um": float(dr * pixel_size_um)}
             if self.fits:
                 f = self.fits[k]
@@ -70,8 +71,8 @@ class DriftTrace:
             out.append(row)
         return out
 
-    def write_csv(self, path, pixel_size_um: float):
-        rows = self.rows(pixel_size_um)
+    def write_csv(self, path, pixel_size_um: float, t0_s: float = 0.0):
+        rows = self.rows(pixel_size_um, t0_s)
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()

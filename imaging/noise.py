@@ -87,18 +87,14 @@ class NoiseModel:
         out = np.zeros((n, nf, i0r.size))
         if frames:
             sig = self.sigma_rel(i0r[None, :], c)  # (frames, pixels)
-            for r in range(n):
-                w = self._correlated(rng, (nf,) + sub.shape)[:, sub]
-                out[r] += sig * w
-                if self.flicker > 0:
-                    out[r] += self.flicker * rng.standard_normal((nf, 1))
+            out += sig[None] * self._correlated(rng, (n, nf) + sub.shape)[:, :, sub]
+            if self.flicker > 0:
+                out += self.flicker * rng.standard_normal((n, nf, 1))
         if reference:
-            sig0 = self.reference_sigma(i0r)
-            for r in range(n):
-                eps = sig0 * self._correlated(rng, sub.shape)[sub]
-                if self.flicker > 0:
-                    eps = eps + self.flicker / math.sqrt(self.reference_average) * rng.standard_normal()
-                out[r] -= (1.0 + c) * eps[None, :]
+            eps = self.reference_sigma(i0r)[None] * self._correlated(rng, (n,) + sub.shape)[:, sub]  # (n, pixels)
+            if self.flicker > 0:
+                eps = eps + self.flicker / math.sqrt(self.reference_average) * rng.standard_normal((n, 1))
+            out -= (1.0 + c)[None] * eps[:, None, :]
         return out
 
     def _correlated(self, rng, shape) -> np.ndarray:
@@ -202,11 +198,12 @@ def measure_noise(contrast: np.ndarray, i0: np.ndarray, mask: np.ndarray, pre: n
     rho_r, rho_c = _lag1(res, core, 1), _lag1(res, core, 2)
     nm = NoiseModel(a, b, max(rho_r, 0.0), max(rho_c, 0.0), 0.0, int(reference_average), source, used)
     # common-mode flicker: scatter of the particle mean beyond what the pixel noise explains
-    if n_pre >= 3:
-        means = res[:, core].mean(axis=1)
-        observed = float((means**2).sum() / (n_pre - 1))
+    if n_pre >= 4:
+        # frame-to-frame changes of the particle mean (a steadily drifting baseline is not a flicker)
+        d = np.diff(res[:, core].mean(axis=1))
+        observed = float(np.var(d, ddof=1)) / 2.0
         predicted = float(np.mean(nm.sigma_rel(i0[core]) ** 2)) / core.sum() * nm.correlation_factor()
-        # only a clear excess counts (the scatter of n_pre − 1 values is itself uncertain)
-        excess = observed - predicted * (1.0 + 3.0 * math.sqrt(2.0 / (n_pre - 1)))
+        # only a clear excess counts (the scatter of a few differences is itself uncertain)
+        excess = observed - predicted * (1.0 + 3.0 * math.sqrt(2.0 / (n_pre - 2)))
         nm.flicker = math.sqrt(excess) if excess > 0 else 0.0
     return nm

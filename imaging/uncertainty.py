@@ -40,19 +40,16 @@ def local_quadratic_weights(u_nodes: np.ndarray, u_eval: np.ndarray, *, q: int =
                             h_min: float = MIN_HALF_WIDTH) -> np.ndarray:
     """Linear weights W (n_eval, n_nodes) of local quadratic regression: f(u) ≈ W @ f(u_nodes)."""
     u_nodes = np.asarray(u_nodes, dtype=float)
+    u_eval = np.asarray(u_eval, dtype=float)
     k = u_nodes.size
-    W = np.zeros((len(u_eval), k))
-    for i, u in enumerate(u_eval):
-        d = np.abs(u_nodes - u)
-        h = max(np.sort(d)[min(q, k) - 1] * 1.05, h_min)
-        w = np.clip(1.0 - (d / h) ** 3, 0.0, None) ** 3
-        sel = w > 0
-        deg = 2 if sel.sum() >= 4 else (1 if sel.sum() >= 2 else 0)
-        V = np.vander(u_nodes - u, deg + 1, increasing=True)
-        sw = np.sqrt(w)
-        coef = np.linalg.pinv(V * sw[:, None]) * sw[None, :]  # (deg+1, k): coefficients from node values
-        W[i] = coef[0]
-    return W
+    deg = min(2, k - 1)
+    du = u_nodes[None, :] - u_eval[:, None]  # (n_eval, k)
+    d = np.abs(du)
+    h = np.maximum(np.sort(d, axis=1)[:, min(q, k) - 1] * 1.05, h_min)
+    sw = np.sqrt(np.clip(1.0 - (d / h[:, None]) ** 3, 0.0, None) ** 3)
+    V = du[..., None] ** np.arange(deg + 1)  # (n_eval, k, deg+1)
+    coef = np.linalg.pinv(V * sw[..., None]) * sw[:, None, :]  # (n_eval, deg+1, k): coefficients from node values
+    return coef[:, 0, :]
 
 
 @dataclass
