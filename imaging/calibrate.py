@@ -955,7 +955,7 @@ def _uncertainty(target, M, ok, X_by_S, settings, S_best, A_best, B_best, e_best
     runs = {}
     for name, ref, fr in (("total", True, True), ("reference", True, False), ("frames", False, True)):
         runs[name] = resample(prof, Mo, _sampler(target, ok, reference=ref, frames=fr), n if name == "total"
-                              else max(n // 2, 10), settings.seed)
+                              else max(n // 3, 10), settings.seed)
     tot = runs["total"]
     S0, A0, B0 = tot["S0"], tot["A0"], tot["B0"]
     lo_edge = np.mean(tot["S"] <= prof.S_dense[0] * (1 + 1e-9))

@@ -232,6 +232,11 @@ def error_map(S_values, A_grid, E, best, path, *, title="", S_interval=None, A_i
     ax.errorbar([best[0]], [best[1]], xerr=xerr, yerr=yerr, fmt="+", color="w", ms=12, mew=1.6, capsize=3)
     ax.plot(S, np.full(S.size, A_grid[-1]), "|", color="k", ms=8, clip_on=False)
     ax.set_xscale("log")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter(""))
     ax.set_xlabel("S (D_eff = D_Li / S); ticks on top: simulated S")
     ax.set_ylabel("A")
     head = title or "calibration error e(S, A)"

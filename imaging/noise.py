@@ -101,11 +101,12 @@ class NoiseModel:
         """Unit-variance Gaussian noise with the measured lag-1 correlations (last two axes)."""
         from scipy import ndimage
 
-        w = rng.standard_normal(shape)
+        w = rng.standard_normal(shape, dtype=np.float32)
         for axis, rho in ((-2, self.rho_row), (-1, self.rho_col)):
             al = _kernel_alpha(rho)
             if al > 0:
-                w = ndimage.correlate1d(w, [al, 1.0, al], axis=axis, mode="reflect") / math.sqrt(1 + 2 * al * al)
+                w = ndimage.correlate1d(w, [al, 1.0, al], axis=axis, mode="reflect")
+                w *= np.float32(1.0 / math.sqrt(1 + 2 * al * al))
         return w
 
 

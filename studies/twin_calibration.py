@@ -88,6 +88,21 @@ def truth_config(quick: bool) -> dict:
     }
 
 
+def truth_maps(cfg: dict, outdir: Path, comm=None) -> dict:
+    """Run the truth simulation (``nmcfx.solver.run`` with a θ recorder) and return its θ maps:
+    ``points``, ``triangles``, ``times_s``, ``theta`` (what :func:`render_twin` needs)."""
+    from nmcfx.solver.run import prepare
+    from nmcfx.studies._common import FieldRecorder, execute_observed, load_maps
+
+    comm = comm if comm is not None else MPI.COMM_WORLD
+    run = prepare(cfg, comm=comm)
+    rec = FieldRecorder()
+    execute_observed(run, outdir, comm, observers=[rec])
+    rec.save(Path(outdir) / "fields.npz")
+    comm.Barrier()
+    return load_maps(Path(outdir) / "fields.npz")
+
+
 # ----------------------------------------------------------------------------- an independent renderer
 @dataclass
 class Camera:
@@ -103,6 +118,7 @@ class Camera:
     texture: float = 0.03  # RMS of a smooth brightness variation over the particle (moves with it)
     marker_amplitude: float = 1.5
     marker_rc: tuple = MARKER_RC
+    fov: tuple = FOV  # rows, cols
     drift_step_px: float = 0.3  # random-walk drift per frame
     A: float = A_TRUE
     theta0: float = THETA0
@@ -146,13 +162,13 @@ def render_twin(maps: dict, times_s: np.ndarray, cam: Camera, seed: int, *, thet
     sim_t = np.asarray(maps["times_s"] if theta_times_s is None else theta_times_s, dtype=float)
     theta_all = np.asarray(maps["theta"], dtype=float)
     centre = pts.mean(axis=0)
-    rows, cols = FOV
+    rows, cols = cam.fov
     ss = cam.supersample
     sig_px = cam.fwhm_um / (2 * math.sqrt(2 * math.log(2))) / cam.pixel_um
     pad = int(math.ceil(5 * sig_px)) + 2
     n = len(times_s)
     drift = np.cumsum(rng.normal(0.0, cam.drift_step_px, (n, 2)), axis=0)
-    drift -= drift[N_PRE - 1] if n >= N_PRE else drift[0]
+    drift -= drift[int(np.flatnonzero(np.asarray(times_s) <= 0)[-1])]  # zero at the last frame before the current
     texture = _texture_field(rng)
     # sub-pixel centres of the padded canvas, in pixel units of the field of view
     sub = (np.arange(ss) + 0.5) / ss - 0.5
