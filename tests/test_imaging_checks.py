@@ -394,3 +394,56 @@ def test_cache_is_compressed_and_capped(tmp_path):
         cache.put(t, res)
     assert cache.size_bytes() <= 1.0e6 and cache.pruned >= 1
     assert cache.get(tasks[-1]) is not None  # the newest survives
+
+
+UNTIL_CAL = """
+[geometry]
+shape = "disk"
+diameter_um = 2.4
+mesh_size_um = 0.3
+[protocol]
+[[protocol.steps]]
+type = "charge"
+c_rate = 2.0
+duration_min = 20
+until = ["theta_surface_min <= {stop}"]
+[calibration]
+trace_csv = "trace.csv"
+S_range = [2.0, 6.0]
+S_grid = 3
+S_tol = 0.01
+"""
+
+
+def test_every_S_is_compared_over_the_same_frames(tmp_path, capsys):
+    """A stop condition that ends the simulation earlier for larger S (slower diffusion, the surface
+    empties sooner): frames beyond the earliest stop are dropped for every S, not only for the S
+    that does not reach them, and the data's S still comes back."""
+    from mpi4py import MPI
+
+    from nmcfx.geometries import geometry_from_config
+    from nmcfx.imaging import sample_theta
+    from nmcfx.materials import get_material
+    from nmcfx.solver.protocol import protocol_from_dict
+    from nmcfx.solver.simulation import SolverSettings
+
+    stop = 0.5
+    particle = geometry_from_config({"shape": "disk", "diameter_um": 2.4, "mesh_size_um": 0.3}, comm=MPI.COMM_SELF)
+    protocol = protocol_from_dict({"steps": [{"type": "charge", "c_rate": 2.0, "duration_min": 20,
+                                              "until": [f"theta_surface_min <= {stop}"]}]}, 0.95)
+    times = np.arange(10.0, 20 * 60.0 + 1, 10.0)
+    theta, _, _, _ = sample_theta(particle, get_material(scaling_S=3.0), protocol, times, np.array([[0.0, 0.0]]),
+                                  settings=SolverSettings())
+    ok = np.isfinite(theta[:, 0])
+    assert 5 < ok.sum() < len(times)  # the data stop before 20 min
+    (tmp_path / "trace.csv").write_text("time_s,contrast\n" + "".join(
+        f"{t},{0.9 * (0.95 - v)}\n" for t, v in zip(times[ok], theta[ok, 0])))
+    (tmp_path / "cal.toml").write_text(textwrap.dedent(UNTIL_CAL.format(stop=stop)))
+    assert main(["calibrate", str(tmp_path / "cal.toml"), "-o", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    r = json.loads((tmp_path / "out" / "calibration.json").read_text())
+    assert r["frames_compared"] < r["frames"]
+    assert any("compares the same" in n for n in r["notes"]), r["notes"]
+    assert r["S"] == pytest.approx(3.0, rel=0.02) and r["A"] == pytest.approx(0.9, rel=0.02)
+    fit = np.genfromtxt(tmp_path / "out" / "fit.csv", delimiter=",", names=True)
+    assert int(fit["compared"].sum()) == r["frames_compared"]
