@@ -22,7 +22,7 @@ Every (seed, case) is stored in ``OUT/cases/seed<k>/<case>/result.json`` as soon
 done; a re-run skips the finished ones (``--force`` redoes them), so an interrupted study
 resumes. Simulations are cached in ``OUT/cache``.
 
-    python studies/twin_calibration.py [-o DIR] [--quick] [--force] [--seeds N] [--cases main|budget|all]
+    python studies/twin_calibration.py [-o DIR] [--quick] [--force] [--seeds N] [--cases main|flicker|budget|all]
 
 Outputs (DIR, default runs/studies/twin_calibration): twin_calibration.csv (one row per seed
 and case), twin_calibration_summary.csv and .md (the tables of the README),
@@ -120,6 +120,7 @@ class Camera:
     marker_rc: tuple = MARKER_RC
     fov: tuple = FOV  # rows, cols
     drift_step_px: float = 0.3  # random-walk drift per frame
+    flicker: float = 0.0  # relative RMS of the illumination from frame to frame (LED, lamp)
     A: float = A_TRUE
     theta0: float = THETA0
     noise: bool = True  # False: the expected counts, no shot or read noise, as float32 (systematics)
@@ -206,6 +207,8 @@ def render_twin(maps: dict, times_s: np.ndarray, cam: Camera, seed: int, *, thet
         pc = ndtr((pix_c + 0.5 - mc) / sig_px) - ndtr((pix_c - 0.5 - mc) / sig_px)
         img = img + cam.marker_amplitude * 2 * math.pi * sig_px**2 * pr * pc
         frames[k] = img
+    if cam.flicker > 0:
+        frames *= 1.0 + cam.flicker * np.random.default_rng(seed + 7919).standard_normal((n, 1, 1))
     if not cam.noise:
         return (frames * cam.photons + cam.offset_adu).astype(np.float32), drift
     nrng = rng if noise_seed is None else np.random.default_rng(noise_seed)
@@ -291,12 +294,18 @@ class Case:
     n_avg: int
     region: str | None  # None: the package default
     fit_offset: bool | None
+    flicker: float = 0.0
 
     @property
     def key(self) -> str:
         reg = self.region or "default"
         off = "default" if self.fit_offset is None else ("offset" if self.fit_offset else "eq18")
-        return f"p{self.photons:g}_ref{self.n_avg}_{reg}_{off}"
+        fl = f"_flicker{self.flicker * 100:g}" if self.flicker else ""
+        return f"p{self.photons:g}{fl}_ref{self.n_avg}_{reg}_{off}"
+
+    @property
+    def stack_key(self) -> str:
+        return f"p{self.photons:g}" + (f"_flicker{self.flicker * 100:g}" if self.flicker else "")
 
     def settings(self) -> dict:
         out = {}
@@ -322,14 +331,17 @@ def cases(quick: bool, part: str = "all") -> list[Case]:
         return [Case(MAIN_PHOTONS, 10, "center", None), Case(MAIN_PHOTONS, 10, "mask", None)]
     main = [Case(MAIN_PHOTONS, n, reg, off) for n in (1, 3, 10) for reg in ("center", "mask") for off in (False, True)]
     budget = [Case(p, n, None, None) for p in (500.0, MAIN_PHOTONS, 8000.0) for n in (1, 3, 10)]
-    return {"main": main, "budget": budget, "all": main + budget}[part]
+    # an LED whose brightness varies by 0.3 % from frame to frame: the reference inherits it
+    flicker = [Case(MAIN_PHOTONS, n, reg, off, 0.003) for n in (1, 10) for reg in ("center", "mask")
+               for off in (False, True)]
+    return {"main": main, "budget": budget, "flicker": flicker, "all": main + flicker + budget}[part]
 
 
 def run_seed(study: Study, truth: dict, seed: int, todo: list[Case], cache: Path, quick: bool) -> list[dict]:
     """All cases of one noise seed (each stored as soon as it is done)."""
     seed_dir = study.outdir / "cases" / f"seed{seed:02d}"
     rows = []
-    stacks: dict[float, Path] = {}
+    stacks: dict[str, Path] = {}
     for case in todo:
         cdir = seed_dir / case.key
         marker = cdir / "result.json"
@@ -342,18 +354,19 @@ def run_seed(study: Study, truth: dict, seed: int, todo: list[Case], cache: Path
                 continue
         cdir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        if case.photons not in stacks:
-            path = seed_dir / f"stack_p{case.photons:g}.npz"
+        if case.stack_key not in stacks:
+            path = seed_dir / f"stack_{case.stack_key}.npz"
             if not path.is_file() or study.force:
-                cam = Camera(photons=case.photons)
+                cam = Camera(photons=case.photons, flicker=case.flicker)
                 frames, drift = render_twin(truth["maps"], frame_times_s() - (N_PRE - 1) * FRAME_S, cam,
                                             seed=1000 + seed)
                 write_stack(path, frames)
-            stacks[case.photons] = path
-        ana = seed_dir / f"analysis_p{case.photons:g}_ref{case.n_avg}"
-        summary = analyse(stacks[case.photons], ana, case.n_avg)
+            stacks[case.stack_key] = path
+        ana = seed_dir / f"analysis_{case.stack_key}_ref{case.n_avg}"
+        summary = analyse(stacks[case.stack_key], ana, case.n_avg)
         cal = calibrate_case(cdir, ana, cache, quick, case.settings())
         row = {"digest": digest, "seed": seed, "case": case.key, "photons": case.photons, "n_avg": case.n_avg,
+               "flicker": case.flicker,
                "region": cal["region"], "fit_offset": cal["fit_offset"], "S": cal["S"], "A": cal["A"], "B": cal["B"],
                "S_interval_68": cal["S_interval_68"], "S_interval_95": cal["S_interval_95"],
                "S_sigma_rel": cal["S_sigma_rel"], "S_sigma_rel_reference": cal["uncertainty"].get("S_sigma_rel_reference"),
@@ -383,7 +396,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         err = np.array([r["S"] / S_TRUE - 1.0 for r in rs])
         sig = np.array([r["S_sigma_rel"] for r in rs], dtype=float)
         out.append({
-            "case": key, "photons": rs[0]["photons"], "n_avg": rs[0]["n_avg"], "region": rs[0]["region"],
+            "case": key, "photons": rs[0]["photons"], "flicker": rs[0].get("flicker", 0.0), "n_avg": rs[0]["n_avg"],
+            "region": rs[0]["region"],
             "fit_offset": rs[0]["fit_offset"], "seeds": len(rs),
             "S_error_mean_pct": 100 * float(err.mean()), "S_error_std_pct": 100 * float(err.std(ddof=1)) if len(rs) > 1
             else math.nan, "S_error_max_pct": 100 * float(np.abs(err).max()),
@@ -400,11 +414,13 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def markdown(summary: list[dict]) -> str:
-    head = ("| photons/px | I₀ frames | region | fit_offset | S error mean ± SD | max \\|error\\| | within 5 % | "
-            "reported σ_S (ref / frames) | 68 % covers | 95 % covers |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| photons/px | flicker | I₀ frames | region | fit_offset | S error mean ± SD | max \\|error\\| | "
+            "within 5 % | reported σ_S (ref / frames) | 68 % covers | 95 % covers |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for s in summary:
-        lines.append(f"| {s['photons']:g} | {s['n_avg']} | {s['region']} | {str(s['fit_offset']).lower()} | "
+        fl = f"{s['flicker'] * 100:g} %" if s["flicker"] else "–"
+        lines.append(f"| {s['photons']:g} | {fl} | {s['n_avg']} | {s['region']} | {str(s['fit_offset']).lower()} | "
                      f"{s['S_error_mean_pct']:+.1f} ± {s['S_error_std_pct']:.1f} % | {s['S_error_max_pct']:.1f} % | "
                      f"{s['within_5pct']:.0%} | {s['reported_sigma_pct']:.1f} % ({s['sigma_reference_pct']:.1f} / "
                      f"{s['sigma_frames_pct']:.1f}) | {s['coverage_68']:.0%} | {s['coverage_95']:.0%} |")
@@ -446,7 +462,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--seeds", type=int, default=None)
-    pre.add_argument("--cases", choices=("main", "budget", "all"), default="all")
+    pre.add_argument("--cases", choices=("main", "flicker", "budget", "all"), default="all")
     known, rest = pre.parse_known_args(argv if argv is not None else sys.argv[1:])
     args = parse_args(NAME, "Blind twin calibration at real photon counts (S error and interval coverage)", rest)
     study = Study(NAME, args)
@@ -470,11 +486,11 @@ def main(argv: list[str] | None = None) -> dict:
     summary = summarise(rows) if study.comm.rank == 0 else []
     files = ["twin_calibration.csv", "twin_calibration_summary.csv", "twin_calibration.md", "twin_calibration.png"]
     if study.comm.rank == 0:
-        cols = ["seed", "case", "photons", "n_avg", "region", "fit_offset", "S", "A", "B", "S_sigma_rel",
+        cols = ["seed", "case", "photons", "flicker", "n_avg", "region", "fit_offset", "S", "A", "B", "S_sigma_rel",
                 "S_sigma_rel_reference", "S_sigma_rel_frames", "residual_to_noise", "at_edge", "simulated", "warnings",
                 "wall_s"]
         write_csv(study.outdir / "twin_calibration.csv", cols + ["S68_lo", "S68_hi", "S95_lo", "S95_hi"],
-                  [[r[c] for c in cols] + list(r["S_interval_68"]) + list(r["S_interval_95"]) for r in rows])
+                  [[r.get(c) for c in cols] + list(r["S_interval_68"]) + list(r["S_interval_95"]) for r in rows])
         write_csv(study.outdir / "twin_calibration_summary.csv", list(summary[0]),
                   [[s[k] for k in summary[0]] for s in summary])
         md = markdown(summary)

@@ -447,3 +447,36 @@ def test_every_S_is_compared_over_the_same_frames(tmp_path, capsys):
     assert r["S"] == pytest.approx(3.0, rel=0.02) and r["A"] == pytest.approx(0.9, rel=0.02)
     fit = np.genfromtxt(tmp_path / "out" / "fit.csv", delimiter=",", names=True)
     assert int(fit["compared"].sum()) == r["frames_compared"]
+
+
+def _free_communicators() -> int:
+    from mpi4py import MPI
+
+    got = []
+    try:
+        while True:
+            got.append(MPI.COMM_SELF.Dup())
+    except MPI.Exception:
+        pass
+    for c in got:
+        c.Free()
+    return len(got)
+
+
+def test_simulations_do_not_leak_mpi_communicators():
+    """Each finished forward simulation frees its PETSc objects: a calibration or a study can run
+    thousands of them in one process (MPICH allows 2048 communicators per process)."""
+    from mpi4py import MPI
+
+    from nmcfx.geometries import geometry_from_config
+    from nmcfx.imaging import sample_theta
+    from nmcfx.materials import get_material
+    from nmcfx.solver.protocol import protocol_from_dict
+
+    particle = geometry_from_config({"shape": "disk", "diameter_um": 2.4, "mesh_size_um": 0.6}, comm=MPI.COMM_SELF)
+    protocol = protocol_from_dict({"steps": [{"type": "charge", "c_rate": 2.0, "duration_min": 1}]}, 0.95)
+    sample_theta(particle, get_material(), protocol, [30.0, 60.0], np.zeros((1, 2)))
+    before = _free_communicators()
+    for _ in range(4):
+        sample_theta(particle, get_material(), protocol, [30.0, 60.0], np.zeros((1, 2)))
+    assert _free_communicators() >= before - 1
