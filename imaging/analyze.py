@@ -315,16 +315,18 @@ def analyze(stack: ImageStack, opts: AnalysisOptions = AnalysisOptions()) -> Ana
             return umask, float("nan")
         return particle_mask(frame, opts.threshold, seed_rc=opts.particle_rc, invert=opts.invert)
 
-    # the particle mask of the first frame keeps the automatic spot search off the particle; the drift is
-    # measured against the first frame, so the current onset can be found on aligned frames, and then
-    # referred to the reference frame
-    first_mask, _ = find_mask(raw[0])
-    exclude = ndimage.binary_dilation(first_mask, iterations=max(3, int(math.ceil(3 * sigma_px))))
-    trace0 = measure_drift(raw, stack.times_s, 0, method=opts.drift, spot_rc=opts.spot_rc,
+    # the drift is measured against the reference frame when it is known, else against the first frame
+    # (the current onset is then looked for on aligned frames) and referred to the reference afterwards;
+    # the particle mask of that frame keeps the automatic spot search off the particle
+    known = opts.reference_frame is not None or opts.reference_time_s not in (None, "auto")
+    start = reference_index(stack.times_s, opts) if known else 0
+    start_mask, _ = find_mask(raw[start])
+    exclude = ndimage.binary_dilation(start_mask, iterations=max(3, int(math.ceil(3 * sigma_px))))
+    trace0 = measure_drift(raw, stack.times_s, start, method=opts.drift, spot_rc=opts.spot_rc,
                            box_px=opts.spot_box_px, exclude=exclude, sigma_px=sigma_px)
     onset = None
     if opts.reference_frame is None:
-        onset = detect_onset(stack.times_s, particle_mean_trace(correct_drift(raw, trace0), first_mask))
+        onset = detect_onset(stack.times_s, particle_mean_trace(raw, start_mask, trace0.drift_rc))
     if opts.reference_time_s == "auto" and onset is None:
         raise InputError("reference_time_s", "'auto' found no current onset in the stack (the particle-mean intensity "
                                              "is not flat over at least two frames and then changing); give the "

@@ -101,10 +101,21 @@ def baseline_check(contrast: np.ndarray, times_rel_s: np.ndarray, mask: np.ndarr
     return out
 
 
-def particle_mean_trace(frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Particle-mean intensity of every frame relative to the first: mean(I_k)/mean(I_0) − 1."""
+def particle_mean_trace(frames: np.ndarray, mask: np.ndarray, drift_rc=None) -> np.ndarray:
+    """Particle-mean intensity of every frame relative to the first, mean(I_k)/mean(I_0) − 1, over
+    the mask eroded by 2 px; with ``drift_rc`` (n, 2) each frame is first shifted back by its drift
+    (cubic spline, on a crop around the particle only)."""
     core = _core(mask)
-    means = np.array([float(np.mean(f[core])) for f in frames])
+    if drift_rc is None or not np.any(drift_rc):
+        means = np.array([float(np.mean(f[core])) for f in frames])
+    else:
+        pad = int(math.ceil(np.max(np.abs(drift_rc)))) + 4
+        rr, cc = np.nonzero(core)
+        rs = slice(max(rr.min() - pad, 0), rr.max() + pad + 1)
+        cs = slice(max(cc.min() - pad, 0), cc.max() + pad + 1)
+        sub = core[rs, cs]
+        means = np.array([float(np.mean(ndimage.shift(np.asarray(f[rs, cs], dtype=float), -d, order=3,
+                                                      mode="nearest")[sub])) for f, d in zip(frames, drift_rc)])
     return means / means[0] - 1.0
 
 
