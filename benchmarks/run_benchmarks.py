@@ -345,7 +345,7 @@ def report(args, ref, cases, fixed, sweep, cli, load0, elapsed):
           "\n    interleaved with the framework variants (same machine load); times (s) are of the fastest of the repeats"
           "\n    (least disturbed by other jobs), '(median)' is the wall ratio of the median repeats.")
     print("    nmcfx run  = prepare + execute with output.fields='none', figures=false (solver: bdf1,"
-          " dt_initial_s = dt_max_s = dt,\n                 theta_tol = 1 so no step is rejected or resized)")
+          " dt_initial_s = dt_max_s = dt,\n                 theta_tol = 0.05 so no step is rejected or resized)")
     print("    Simulation = the same time loop without the RunOutputs observer and checkpoints (per-step"
           " observables, error\n                 estimate and predictor kept)")
     print("    solve_step = TransportSolver.solve_step + accept driven directly with the bare script's dt sequence"

@@ -24,8 +24,12 @@ def mesh_and_distribute(
     tdim: int,
     what: str,
     verbose: bool = False,
+    ghost_shared_facets: bool = False,
 ):
     """Run ``mesh_on_root(gmsh.model)`` on rank 0 and distribute the mesh with DOLFINx.
+
+    ``ghost_shared_facets``: ghost the cells across partition facets (needed when forms
+    integrate over interfaces between regions, e.g. electrodes).
 
     ``mesh_on_root`` builds the CAD model, physical groups and mesh, and returns a
     picklable dict (``sectors``, ``reactive``, ``info``). Errors raised there (InputError,
@@ -59,7 +63,12 @@ def mesh_and_distribute(
         import gmsh
 
         try:
-            data = model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=tdim)
+            partitioner = None
+            if ghost_shared_facets and comm.size > 1:
+                from dolfinx.mesh import GhostMode, create_cell_partitioner
+
+                partitioner = create_cell_partitioner(GhostMode.shared_facet, 2)
+            data = model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=tdim, partitioner=partitioner)
         except Exception as exc:
             raise MeshError(f"could not convert the gmsh mesh of the {what} to DOLFINx: {exc}") from None
     finally:

@@ -137,8 +137,11 @@ def set_size_field(
     fields.setAsBackgroundMesh(thr)
 
 
-def generate(model, tdim: int, what: str) -> dict:
-    """Mesh the model; return element count and quality (gmsh minSICN) statistics."""
+def generate(model, tdim: int, what: str, limits=None) -> dict:
+    """Mesh the model; return element count and quality (gmsh minSICN) statistics.
+
+    ``limits`` (a :class:`~nmcfx.geometries.limits.MeshLimits`) refuses a mesh that is too
+    large or whose worst cell is below the minimum quality."""
     try:
         model.mesh.generate(tdim)
     except Exception as exc:
@@ -153,4 +156,6 @@ def generate(model, tdim: int, what: str) -> dict:
     q = np.asarray(gmsh.model.mesh.getElementQualities(tags, "minSICN"))
     if q.min() <= 0.0:
         raise MeshError(f"gmsh produced {int((q <= 0).sum())} inverted/degenerate cells for the {what}")
+    if limits is not None:
+        limits.check_mesh(q, what)
     return {"quality_min": float(q.min()), "quality_mean": float(q.mean()), "quality_measure": "gmsh minSICN"}

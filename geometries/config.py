@@ -3,6 +3,7 @@
 Schema (lengths in µm)::
 
     shape = "xu2022"            # disk | ellipse | contour | xu2022 | prism | cylinder | sphere
+                                # (electrode | electrode_3d: composite electrodes, see electrode.py)
     diameter_um = 5.0           # disk, cylinder, sphere
     semi_axes_um = [2.0, 1.0]   # ellipse
     angle_deg = 0.0             # ellipse, xu2022: direction of the first semi-axis
@@ -14,6 +15,8 @@ Schema (lengths in µm)::
     mesh_size_um = ...          # bulk cell size; default 1/20 of the smallest particle size
     surface_mesh_size_um = ...  # cell size at the reactive surface; default mesh_size_um / 3
     grading_width_um = ...      # distance over which sizes grade; default 1/10 particle size
+    min_quality = 0.1           # refuse a mesh whose worst cell is below this (gmsh minSICN, (0, 1])
+    max_cells = ...             # refuse larger meshes; default: what fits in half the memory (limits.py)
     sectors = [{name = "a", start_deg = 45, end_deg = 135},
                {name = "b", start_fraction = 0.5, end_fraction = 0.6}]
     verbose = false             # show gmsh output
@@ -28,6 +31,7 @@ from typing import Any
 from mpi4py import MPI
 
 from nmcfx.errors import InputError
+from nmcfx.parallel import describe_os_error, run_on_root
 
 from ._validate import boolean, positive
 from .particle import ParticleMesh
@@ -37,7 +41,7 @@ from .shapes3d import cylinder, prism, sphere
 SHAPES_2D = ("disk", "ellipse", "contour", "xu2022")
 SHAPES = SHAPES_2D + ("prism", "cylinder", "sphere")
 DEFAULT_SHAPE = "xu2022"
-MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um")
+MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um", "min_quality", "max_cells")
 COMMON_KEYS = ("shape",) + MESH_KEYS + ("sectors", "verbose")
 SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "disk": ("diameter_um",),
@@ -68,6 +72,10 @@ def geometry_from_config(
     cfg = {} if cfg is None else cfg
     if not isinstance(cfg, Mapping):
         raise InputError(prefix, f"must be a table, got {type(cfg).__name__}")
+    if cfg.get("shape") in ("electrode", "electrode_3d"):  # composite electrodes: geometries/electrode.py
+        from .electrode import electrode_from_config
+
+        return electrode_from_config(cfg, comm, base_dir=base_dir, prefix=prefix)
     shape = _shape(cfg, prefix, SHAPES)
     _check_keys(cfg, COMMON_KEYS + SHAPE_KEYS[shape], shape, prefix)
     verbose = boolean(cfg["verbose"], f"{prefix}.verbose") if "verbose" in cfg else False
@@ -165,7 +173,8 @@ def _sizes(cfg: Mapping, char_size: float, prefix: str) -> dict:
     hs = cfg.get("surface_mesh_size_um")
     if hs is None:
         hs = DEFAULT_SURFACE_RATIO * float(h)
-    return {"mesh_size_um": h, "surface_mesh_size_um": hs, "grading_width_um": cfg.get("grading_width_um")}
+    return {"mesh_size_um": h, "surface_mesh_size_um": hs, "grading_width_um": cfg.get("grading_width_um"),
+            "min_quality": cfg.get("min_quality"), "max_cells": cfg.get("max_cells")}
 
 
 def read_contour_csv(path: Any, field: str, comm: MPI.Comm = MPI.COMM_WORLD, base_dir=None):
@@ -174,16 +183,8 @@ def read_contour_csv(path: Any, field: str, comm: MPI.Comm = MPI.COMM_WORLD, bas
     if not isinstance(path, (str, os.PathLike)) or not str(path):
         raise InputError(field, f"must be a path to a CSV file, got {path!r}")
     full = os.path.join(os.fspath(base_dir), os.fspath(path)) if base_dir is not None else os.fspath(path)
-    result: tuple = ("ok", None)
-    if comm.rank == 0:
-        try:
-            result = ("ok", _parse_csv(full, field))
-        except InputError as exc:
-            result = ("err", str(exc)[len(field) + 2 :])
-    result = comm.bcast(result, root=0)
-    if result[0] == "err":
-        raise InputError(field, result[1])
-    return result[1]
+    # any failure on rank 0 (unreadable, not UTF-8, ...) is raised on every rank: none waits in a bcast
+    return run_on_root(comm, _parse_csv, full, field, field=field)
 
 
 def _parse_csv(path: str, field: str) -> list[tuple[float, float]]:
@@ -192,6 +193,8 @@ def _parse_csv(path: str, field: str) -> list[tuple[float, float]]:
             lines = fh.read().splitlines()
     except OSError as exc:
         raise InputError(field, f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(field, f"{path}: {describe_os_error(exc)}") from None
     points: list[tuple[float, float]] = []
     first = True
     for lineno, raw in enumerate(lines, start=1):

@@ -114,8 +114,12 @@ class ParticleMesh:
             f"  h: {i['h_min']:.3g}-{i['h_max']:.3g} µm (mean near reactive surface "
             f"{i['h_surface_mean']:.3g}, elsewhere {i['h_interior_mean']:.3g})"
         )
+        limits = ""
+        if "min_quality_limit" in i:
+            limits = f"   (limits: min quality {i['min_quality_limit']:g}, cells {i['max_cells_limit']:.3g})"
         lines.append(
             f"  quality ({i.get('quality_measure', '?')}): min {i['quality_min']:.3f}, mean {i['quality_mean']:.3f}"
+            + limits
         )
         sec = ", ".join(
             f"{n}{'' if n in self.reactive_sectors else ' (inert)'} {self.sector_measure[n]:.4g} {unit_b}"

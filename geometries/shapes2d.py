@@ -25,6 +25,7 @@ from . import _gmsh
 from ._build import build_particle
 from ._outline import CircleOutline, ContourOutline, EllipseOutline, clean_contour_points, polygon_area
 from ._validate import in_range, number, optional_positive, positive, positive_pair
+from .limits import MeshLimits, mesh_limits
 from .particle import ParticleMesh
 from .sectors import POSITION_TOL, Arc, Layout, Sector, check_overlaps, make_layout, parse_sectors
 
@@ -32,8 +33,6 @@ from .sectors import POSITION_TOL, Arc, Layout, Sector, check_overlaps, make_lay
 XU2022_AREA_UM2 = 4.87
 XU2022_PERIMETER_UM = 8.06
 
-# A particle mesh above this many cells is almost certainly a units mistake.
-MAX_CELLS_ESTIMATE = 20_000_000
 
 
 def ellipse_perimeter(a: float, b: float) -> float:
@@ -209,13 +208,19 @@ class MeshSizes:
     bulk: float
     surface: float | None
     grading_width: float
+    limits: MeshLimits = field(default_factory=MeshLimits)
+
+    @property
+    def boundary(self) -> float:
+        """Cell size on the (reactive) boundary."""
+        return self.bulk if self.surface is None else self.surface
 
     def as_info(self) -> dict:
         return {
             "mesh_size_um": self.bulk,
             "surface_mesh_size_um": self.surface,
             "grading_width_um": self.grading_width,
-        }
+        } | self.limits.as_info()
 
 
 def resolve_sizes(
@@ -228,12 +233,15 @@ def resolve_sizes(
     boundary: float,
     tdim: int,
     prefix: str = "geometry",
+    limits: MeshLimits | None = None,
 ) -> MeshSizes:
     """Validate mesh sizes; defaults: bulk = size/20, no surface refinement, width = size/10.
 
-    ``measure``/``boundary`` (area & perimeter, or volume & reactive area) are used to
-    refuse meshes that would be absurdly large (typically a units mistake).
+    ``measure``/``boundary`` (area & perimeter, or volume & reactive area) give an
+    estimate of the cell count, refused above ``limits.max_cells`` before gmsh runs
+    (see :mod:`.limits`; typically a units mistake).
     """
+    limits = MeshLimits(prefix=prefix) if limits is None else limits
     if mesh_size_um is None:
         h = char_size / 20.0
     else:
@@ -257,15 +265,10 @@ def resolve_sizes(
     hb = h if hs is None else math.sqrt(hs * h) if tdim == 2 else (hs * hs * h) ** (1 / 3)
     band = min(boundary * w, measure)
     cells = per * ((measure - band) / h**tdim + band / hb**tdim)
-    if cells > MAX_CELLS_ESTIMATE:
-        bulk_only = per * measure / h**tdim
-        key = "mesh_size_um" if hs is None or bulk_only > MAX_CELLS_ESTIMATE else "surface_mesh_size_um"
-        raise InputError(
-            f"{prefix}.{key}",
-            f"would give about {cells:.2g} cells (limit {MAX_CELLS_ESTIMATE:.0e}); sizes are in µm — "
-            "use a larger mesh size",
-        )
-    return MeshSizes(h, hs, w)
+    bulk_only = per * measure / h**tdim
+    limits.check_estimate(cells, "mesh_size_um" if hs is None or bulk_only > limits.max_cells
+                          else "surface_mesh_size_um")
+    return MeshSizes(h, hs, w, limits)
 
 
 # --------------------------------------------------------------------------------------
@@ -273,7 +276,13 @@ def resolve_sizes(
 # --------------------------------------------------------------------------------------
 
 
-def place_sectors(outline, sectors: list[Sector], prefix: str) -> Layout:
+#: A sector must span at least this many boundary cells (fewer cannot carry its own flux).
+MIN_SECTOR_CELLS = 2
+
+
+def place_sectors(outline, sectors: list[Sector], prefix: str, boundary_cell_um: float | None = None) -> Layout:
+    """Place the sectors on the outline. With ``boundary_cell_um`` (the cell size there), a
+    sector shorter than :data:`MIN_SECTOR_CELLS` cells is refused: the mesh cannot resolve it."""
     arcs = []
     for i, s in enumerate(sectors):
         f = f"{prefix}[{i}]"
@@ -287,6 +296,13 @@ def place_sectors(outline, sectors: list[Sector], prefix: str) -> Layout:
                 length = (outline.s_at_angle(s.end, f) - start) % 1.0
         if length < 10 * POSITION_TOL:
             raise InputError(f, f"sector {s.name!r} is shorter than 1e-6 of the perimeter on this outline")
+        arc_um = length * outline.perimeter
+        if boundary_cell_um is not None and arc_um < MIN_SECTOR_CELLS * boundary_cell_um:
+            span = f"{s.span:g}°" if s.unit == "deg" else f"a fraction {s.span:g} of the perimeter"
+            raise InputError(
+                f, f"sector {s.name!r} ({span}) is {arc_um:.3g} µm long, shorter than {MIN_SECTOR_CELLS} boundary "
+                   f"cells of {boundary_cell_um:.3g} µm: the mesh cannot resolve it; widen it or refine "
+                   "surface_mesh_size_um")
         arcs.append(Arc(s.name, start, length))
     check_overlaps(arcs, prefix)
     return make_layout(arcs)
@@ -325,7 +341,7 @@ def section_surface(model, outline, layout: Layout, z: float = 0.0) -> tuple[int
 
 def _mesh_section_on_root(model, section, sector_list, sizes: MeshSizes, sectors_field: str) -> dict:
     outline = section.outline()
-    layout = place_sectors(outline, sector_list, sectors_field)
+    layout = place_sectors(outline, sector_list, sectors_field, sizes.boundary)
     surf, curve_names = section_surface(model, outline, layout)
     tags = {name: i + 1 for i, name in enumerate(layout.names)}
     model.addPhysicalGroup(2, [surf], tag=1, name="particle")
@@ -333,7 +349,7 @@ def _mesh_section_on_root(model, section, sector_list, sizes: MeshSizes, sectors
         model.addPhysicalGroup(1, [c for c, n in curve_names.items() if n == name], tag=tags[name], name=name)
     _gmsh.set_mesh_options(2)
     _gmsh.set_size_field(model, 1, list(curve_names), sizes.bulk, sizes.surface, sizes.grading_width)
-    info = _gmsh.generate(model, 2, section.describe())
+    info = _gmsh.generate(model, 2, section.describe(), sizes.limits)
     info.update(sizes.as_info())
     info["shape"] = section.describe()
     info["reference"] = {"area": outline.area, "perimeter": outline.perimeter}
@@ -358,6 +374,8 @@ def mesh_2d(
     sectors: list | None = None,
     verbose: bool = False,
     prefix: str = "geometry",
+    min_quality: float | None = None,
+    max_cells: int | None = None,
 ) -> ParticleMesh:
     """Mesh a 2D cross-section (collective over ``comm``; gmsh runs on rank 0).
 
@@ -366,6 +384,7 @@ def mesh_2d(
     boundary, growing linearly to the bulk size over ``grading_width_um`` (default:
     1/10 of the particle size). ``sectors``: list of :class:`Sector` or dicts
     ``{name, start_deg, end_deg}`` / ``{name, start_fraction, end_fraction}``.
+    ``min_quality``/``max_cells``: limits of the mesh (defaults: :mod:`.limits`).
     """
     section = validate_section(section, prefix)
     sector_list = parse_sectors(sectors, f"{prefix}.sectors")
@@ -379,6 +398,7 @@ def mesh_2d(
         boundary=perimeter,
         tdim=2,
         prefix=prefix,
+        limits=mesh_limits(2, min_quality, max_cells, prefix=prefix, comm=comm),
     )
     return build_particle(
         comm,

@@ -18,6 +18,7 @@ from . import _gmsh
 from ._build import build_particle
 from ._validate import positive
 from .particle import ParticleMesh
+from .limits import mesh_limits
 from .sectors import BASAL_BOTTOM, BASAL_TOP, SURFACE, parse_sectors
 from .shapes2d import (
     CrossSection,
@@ -33,7 +34,7 @@ from .shapes2d import (
 
 def _prism_on_root(model, section, height, sector_list, sizes: MeshSizes, sectors_field: str) -> dict:
     outline = section.outline()
-    layout = place_sectors(outline, sector_list, sectors_field)
+    layout = place_sectors(outline, sector_list, sectors_field, sizes.boundary)
     surf, curve_names = section_surface(model, outline, layout, z=-0.5 * height)
     occ = model.occ
     out = occ.extrude([(2, surf)], 0.0, 0.0, height)
@@ -64,7 +65,7 @@ def _prism_on_root(model, section, height, sector_list, sizes: MeshSizes, sector
     _gmsh.set_mesh_options(3)
     _gmsh.set_size_field(model, 2, lateral, sizes.bulk, sizes.surface, sizes.grading_width)
     what = f"prism over {section.describe()}, height {height:g} µm"
-    info = _gmsh.generate(model, 3, what)
+    info = _gmsh.generate(model, 3, what, sizes.limits)
     info.update(sizes.as_info())
     info["shape"] = what
     info["height_um"] = height
@@ -86,6 +87,8 @@ def _prism(
     sectors,
     verbose: bool,
     prefix: str,
+    min_quality=None,
+    max_cells=None,
 ) -> ParticleMesh:
     section = validate_section(section, section_prefix)
     height = positive(height_um, f"{prefix}.height_um")
@@ -100,6 +103,7 @@ def _prism(
         boundary=perimeter * height,
         tdim=3,
         prefix=prefix,
+        limits=mesh_limits(3, min_quality, max_cells, prefix=prefix, comm=comm),
     )
     return build_particle(
         comm,
@@ -121,6 +125,8 @@ def prism(
     sectors: list | None = None,
     verbose: bool = False,
     prefix: str = "geometry",
+    min_quality: float | None = None,
+    max_cells: int | None = None,
 ) -> ParticleMesh:
     """Extrude a cross-section (:class:`Disk`, :class:`Ellipse`, :class:`Contour`,
     :class:`ReferenceXu2022`) along z over ``height_um`` (z in [-h/2, h/2]).
@@ -141,6 +147,8 @@ def prism(
         sectors=sectors,
         verbose=verbose,
         prefix=prefix,
+        min_quality=min_quality,
+        max_cells=max_cells,
     )
 
 
@@ -155,6 +163,8 @@ def cylinder(
     sectors: list | None = None,
     verbose: bool = False,
     prefix: str = "geometry",
+    min_quality: float | None = None,
+    max_cells: int | None = None,
 ) -> ParticleMesh:
     """A prism over a disk of diameter ``diameter_um``; see :func:`prism`."""
     return _prism(
@@ -168,6 +178,8 @@ def cylinder(
         sectors=sectors,
         verbose=verbose,
         prefix=prefix,
+        min_quality=min_quality,
+        max_cells=max_cells,
     )
 
 
@@ -181,7 +193,7 @@ def _sphere_on_root(model, radius: float, sizes: MeshSizes) -> dict:
     _gmsh.set_mesh_options(3)
     _gmsh.set_size_field(model, 2, faces, sizes.bulk, sizes.surface, sizes.grading_width)
     what = f"sphere d = {2 * radius:g} µm"
-    info = _gmsh.generate(model, 3, what)
+    info = _gmsh.generate(model, 3, what, sizes.limits)
     info.update(sizes.as_info())
     info["shape"] = what
     info["reference"] = {"volume": 4.0 / 3.0 * math.pi * radius**3, "reactive_area": 4.0 * math.pi * radius**2}
@@ -198,6 +210,8 @@ def sphere(
     sectors: list | None = None,
     verbose: bool = False,
     prefix: str = "geometry",
+    min_quality: float | None = None,
+    max_cells: int | None = None,
 ) -> ParticleMesh:
     """A sphere of diameter ``diameter_um`` centred at the origin; the whole surface is
     the reactive sector ``"surface"`` (user sectors are not supported on spheres)."""
@@ -216,5 +230,6 @@ def sphere(
         boundary=4.0 * math.pi * r**2,
         tdim=3,
         prefix=prefix,
+        limits=mesh_limits(3, min_quality, max_cells, prefix=prefix, comm=comm),
     )
     return build_particle(comm, lambda model: _sphere_on_root(model, r, sizes), 3, f"sphere d = {d:g} µm", verbose)

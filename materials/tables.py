@@ -299,7 +299,11 @@ def load_table(path, kind: str, *, field: str = "", quantity: str | None = None)
         raise InputError(field, f"table file not found: {path}")
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        from nmcfx.parallel import describe_os_error
+
+        raise InputError(field, f"{path}: {describe_os_error(exc)}") from None
+    except OSError as exc:
         raise InputError(field, f"cannot read {path}: {exc}") from exc
 
     provenance: list[str] = []

@@ -3,6 +3,7 @@
     nmcfx run CONFIG.toml [-o DIR]       run a simulation described by a TOML file
     nmcfx run --example NAME [-o DIR]    run a built-in example (see `nmcfx examples`)
     nmcfx run … -o DIR --resume          continue an interrupted run from its checkpoint
+    nmcfx run … -o DIR --overwrite       replace an earlier run in DIR (refused otherwise)
     nmcfx mesh CONFIG.toml               build only the mesh and report it
     nmcfx materials show NAME [--csv F]  table of θ, D_Li, D_eff, V_oc, dV_oc/dθ, D_chem
     nmcfx examples                       list the built-in examples
@@ -11,7 +12,8 @@
     nmcfx --version
 
 Works the same under ``mpiexec -n N``: every rank runs, rank 0 prints and writes.
-User errors print one line (``nmcfx: error: ...``) and exit with status 2.
+User errors print one line (``nmcfx: error: ...``) and exit with status 2; an error on
+some ranks only ends the whole job (``nmcfx.parallel.ErrorGuard``) instead of hanging it.
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--example", metavar="NAME", help="run a built-in example instead of a file")
     r.add_argument("-o", "--output", metavar="DIR", help="run directory (default: runs/<name>)")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    r.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from DIR/checkpoint (same config, same number of ranks)")
+    again = r.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run from DIR/checkpoint (same config, same number of ranks)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace the results and checkpoint of an earlier run in DIR (refused otherwise)")
 
     m = sub.add_parser("mesh", help="build the mesh of a config and print its summary")
     m.add_argument("config", nargs="?")
@@ -112,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     from mpi4py import MPI
 
     from nmcfx.errors import NmcfxError
+    from nmcfx.parallel import ErrorGuard, describe_os_error
 
     comm = MPI.COMM_WORLD
     parser = _parser()
     args = parser.parse_args(argv)
+    guard = ErrorGuard(comm)  # errors on some ranks only must not hang the others
     try:
         if args.command == "run":
             return _cmd_run(args, comm)
@@ -132,13 +139,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 1
     except NmcfxError as exc:
-        if comm.rank == 0:
-            print(f"nmcfx: error: {exc}", file=sys.stderr)
-        return 2
+        return guard.fail(f"nmcfx: error: {exc}", 2)
+    except (OSError, UnicodeDecodeError) as exc:  # a file problem that no earlier check caught
+        return guard.fail(f"nmcfx: error: {describe_os_error(exc)}", 2)
     except KeyboardInterrupt:
-        if comm.rank == 0:
-            print("nmcfx: interrupted", file=sys.stderr)
-        return 130
+        return guard.fail("nmcfx: interrupted", 130)
+    except Exception:  # a bug: keep its traceback, but never leave the other ranks waiting
+        import traceback
+
+        traceback.print_exc()
+        return guard.fail(None, 1)
 
 
 def _config_source(args) -> tuple[dict, Path, str]:
@@ -158,22 +168,41 @@ def _say(comm, *msg):
 
 
 def _cmd_run(args, comm) -> int:
+    from nmcfx.solver.rundir import check_run_directory
     from nmcfx.solver.run import execute, format_summary, prepare
 
     cfg, base, name = _config_source(args)
-    prepared = prepare(cfg, base_dir=base, comm=comm)
     outdir = Path(args.output) if args.output else Path("runs") / name
+    # refuse a bad or occupied output directory before the (possibly long) meshing
+    check_run_directory(outdir, config=cfg, resume=args.resume, overwrite=args.overwrite, comm=comm)
+    prepared = prepare(cfg, base_dir=base, comm=comm)
     _say(comm, f"nmcfx: {prepared.title or name}")
     _say(comm, prepared.particle.summary())
     for i, s in enumerate(prepared.protocol.steps):
         _say(comm, f"  step {i}: {s.describe()}")
     if args.resume:
         _say(comm, f"  resuming from {outdir / 'checkpoint'}")
-    summary = execute(prepared, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume)
+    summary = execute(prepared, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
+                      overwrite=args.overwrite)
     _say(comm, "summary:")
     _say(comm, format_summary(summary))
-    _say(comm, f"results in {outdir}/ (timeseries.csv, figures *.png, fields theta.bp, metadata.json)")
+    _say(comm, f"results in {outdir}/ ({', '.join(_run_files(prepared.output, outdir))})")
     return 0
+
+
+def _run_files(output, outdir: Path) -> list[str]:
+    """The main files a run wrote, as named in the closing line of ``nmcfx run``."""
+    names = ["timeseries.csv", "steps.csv"]
+    if output.figures:
+        names.append("figures *.png")
+    if output.fields != "none":
+        ext = ".bp" if output.fields == "vtx" else ".xdmf"
+        stem = "fields" if (outdir / f"fields{ext}").exists() else "theta"  # electrodes write fields.*
+        parts = sorted(p.name for p in outdir.glob(f"{stem}-part*{ext}"))
+        names.append("fields " + " + ".join([f"{stem}{ext}", *parts]))
+    if (outdir / "particles.csv").exists():
+        names.insert(2, "particles.csv")
+    return names + ["metadata.json", "summary.json"]
 
 
 def _cmd_mesh(args, comm) -> int:
@@ -196,22 +225,31 @@ def _cmd_materials(args, comm, parser) -> int:
     import numpy as np
 
     from nmcfx.errors import InputError
+    from nmcfx.parallel import collective_errors, run_on_root
+    from nmcfx.paths import check_output_file, figure_suffixes
 
     if not 2 <= args.points <= 10000:
         raise InputError("--points", f"must be in [2, 10000], got {args.points}")
+    if args.csv:
+        run_on_root(comm, check_output_file, args.csv, "--csv")
+    if args.plot:
+        run_on_root(comm, check_output_file, args.plot, "--plot", suffixes=figure_suffixes())
     material = get_material(args.name)
     thetas = np.linspace(0.05, 0.99, args.points)
     table = property_table(material, thetas)
     _say(comm, format_property_table(material, table))
-    if comm.rank == 0:
-        if args.csv:
-            write_property_csv(args.csv, material, table)
-            print(f"written {args.csv}")
-        if args.plot:
-            from nmcfx.materials import plot_properties
+    for option, path in (("--csv", args.csv), ("--plot", args.plot)):
+        if not path:
+            continue
+        with collective_errors(comm, option):
+            if comm.rank == 0:
+                if option == "--csv":
+                    write_property_csv(path, material, table)
+                else:
+                    from nmcfx.materials import plot_properties
 
-            plot_properties(material, args.plot)
-            print(f"written {args.plot}")
+                    plot_properties(material, path)
+        _say(comm, f"written {path}")
     return 0
 
 

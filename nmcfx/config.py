@@ -4,6 +4,7 @@
     [geometry]   -> nmcfx.geometries.geometry_from_config   (shape, sizes in µm, sectors)
     [material]   -> nmcfx.materials.material_from_config    (constants, user CSV tables)
     [surface]    -> nmcfx.solver.surface.SurfaceSettings    (flux or Butler–Volmer, blocked sectors)
+    [electrode]  -> nmcfx.solver.electrode.ElectrodeSettings (composite electrode: conductivities, electrolyte)
     [protocol]   -> nmcfx.solver.protocol                   (steps: charge / discharge / rest)
     [solver]     -> nmcfx.solver.simulation.SolverSettings  (element degree, time stepping, PETSc)
     [output]     -> nmcfx.solver.outputs.OutputSettings     (snapshots, fields, figures)
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from nmcfx.errors import InputError
 
-TOP_LEVEL_KEYS = ("title", "geometry", "material", "surface", "protocol", "solver", "output")
+TOP_LEVEL_KEYS = ("title", "geometry", "material", "surface", "electrode", "protocol", "solver", "output")
 
 
 def read_toml(path: str | Path) -> dict:

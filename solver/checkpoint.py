@@ -1,31 +1,41 @@
 """Checkpoint and resume of a run (``nmcfx run … --resume``).
 
-A checkpoint lives in ``<run dir>/checkpoint/``: ``state.json`` (time, protocol position,
-step-size history, Li ledger, every time-series record, observer state) written by rank 0,
-and one ``rank<r>.npz`` per rank with the owned DOF values of θ_n and θ_{n-1}, and
-``observers.npz`` with the figure data gathered so far (rank 0). Files are
-written to temporary names and renamed, and ``state.json`` (the commit point) last, so a
-run killed mid-write resumes from the previous complete checkpoint.
+A checkpoint lives in ``<run dir>/checkpoint/``:
 
-Resuming needs the same config (checked by hash) and the same number of MPI ranks (the
-mesh partition, hence the DOF layout, depends on it).
+* ``state.json`` — the controller's state (time, protocol position, step sizes, BDF history
+  flag, Li ledger, the GITT skip state, the capacity at the start of the current step,
+  counters, observer count) and how many history records and step-log entries belong to it;
+  written last, to a temporary name and renamed: it is the commit point;
+* ``history.jsonl``, ``steps.jsonl`` — the time-series records and protocol-step log,
+  **appended** at every save (never rewritten), so a checkpoint costs the same at step 100 000
+  as at step 10; lines beyond the counts in ``state.json`` (a save interrupted after appending)
+  are ignored on resume;
+* ``rank<r>.npz`` — the owned DOF values of every field's history (θ_n, θ_{n−1}, and the
+  potentials — e.g. the particle potential of a Butler–Volmer run) per MPI rank;
+* ``observers.npz`` — what the observers need to redraw their figures (rank 0).
+
+Resuming needs the same config (checked by hash) and the same number of MPI ranks (the mesh
+partition, hence the DOF layout, depends on it); a damaged checkpoint is reported in one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nmcfx.errors import InputError
 
-from .simulation import StepRecord
-
-FORMAT = 1
+FORMAT = 2
+STATE_KEYS = ("format", "config_hash", "mpi_size", "num_dofs", "t", "k", "t_step_start", "dt", "dt_prev",
+              "have_prev", "ledger", "ledger_prev", "I0", "obs", "snaps", "counters", "n_history", "n_steps",
+              "observers", "skip_group", "step_capacity0")
 
 
 def config_hash(cfg: dict) -> str:
@@ -39,6 +49,8 @@ class Checkpointer:
         self.hash = config_hash(config)
         self.every = every_wall_s
         self._last = time.monotonic()
+        self._written_history = 0  # records already appended to history.jsonl (rank 0)
+        self._written_steps = 0
 
     @property
     def state_file(self) -> Path:
@@ -55,13 +67,16 @@ class Checkpointer:
     # ------------------------------------------------------------------ write
     def save(self, sim, *, k, t_step_start, dt, obs, snaps):
         sv, comm = sim.solver, self.comm
-        n = sv._n_owned
         if comm.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
+            if self._written_history == 0 and self._written_steps == 0:
+                # a fresh run (or the first save after a resume, which rewrote the valid prefix)
+                for name in ("history.jsonl", "steps.jsonl"):
+                    (self.dir / name).unlink(missing_ok=True)
         comm.Barrier()
         arrays = self.dir / f"rank{comm.rank}.npz"
         tmp = self.dir / f"rank{comm.rank}.tmp.npz"
-        np.savez(tmp, theta_n=sv.theta_n.x.array[:n], theta_nm1=sv.theta_nm1.x.array[:n])
+        np.savez(tmp, **sv.problem.state_arrays())
         tmp.replace(arrays)
         observers = [o.state() if hasattr(o, "state") else {} for o in sim.observers]
         comm.Barrier()
@@ -71,6 +86,10 @@ class Checkpointer:
             tmp_obs = self.dir / "observers.tmp.npz"
             np.savez(tmp_obs, **flat)
             tmp_obs.replace(self.dir / "observers.npz")
+            self._append(self.dir / "history.jsonl", [_record_dict(r) for r in sim.history[self._written_history:]])
+            self._written_history = len(sim.history)
+            self._append(self.dir / "steps.jsonl", sim.step_log[self._written_steps:])
+            self._written_steps = len(sim.step_log)
             c = sv.counters
             state = {
                 "format": FORMAT,
@@ -90,9 +109,11 @@ class Checkpointer:
                 "snaps": list(snaps),
                 "counters": {"steps": c.steps, "rejected_steps": c.rejected_steps,
                              "newton_iterations": c.newton_iterations, "linear_iterations": c.linear_iterations},
-                "history": [asdict(r) for r in sim.history],
-                "step_log": sim.step_log,
+                "n_history": len(sim.history),
+                "n_steps": len(sim.step_log),
                 "observers": len(observers),
+                "skip_group": sim._skip_group,
+                "step_capacity0": sim._step_capacity0,
             }
             tmp_state = self.dir / "state.json.tmp"
             tmp_state.write_text(json.dumps(state, default=_jsonable))
@@ -100,17 +121,31 @@ class Checkpointer:
         comm.Barrier()
         self._last = time.monotonic()
 
+    @staticmethod
+    def _append(path: Path, rows: list):
+        if not rows:
+            path.touch()
+            return
+        with open(path, "a") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, default=_jsonable) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
     # ------------------------------------------------------------------ read
     def load(self, sim) -> dict:
+        """Restore ``sim`` (controller and every field) from the checkpoint; returns the state."""
         comm = self.comm
-        state = None
-        if comm.rank == 0 and self.state_file.is_file():
-            state = json.loads(self.state_file.read_text())
-        state = comm.bcast(state, root=0)
-        if state is None:
-            raise InputError("--resume", f"no checkpoint in {self.dir}")
-        if state.get("format") != FORMAT:
-            raise InputError("--resume", f"checkpoint format {state.get('format')} is not {FORMAT}")
+        payload = None
+        if comm.rank == 0:
+            try:
+                payload = ("ok", self._read_rank0())
+            except InputError as exc:
+                payload = ("error", str(exc).split(": ", 1)[-1])
+        payload = comm.bcast(payload, root=0)
+        if payload[0] == "error":
+            raise InputError("--resume", payload[1])
+        state, history, steps, observers = payload[1]
         if state["config_hash"] != self.hash:
             raise InputError("--resume", "the config differs from the one of the checkpointed run")
         if state["mpi_size"] != comm.size:
@@ -119,32 +154,87 @@ class Checkpointer:
         sv = sim.solver
         if state["num_dofs"] != sv.num_dofs:
             raise InputError("--resume", "the mesh differs from the checkpointed run")
-        data = np.load(self.dir / f"rank{comm.rank}.npz")
-        n = sv._n_owned
-        for name, f in (("theta_n", sv.theta_n), ("theta_nm1", sv.theta_nm1)):
-            if data[name].shape != (n,):
-                raise InputError("--resume", "the DOF layout differs from the checkpointed run")
-            f.x.array[:n] = data[name]
-            f.x.scatter_forward()
-        sv.theta.x.array[:] = sv.theta_n.x.array
+        problem = None
+        try:
+            with np.load(self.dir / f"rank{comm.rank}.npz") as data:
+                sv.problem.load_state_arrays(data)
+        except (OSError, ValueError, KeyError, EOFError) as exc:
+            problem = f"rank{comm.rank}.npz is damaged or from another mesh ({type(exc).__name__}: {exc})"
+        problem = comm.allgather(problem)
+        bad = next((p for p in problem if p), None)
+        if bad:
+            raise InputError("--resume", f"the checkpoint in {self.dir} cannot be used: {bad}; "
+                                         "run again without --resume (with --overwrite) to start afresh")
         sim.t = state["t"]
         sim._dt_prev = state["dt_prev"]
         sim._have_prev = state["have_prev"]
         sim._ledger = state["ledger"]
         sim._ledger_prev = state["ledger_prev"]
         sim._I0 = state["I0"]
+        sim._skip_group = state["skip_group"]
+        sim._step_capacity0 = state["step_capacity0"]
+        for key, val in state["counters"].items():
+            setattr(sv.counters, key, val)
+        sim.history = [sim.record_from_dict(r) for r in history]
+        sim.step_log = steps
+        self._written_history = 0  # the next save rewrites the valid prefix (dropping a torn tail)
+        self._written_steps = 0
+        state["observers"] = observers if comm.rank == 0 else [{} for _ in range(state["observers"])]
+        return state
+
+    def _read_rank0(self):
+        d = self.dir
+        if not self.state_file.is_file():
+            raise InputError("--resume", f"no checkpoint in {d} to resume from")
+        damaged = f"the checkpoint in {d} is damaged"
+        hint = "; run again without --resume (with --overwrite) to start afresh"
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError("--resume", f"{damaged} (state.json: {exc}){hint}") from None
+        if not isinstance(state, dict):
+            raise InputError("--resume", f"{damaged} (state.json is not a table){hint}")
+        if state.get("format") != FORMAT:
+            raise InputError("--resume", f"the checkpoint in {d} has format {state.get('format')!r}, this nmcfx "
+                                         f"writes {FORMAT}{hint}")
+        missing = [k for k in STATE_KEYS if k not in state]
+        if missing:
+            raise InputError("--resume", f"{damaged} (state.json lacks {missing}){hint}")
+        for key in ("t", "dt", "ledger", "I0"):
+            v = state[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise InputError("--resume", f"{damaged} (state.json: {key} = {v!r}){hint}")
+        if state["t"] < 0 or state["dt"] <= 0:
+            raise InputError("--resume", f"{damaged} (state.json: t = {state['t']!r}, dt = {state['dt']!r}){hint}")
+        history = self._read_lines(d / "history.jsonl", state["n_history"], damaged, hint)
+        steps = self._read_lines(d / "steps.jsonl", state["n_steps"], damaged, hint)
         observers = [{} for _ in range(state["observers"])]
-        if comm.rank == 0:
-            with np.load(self.dir / "observers.npz") as obs_data:
+        try:
+            with np.load(d / "observers.npz") as obs_data:
                 for key in obs_data.files:
                     i, name = key.split(":", 1)
                     observers[int(i)][name] = obs_data[key]
-        state["observers"] = observers
-        for key, val in state["counters"].items():
-            setattr(sv.counters, key, val)
-        sim.history = [StepRecord(**r) for r in state["history"]]
-        sim.step_log = state["step_log"]
-        return state
+        except (OSError, ValueError, KeyError, EOFError, IndexError) as exc:
+            raise InputError("--resume", f"{damaged} (observers.npz: {exc}){hint}") from None
+        return state, history, steps, observers
+
+    @staticmethod
+    def _read_lines(path: Path, n: int, damaged: str, hint: str) -> list:
+        if n == 0:
+            return []
+        try:
+            with open(path) as fh:
+                lines = [next(fh) for _ in range(n)]
+            return [json.loads(ln) for ln in lines]
+        except (OSError, StopIteration, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError("--resume", f"{damaged} ({path.name}: fewer than the {n} valid records the state "
+                                         f"names, {type(exc).__name__}){hint}") from None
+
+
+def _record_dict(r) -> dict:
+    if is_dataclass(r):
+        return asdict(r)
+    return dict(r)
 
 
 def _jsonable(o):

@@ -22,9 +22,11 @@ from mpi4py import MPI
 from nmcfx.errors import InputError
 
 from .checkpoint import Checkpointer
+from .consistency import check_tables_together
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import sector_weights
+from .rundir import prepare_run_directory
 from .simulation import Simulation, SolverSettings
 from .surface import SurfaceSettings
 from .transport import TransportSolver
@@ -36,7 +38,7 @@ FRONT_DROP = 0.05
 @dataclass
 class PreparedRun:
     config: dict
-    particle: object
+    particle: object  # a ParticleMesh, or an ElectrodeMesh for a composite electrode
     material: object
     protocol: Protocol
     surface: SurfaceSettings
@@ -44,6 +46,12 @@ class PreparedRun:
     output: OutputSettings
     title: str
     base_dir: Path
+    electrode: object = None  # ElectrodeSettings of a composite electrode, else None
+    materials: list | None = None  # one material per particle (electrode)
+
+    @property
+    def is_electrode(self) -> bool:
+        return self.electrode is not None
 
 
 def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> PreparedRun:
@@ -58,17 +66,73 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
     material = material_from_config(cfg.get("material", {}), base_dir)
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
     surface = SurfaceSettings.from_dict(cfg.get("surface"))
-    if surface.model == "flux":
+    if surface.model == "flux" and not is_electrode_config(cfg):  # electrodes always use Butler–Volmer
         for i, st in enumerate(protocol.steps):
             if st.kind == "hold":
                 raise InputError(f"protocol.steps[{i}]",
                                  "a constant-voltage hold needs [surface] model = 'butler_volmer'")
     solver = SolverSettings.from_dict(cfg.get("solver"))
     output = OutputSettings.from_dict(cfg.get("output"))
+    title = cfg.get("title", "")
+    if is_electrode_config(cfg):
+        return _prepare_electrode(cfg, material, protocol, surface, solver, output, title, base_dir, comm)
+    if "electrode" in cfg:
+        raise InputError("electrode", "the [electrode] table needs [geometry] shape = 'electrode' or 'electrode_3d'")
     particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
     surface.check_sectors(particle)
-    title = cfg.get("title", "")
+    check_stop_quantities(protocol, ())
+    check_tables_together(protocol, material, surface, output, particle)  # voltage at start, snapshots, line cut
     return PreparedRun(cfg, particle, material, protocol, surface, solver, output, title, base_dir)
+
+
+def is_electrode_config(cfg: dict) -> bool:
+    geo = cfg.get("geometry") or {}
+    return isinstance(geo, dict) and geo.get("shape") in ("electrode", "electrode_3d")
+
+
+def check_stop_quantities(protocol: Protocol, particle_names) -> None:
+    """Per-particle stop quantities (``theta_mean_<name>``) need an electrode with that particle."""
+    from .electrode import particle_quantities
+    from .protocol import STOP_QUANTITIES
+
+    allowed = set(STOP_QUANTITIES) | set(particle_quantities(particle_names))
+    for i, st in enumerate(protocol.steps):
+        for c in st.until:
+            if c.quantity not in allowed:
+                where = (f"particles are {list(particle_names)}" if particle_names
+                         else "per-particle quantities need an electrode geometry")
+                raise InputError(f"protocol.steps[{i}].until", f"unknown quantity {c.quantity!r} ({where})")
+
+
+def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, base_dir, comm) -> PreparedRun:
+    from nmcfx.geometries.electrode import electrode_from_config
+    from nmcfx.materials import get_material
+
+    from .electrode import ElectrodeSettings, particle_materials
+
+    if "surface" in cfg and surface.model != "butler_volmer":
+        raise InputError("surface.model", "an electrode always uses Butler–Volmer kinetics; remove the [surface] "
+                                          "model key or set it to 'butler_volmer'")
+    if surface.blocking or surface.rocksalt_thickness_nm:
+        raise InputError("surface", "blocked sectors are defined on single particles, not on an electrode")
+    surface = SurfaceSettings(model="butler_volmer",
+                              electrolyte_concentration_ratio=surface.electrolyte_concentration_ratio)
+    settings = ElectrodeSettings.from_dict(cfg.get("electrode"))
+    from nmcfx.materials.conductivity import load_conductivity_table
+
+    load_conductivity_table(settings.nmc_conductivity_csv, base_dir=base_dir)  # validated before meshing
+    electrode = electrode_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
+    check_stop_quantities(protocol, [p["name"] for p in electrode.particles])
+
+    def other(name, p):
+        try:
+            return get_material(name)
+        except InputError as exc:
+            raise InputError(f"geometry.particles[{p['name']}].material", str(exc).split(": ", 1)[-1]) from None
+
+    materials = particle_materials(electrode, material, other)
+    return PreparedRun(cfg, electrode, material, protocol, surface, solver, output, title, base_dir,
+                       electrode=settings, materials=materials)
 
 
 def default_snapshots_s(protocol: Protocol) -> list[float]:
@@ -79,26 +143,18 @@ def default_snapshots_s(protocol: Protocol) -> list[float]:
 
 
 def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progress: bool | None = None,
-            resume: bool = False, observers=()) -> dict:
+            resume: bool = False, overwrite: bool = False, observers=()) -> dict:
     """Run into ``outdir``. With ``resume`` continue from ``outdir/checkpoint`` (same config, same ranks).
+    A directory holding an earlier run is refused unless ``overwrite`` (see :mod:`.rundir`).
 
     ``observers``: extra :class:`Simulation` observers (studies record what they need this way).
     """
     outdir = Path(outdir)
+    # refuse (on every rank, writing nothing) or create the directory; earlier results are kept unless overwrite
+    prepare_run_directory(outdir, config=run.config, resume=resume, overwrite=overwrite, comm=comm)
     checkpoint = Checkpointer(outdir / "checkpoint", comm, run.config, every_wall_s=run.solver.checkpoint_wall_s)
-    if resume and not checkpoint.exists():
-        raise InputError("--resume", f"no checkpoint in {outdir / 'checkpoint'} to resume from")
-    if comm.rank == 0:
-        outdir.mkdir(parents=True, exist_ok=True)
-        for stale in ("summary.json",) if resume else ("summary.json", "timeseries.csv", "steps.csv",
-                                                       "line_profiles.csv", "checkpoint/state.json"):
-            (outdir / stale).unlink(missing_ok=True)
-    comm.Barrier()
     wall0 = time.perf_counter()
     st = run.solver
-    sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
-                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
-                         surface=run.surface, sector_weights=sector_weights(run.surface, run.particle, run.material))
     snaps = ([60.0 * t for t in run.output.snapshot_times_min] if run.output.snapshot_times_min is not None
              else default_snapshots_s(run.protocol))
     out_settings = run.output
@@ -106,8 +162,23 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         from dataclasses import replace
 
         out_settings = replace(out_settings, progress=progress)
-    outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-    sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs, *observers])
+    if run.is_electrode:
+        from .electrode import ElectrodeModel, ElectrodeSimulation
+        from .electrode_outputs import ElectrodeOutputs
+
+        sv = ElectrodeModel(run.particle, run.materials, run.electrode, degree=st.degree,
+                            mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
+                            concentration_ratio=run.surface.electrolyte_concentration_ratio)
+        outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
+        sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
+                                  observers=[outputs, *observers])
+    else:
+        sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
+                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
+                             surface=run.surface,
+                             sector_weights=sector_weights(run.surface, run.particle, run.material))
+        outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
+        sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs, *observers])
     if comm.rank == 0:
         write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), metadata(run, sv, comm))
     try:
@@ -115,7 +186,8 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
     finally:
         outputs.close()
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
-    summary = summarize(sim, wall, title=run.title)
+    summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
+                                                                                                   title=run.title)
     if comm.rank == 0:
         write_json(outdir / "summary.json", summary)
     return summary
@@ -164,7 +236,55 @@ def summarize(sim: Simulation, wall_s: float, title: str = "") -> dict:
     }
 
 
+def summarize_electrode(sim, wall_s: float, title: str = "") -> dict:
+    """Headline numbers of an electrode run: cell-level and per-particle (onsets, capacities)."""
+    from .electrode_outputs import particle_table
+
+    h = sim.history
+    last = h[-1]
+    c = sim.solver.counters
+    rows = particle_table(sim)
+    charges = {}
+    for r in rows:
+        charges.setdefault(r["step"], []).append(r)
+    steps = []
+    for k, rs in charges.items():
+        onsets = [r["onset_h"] for r in rs]
+        finite = [o for o in onsets if o == o]
+        steps.append({"step": k, "description": rs[0]["description"],
+                      "onset_h": {r["particle"]: r["onset_h"] for r in rs},
+                      "onset_spread_h": (max(finite) - min(finite)) if len(finite) > 1 else None,
+                      "capacity_mAh_g": next(s["capacity_mAh_g"] for s in sim.step_log if s["index"] == k)})
+    return {
+        "title": title,
+        "geometry": "electrode",
+        "particles": [p["name"] for p in sim.solver.electrode.particles],
+        "end_time_min": last["time_s"] / 60.0,
+        "end_time_h": last["time_s"] / 3600.0,
+        "voltage_final_V": last["voltage_V"],
+        "theta_mean_final": last["theta_mean"],
+        "capacity_mAh_g": last["capacity_mAh_g"],
+        "li_extracted_mol": last["li_extracted_mol"],
+        "li_extracted_basis": (f"per {sim.settings.thickness_um:g} µm of depth (2D cross-section)"
+                               if sim.dim == 2 else "whole electrode"),
+        "max_abs_mass_balance_error": float(max(abs(r["mass_balance_error"]) for r in h)),
+        "max_abs_charge_balance_error": float(max(abs(r["charge_balance_error"]) for r in h)),
+        "charge_steps": steps,
+        "dofs": sim.solver.num_dofs,
+        "steps": c.steps,
+        "rejected_steps": c.rejected_steps,
+        "newton_iterations": c.newton_iterations,
+        "linear_iterations": c.linear_iterations,
+        "assembly_time_s": sim.solver.comm.allreduce(c.assembly_time, op=MPI.MAX),
+        "wall_time_s": wall_s,
+        "mpi_size": sim.solver.comm.size,
+        "protocol_steps": sim.step_log,
+    }
+
+
 def format_summary(s: dict) -> str:
+    if s.get("geometry") == "electrode":
+        return format_electrode_summary(s)
     arrival = "not reached" if s["front_at_center_min"] is None else f"{s['front_at_center_min']:.1f} min"
     lines = [
         f"  simulated time        {s['end_time_min']:.1f} min",
@@ -180,10 +300,31 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def metadata(run: PreparedRun, sv: TransportSolver, comm) -> dict:
+def format_electrode_summary(s: dict) -> str:
+    lines = [
+        f"  simulated time        {s['end_time_h']:.2f} h",
+        f"  cell voltage at end   {s['voltage_final_V']:.4f} V   (mean θ {s['theta_mean_final']:.4f})",
+        f"  capacity              {s['capacity_mAh_g']:.1f} mAh/g (+ = charge, net)",
+    ]
+    for st in s["charge_steps"]:
+        on = ", ".join(f"{k} {v:.2f}" if v == v else f"{k} –" for k, v in st["onset_h"].items())
+        spread = "–" if st["onset_spread_h"] is None else f"{st['onset_spread_h']:.2f} h"
+        lines.append(f"  step {st['step']} {st['description'][:28]:<28s} {st['capacity_mAh_g']:7.1f} mAh/g, onset "
+                     f"spread {spread}")
+        lines.append(f"      onsets (h): {on}")
+    lines += [
+        f"  balances              Li {s['max_abs_mass_balance_error']:.1e}, charge "
+        f"{s['max_abs_charge_balance_error']:.1e} (relative, worst step)",
+        f"  cost                  {s['dofs']} DOFs, {s['steps']} steps ({s['rejected_steps']} retried), "
+        f"{s['newton_iterations']} Newton iterations, {s['mpi_size']} rank(s)",
+        f"  wall time             {s['wall_time_s']:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def metadata(run: PreparedRun, sv, comm) -> dict:
     from nmcfx import __version__
 
-    p = run.particle
     return {
         "nmcfx_version": __version__,
         "git_revision": git_revision(),
@@ -196,12 +337,12 @@ def metadata(run: PreparedRun, sv: TransportSolver, comm) -> dict:
         "config": run.config,
         "resolved": {
             "title": run.title,
-            "geometry": {"dim": p.dim, "measure": p.measure, "boundary_measure": p.boundary_measure,
-                         "sectors": p.sectors, "sector_measure": p.sector_measure,
-                         "reactive_sectors": list(p.reactive_sectors), "centroid": list(p.centroid),
-                         "info": p.info},
+            "geometry": _geometry_metadata(run),
             "material": run.material.describe() if hasattr(run.material, "describe") else repr(run.material),
             "surface": run.surface.to_dict() | {"sector_weights": sv_weights(sv)},
+            **({"electrode": run.electrode.to_dict() | {"nmc_conductivity": sv.sigma.describe(),
+                                                        "particle_materials": [m.describe() for m in run.materials]}}
+               if run.is_electrode else {}),
             "protocol": {"initial_theta": run.protocol.initial_theta,
                          "steps": [s.describe() for s in run.protocol.steps]},
             "solver": run.solver.to_dict() | {"petsc_options": sv.petsc_options, "dofs": sv.num_dofs},
@@ -210,8 +351,17 @@ def metadata(run: PreparedRun, sv: TransportSolver, comm) -> dict:
     }
 
 
+def _geometry_metadata(run: PreparedRun) -> dict:
+    p = run.particle
+    if run.is_electrode:
+        return {"dim": p.dim, "particles": p.particles, "info": p.info}
+    return {"dim": p.dim, "measure": p.measure, "boundary_measure": p.boundary_measure, "sectors": p.sectors,
+            "sector_measure": p.sector_measure, "reactive_sectors": list(p.reactive_sectors),
+            "centroid": list(p.centroid), "info": p.info}
+
+
 def sv_weights(sv) -> dict:
-    return {s: float(c.value) for s, c in sv.eta.items()}
+    return {s: float(c.value) for s, c in getattr(sv, "eta", {}).items()}
 
 
 def package_versions() -> dict:

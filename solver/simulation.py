@@ -46,12 +46,17 @@ class SolverSettings:
         if extra:
             raise InputError("solver", f"unknown key(s) {sorted(extra)}; allowed: {sorted(names)}")
         out = {}
-        for key in ("dt_initial_s", "dt_min_s", "dt_max_s", "theta_tol", "event_tol", "thickness_um",
-                    "checkpoint_wall_s"):
+        # allowed ranges (lower bound excluded): θ tolerances are absolute occupancies in (0, 1)
+        ranges = {"dt_initial_s": (0.0, 1e6, "s"), "dt_min_s": (0.0, 1e3, "s"), "dt_max_s": (0.0, 1e6, "s"),
+                  "theta_tol": (0.0, 0.05, ""), "event_tol": (0.0, 0.01, ""), "thickness_um": (0.0, 1e4, "µm"),
+                  "checkpoint_wall_s": (0.0, 1e7, "s")}
+        for key, (lo, hi, unit) in ranges.items():
             if key in d:
                 v = d[key]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                    raise InputError(f"solver.{key}", f"must be a positive number, got {v!r}")
+                if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                        or not lo < v <= hi):
+                    rng = f"({lo:g}, {hi:g}]" + (f" {unit}" if unit else "")
+                    raise InputError(f"solver.{key}", f"must be a number in {rng}, got {v!r}")
                 out[key] = float(v)
         if "growth_max" in d:
             v = d["growth_max"]
@@ -73,7 +78,9 @@ class SolverSettings:
         if "petsc_options" in d:
             if not isinstance(d["petsc_options"], dict):
                 raise InputError("solver.petsc_options", "must be a table of PETSc option names to values")
-            out["petsc_options"] = dict(d["petsc_options"])
+            from .petsc_options import check_petsc_options  # a throw-away PETSc set-up: fails here, not mid-run
+
+            out["petsc_options"] = check_petsc_options(dict(d["petsc_options"]))
         s = cls(**out)
         if s.dt_min_s > s.dt_max_s or s.dt_initial_s > s.dt_max_s:
             raise InputError("solver", "need dt_min_s <= dt_initial_s <= dt_max_s")
@@ -125,6 +132,23 @@ class Simulation:
         self.settings = settings
         self.observers = list(observers)
         self.snapshot_times = sorted(float(t) for t in snapshot_times_s)
+        self.li_rich_drop = li_rich_drop
+        self.t = 0.0
+        self.history: list = []
+        self.step_log: list[dict] = []
+        self._ledger = 0.0  # Li that left through the surface, µm^d of θ (the scheme's own quadrature)
+        self._ledger_prev = 0.0
+        self._I0 = None
+        self._dt_prev = None
+        self._have_prev = False
+        self._checkpoint = None
+        self._skip_group = None  # a GITT sequence ended by its stop condition
+        self._step_capacity0 = 0.0  # capacity at the start of the current protocol step
+        self._setup(center)
+
+    def _setup(self, center):
+        """What the single particle observes: its area, reactive perimeter, blocking, centre probe."""
+        solver, material = self.solver, self.material
         p = solver.particle
         self.dim = p.dim
         self.area = solver.volume  # µm² (2D) or µm³ (3D), from the mesh
@@ -134,18 +158,19 @@ class Simulation:
         # blocking factors η_s (Lun 2025), owned by the solver (they enter its kinetics)
         self.sector_weights = {s: float(solver.eta[s].value) for s in reactive}
         self._j_per_mA_g = material.current_density_for_specific_current(1.0, self.area, self.perimeter)
-        self.li_rich_drop = li_rich_drop
         center = p.centroid if center is None else center
         solver.add_probe("center", np.atleast_2d(np.asarray(center, dtype=float)))
-        self.t = 0.0
-        self.history: list[StepRecord] = []
-        self.step_log: list[dict] = []
-        self._ledger = 0.0  # Li that left through the surface, µm^d of θ (the scheme's own quadrature)
-        self._ledger_prev = 0.0
-        self._I0 = None
-        self._dt_prev = None
-        self._have_prev = False
-        self._checkpoint = None
+
+    def record_from_dict(self, d: dict):
+        """A history record from its checkpointed form."""
+        return StepRecord(**d)
+
+    def _transient(self) -> list:
+        """(u, u_n, u_{n-1}) functions of every transient field (predictor, error estimate)."""
+        sv = self.solver
+        if hasattr(sv, "transient_fields"):
+            return [(f.u, f.u_n, f.u_nm1) for f in sv.transient_fields]
+        return [(sv.theta, sv.theta_n, sv.theta_nm1)]
 
     # ------------------------------------------------------------------ physics glue
     def current_density(self, step: Step) -> float:
@@ -225,7 +250,16 @@ class Simulation:
     # ------------------------------------------------------------------ main loop
     def run(self, checkpoint=None, resume: bool = False):
         """Integrate the whole protocol. ``checkpoint``: a :class:`Checkpointer` (optional);
-        with ``resume`` the run continues from its last saved state."""
+        with ``resume`` the run continues from its last saved state.
+
+        Ctrl-C (SIGINT) is honoured at the end of the current time step: the state is
+        checkpointed (if a checkpointer is given) and ``KeyboardInterrupt`` is raised."""
+        from .problem import _sigint_as_flag
+
+        with _sigint_as_flag(self.solver.problem):
+            return self._run(checkpoint, resume)
+
+    def _run(self, checkpoint, resume):
         sv, st = self.solver, self.settings
         self._checkpoint = checkpoint
         if resume:
@@ -245,29 +279,41 @@ class Simulation:
             while snaps and snaps[0] <= 1e-12:
                 self._snapshot(snaps.pop(0))
             dt, k0, t_start0 = st.dt_initial_s, 0, 0.0
-        skip_group = None
+            self._step_capacity0 = self._capacity()
         for k in range(k0, len(self.protocol.steps)):
             step = self.protocol.steps[k]
-            if step.group is not None and step.group == skip_group:
+            if step.group is not None and step.group == self._skip_group:
                 continue  # a condition ended this GITT sequence
             t_start = t_start0 if k == k0 else self.t
-            cap0 = self._capacity()
+            if k != k0:
+                self._step_capacity0 = self._capacity()
             dt, obs, reason = self._run_step(k, step, dt, obs, snaps, t_start)
             if reason.startswith("reached") and step.group is not None:
-                skip_group = step.group
+                self._skip_group = step.group
             info = {"index": k, "label": step.label, "description": step.describe(), "start_time_s": t_start,
-                    "end_time_s": self.t, "reason": reason, "capacity_mAh_g": self._capacity() - cap0, **obs}
+                    "end_time_s": self.t, "reason": reason,
+                    "capacity_mAh_g": self._capacity() - self._step_capacity0, **obs}
             self.step_log.append(info)
             for o in self.observers:
                 o.step_end(self, info)
             # the flux jumps at a step boundary: restart the history (BDF2 → one BE step)
             self._have_prev = False
             if k + 1 < len(self.protocol.steps):
+                self._step_capacity0 = self._capacity()
                 self._save(k + 1, self.t, dt, obs, snaps, force=True)
+                self._check_interrupt(k + 1, self.t, dt, obs, snaps)
         # snapshots requested beyond the end of the protocol are not reached
         for o in self.observers:
             o.finish(self)
         return self.history
+
+    def _check_interrupt(self, k, t_step_start, dt, obs, snaps):
+        """After an accepted step: a Ctrl-C on any rank checkpoints here and stops all ranks."""
+        pb = self.solver.problem
+        if bool(pb.comm.allreduce(pb.interrupted, op=_lor())):
+            if self._checkpoint is not None:
+                self._checkpoint.save(self, k=k, t_step_start=t_step_start, dt=dt, obs=obs, snaps=snaps)
+            raise KeyboardInterrupt
 
     def _capacity(self) -> float:
         """Specific charge passed so far (mAh/g, + = charge)."""
@@ -283,15 +329,7 @@ class Simulation:
 
     def _run_step(self, k: int, step: Step, dt: float, obs: dict, snaps: list, t_start: float):
         sv, st = self.solver, self.settings
-        if sv.kinetics:
-            if step.kind == "hold":
-                sv.set_control("voltage", step.voltage_V)
-            else:
-                sv.set_control("current", self.current_density(step))
-        else:
-            if step.kind == "hold":
-                raise InputError(f"protocol.steps[{k}]", "a constant-voltage hold needs surface.model = 'butler_volmer'")
-            sv.set_fluxes(self.sector_fluxes(self.current_density(step)))
+        self._apply_controls(k, step)
         outflow = sv.boundary_outflow()
         t_end = t_start + step.duration_s if step.duration_s is not None else math.inf
         # a condition already met at the start ends the step at once
@@ -315,6 +353,9 @@ class Simulation:
             if res.converged and sv.kinetics:
                 outflow = sv.boundary_outflow()  # the current at the new state (CV holds: varies)
             if not res.converged:
+                if sv.problem.interrupted:  # stopped by Ctrl-C: back to the last accepted state
+                    sv.problem.restore()
+                    self._check_interrupt(k, t_start, dt, obs, snaps)
                 sv.counters.rejected_steps += 1
                 dt *= 0.25
                 locating = None
@@ -357,26 +398,44 @@ class Simulation:
                     return self._next_dt(dt, err, order), obs, "duration"
             dt = self._next_dt(dt, err, order)
             self._save(k, t_start, dt, obs, snaps)
+            self._check_interrupt(k, t_start, dt, obs, snaps)
+
+    def _apply_controls(self, k: int, step: Step):
+        """Set the solver's controls for protocol step ``step``: the current (or, for a hold, the
+        voltage) with kinetics; the sector fluxes without."""
+        sv = self.solver
+        if sv.kinetics:
+            if step.kind == "hold":
+                sv.set_control("voltage", step.voltage_V)
+            else:
+                sv.set_control("current", self.current_density(step))
+        else:
+            if step.kind == "hold":
+                raise InputError(f"protocol.steps[{k}]", "a constant-voltage hold needs surface.model = 'butler_volmer'")
+            sv.set_fluxes(self.sector_fluxes(self.current_density(step)))
 
     def _predict(self, dt: float):
-        sv = self.solver
+        """Linear extrapolation of every transient field (a list of arrays), or None."""
         if not self._have_prev or self._dt_prev is None:
             return None
-        slope = (sv.theta_n.x.array - sv.theta_nm1.x.array) / self._dt_prev
-        guess = sv.theta_n.x.array + dt * slope
-        return np.clip(guess, 1e-6, 1 - 1e-6)
+        out = []
+        for _, u_n, u_nm1 in self._transient():
+            slope = (u_n.x.array - u_nm1.x.array) / self._dt_prev
+            out.append(np.clip(u_n.x.array + dt * slope, 1e-6, 1 - 1e-6))
+        return out
 
     def _error_estimate(self, guess, dt: float, order: int) -> float:
         """Max-norm estimate of the local truncation error in θ of the step just solved."""
         sv = self.solver
+        fields = self._transient()
         if guess is None:
             # first step of a segment: compare with the explicit Euler-free bound |Δθ|/2
-            diff = np.abs(sv.theta.x.array - sv.theta_n.x.array).max(initial=0.0) * 0.5
+            diff = max(np.abs(u.x.array - u_n.x.array).max(initial=0.0) for u, u_n, _ in fields) * 0.5
             return float(sv.comm.allreduce(diff, op=max_op()))
         # BE: θ_BE − θ_pred ≈ dt (dt + h/2) θ'' and LTE_BE = dt² θ''/2. For BDF2 the same
         # quantity over-estimates the (third-order) local error: a conservative control.
         h = self._dt_prev
-        diff = np.abs(sv.theta.x.array - guess).max(initial=0.0)
+        diff = max(np.abs(u.x.array - g).max(initial=0.0) for (u, _, _), g in zip(fields, guess))
         return float(sv.comm.allreduce(diff * dt / (2 * dt + h), op=max_op()))
 
     def _next_dt(self, dt: float, err: float, order: int) -> float:  # noqa: ARG002
@@ -433,3 +492,9 @@ def max_op():
     from mpi4py import MPI
 
     return MPI.MAX
+
+
+def _lor():
+    from mpi4py import MPI
+
+    return MPI.LOR

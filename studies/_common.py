@@ -121,6 +121,65 @@ def _fmt(v):
 
 
 
+def case_data_problem(casedir: Path, maps: bool = False) -> str | None:
+    """What is missing or broken in a finished case's files (None if they are complete).
+
+    ``case.json`` marks a case finished, but its data files can still be lost or cut short
+    afterwards (copied partly, disk full, edited); such a case is run again rather than
+    read half. Checks ``summary.json`` and ``metadata.json`` (valid JSON objects),
+    ``timeseries.csv`` and ``steps.csv`` (a header, at least one row, every row complete and
+    numeric where the header says so), and ``fields.npz`` when θ maps are needed.
+    """
+    casedir = Path(casedir)
+    docs = {}
+    for name in ("summary.json", "metadata.json"):
+        try:
+            docs[name] = json.loads((casedir / name).read_text(encoding="utf-8"))
+            if not isinstance(docs[name], dict):
+                return f"{name} is not a JSON object"
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except (OSError, ValueError):
+            return f"{name} is truncated or corrupt"
+    text_columns = {"timeseries.csv": (), "steps.csv": ("label", "description", "reason")}
+    for name, text in text_columns.items():
+        path = casedir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        try:
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = list(csv.reader(fh))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            return f"{name} is unreadable"
+        if len(rows) < 2:
+            return f"{name} has no data rows"
+        head = rows[0]
+        numeric = [j for j, col in enumerate(head) if col not in text]
+        for lineno, row in enumerate(rows[1:], start=2):
+            if len(row) != len(head):
+                return f"{name} line {lineno} has {len(row)} of {len(head)} columns (truncated?)"
+            try:
+                [float(row[j]) for j in numeric]
+            except ValueError:
+                return f"{name} line {lineno} is not numeric (truncated?)"
+        # the summary knows how many rows there must be: one per accepted step (+ t = 0), one per protocol step
+        summary = docs["summary.json"]
+        expected = (summary.get("steps", -2) + 1 if name == "timeseries.csv"
+                    else len(summary.get("protocol_steps", [None] * (len(rows) - 1))))
+        if len(rows) - 1 != expected:
+            return f"{name} has {len(rows) - 1} rows, summary.json says {expected} (truncated?)"
+    if maps:
+        try:
+            with np.load(casedir / "fields.npz", allow_pickle=False) as z:
+                for key in ("points", "triangles", "theta"):
+                    z[key]
+        except FileNotFoundError:
+            return "fields.npz is missing"
+        except Exception:  # noqa: BLE001 - zip/npz errors come in many types
+            return "fields.npz is truncated or corrupt"
+    return None
+
+
 # ----------------------------------------------------------------------------- θ maps
 class FieldRecorder:
     """Simulation observer: θ on the mesh vertices (gathered on rank 0) at the snapshot
@@ -221,13 +280,11 @@ def load_maps(path: Path) -> dict:
 
 # ----------------------------------------------------------------------------- running
 def execute_observed(run, outdir: Path, comm, observers=()) -> dict:
-    """``nmcfx.solver.run.execute`` with extra Simulation observers, after clearing study files."""
+    """``nmcfx.solver.run.execute`` with extra Simulation observers, replacing what an earlier
+    (failed or changed) run of the case left there."""
     from nmcfx.solver.run import execute
 
-    outdir = Path(outdir)
-    if comm.rank == 0:
-        (outdir / "fields.npz").unlink(missing_ok=True)
-    return execute(run, outdir, comm=comm, progress=False, observers=observers)
+    return execute(run, Path(outdir), comm=comm, progress=False, overwrite=True, observers=observers)
 
 
 class Study:
@@ -256,7 +313,9 @@ class Study:
 
     # -- one case
     def case(self, key: str, cfg: dict, *, maps: bool = False, maps_at_step_ends: bool = False,
-             describe: str = "") -> CaseResult:
+             describe: str = "", recorder=None) -> CaseResult:
+        """Run (or reload) one case. ``recorder``: an observer with ``save(path)`` that records the
+        maps itself (instead of the θ-map :class:`FieldRecorder`); saved as ``fields.npz``."""
         comm = self.comm
         casedir = self.outdir / "cases" / key
         marker = casedir / "case.json"
@@ -271,16 +330,20 @@ class Study:
                     done = json.loads(marker.read_text()).get("config_digest") == digest
                 except (OSError, ValueError):
                     done = False
+                problem = case_data_problem(casedir, maps or maps_at_step_ends) if done else None
+                if problem:
+                    done = False
+                    print(f"[{self.name}] {tag}: results incomplete ({problem}); running it again", flush=True)
         done = comm.bcast(done, root=0)
         if done:
             res = self._load(key, cfg, casedir, skipped=True)
             self.say(f"{tag}: already done, skipped ({describe or 'results in ' + str(casedir)})")
         else:
-            res = self._run(key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe)
+            res = self._run(key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe, recorder)
         self.results[key] = res
         return res
 
-    def _run(self, key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe) -> CaseResult:
+    def _run(self, key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe, recorder=None) -> CaseResult:
         from nmcfx.errors import NmcfxError
         from nmcfx.solver.run import prepare
 
@@ -292,7 +355,8 @@ class Study:
             (casedir / "error.json").unlink(missing_ok=True)
         t0 = time.perf_counter()
         run = prepare(cfg, comm=comm)
-        rec = FieldRecorder(at_step_ends=maps_at_step_ends) if (maps or maps_at_step_ends) else None
+        rec = recorder if recorder is not None else (
+            FieldRecorder(at_step_ends=maps_at_step_ends) if (maps or maps_at_step_ends) else None)
         error = None
         try:
             execute_observed(run, casedir, comm, observers=[rec] if rec else [])

@@ -70,7 +70,7 @@ def test_resume_refuses_a_different_config(tmp_path):
     comm = MPI.COMM_WORLD
     base = comm.bcast(str(tmp_path), root=0)
     execute(prepare(CFG, comm=comm), base, comm=comm)
-    other = dict(CFG, protocol={"steps": [{"type": "rest", "duration_min": 5}]})
+    other = dict(CFG, protocol={"steps": [{"type": "rest", "duration_min": 30}]})  # (snapshots at 10, 25 min)
     with pytest.raises(InputError, match="config differs"):
         execute(prepare(other, comm=comm), base, comm=comm, resume=True)
     with pytest.raises(InputError, match="no checkpoint"):

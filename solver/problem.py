@@ -1,0 +1,590 @@
+"""The multi-field problem core: fields on tagged regions of one mesh, coupled by terms.
+
+A :class:`Problem` holds
+
+* **fields** — unknowns, each a Lagrange function on a set of cells of the parent mesh
+  (a submesh when the set is not the whole mesh) or one real, global value
+  (:meth:`Field.real`), with the time history its terms need;
+* **terms** — pieces of the residual (diffusion, a surface flux, Butler–Volmer on exterior
+  facets or on interfaces between regions, ohmic conduction, a current or voltage control),
+  each contributing to one or more fields' residuals (:mod:`nmcfx.solver.terms`);
+* Dirichlet conditions on fields.
+
+Every integral is written on the parent mesh (DOLFINx 0.11 allows one integration domain
+per form) with the submeshes' entity maps, and one Newton solve advances all fields
+together (a blocked ``NonlinearProblem``; a single field keeps the plain one). Terms may
+carry nodal coefficients (D_chem(θ), V_oc(θ), σ(θ), …) that are refreshed with NumPy at
+every Newton iterate, so UFL never sees tanh/exp of an unknown, and may supply exact
+Jacobian blocks for them. Usage::
+
+    problem = Problem(mesh, cell_tags=tags)
+    theta = problem.add_field(Field("theta", tags=(PARTICLE,), transient=True))
+    phi_s = problem.add_field(Field("phi_s", tags=(PARTICLE, CARBON)))
+    phi_l = problem.add_field(Field.real("phi_l"))
+    problem.add_term(TimeDerivative(theta, lumped=True))
+    problem.add_term(NonlinearDiffusion(theta, material))
+    problem.add_term(Conduction(phi_s, conductivities))
+    bv = problem.add_term(ButlerVolmer(theta, phi_s, phi_l, facets, material))
+    problem.add_term(CurrentControl(phi_l, [bv], voltage=-phi_l.u))
+    problem.initialise()                 # spaces → forms → Newton solver
+    problem.set_time_step(dt, dt_prev, order)
+    result = problem.solve()
+    problem.accept()                     # shift the histories
+
+Internal units: µm (mesh coordinates) and s. The residual of every transient field is
+multiplied by dt, so it measures an amount (θ·µm^d) and the SNES absolute tolerance bounds
+the conservation defect of a step whatever the step size.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+
+import basix.ufl
+import numpy as np
+import ufl
+from mpi4py import MPI
+from petsc4py import PETSc
+
+import dolfinx
+import dolfinx.fem.petsc
+from dolfinx import fem
+
+#: SNES/KSP defaults: Newton with backtracking line search, direct MUMPS LU.
+DEFAULT_PETSC_OPTIONS = {
+    "snes_type": "newtonls",
+    "snes_linesearch_type": "bt",
+    "snes_rtol": 1e-10,
+    "snes_atol": 1e-13,  # × the measure of the transient region (µm^d): set per problem
+    "snes_stol": 0.0,
+    "snes_max_it": 12,
+    "ksp_type": "preonly",
+    "pc_type": "lu",
+    "pc_factor_mat_solver_type": "mumps",
+}
+
+
+@dataclass
+class StepResult:
+    converged: bool
+    newton_iterations: int
+    linear_iterations: int
+    reason: int
+    assembly_time: float = 0.0
+    solve_time: float = 0.0
+
+
+@dataclass
+class SolverCounters:
+    steps: int = 0
+    rejected_steps: int = 0
+    newton_iterations: int = 0
+    linear_iterations: int = 0
+    residual_evaluations: int = 0
+    jacobian_evaluations: int = 0
+    assembly_time: float = 0.0
+    solve_time: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+
+class Field:
+    """An unknown: Lagrange of ``degree`` on the cells of the parent mesh tagged ``tags``
+    (None: all cells), or a real global value (:meth:`real`).
+
+    After :meth:`Problem.initialise`: ``mesh`` (the submesh, or the parent mesh), ``entity_map``
+    (None on the parent), ``V``, ``u`` (the Newton iterate), ``u_n`` (last accepted value) and,
+    for transient fields, ``u_nm1`` (the one before, for BDF2), ``test`` and ``trial``.
+    """
+
+    def __init__(self, name: str, *, tags: tuple[int, ...] | None = None, degree: int = 1, transient: bool = False,
+                 is_real: bool = False):
+        self.name = name
+        self.tags = None if tags is None else tuple(int(t) for t in tags)
+        self.degree = degree
+        self.transient = transient
+        self.is_real = is_real
+        self.mesh = self.entity_map = self.V = self.u = self.u_n = self.u_nm1 = None
+        self.test = self.trial = None
+
+    @classmethod
+    def real(cls, name: str) -> "Field":
+        """One real, global unknown (e.g. a particle or electrolyte potential)."""
+        return cls(name, is_real=True)
+
+    def build(self, parent, cell_tags=None):
+        self.parent = parent
+        self.cell_tags = cell_tags
+        if self.is_real:
+            self.mesh = parent
+            self.V = fem.functionspace(parent, basix.ufl.real_element(parent.basix_cell(), (), dtype=np.float64))
+        else:
+            if self.tags is None:
+                self.mesh = parent
+            else:
+                if cell_tags is None:
+                    raise ValueError(f"field {self.name!r} is defined on tags {self.tags}: the problem needs cell_tags")
+                cells = np.sort(np.concatenate([cell_tags.find(t) for t in self.tags])).astype(np.int32)
+                self.mesh, self.entity_map, self.vertex_map, self.geom_map = dolfinx.mesh.create_submesh(
+                    parent, parent.topology.dim, cells)
+            self.V = fem.functionspace(self.mesh, ("Lagrange", self.degree))
+        self.u = fem.Function(self.V, name=self.name)
+        self.u_n = fem.Function(self.V, name=f"{self.name}_n")
+        if self.transient:
+            self.u_nm1 = fem.Function(self.V, name=f"{self.name}_nm1")
+        self.test = ufl.TestFunction(self.V)
+        self.trial = ufl.TrialFunction(self.V)
+
+    def dx(self, metadata: dict | None = None):
+        """Cell measure of the field's region on the parent mesh (where every form integrates)."""
+        if self.tags is None:
+            return ufl.Measure("dx", domain=self.parent, metadata=metadata or {})
+        return ufl.Measure("dx", domain=self.parent, subdomain_data=self.cell_tags, metadata=metadata or {})(self.tags)
+
+    def sub_facets(self, marker) -> np.ndarray:
+        """Facets of the field's own mesh on its boundary where ``marker(x)`` holds (for Dirichlet data)."""
+        fdim = self.mesh.topology.dim - 1
+        self.mesh.topology.create_connectivity(fdim, fdim + 1)
+        return dolfinx.mesh.locate_entities_boundary(self.mesh, fdim, marker)
+
+    @property
+    def n_owned(self) -> int:
+        return self.V.dofmap.index_map.size_local * self.V.dofmap.index_map_bs
+
+    @property
+    def num_dofs(self) -> int:
+        im = self.V.dofmap.index_map
+        return im.size_global * self.V.dofmap.index_map_bs
+
+    def history(self) -> dict[str, fem.Function]:
+        """The functions a checkpoint must store to continue exactly."""
+        out = {"u_n": self.u_n}
+        if self.transient:
+            out["u_nm1"] = self.u_nm1
+        return out
+
+    def __repr__(self) -> str:
+        where = "real" if self.is_real else ("whole mesh" if self.tags is None else f"tags {self.tags}")
+        return f"Field({self.name!r}, {where}{', transient' if self.transient else ''})"
+
+
+class Term:
+    """A piece of the residual. Subclasses implement :meth:`residuals`; optionally
+    :meth:`jacobian` (exact blocks for nodal coefficients), :meth:`update` (refresh nodal
+    coefficients at a Newton iterate) and :meth:`depends_on` (fields the residual of
+    ``row`` depends on; default: all fields whose function appears in it)."""
+
+    fields: tuple[Field, ...] = ()
+    #: False when another term refreshes this term's nodal coefficients (e.g. in one batch)
+    auto_update: bool = True
+
+    def residuals(self, problem: "Problem") -> dict[Field, ufl.Form]:
+        raise NotImplementedError
+
+    def jacobian(self, problem: "Problem", row: Field, col: Field, residual: ufl.Form):
+        """Block d(residual of ``row``)/d``col``; None → UFL's derivative."""
+        return None
+
+    def update(self, problem: "Problem"):
+        """Refresh nodal coefficients from the current iterate (called before every assembly)."""
+
+    def setup(self, problem: "Problem"):
+        """Called once the fields have spaces and before any residual is built."""
+
+
+class Problem:
+    """Fields on regions of ``mesh`` coupled by terms; see the module docstring."""
+
+    def __init__(self, mesh, *, cell_tags=None, petsc_options: dict | None = None, prefix: str = "nmcfx_",
+                 atol_measure: float = 1.0, block_tolerances=None):
+        self.mesh = mesh
+        self.comm = mesh.comm
+        self.cell_tags = cell_tags
+        self.fields: list[Field] = []
+        self.terms: list[Term] = []
+        self.bcs: list = []
+        self._bc_fields: list = []
+        self.prefix = prefix
+        self.counters = SolverCounters()
+        opts = dict(DEFAULT_PETSC_OPTIONS)
+        opts["snes_atol"] = DEFAULT_PETSC_OPTIONS["snes_atol"] * float(atol_measure or 1.0)
+        if petsc_options:
+            opts.update({str(k): v for k, v in petsc_options.items()})
+        self.petsc_options = opts
+        self.dt = fem.Constant(mesh, PETSc.ScalarType(1.0))
+        self.time = fem.Constant(mesh, PETSc.ScalarType(0.0))  # t_{n+1}, for time-dependent terms
+        # dθ/dt ≈ (a0 u + a1 u_n + a2 u_{n-1}) / dt ; backward Euler: (1, -1, 0)
+        self.bdf = [fem.Constant(mesh, PETSc.ScalarType(c)) for c in (1.0, -1.0, 0.0)]
+        self._initialised = False
+        self.interrupted = False
+        self._abort, self._error = False, None
+        # optional: callable(problem) -> absolute tolerance per unknown (2-norm of its residual block);
+        # Newton converges when every block meets its own tolerance (e.g. a charge balance per step)
+        self.block_tolerances = block_tolerances
+
+    # ------------------------------------------------------------------ building
+    def add_field(self, f: Field) -> Field:
+        if any(g.name == f.name for g in self.fields):
+            raise ValueError(f"field {f.name!r} defined twice")
+        self.fields.append(f)
+        if self._spaces_built:
+            f.build(self.mesh, self.cell_tags)
+        return f
+
+    @property
+    def _spaces_built(self) -> bool:
+        return getattr(self, "_built", False)
+
+    def add_term(self, t: Term) -> Term:
+        self.terms.append(t)
+        if self._spaces_built:
+            t.setup(self)
+        return t
+
+    def add_dirichlet(self, f: Field, value: float, facets: np.ndarray):
+        """u = ``value`` on ``facets`` of the field's own mesh (see :meth:`Field.sub_facets`)."""
+        tdim = f.mesh.topology.dim
+        dofs = fem.locate_dofs_topological(f.V, tdim - 1, facets)
+        bc = fem.dirichletbc(PETSc.ScalarType(value), dofs, f.V)
+        self.bcs.append(bc)
+        self._bc_fields.append((f, bc))
+        return bc
+
+    def build_spaces(self):
+        """Function spaces of every field (idempotent); terms' :meth:`Term.setup` follows."""
+        if self._spaces_built:
+            return
+        for f in self.fields:
+            f.build(self.mesh, self.cell_tags)
+        self._built = True
+        for t in self.terms:
+            t.setup(self)
+
+    def initialise(self):
+        """The recipe: function spaces → residual and Jacobian forms → Newton solver."""
+        self.build_spaces()
+        self.define_forms()
+        self.create_solver()
+        self._initialised = True
+
+    @property
+    def unknowns(self) -> list[Field]:
+        """Fields with a residual (in the order of the block system)."""
+        return [f for f in self.fields if f in self._residual_parts]
+
+    @property
+    def transient_fields(self) -> list[Field]:
+        return [f for f in self.fields if f.transient]
+
+    @property
+    def entity_maps(self) -> list:
+        return [f.entity_map for f in self.fields if f.entity_map is not None]
+
+    def define_forms(self):
+        parts: dict[Field, list[tuple[Term, ufl.Form]]] = {}
+        for t in self.terms:
+            for f, form in t.residuals(self).items():
+                parts.setdefault(f, []).append((t, form))
+        self._residual_parts = parts
+        unknowns = [f for f in self.fields if f in parts]
+        self.F_ufl = [_sum(form for _, form in parts[f]) for f in unknowns]
+        J = []
+        for row in unknowns:
+            J_row = []
+            for col in unknowns:
+                blocks = []
+                for t, form in parts[row]:
+                    block = t.jacobian(self, row, col, form)
+                    if block is None and _depends_on(form, col):
+                        block = ufl.derivative(form, col.u, col.trial)
+                    if block is not None:
+                        blocks.append(block)
+                J_row.append(_sum(blocks) if blocks else None)
+            J.append(J_row)
+        self.J_ufl = J
+
+    def create_solver(self):
+        unknowns = self.unknowns
+        emaps = self.entity_maps or None
+        opts = self.petsc_options
+        if len(unknowns) == 1:
+            self.problem = dolfinx.fem.petsc.NonlinearProblem(
+                self.F_ufl[0], unknowns[0].u, J=self.J_ufl[0][0], bcs=self.bcs or None,
+                petsc_options_prefix=self.prefix, petsc_options=opts, entity_maps=emaps)
+        else:
+            self.problem = dolfinx.fem.petsc.NonlinearProblem(
+                self.F_ufl, [f.u for f in unknowns], J=self.J_ufl, bcs=self.bcs or None, kind="mpi",
+                petsc_options_prefix=self.prefix, petsc_options=opts, entity_maps=emaps)
+        self._install_callbacks(unknowns)
+        if self.block_tolerances is not None and len(unknowns) > 1:
+            self._install_block_convergence_test(unknowns)
+
+    # ------------------------------------------------------------------ SNES glue
+    def _install_block_convergence_test(self, unknowns):
+        sizes = [f.n_owned for f in unknowns]
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        max_it = int(self.petsc_options.get("snes_max_it", 50))
+        comm = self.comm
+
+        def test(snes, it, norms):
+            _, _, fnorm = norms
+            if not np.isfinite(fnorm):
+                return PETSc.SNES.ConvergedReason.DIVERGED_FNORM_NAN
+            r = snes.getFunction()[0].array_r
+            local = np.array([float(np.dot(r[a:b], r[a:b])) for a, b in zip(offsets[:-1], offsets[1:])])
+            block = np.sqrt(comm.allreduce(local, op=MPI.SUM))
+            if np.all(block <= self._block_atol):
+                return PETSc.SNES.ConvergedReason.CONVERGED_FNORM_ABS
+            if it >= max_it:
+                return PETSc.SNES.ConvergedReason.DIVERGED_MAX_IT
+            return PETSc.SNES.ConvergedReason.ITERATING
+
+        self.problem.solver.setConvergenceTest(test)
+    def update_coefficients(self):
+        for t in self.terms:
+            if t.auto_update:
+                t.update(self)
+
+    def _install_callbacks(self, unknowns):
+        """Own SNES callbacks: copy the iterate into the fields, refresh nodal coefficients,
+        assemble. A Ctrl-C inside PETSc is turned into a flag (see :meth:`solve`)."""
+        snes = self.problem.solver
+        counters, clock = self.counters, MPI.Wtime
+        if len(unknowns) == 1 and not self.bcs:
+            # one field, no Dirichlet condition: a plain vector assembly (the generic callback
+            # also applies lifting, which costs a Jacobian-sized pass)
+            u = unknowns[0].u
+            F_form, J_form = self.problem.F, self.problem.J
+            n = unknowns[0].n_owned
+            assemble_vector = dolfinx.fem.petsc.assemble_vector
+            assemble_matrix = dolfinx.fem.petsc.assemble_matrix
+
+            def residual(snes_, x, b):
+                t0 = clock()
+                x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+                with x.localForm() as xl:
+                    u.x.array[:] = xl.array_r
+                self.update_coefficients()
+                with b.localForm() as bl:
+                    bl.set(0.0)
+                assemble_vector(b, F_form)
+                b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+                counters.residual_evaluations += 1
+                counters.assembly_time += clock() - t0
+
+            def jacobian(snes_, x, A, P):
+                t0 = clock()
+                # normally the point of the last residual evaluation; refresh the coefficients if not
+                if not np.array_equal(x.array_r[:n], u.x.array[:n]):
+                    x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+                    with x.localForm() as xl:
+                        u.x.array[:] = xl.array_r
+                    self.update_coefficients()
+                A.zeroEntries()
+                assemble_matrix(A, J_form)
+                A.assemble()
+                counters.jacobian_evaluations += 1
+                counters.assembly_time += clock() - t0
+
+            snes.setFunction(_guarded(self, residual), self.problem.b)
+            snes.setJacobian(_guarded(self, jacobian), self.problem.A, None)
+            return
+
+        funcs = [f.u for f in unknowns] if len(unknowns) > 1 else unknowns[0].u
+        J_ctx = {"u": self.problem.u, "jacobian": self.problem.J, "preconditioner": None, "bcs": self.bcs}
+        assemble_J = dolfinx.fem.petsc.assemble_jacobian
+        assign = dolfinx.fem.petsc.assign
+        F_forms = self.problem.F
+        blocks = self.problem.b.getAttr("_blocks")
+        bcs0 = ([[bc for g, bc in self._bc_fields if g is f] for f in unknowns] if len(unknowns) > 1
+                else self.bcs)
+        assemble_vector = dolfinx.fem.petsc.assemble_vector
+        set_bc = dolfinx.fem.petsc.set_bc
+
+        def residual(snes_, x, b):
+            # No lifting: :meth:`solve` imposes the Dirichlet data on the initial guess, so every
+            # Newton update vanishes on the constrained DOFs and the lifting term is zero.
+            t0 = clock()
+            x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+            assign(x, funcs)
+            self.update_coefficients()
+            if blocks is not None:
+                b.setAttr("_blocks", blocks)
+                x.setAttr("_blocks", blocks)
+            with b.localForm() as bl:
+                bl.set(0.0)
+            assemble_vector(b, F_forms)
+            b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+            set_bc(b, bcs0, x0=x, alpha=-1.0)
+            b.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+            counters.residual_evaluations += 1
+            counters.assembly_time += clock() - t0
+
+        def jacobian(snes_, x, A, P):
+            t0 = clock()
+            assign(x, funcs)
+            self.update_coefficients()
+            assemble_J(snes_, x, A, P, **J_ctx)
+            counters.jacobian_evaluations += 1
+            counters.assembly_time += clock() - t0
+
+        snes.setFunction(_guarded(self, residual), self.problem.b)
+        snes.setJacobian(_guarded(self, jacobian), self.problem.A, self.problem.P_mat)
+
+    # ------------------------------------------------------------------ time stepping
+    def set_time_step(self, dt: float, dt_prev: float | None, order: int):
+        """dt and the (variable-step) BDF coefficients of the next step."""
+        self.dt.value = dt
+        if order == 1 or dt_prev is None:
+            coeffs = (1.0, -1.0, 0.0)
+        else:
+            w = dt / dt_prev
+            coeffs = ((1 + 2 * w) / (1 + w), -(1 + w), w * w / (1 + w))
+        for c, val in zip(self.bdf, coeffs):
+            c.value = val
+        return coeffs
+
+    def solve(self) -> StepResult:
+        """One Newton solve from the fields' current values; counts and times it.
+
+        A SIGINT during the solve ends it (not converged) and sets :attr:`interrupted`; the
+        caller decides what to do (the time loop checkpoints and stops)."""
+        t0 = MPI.Wtime()
+        a_before = self.counters.assembly_time
+        snes = self.problem.solver
+        for f, bc in self._bc_fields:
+            bc.set(f.u.x.array)  # the initial guess meets the Dirichlet data (no lifting needed)
+        if self.block_tolerances is not None:
+            self._block_atol = np.asarray(self.block_tolerances(self), dtype=float)
+        self._abort, self._error = False, None
+        with _sigint_as_flag(self):
+            try:
+                self.problem.solve()
+                reason = snes.getConvergedReason()
+            except PETSc.Error:
+                reason = -100
+        if self._error is not None:
+            raise self._error
+        if self._abort:  # Ctrl-C inside a callback: the SNES stopped at once
+            reason = -101
+        its = snes.getIterationNumber()
+        lits = snes.getLinearSolveIterations()
+        ok = reason > 0
+        for f in self.unknowns:
+            ok = ok and bool(np.all(np.isfinite(f.u.x.array)))
+        converged = bool(self.comm.allreduce(ok, op=MPI.LAND))
+        wall = MPI.Wtime() - t0
+        asm = self.counters.assembly_time - a_before
+        self.counters.newton_iterations += its
+        self.counters.linear_iterations += lits
+        self.counters.solve_time += wall - asm
+        self.interrupted = bool(self.comm.allreduce(self.interrupted, op=MPI.LOR))
+        return StepResult(converged, its, lits, reason, asm, wall - asm)
+
+    def accept(self):
+        """Shift the histories after an accepted step."""
+        for f in self.fields:
+            if f.transient:
+                f.u_nm1.x.array[:] = f.u_n.x.array
+            f.u_n.x.array[:] = f.u.x.array
+
+    def restore(self):
+        """Put every field back to its last accepted value (after a failed solve)."""
+        for f in self.fields:
+            f.u.x.array[:] = f.u_n.x.array
+
+    # ------------------------------------------------------------------ state
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Owned values of every field's history, keyed ``field:which`` (what a checkpoint stores)."""
+        out = {}
+        for f in self.fields:
+            n = f.n_owned
+            for which, fn in f.history().items():
+                out[f"{f.name}:{which}"] = fn.x.array[:n].copy()
+            out[f"{f.name}:u"] = f.u.x.array[:n].copy()
+        return out
+
+    def load_state_arrays(self, data) -> None:
+        """Inverse of :meth:`state_arrays`; raises KeyError/ValueError on a mismatch."""
+        for f in self.fields:
+            n = f.n_owned
+            for which, fn in list(f.history().items()) + [("u", f.u)]:
+                arr = np.asarray(data[f"{f.name}:{which}"])
+                if arr.shape != (n,):
+                    raise ValueError(f"{f.name}:{which} has {arr.shape} values, expected ({n},)")
+                fn.x.array[:n] = arr
+                fn.x.scatter_forward()
+
+    @property
+    def num_dofs(self) -> int:
+        return sum(f.num_dofs for f in self.unknowns) if self._initialised else sum(f.num_dofs for f in self.fields)
+
+
+# ---------------------------------------------------------------------- helpers
+def _sum(forms):
+    forms = list(forms)
+    out = forms[0]
+    for f in forms[1:]:
+        out = out + f
+    return out
+
+
+def _depends_on(form: ufl.Form, f: Field) -> bool:
+    return f.u in form.coefficients()
+
+
+def _guarded(problem: Problem, callback):
+    """Wrap a SNES callback so that no exception crosses into PETSc (which would leave the SNES
+    in an error state for every later solve): a Ctrl-C sets ``problem.interrupted``, any other
+    exception is kept and re-raised by :meth:`Problem.solve`; either way the residual becomes
+    NaN so that SNES stops at once."""
+
+    def wrapped(snes_, x, *args):
+        if problem._abort:
+            _poison(args[0])
+            return
+        try:
+            callback(snes_, x, *args)
+        except KeyboardInterrupt:
+            problem.interrupted = True
+            problem._abort = True
+            _poison(args[0])
+        except BaseException as exc:  # noqa: BLE001 - re-raised after SNESSolve returns
+            problem._abort = True
+            problem._error = exc
+            _poison(args[0])
+
+    return wrapped
+
+
+def _poison(obj):
+    if isinstance(obj, PETSc.Vec):
+        with obj.localForm() as loc:
+            loc.set(np.nan)
+
+
+class _sigint_as_flag:
+    """While solving, SIGINT sets ``problem.interrupted`` instead of raising inside PETSc."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        self.previous = None
+
+    def __enter__(self):
+        try:
+            self.previous = signal.getsignal(signal.SIGINT)
+            if self.previous is signal.default_int_handler:
+                signal.signal(signal.SIGINT, self._handler)
+            else:
+                self.previous = None
+        except ValueError:  # not the main thread
+            self.previous = None
+        return self
+
+    def _handler(self, signum, frame):  # noqa: ARG002
+        self.problem.interrupted = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False

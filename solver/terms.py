@@ -1,0 +1,335 @@
+"""Terms of a :class:`~nmcfx.solver.problem.Problem`: each adds pieces to fields' residuals.
+
+Units: mesh in µm, time in s, occupancy θ dimensionless. Every residual is an amount of Li
+per step (θ·µm^d): transient equations are multiplied by dt, and the electron-conservation
+equation by dt·F⁻¹N_L⁻¹, so all blocks share one scale and one Newton tolerance.
+
+θ-dependent material properties are *nodal* coefficients: Σ_i p(θ_i) φ_i, evaluated with NumPy
+at every Newton iterate (:meth:`Term.update`). Written as p_h + p'_h (θ − θ_frozen), with
+θ_frozen the iterate itself, their UFL derivative is the exact derivative of the nodal
+representation when integrated with the vertex rule (P1), so Newton stays quadratic.
+
+=====================  ===========================================================
+term                   residual contribution
+=====================  ===========================================================
+TimeDerivative         (a0 θ + a1 θ_n + a2 θ_{n-1}) v            (lumped mass for P1)
+NonlinearDiffusion     dt D_chem(θ) P∇θ·∇v                        (P = diag(1,1,0) in 3D)
+SurfaceFlux            dt q_s v   on named boundary sectors (q in µm s⁻¹ of θ)
+ButlerVolmer           dt η_s i(θ, φ_s, φ_l)/(F N_L) v on reacting facets; the same current
+                       leaves the electron field φ_s if that is a field
+Conduction             dt σ(θ) ∇φ_s·∇ψ /(F N_L)   (σ per region, constant or nodal σ(θ))
+CurrentControl         galvanostatic Σ∫i = I, or potentiostatic cell voltage = V, on a real unknown
+=====================  ===========================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import ufl
+from petsc4py import PETSc
+
+from dolfinx import fem
+
+from nmcfx.materials.constants import FARADAY, GAS_CONSTANT
+
+from .problem import Field, Problem, Term
+
+THETA_CLIP = 1e-6  # nodal properties are evaluated at θ clipped to [THETA_CLIP, 1 − THETA_CLIP]
+I0_CLIP = 1e-12  # ... except the exchange current, whose zero at θ = 1 bounds the occupancy
+
+
+def theta_to_flux_scale(site_concentration: float) -> float:
+    """(A m⁻²) → µm s⁻¹ of θ: q = j / (F N_L) × 1e6."""
+    return 1e6 / (FARADAY * site_concentration)
+
+
+def vertex_measure(kind: str, domain, subdomain_data=None):
+    """A measure with the vertex quadrature rule (nodal integration)."""
+    return ufl.Measure(kind, domain=domain, subdomain_data=subdomain_data,
+                       metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})
+
+
+def basal_gradient(mesh):
+    """∇ projected on the a/b plane in 3D (no transport along the c axis = z, Xu 2022 Eq. 10)."""
+    if mesh.geometry.dim == 3 and mesh.topology.dim == 3:
+        proj = ufl.as_matrix([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+        return lambda w: ufl.dot(proj, ufl.grad(w))
+    return ufl.grad
+
+
+class NodalCoefficient:
+    """p(θ) represented nodally on θ's space: value p_h, derivative p'_h and the linearisation
+    point, so that ``expr(theta)`` = p_h + p'_h (θ − θ_frozen) has the exact nodal Jacobian."""
+
+    def __init__(self, field: Field, name: str, fn: Callable, dfn: Callable, frozen: fem.Function | None = None):
+        self.field = field
+        self.fn, self.dfn = fn, dfn
+        self.value = fem.Function(field.V, name=name)
+        self.derivative = fem.Function(field.V, name=f"d{name}")
+        self.frozen = frozen
+
+    def update(self, theta_clipped: np.ndarray):
+        self.value.x.array[:] = self.fn(theta_clipped)
+        self.derivative.x.array[:] = self.dfn(theta_clipped)
+
+    def expr(self):
+        if self.frozen is None:
+            return self.value
+        return self.value + self.derivative * (self.field.u - self.frozen)
+
+
+def clipped(field: Field) -> np.ndarray:
+    return np.clip(field.u.x.array, THETA_CLIP, 1.0 - THETA_CLIP)
+
+
+# ---------------------------------------------------------------------------- transport
+class TimeDerivative(Term):
+    """BDF time derivative × dt, lumped (vertex rule) for P1 so that fronts stay monotone."""
+
+    def __init__(self, field: Field, *, lumped: bool = True):
+        self.field = field
+        self.fields = (field,)
+        self.lumped = lumped
+
+    def measure(self):
+        f = self.field
+        if self.lumped and f.degree == 1:
+            return f.dx({"quadrature_rule": "vertex", "quadrature_degree": 1})
+        return f.dx({"quadrature_degree": 2 * f.degree})
+
+    def residuals(self, p: Problem):
+        f = self.field
+        a0, a1, a2 = p.bdf
+        self.increment = a0 * f.u + a1 * f.u_n + a2 * f.u_nm1
+        self._dxm = self.measure()
+        return {f: self.increment * f.test * self._dxm}
+
+    def jacobian(self, p, row, col, residual):
+        if col is self.field:
+            return p.bdf[0] * col.trial * row.test * self._dxm
+        return None
+
+
+class NonlinearDiffusion(Term):
+    """dt D_chem(θ) P∇θ·∇v with the nodal D_chem of ``material`` (m² s⁻¹ → µm² s⁻¹), times an
+    optional cell-wise factor ``scale`` (e.g. a resolved rocksalt film: a DG0 function)."""
+
+    def __init__(self, field: Field, material, *, scale=None, name: str = "D_chem"):
+        self.field = field
+        self.fields = (field,)
+        self.material = material
+        self.scale = scale
+        self.name = name
+
+    def setup(self, p: Problem):
+        f = self.field
+        mat = self.material
+        self.D = NodalCoefficient(f, self.name, lambda th: mat.D_chem(th) * 1e12, lambda th: mat.dD_chem(th) * 1e12)
+
+    def update(self, p: Problem):
+        self.D.update(clipped(self.field))
+
+    def residuals(self, p: Problem):
+        f = self.field
+        q = 2 * f.degree
+        self._dx = f.dx({"quadrature_degree": q})
+        self._dx_nodal = f.dx({"quadrature_rule": "vertex", "quadrature_degree": 1}) if f.degree == 1 else self._dx
+        self._grad = basal_gradient(p.mesh)
+        D, dD = self.D.value, self.D.derivative
+        self._Dk = D if self.scale is None else self.scale * D
+        self._dDk = dD if self.scale is None else self.scale * dD
+        return {f: p.dt * self._Dk * ufl.inner(self._grad(f.u), ufl.grad(f.test)) * self._dx}
+
+    def jacobian(self, p, row, col, residual):
+        if col is not self.field:
+            return None
+        f, g = self.field, self._grad
+        # d/dθ_j of Σ_i D(θ_i) φ_i is D'(θ_j) φ_j: for P1 the vertex rule integrates the product of
+        # the nodal D' and the trial function exactly that way (∇θ·∇v is constant per cell)
+        return (p.dt * self._Dk * ufl.inner(g(f.trial), ufl.grad(f.test)) * self._dx
+                + p.dt * self._dDk * f.trial * ufl.inner(g(f.u), ufl.grad(f.test)) * self._dx_nodal)
+
+
+class SurfaceFlux(Term):
+    """Prescribed outward θ flux q_s (µm s⁻¹, > 0: Li leaves) on boundary sectors (facet tags)."""
+
+    def __init__(self, field: Field, facet_tags, sectors: dict[str, int]):
+        self.field = field
+        self.fields = (field,)
+        self.facet_tags = facet_tags
+        self.sectors = dict(sectors)
+
+    def setup(self, p: Problem):
+        self.q = {s: fem.Constant(p.mesh, PETSc.ScalarType(0.0)) for s in self.sectors}
+
+    def residuals(self, p: Problem):
+        f = self.field
+        ds = ufl.Measure("ds", domain=p.mesh, subdomain_data=self.facet_tags,
+                         metadata={"quadrature_degree": f.degree})
+        return {f: _sum(p.dt * self.q[s] * f.test * ds(tag) for s, tag in self.sectors.items())}
+
+
+class ExtraResidual(Term):
+    """A user residual ``fn(problem, θ, v)`` (× dt), e.g. a manufactured source."""
+
+    def __init__(self, field: Field, fn: Callable, owner=None):
+        self.field = field
+        self.fields = (field,)
+        self.fn = fn
+        self.owner = owner
+
+    def residuals(self, p: Problem):
+        return {self.field: p.dt * self.fn(self.owner if self.owner is not None else p, self.field.u, self.field.test)}
+
+
+# ---------------------------------------------------------------------------- kinetics
+class ButlerVolmer(Term):
+    """Butler–Volmer charge transfer on reacting facets (Sharma 2022 Eqs. 1–3):
+
+        i = η_s i0(θ) [exp(α_a f η_ov) − exp(−α_c f η_ov)],  η_ov = φ_s − φ_l − V_oc(θ),  f = F/RT
+
+    (i > 0: anodic, Li leaves the solid). ``surfaces``: (measure, weight η_s) pairs — vertex-rule
+    facet measures of θ's boundary (exterior facets, or one side of an interface). ``phi_s`` and
+    ``phi_l`` are fields (real or Lagrange) or constants. The current enters θ's residual and,
+    when φ_s is a Lagrange field, leaves the electron field."""
+
+    def __init__(self, theta: Field, phi_s, phi_l, surfaces: Sequence[tuple[object, object]], material, *,
+                 concentration_ratio: float = 1.0):
+        self.theta = theta
+        self.phi_s, self.phi_l = phi_s, phi_l
+        self.fields = tuple(f for f in (theta, phi_s, phi_l) if isinstance(f, Field))
+        self.surfaces = list(surfaces)
+        self.material = material
+        self.concentration_ratio = concentration_ratio
+        self.scale = theta_to_flux_scale(material.site_concentration)
+
+    def setup(self, p: Problem):
+        th = self.theta
+        mat = self.material
+        cr = self.concentration_ratio
+        self.frozen = fem.Function(th.V, name="theta_frozen")
+        self.U = NodalCoefficient(th, "V_oc", mat.ocv, mat.docv, self.frozen)
+        self.i0 = NodalCoefficient(th, "i0", lambda t: mat.i0(t, cr), lambda t: mat.di0(t, cr), self.frozen)
+        f = FARADAY / (GAS_CONSTANT * mat.temperature_K)
+        over = _value(self.phi_s) - _value(self.phi_l) - self.U.expr()
+        self.overpotential = over
+        self.i = self.i0.expr() * (ufl.exp(mat.alpha_a * f * over) - ufl.exp(-mat.alpha_c * f * over))
+
+    def update(self, p: Problem):
+        th = clipped(self.theta)
+        self.frozen.x.array[:] = self.theta.u.x.array
+        self.U.update(th)
+        # i0 ∝ (1 − θ)^α_a vanishes at a full surface: that is the barrier that keeps θ ≤ 1, so it is
+        # evaluated at θ itself (the material clips at 1e-12), not at the properties' clip
+        self.i0.update(np.clip(self.theta.u.x.array, I0_CLIP, 1.0 - I0_CLIP))
+
+    def current_form(self, test, *, weighted: bool = True):
+        """Σ_s η_s i/(F N_L) · test over the reacting facets (µm s⁻¹ of θ integrated)."""
+        sc = self.scale
+        if weighted:
+            return _sum(eta * sc * self.i * test * ds for ds, eta in self.surfaces)
+        return _sum(sc * self.i * test * ds for ds, _ in self.surfaces)
+
+    def reference_form(self, test):
+        """Σ_s (1/(F N_L)) · test over the reacting facets: ∫ j_set × this = the set current."""
+        return _sum(self.scale * test * ds for ds, _ in self.surfaces)
+
+    def amps_form(self):
+        """Σ_s η_s i over the reacting facets (A m⁻² × µm^(d-1))."""
+        return _sum(eta * self.i * ds for ds, eta in self.surfaces)
+
+    def residuals(self, p: Problem):
+        th = self.theta
+        out = {th: _sum(p.dt * eta * self.scale * self.i * th.test * ds for ds, eta in self.surfaces)}
+        if isinstance(self.phi_s, Field) and not self.phi_s.is_real:
+            out[self.phi_s] = _sum(p.dt * eta * self.scale * self.i * self.phi_s.test * ds for ds, eta in self.surfaces)
+        return out
+
+
+class CurrentControl(Term):
+    """The equation of a real unknown that sets the operating mode:
+
+    * galvanostatic: Σ ∫ i = j_set × (reacting area) — the total current of the ``reactions``;
+    * potentiostatic: ``voltage`` (a UFL expression of the unknowns, the cell voltage) = V_set.
+
+    Both live in one compiled form switched by constants, so one problem serves every protocol
+    step (CC, rest, CV hold)."""
+
+    def __init__(self, unknown: Field, reactions: Sequence[ButlerVolmer], voltage, *, cv_scale: float):
+        self.unknown = unknown
+        self.fields = (unknown,)
+        self.reactions = list(reactions)
+        self.voltage = voltage
+        self.cv_scale = cv_scale
+
+    def setup(self, p: Problem):
+        c = lambda v: fem.Constant(p.mesh, PETSc.ScalarType(v))  # noqa: E731
+        self.w_cc, self.w_cv, self.j_set, self.V_set = c(1.0), c(0.0), c(0.0), c(0.0)
+
+    def set_current(self, j_mean: float):
+        """Mean current density over the reacting surfaces (A m⁻², + = charge)."""
+        self.w_cc.value, self.w_cv.value, self.j_set.value = 1.0, 0.0, j_mean
+
+    def set_voltage(self, volts: float):
+        self.w_cc.value, self.w_cv.value, self.V_set.value = 0.0, 1.0, volts
+
+    def residuals(self, p: Problem):
+        mu = self.unknown.test
+        cur = _sum(r.current_form(mu) for r in self.reactions)
+        ref = _sum(r.reference_form(mu) for r in self.reactions)
+        F = self.w_cc * (cur - self.j_set * ref) + self.w_cv * self.cv_scale * (self.voltage - self.V_set) * ref
+        return {self.unknown: F}
+
+
+# ---------------------------------------------------------------------------- electrons
+class Conduction(Term):
+    """Ohmic conduction of electrons, dt σ ∇φ_s·∇ψ / (F N_L) (σ in S m⁻¹, converted to µm units).
+
+    ``regions``: (tags, σ) pairs — σ a number, or a (θ field, σ(θ), dσ/dθ) triple for a
+    conductivity that follows the local Li content (nodal, exact Jacobian with P1)."""
+
+    def __init__(self, phi_s: Field, regions: Sequence[tuple[tuple[int, ...], object]], site_concentration: float):
+        self.phi_s = phi_s
+        self.regions = list(regions)
+        self.fields = (phi_s,) + tuple(r[1][0] for r in regions if isinstance(r[1], tuple))
+        self.scale = theta_to_flux_scale(site_concentration)
+
+    def setup(self, p: Problem):
+        self._nodal = []
+        for tags, sigma in self.regions:
+            if isinstance(sigma, tuple):
+                theta, fn, dfn = sigma
+                frozen = fem.Function(theta.V)
+                self._nodal.append((theta, frozen, NodalCoefficient(theta, "sigma", fn, dfn, frozen)))
+
+    def update(self, p: Problem):
+        for theta, frozen, coeff in self._nodal:
+            frozen.x.array[:] = theta.u.x.array
+            coeff.update(clipped(theta))
+
+    def residuals(self, p: Problem):
+        phi = self.phi_s
+        parts = []
+        nodal = iter(self._nodal)
+        for tags, sigma in self.regions:
+            dx = ufl.Measure("dx", domain=p.mesh, subdomain_data=p.cell_tags,
+                             metadata={"quadrature_rule": "vertex", "quadrature_degree": 1})(tuple(tags))
+            s = next(nodal)[2].expr() if isinstance(sigma, tuple) else fem.Constant(p.mesh, PETSc.ScalarType(sigma))
+            # σ (S m⁻¹) × 1e6: ∫σ∇φ·∇ψ in µm coordinates against currents in A m⁻² on µm facets
+            parts.append(p.dt * self.scale * 1e6 * s * ufl.inner(ufl.grad(phi.u), ufl.grad(phi.test)) * dx)
+        return {phi: _sum(parts)}
+
+
+# ---------------------------------------------------------------------------- helpers
+def _value(x):
+    return x.u if isinstance(x, Field) else x
+
+
+def _sum(items):
+    items = list(items)
+    out = items[0]
+    for it in items[1:]:
+        out = out + it
+    return out
