@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from nmcfx.errors import InputError
+from nmcfx.paths import check_output_dir
 
 from . import figures
 from .asymmetry import LI_RICH_THRESHOLD, AsymmetryRule, AsymmetryTrace, classify, com_offset
@@ -47,7 +48,7 @@ from .forward import DEFAULT_RESOLUTION_UM, psf_sigma_um
 from .kymograph import Kymograph, default_line, line_kymograph
 from .noise import NoiseModel, measure_noise
 from .outline import Outline, mask_outline
-from .stack import ImageStack, check_output_dir, load_stack
+from .stack import ImageStack, load_stack
 
 #: Margin (px) kept around the particle in contrast.npz.
 CROP_MARGIN_PX = 24
@@ -482,11 +483,11 @@ def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]
     """Create ``outdir`` and write every output file (each through a temporary name)."""
     from nmcfx import __version__
 
-    outdir = check_output_dir(outdir, "output")
+    outdir = check_output_dir(outdir, "--output")
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError("output", f"cannot create {outdir}: {exc.strerror or exc}") from None
+        raise InputError("--output", f"cannot create {outdir}: {exc.strerror or exc}") from None
     r = result
     px = r.pixel_size_um
     written = []
@@ -596,7 +597,12 @@ def run_analysis(path, outdir, opts: AnalysisOptions = AnalysisOptions(), *, fra
                  command=None) -> AnalysisResult:
     """Load, analyse and (on rank 0 of ``comm``) write ``outdir``. Nothing is written if any
     input is bad; with ``mesh`` the outline is meshed too (collective)."""
-    check_output_dir(outdir, "output")
+    if comm is not None:
+        from nmcfx.parallel import run_on_root
+
+        run_on_root(comm, check_output_dir, outdir, "--output")
+    else:
+        check_output_dir(outdir, "--output")
     stack = load_stack(path, frame_rate_hz=frame_rate_hz, times_s=times_s, pixel_size_um=pixel_size_um,
                        bin_frames=bin_frames)
     result = analyze(stack, opts)

@@ -211,7 +211,7 @@ def settings_from_dict(d: dict | None, base_dir: Path) -> CalibrationSettings:
         out["align"] = d["align"]
     if "cache_dir" not in out:
         out["cache_dir"] = base_dir / "nmcfx-cache"
-    from .stack import check_output_dir
+    from nmcfx.paths import check_output_dir
 
     check_output_dir(out["cache_dir"], "calibration.cache_dir")
     return CalibrationSettings(**out)
@@ -997,9 +997,9 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
 
     from . import figures
     from .analyze import _csv_rows, write_json
-    from .stack import check_output_dir
+    from nmcfx.paths import check_output_dir
 
-    outdir = check_output_dir(outdir, "output")
+    outdir = check_output_dir(outdir, "--output")
     outdir.mkdir(parents=True, exist_ok=True)
     r = result
     t = r.target
@@ -1097,12 +1097,14 @@ def run_calibration(config_path, outdir=None, *, comm=None, log=None, command=No
     """Read CONFIG.toml, calibrate, and write the output directory (rank 0)."""
     from mpi4py import MPI
 
-    from .stack import check_output_dir
+    from nmcfx.paths import check_output_dir
 
     comm = comm if comm is not None else MPI.COMM_WORLD
     cfg, settings, base = load_calibration_config(config_path)
     outdir = Path(outdir) if outdir is not None else Path("runs") / (Path(config_path).stem + "-calibration")
-    check_output_dir(outdir, "output")  # before any simulation: a bad output path costs nothing
+    from nmcfx.parallel import run_on_root
+
+    run_on_root(comm, check_output_dir, outdir, "--output")  # before any simulation: a bad path costs nothing
     result = calibrate(cfg, base, settings, comm=comm, log=log)
     if comm.rank == 0:
         write_calibration(result, outdir, config=cfg | {"calibration": settings.to_dict()}, command=command)

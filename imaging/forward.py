@@ -312,11 +312,14 @@ def release_solver(sv):
     if callable(close):
         close()
         return
-    problem = getattr(sv, "problem", None)
-    for name in ("_snes", "_A", "_b", "_x", "_P_mat"):
-        obj = getattr(problem, name, None)
-        if obj is not None and hasattr(obj, "destroy"):
-            obj.destroy()
+    problem, seen = getattr(sv, "problem", None), set()
+    while problem is not None and id(problem) not in seen:  # the DOLFINx NonlinearProblem, however wrapped
+        seen.add(id(problem))
+        for name in ("_snes", "_A", "_b", "_x", "_P_mat"):
+            obj = getattr(problem, name, None)
+            if obj is not None and hasattr(obj, "destroy"):
+                obj.destroy()
+        problem = getattr(problem, "problem", None)
 
 
 def simulate_theta_frames(particle, material, protocol, times_s, grid: CameraGrid, *, settings=None,

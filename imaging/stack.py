@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -496,32 +495,3 @@ def parse_rc(text: str, field: str, n: int = 2) -> tuple[float, ...]:
         raise InputError(field, f"expected {n} comma-separated numbers, got {text!r}")
     return vals
 
-
-def check_output_dir(path, field: str = "output") -> Path:
-    """Raise :class:`InputError` unless ``path`` is (or can be created as) a writable directory.
-
-    Checked before any work is done, so a bad output path costs nothing and writes nothing:
-    ``path`` must not be a file, must not lie under a file, and it (or the deepest existing
-    directory above it) must be writable.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(field, f"{path} exists and is not a directory")
-    probe = path
-    while not probe.exists():
-        parent = probe.parent
-        if parent == probe:
-            break
-        probe = parent
-    if probe.exists() and not probe.is_dir():
-        raise InputError(field, f"{path} lies under {probe}, which is a file, not a directory")
-    what = "is" if probe == path else f"would be created in {probe}, which is"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise InputError(field, f"{path} {what} not writable")
-    try:  # read-only file systems, root-squashed network mounts: try it
-        fd, name = tempfile.mkstemp(prefix=".nmcfx-write-test-", dir=probe)
-        os.close(fd)
-        os.unlink(name)
-    except OSError as exc:
-        raise InputError(field, f"{path} {what} not writable ({exc.strerror or exc})") from None
-    return path

@@ -297,9 +297,9 @@ def test_output_paths_that_cannot_be_written(tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep me")
     msg = _bad(["analyze", str(path), "-o", str(afile)], capsys)
-    assert "output" in msg and "not a directory" in msg and afile.read_text() == "keep me"
+    assert "--output" in msg and "not a directory" in msg and afile.read_text() == "keep me"
     msg = _bad(["analyze", str(path), "-o", str(afile / "sub")], capsys)
-    assert "lies under" in msg
+    assert "is a file, not a directory" in msg
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
@@ -373,7 +373,7 @@ def test_calibration_output_and_cache_paths(tmp_path, capsys):
     assert msg.startswith("nmcfx: error: calibration.cache_dir") and "not a directory" in msg
     cfg.write_text(textwrap.dedent(CAL))
     msg = _bad(["calibrate", str(cfg), "-o", str(afile / "sub")], capsys, tmp_path / "nmcfx-cache")
-    assert msg.startswith("nmcfx: error: output") and "lies under" in msg
+    assert msg.startswith("nmcfx: error: --output") and "is a file, not a directory" in msg
 
 
 def test_cache_is_compressed_and_capped(tmp_path):
