@@ -72,7 +72,7 @@ RUN_TABLES = ("title", "geometry", "material", "protocol", "solver", "output")
 class CalibrationSettings:
     analysis: Path | None = None  # directory written by `nmcfx analyze`
     trace_csv: Path | None = None  # or a measured trace (time_s, contrast)
-    region: str = "center"
+    region: str = "mask"  # space-time fit over the particle: the twin study's choice (README)
     center_radius_px: float | None = None  # None: the analysis' centre region
     pixels: tuple = ()
     point_um: tuple[float, float] | None = None  # region "trace": where θ is taken (default: mesh centroid)
@@ -147,7 +147,7 @@ def settings_from_dict(d: dict | None, base_dir: Path) -> CalibrationSettings:
                                                      "written by `nmcfx analyze`")
     if "trace_csv" in out and not out["trace_csv"].is_file():
         raise InputError("calibration.trace_csv", f"file not found: {out['trace_csv']}")
-    region = d.get("region", "trace" if "trace_csv" in d else "center")
+    region = d.get("region", "trace" if "trace_csv" in d else "mask")
     if region not in REGIONS:
         raise InputError("calibration.region", f"must be one of {list(REGIONS)}, got {region!r}")
     if ("trace_csv" in out) != (region == "trace"):
