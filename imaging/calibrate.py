@@ -17,13 +17,16 @@ A · G∗(1_p Δθ) / G∗(1_p), the simulated Δθ = θ₀ − θ on the pixel 
 same Gaussian PSF as the microscope (normalised convolution: a uniformly bright particle
 on a dark background), which stays linear in A. Regions:
 
-    center  pixels within center_radius_px of the particle centroid, averaged (Eq. 18)
-    mask    every mask pixel farther than edge_margin_px from the edge (space-time)
+    mask    every mask pixel farther than edge_margin_px from the edge (space-time; default)
+    center  pixels within center_radius_px of the particle centroid, averaged (Eq. 18 as published)
     line    the pixels of the analysis' line cut inside that eroded mask (space-time)
     pixels  a list of [row, col] of the analysed frames, each its own series
     trace   a CSV trace (time_s, contrast) compared with θ at one point (default: centroid)
 
-Offset (``fit_offset = true``, default false): the general linear model of Eqs. 16–17,
+Every simulation probes θ on the whole particle and its PSF neighbourhood, so one serves
+every region; every S is compared over the same frames (those all simulated S reach).
+
+Offset (``fit_offset = true``): the general linear model of Eqs. 16–17,
 (I − I₀)/I₀ = A(1 − θ) + B, is reduced in the paper to B = −A(1 − θ₀) by assuming I = I₀
 at θ₀, i.e. Ī = A(θ₀ − θ). Noise in the reference frame I₀ breaks that assumption: every
 contrast frame inherits the same error, a constant offset of the measured contrast that
@@ -32,11 +35,10 @@ region (all frames and all compared pixels; one per pixel would absorb the spati
 signal of the space-time regions), (A, B) in closed form for each S (linear least
 squares: A = cov(M, X)/var(X), B = mean(M) − A mean(X)).
 
-Uncertainty: (i) profile: the S interval where the profiled error satisfies
-M (e(S)² − e_min²) / e_min² ≤ 1 with M the number of frames (a χ² rule with σ estimated
-from the residual; frames, not pixels, are counted because pixels of one frame are
-strongly correlated); (ii) a moving-block bootstrap over frames, re-minimising e on the
-simulations already run (parabola through the three best evaluated S).
+Uncertainty (:mod:`.uncertainty`): the noise measured before the current
+(:mod:`.noise`: the reference noise shared by every frame, and each frame's own) is
+resampled and re-fitted on a dense profile e(S) interpolated between the simulated S —
+no new simulation; the 68 % and 95 % intervals are basic bootstrap intervals of S, A (B).
 """
 
 from __future__ import annotations
