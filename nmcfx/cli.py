@@ -82,7 +82,8 @@ def _analyze_parser(sub):
     g = a.add_argument_group("drift")
     g.add_argument("--drift", choices=("gaussian", "phase", "none"), default="gaussian")
     g.add_argument("--spot", metavar="ROW,COL",
-                   help="marker spot in the reference frame (with --reference-time-s auto: the first frame; default: found)")
+                   help="marker spot in the reference frame (with --reference-time-s auto: in the first frame; "
+                        "default: found)")
     g.add_argument("--spot-box", type=int, default=7, metavar="PX", help="half width of the spot fit window")
     g = a.add_argument_group("particle")
     g.add_argument("--threshold", default="otsu", help="mask threshold: otsu or an intensity (default otsu)")
