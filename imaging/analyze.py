@@ -57,8 +57,10 @@ CROP_MARGIN_PX = 24
 @dataclass(frozen=True)
 class AnalysisOptions:
     reference_frame: int | None = None  # index of the frame before current flows (default 0)
-    reference_time_s: float | str | None = None  # or: current start time ("auto": detected); reference = last frame at or before it
-    reference_average: int | str = "all"  # I₀ = mean of this many frames ending at the reference frame ("all": every frame before the current)
+    # or: the current start time ("auto": detected); the reference = the last frame at or before it
+    reference_time_s: float | str | None = None
+    # I₀ = the mean of this many frames ending at the reference frame ("all": every frame before the current)
+    reference_average: int | str = "all"
     dark_offset: float = 0.0  # camera offset subtracted from every pixel (ADU, i.e. file units)
     dark_frame: str | None = None  # or a dark image/stack (file), its mean subtracted pixel by pixel
     invert: bool = False  # the particle is darker than its surroundings: mask = pixels below the threshold
@@ -101,7 +103,8 @@ class AnalysisOptions:
         if o.dark_frame is not None and o.dark_offset:
             raise InputError("dark_offset", "give a dark offset or a dark frame, not both")
         if o.mask_file is not None and (o.invert or o.particle_rc is not None or o.threshold != "otsu"):
-            raise InputError("mask_file", "a user mask replaces the threshold: drop --invert, --particle and --threshold")
+            raise InputError("mask_file", "a user mask replaces the threshold: drop --invert, --particle and "
+                                          "--threshold")
         if o.drift not in ("gaussian", "phase", "none"):
             raise InputError("drift", f"must be 'gaussian', 'phase' or 'none', got {o.drift!r}")
         if not _finite(o.li_rich_threshold) or not 0 < o.li_rich_threshold < 10:

@@ -546,7 +546,9 @@ class SimulationCache:
         self.prune(keep=p)
 
     def size_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.dir.glob("*.npz")) if self.dir is not None and self.dir.is_dir() else 0
+        if self.dir is None or not self.dir.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in self.dir.glob("*.npz"))
 
     def prune(self, keep: Path | None = None):
         """Delete least recently used entries until the cache fits in ``max_bytes``."""
@@ -791,7 +793,7 @@ class CalibrationResult:
             "uncertainty": u,
             "at_edge_of_S_range": self.at_edge,
             "frames": int(len(self.target.times_s)),
-            "frames_compared": int(self.frames_used.sum()) if self.frames_used is not None else int(len(self.target.times_s)),
+            "frames_compared": int(len(self.target.times_s) if self.frames_used is None else self.frames_used.sum()),
             "series": int(self.target.measured.shape[1]),
             "region": self.target.region_kind,
             "target": self.target.info,
@@ -1079,12 +1081,14 @@ def format_calibration(r: CalibrationResult) -> str:
                                            if "S_interval_68" in u else "   (no interval)")]
     if "S_sigma_rel" in u:
         lines.append(f"  S error     ± {u['S_sigma_rel'] * 100:.2g} % (1σ; from the reference I0 "
-                     f"± {u['S_sigma_rel_reference'] * 100:.2g} %, from the frames ± {u['S_sigma_rel_frames'] * 100:.2g} %; "
-                     f"{u['resamples']} noise resamples, noise from {u.get('noise_source', 'the trace')})")
-    lines.append(f"  best A      {r.A:.4g}" + (f"   68 % {_iv(u.get('A_interval_68'))}" if "A_interval_68" in u else ""))
+                     f"± {u['S_sigma_rel_reference'] * 100:.2g} %, from the frames "
+                     f"± {u['S_sigma_rel_frames'] * 100:.2g} %; {u['resamples']} noise resamples, noise from "
+                     f"{u.get('noise_source', 'the trace')})")
+    a68 = f"   68 % {_iv(u.get('A_interval_68'))}" if "A_interval_68" in u else ""
+    lines.append(f"  best A      {r.A:.4g}{a68}")
     if r.settings.fit_offset:
-        lines.append(f"  offset B    {r.B:.4g}" + (f"   68 % {_iv(u.get('B_interval_68'), '.3g')}" if "B_interval_68" in u
-                                                   else "") + "   (fit_offset: Ī = A(θ₀ − θ) + B)")
+        b68 = f"   68 % {_iv(u.get('B_interval_68'), '.3g')}" if "B_interval_68" in u else ""
+        lines.append(f"  offset B    {r.B:.4g}{b68}   (fit_offset: Ī = A(θ₀ − θ) + B)")
     n_used = int(r.frames_used.sum()) if r.frames_used is not None else len(r.target.times_s)
     lines.append(f"  e(S, A)     {r.e_min:.4g}   over {n_used} frames × {r.target.measured.shape[1]} series "
                  f"(region {r.target.region_kind})")
