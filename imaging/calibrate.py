@@ -26,7 +26,7 @@ on a dark background), which stays linear in A. Regions:
 Every simulation probes θ on the whole particle and its PSF neighbourhood, so one serves
 every region; every S is compared over the same frames (those all simulated S reach).
 
-Offset (``fit_offset = true``): the general linear model of Eqs. 16–17,
+Offset (``fit_offset``, default true, chosen by the twin study): the general linear model of Eqs. 16–17,
 (I − I₀)/I₀ = A(1 − θ) + B, is reduced in the paper to B = −A(1 − θ₀) by assuming I = I₀
 at θ₀, i.e. Ī = A(θ₀ − θ). Noise in the reference frame I₀ breaks that assumption: every
 contrast frame inherits the same error, a constant offset of the measured contrast that
@@ -92,7 +92,7 @@ class CalibrationSettings:
     t_max_min: float | None = None
     resamples: int = 300  # noise resamples (reference and frame noise) re-fitted on the cached simulations
     seed: int = 0
-    fit_offset: bool = False  # fit Ī = A(θ₀ − θ) + B (one B for the region) instead of Eq. 18's B = 0
+    fit_offset: bool = True  # fit Ī = A(θ₀ − θ) + B (one B for the region); false: Eq. 18 as published (B = 0)
     cache_max_mb: float = 1000.0  # the cache is pruned (least recently used first) above this size
 
     KEYS = ("analysis", "trace_csv", "region", "center_radius_px", "pixels", "point_um", "edge_margin_px", "S_range",

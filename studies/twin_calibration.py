@@ -326,6 +326,22 @@ def resolved_settings(case: Case) -> dict:
             else case.fit_offset, "resamples": d.resamples}
 
 
+def case_digest(case: Case, seed: int, quick: bool, truth_digest: str) -> str:
+    return config_digest({"case": case.key, "seed": seed, "quick": quick, "truth": truth_digest,
+                          "settings": resolved_settings(case)})
+
+
+def finished_rows(outdir: Path, todo: list[Case], quick: bool, truth_digest: str) -> list[dict]:
+    """Every finished (seed, case) of ``todo`` whose result is current (same digest), in case order."""
+    rows = []
+    for case in todo:
+        for marker in sorted((outdir / "cases").glob(f"seed*/{case.key}/result.json")):
+            r = json.loads(marker.read_text())
+            if r.get("digest") == case_digest(case, int(r["seed"]), quick, truth_digest):
+                rows.append(r)
+    return rows
+
+
 def cases(quick: bool, part: str = "all") -> list[Case]:
     if quick:
         return [Case(MAIN_PHOTONS, 10, "center", None), Case(MAIN_PHOTONS, 10, "mask", None)]
@@ -345,8 +361,7 @@ def run_seed(study: Study, truth: dict, seed: int, todo: list[Case], cache: Path
     for case in todo:
         cdir = seed_dir / case.key
         marker = cdir / "result.json"
-        digest = config_digest({"case": case.key, "seed": seed, "quick": quick, "truth": truth["digest"],
-                                "settings": resolved_settings(case)})
+        digest = case_digest(case, seed, quick, truth["digest"])
         if marker.is_file() and not study.force:
             r = json.loads(marker.read_text())
             if r.get("digest") == digest:
@@ -415,13 +430,14 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def markdown(summary: list[dict]) -> str:
-    head = ("| photons/px | flicker | I₀ frames | region | fit_offset | S error mean ± SD | max \\|error\\| | "
+    head = ("| photons/px | flicker | I₀ frames | region | fit_offset | seeds | S error mean ± SD | max \\|error\\| | "
             "within 5 % | reported σ_S (ref / frames) | 68 % covers | 95 % covers |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for s in summary:
         fl = f"{s['flicker'] * 100:g} %" if s["flicker"] else "–"
         lines.append(f"| {s['photons']:g} | {fl} | {s['n_avg']} | {s['region']} | {str(s['fit_offset']).lower()} | "
+                     f"{s['seeds']} | "
                      f"{s['S_error_mean_pct']:+.1f} ± {s['S_error_std_pct']:.1f} % | {s['S_error_max_pct']:.1f} % | "
                      f"{s['within_5pct']:.0%} | {s['reported_sigma_pct']:.1f} % ({s['sigma_reference_pct']:.1f} / "
                      f"{s['sigma_frames_pct']:.1f}) | {s['coverage_68']:.0%} | {s['coverage_95']:.0%} |")
@@ -464,6 +480,8 @@ def main(argv: list[str] | None = None) -> dict:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--seeds", type=int, default=None)
     pre.add_argument("--cases", choices=("main", "flicker", "budget", "all"), default="all")
+    pre.add_argument("--report", action="store_true",
+                     help="run nothing: write the tables and figure from the cases finished so far")
     known, rest = pre.parse_known_args(argv if argv is not None else sys.argv[1:])
     args = parse_args(NAME, "Blind twin calibration at real photon counts (S error and interval coverage)", rest)
     study = Study(NAME, args)
@@ -479,11 +497,15 @@ def main(argv: list[str] | None = None) -> dict:
         raise RuntimeError(res.error)
     truth = {"maps": res.maps, "digest": config_digest(cfg)}
     cache = study.outdir / "cache"
-    rows = []
     t0 = time.perf_counter()
-    for seed in range(n_seeds):
-        rows += run_seed(study, truth, seed, todo, cache, study.quick)
+    if not known.report:
+        for seed in range(n_seeds):
+            run_seed(study, truth, seed, todo, cache, study.quick)
     wall = time.perf_counter() - t0
+    # the tables cover every finished case (other runs of the script may have added some)
+    rows = finished_rows(study.outdir, cases(study.quick, "all"), study.quick, truth["digest"])
+    n_seeds = len({r["seed"] for r in rows})
+    compute_h = sum(r["wall_s"] for r in rows) / 3600.0
     summary = summarise(rows) if study.comm.rank == 0 else []
     files = ["twin_calibration.csv", "twin_calibration_summary.csv", "twin_calibration.md", "twin_calibration.png"]
     if study.comm.rank == 0:
@@ -496,12 +518,14 @@ def main(argv: list[str] | None = None) -> dict:
                   [[s[k] for k in summary[0]] for s in summary])
         md = markdown(summary)
         (study.outdir / "twin_calibration.md").write_text(
-            f"Twin calibration, S = {S_TRUE}, {n_seeds} noise seeds, {'quick' if study.quick else 'full'}; "
-            f"seed loop {wall / 60:.1f} min.\n\n" + md)
+            f"Twin calibration, S = {S_TRUE}, up to {n_seeds} noise seeds, {'quick' if study.quick else 'full'}; "
+            f"{len(rows)} calibrations, {compute_h:.2f} h of render + analysis + calibration wall time in total "
+            f"({3600 * compute_h / max(len(rows), 1):.0f} s each on average).\n\n" + md)
         figure(rows, study.outdir / "twin_calibration.png")
         study.say("\n" + md)
     study.finish("Blind twin calibration: S error and interval coverage over noise seeds",
-                 extra={"summary": summary, "seeds": n_seeds, "S_true": S_TRUE, "seed_loop_s": wall}, outputs=files)
+                 extra={"summary": summary, "seeds": n_seeds, "S_true": S_TRUE, "seed_loop_s": wall,
+                        "calibrations": len(rows), "compute_h": compute_h}, outputs=files)
     return {"rows": rows, "summary": summary}
 
 
