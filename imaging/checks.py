@@ -75,8 +75,9 @@ def baseline_check(contrast: np.ndarray, times_rel_s: np.ndarray, mask: np.ndarr
             word = "brighter" if off < 0 else "darker"
             out["warnings"].append(
                 f"the reference I0 is {abs(off) * 100:.2g} % {word} than the other {len(others)} frame(s) before the "
-                f"current ({abs(z):.0f} sigma): every contrast frame inherits this offset and biases S; check the "
-                "reference (--reference-frame, --reference-average) or calibrate with fit_offset = true")
+                f"current ({abs(z):.0f} sigma): every contrast frame inherits this offset, which biases S unless the "
+                "calibration fits it (fit_offset = true, the default); check the reference (--reference-frame, "
+                "--reference-average)")
     if pre_idx.size >= 3 and np.ptp(t) > 0:
         tc = t - t.mean()
         slope = float(np.sum(tc * (m - m.mean())) / np.sum(tc * tc))
@@ -89,15 +90,15 @@ def baseline_check(contrast: np.ndarray, times_rel_s: np.ndarray, mask: np.ndarr
             out["warnings"].append(
                 f"the baseline drifts by {change * 100:+.2g} % over the {pre_idx.size} frames before the current "
                 f"({abs(z):.0f} sigma; bleaching, focus or illumination drift?): I0 does not stand for theta0 at the "
-                "current start; use a reference right before the current (fewer --reference-average frames) "
-                "or calibrate with fit_offset = true")
+                "current start; use a reference right before the current (fewer --reference-average frames); "
+                "fit_offset = true (the default) absorbs a constant offset, not a drift that goes on")
     if noise.flicker > 0:
         out["flicker_rel"] = noise.flicker
         if noise.flicker >= MIN_EFFECT:
             out["warnings"].append(
                 f"the particle's brightness fluctuates by {noise.flicker * 100:.2g} % from frame to frame before the "
                 "current, more than the pixel noise explains (illumination flicker?): it is part of the calibration's "
-                "uncertainty; averaging more reference frames or fit_offset = true reduces its effect")
+                "uncertainty; averaging more reference frames and fit_offset = true (the default) reduce its effect")
     return out
 
 

@@ -444,6 +444,26 @@ def markdown(summary: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def precision_table(summary: list[dict]) -> str:
+    """Photons per pixel × frames averaged into I₀ → the error of S with the default settings:
+    the spread over the seeds (SD, %) and the reported σ_S (median, %)."""
+    rows = [s for s in summary if s["case"].endswith("_default_default") and not s["flicker"]]
+    photons = sorted({s["photons"] for s in rows})
+    navg = sorted({s["n_avg"] for s in rows})
+    if not rows:
+        return ""
+    out = ["| photons per pixel and frame | " + " | ".join(f"I₀ from {n} frame{'s' if n > 1 else ''}" for n in navg)
+           + " |", "|---|" + "---|" * len(navg)]
+    for p in photons:
+        cells = []
+        for n in navg:
+            s = next((x for x in rows if x["photons"] == p and x["n_avg"] == n), None)
+            cells.append("–" if s is None else f"{s['S_error_std_pct']:.1f} % ({s['reported_sigma_pct']:.1f} %), "
+                                                f"{s['within_5pct']:.0%} within 5 %")
+        out.append(f"| {p:g} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def figure(rows: list[dict], path: Path):
     pyplot = plt()
     keys = list(dict.fromkeys(r["case"] for r in rows))
@@ -516,7 +536,8 @@ def main(argv: list[str] | None = None) -> dict:
                   [[r.get(c) for c in cols] + list(r["S_interval_68"]) + list(r["S_interval_95"]) for r in rows])
         write_csv(study.outdir / "twin_calibration_summary.csv", list(summary[0]),
                   [[s[k] for k in summary[0]] for s in summary])
-        md = markdown(summary)
+        md = markdown(summary) + "\nPrecision with the default settings: SD of S over the seeds (median reported " \
+                                 "σ_S), and how often S is within 5 %:\n\n" + precision_table(summary)
         (study.outdir / "twin_calibration.md").write_text(
             f"Twin calibration, S = {S_TRUE}, up to {n_seeds} noise seeds, {'quick' if study.quick else 'full'}; "
             f"{len(rows)} calibrations, {compute_h:.2f} h of render + analysis + calibration wall time in total "
