@@ -480,3 +480,20 @@ def test_simulations_do_not_leak_mpi_communicators():
     for _ in range(4):
         sample_theta(particle, get_material(), protocol, [30.0, 60.0], np.zeros((1, 2)))
     assert _free_communicators() >= before - 1
+
+
+def test_reference_frames_of_an_older_analysis_are_inferred(tmp_path):
+    """contrast.npz written before it recorded the frames averaged into I₀: their contrast sums to
+    zero at every pixel, which tells how many there were."""
+    from nmcfx.imaging import write_analysis
+    from nmcfx.imaging.calibrate import _read_analysis, _reference_frames
+
+    st, _, _ = stack(n_post=4)
+    for n_avg in (1, 3, "all"):
+        res = analyze(st, AnalysisOptions(reference_time_s=T_CURRENT, reference_average=n_avg, figures=False))
+        out = tmp_path / f"ana{n_avg}"
+        write_analysis(res, out)
+        _npz_edit(out / "contrast.npz", reference_frames=None, reference_average=None)
+        z = _read_analysis(out)
+        n, frames = _reference_frames(z, z["contrast"], z["times_rel_s"] <= 0)
+        assert frames == list(res.reference_frames) and n == len(res.reference_frames)
