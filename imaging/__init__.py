@@ -17,6 +17,11 @@ Forward model (needs DOLFINx for the simulation part)::
     render_simulation(particle, material, protocol, times, grid, microscope) -> (ImageStack, ThetaFrames)
     save_stack(path, stack)                                      # ImageJ TIFF with times and pixel size
 
+Noise and checks of the frames before the current::
+
+    measure_noise(contrast, i0, mask, pre, reference_average=N) -> NoiseModel
+    baseline_check(...), detect_onset(times, particle_mean_trace(frames, mask))
+
 Calibration of S and A (Xu 2022 Eq. 18)::
 
     run_calibration(config_toml, outdir) -> CalibrationResult    # `nmcfx calibrate`
@@ -36,6 +41,7 @@ from .calibrate import (
     run_calibration,
     settings_from_dict,
 )
+from .checks import baseline_check, detect_onset, particle_mean_trace
 from .contrast import centroid_rc, disk_region, particle_mask, reference_image, total_contrast
 from .drift import DriftTrace, SpotFit, correct_drift, find_spot, fit_gaussian_spot, measure_drift
 from .forward import (
@@ -50,6 +56,7 @@ from .forward import (
     simulate_theta_frames,
 )
 from .kymograph import Kymograph, line_kymograph
+from .noise import NoiseModel, measure_noise
 from .outline import Outline, mask_outline, outline_mesh
 from .stack import DEFAULT_FRAME_RATE_HZ, DEFAULT_PIXEL_SIZE_UM, ImageStack, bin_stack, load_stack, parse_rc, save_stack
 
@@ -57,8 +64,9 @@ __all__ = [
     "DEFAULT_FRAME_RATE_HZ", "DEFAULT_PIXEL_SIZE_UM", "LI_RICH_THRESHOLD",
     "AnalysisOptions", "AnalysisResult", "AsymmetryRule", "AsymmetryTrace", "CalibrationResult",
     "CalibrationSettings", "CameraGrid", "DriftTrace", "ImageStack", "Kymograph", "Microscope", "Outline",
-    "SpotFit", "ThetaFrameProbe", "ThetaFrames",
-    "add_mesh", "analyze", "bin_stack", "calibrate", "centroid_rc", "classify", "com_offset", "correct_drift",
+    "NoiseModel", "SpotFit", "ThetaFrameProbe", "ThetaFrames",
+    "add_mesh", "analyze", "baseline_check", "bin_stack", "calibrate", "detect_onset", "measure_noise",
+    "particle_mean_trace", "centroid_rc", "classify", "com_offset", "correct_drift",
     "disk_region", "find_spot", "fit_gaussian_spot", "format_calibration", "line_kymograph", "load_calibration_config",
     "load_stack", "mask_outline", "measure_drift", "outline_mesh", "parse_rc", "particle_mask", "psf_sigma_um",
     "reference_image", "render_simulation", "render_stack", "run_analysis", "run_calibration", "sample_theta",

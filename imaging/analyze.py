@@ -37,13 +37,16 @@ import numpy as np
 from scipy import ndimage
 
 from nmcfx.errors import InputError
+from nmcfx.paths import check_output_dir
 
 from . import figures
 from .asymmetry import LI_RICH_THRESHOLD, AsymmetryRule, AsymmetryTrace, classify, com_offset
+from .checks import baseline_check, detect_onset, particle_mean_trace
 from .contrast import centroid_rc, disk_region, mean_in, particle_mask, reference_image, total_contrast
-from .drift import DriftTrace, correct_drift, measure_drift
+from .drift import DriftTrace, correct_drift, measure_drift, rereferenced
 from .forward import DEFAULT_RESOLUTION_UM, psf_sigma_um
 from .kymograph import Kymograph, default_line, line_kymograph
+from .noise import NoiseModel, measure_noise
 from .outline import Outline, mask_outline
 from .stack import ImageStack, load_stack
 
@@ -54,8 +57,14 @@ CROP_MARGIN_PX = 24
 @dataclass(frozen=True)
 class AnalysisOptions:
     reference_frame: int | None = None  # index of the frame before current flows (default 0)
-    reference_time_s: float | None = None  # or: current start time; reference = last frame at or before it
-    reference_average: int = 1  # I₀ = mean of this many frames ending at the reference frame
+    # or: the current start time ("auto": detected); the reference = the last frame at or before it
+    reference_time_s: float | str | None = None
+    # I₀ = the mean of this many frames ending at the reference frame ("all": every frame before the current)
+    reference_average: int | str = "all"
+    dark_offset: float = 0.0  # camera offset subtracted from every pixel (ADU, i.e. file units)
+    dark_frame: str | None = None  # or a dark image/stack (file), its mean subtracted pixel by pixel
+    invert: bool = False  # the particle is darker than its surroundings: mask = pixels below the threshold
+    mask_file: str | None = None  # a user mask (image of the frame size, non-zero = particle) instead of a threshold
     drift: str = "gaussian"  # gaussian | phase | none
     spot_rc: tuple[float, float] | None = None  # marker spot (row, col) in the reference frame; None: automatic
     spot_box_px: int = 7
@@ -84,8 +93,18 @@ class AnalysisOptions:
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < n_frames - 1:
                 raise InputError("reference_frame", f"must be a frame index in [0, {n_frames - 2}] (a later frame "
                                                     f"must follow), got {k!r}")
-        if o.reference_time_s is not None and not _finite(o.reference_time_s):
-            raise InputError("reference_time_s", f"must be a time in s, got {o.reference_time_s!r}")
+        if o.reference_time_s is not None and o.reference_time_s != "auto" and not _finite(o.reference_time_s):
+            raise InputError("reference_time_s", f"must be a time in s or 'auto', got {o.reference_time_s!r}")
+        ra = o.reference_average
+        if ra != "all" and (isinstance(ra, bool) or not isinstance(ra, (int, np.integer)) or ra < 1):
+            raise InputError("reference_average", f"must be an integer >= 1 or 'all', got {ra!r}")
+        if not _finite(o.dark_offset) or o.dark_offset < 0:
+            raise InputError("dark_offset", f"must be a camera offset >= 0 (file units, ADU), got {o.dark_offset!r}")
+        if o.dark_frame is not None and o.dark_offset:
+            raise InputError("dark_offset", "give a dark offset or a dark frame, not both")
+        if o.mask_file is not None and (o.invert or o.particle_rc is not None or o.threshold != "otsu"):
+            raise InputError("mask_file", "a user mask replaces the threshold: drop --invert, --particle and "
+                                          "--threshold")
         if o.drift not in ("gaussian", "phase", "none"):
             raise InputError("drift", f"must be 'gaussian', 'phase' or 'none', got {o.drift!r}")
         if not _finite(o.li_rich_threshold) or not 0 < o.li_rich_threshold < 10:
@@ -141,6 +160,11 @@ class AnalysisResult:
     mesh_info: dict | None = None
     notes: list = field(default_factory=list)
     reference_image: np.ndarray | None = None  # I₀ (mean of the reference frames)
+    reference_frames: tuple = ()  # indices averaged into I₀
+    warnings: list = field(default_factory=list)
+    noise: NoiseModel | None = None
+    baseline: dict = field(default_factory=dict)
+    onset: dict | None = None  # detected current onset (time_s, first_changed frame)
 
     @property
     def pixel_size_um(self) -> float:
@@ -166,7 +190,14 @@ class AnalysisResult:
         if self.mesh_info:
             m = self.mesh_info
             lines.append(f"  mesh         {m['cells']} cells; area {m['area_um2']:.4g} µm², perimeter {m['perimeter_um']:.4g} µm")
+        if self.noise is not None:
+            nm, core = self.noise, self.mask
+            sig = float(np.median(nm.sigma_rel(self.reference_image[core])))
+            lines.append(f"  noise        {sig * 100:.2g} % per pixel and frame (from {nm.source}); I0 = mean of "
+                         f"{len(self.reference_frames)} frame(s): {sig / math.sqrt(len(self.reference_frames)) * 100:.2g} % "
+                         "per pixel")
         lines += [f"  note         {n}" for n in self.notes]
+        lines += [f"  warning      {w}" for w in self.warnings]
         return lines
 
     def summary(self) -> dict:
@@ -192,46 +223,149 @@ class AnalysisResult:
             "asymmetry": self.classification,
             "line_rc": [list(self.kymograph.p0_rc), list(self.kymograph.p1_rc)],
             "mesh": self.mesh_info,
+            "reference_frames": list(self.reference_frames),
+            "current_onset_detected": self.onset,
+            "noise": self.noise.to_dict() if self.noise is not None else None,
+            "baseline": self.baseline,
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
 
-def reference_index(times_s: np.ndarray, opts: AnalysisOptions) -> int:
+def reference_index(times_s: np.ndarray, opts: AnalysisOptions, onset_s: float | None = None) -> int:
     if opts.reference_frame is not None:
         return int(opts.reference_frame)
-    if opts.reference_time_s is not None:
-        before = np.flatnonzero(times_s <= opts.reference_time_s + 1e-9)
+    t_ref = onset_s if opts.reference_time_s == "auto" else opts.reference_time_s
+    if t_ref is not None:
+        before = np.flatnonzero(times_s <= t_ref + 1e-9)
         if before.size == 0:
-            raise InputError("reference_time_s", f"{opts.reference_time_s:g} s is before the first frame "
-                                                 f"({times_s[0]:g} s)")
+            raise InputError("reference_time_s", f"{t_ref:g} s is before the first frame ({times_s[0]:g} s)")
         k = int(before[-1])
         if k >= len(times_s) - 1:
-            raise InputError("reference_time_s", f"{opts.reference_time_s:g} s leaves no frame after the reference")
+            raise InputError("reference_time_s", f"{t_ref:g} s leaves no frame after the reference")
         return k
     return 0
+
+
+def _load_image(path, field: str, shape) -> np.ndarray:
+    """A 2D image (or the mean of a stack) of the frame size from .npy/.npz/.tif/.png."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(field, f"file not found: {p}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".png":
+            import matplotlib.image as mpimg
+
+            arr = np.asarray(mpimg.imread(p), dtype=float)
+            if arr.ndim == 3:
+                arr = arr[..., :3].mean(axis=2) if arr.shape[2] >= 3 else arr[..., 0]
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            from .stack import _TiffLog
+
+            with _TiffLog():
+                arr = np.asarray(tifffile.imread(p), dtype=float)
+        elif suffix == ".npy":
+            arr = np.asarray(np.load(p, allow_pickle=False), dtype=float)
+        elif suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                key = next((k for k in ("mask", "dark", "frames", "image") if k in z.files), z.files[0])
+                arr = np.asarray(z[key], dtype=float)
+        else:
+            raise InputError(field, f"{p.name}: unknown file type {suffix!r}; use .npy, .npz, .tif or .png")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt files raise many types
+        raise InputError(field, f"cannot read {p.name} ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 3:
+        arr = arr.mean(axis=0)
+    if arr.shape != tuple(shape):
+        raise InputError(field, f"{p.name} is {'×'.join(map(str, arr.shape))} pixels; the frames are "
+                                f"{shape[0]}×{shape[1]}")
+    if not np.all(np.isfinite(arr)):
+        raise InputError(field, f"{p.name} holds non-finite values")
+    return arr
+
+
+def user_mask(path, shape, field: str = "mask_file") -> np.ndarray:
+    """A particle mask from an image file: non-zero (or above half the maximum) = particle."""
+    from .contrast import MIN_MASK_PIXELS
+
+    img = _load_image(path, field, shape)
+    mask = img > 0.5 * img.max() if img.max() > 0 else np.zeros(shape, bool)
+    mask = ndimage.binary_fill_holes(mask)
+    if mask.sum() < MIN_MASK_PIXELS:
+        raise InputError(field, f"the mask in {Path(path).name} has {int(mask.sum())} particle pixels; "
+                                f"need at least {MIN_MASK_PIXELS}")
+    if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
+        raise InputError(field, f"the mask in {Path(path).name} touches the image edge: the particle must lie "
+                                "inside the field of view")
+    return mask
 
 
 def analyze(stack: ImageStack, opts: AnalysisOptions = AnalysisOptions()) -> AnalysisResult:
     """Run the whole pipeline in memory (no files written)."""
     opts = opts.validated(stack.n_frames)
-    notes = []
+    notes, warnings = [], []
     px = stack.pixel_size_um
     sigma_px = psf_sigma_um(opts.resolution_um) / px
-    ref = reference_index(stack.times_s, opts)
-    t0 = float(opts.reference_time_s) if opts.reference_time_s is not None else float(stack.times_s[ref])
-    # the particle mask of the raw reference frame keeps the automatic spot search off the particle
-    reference_image(stack.frames, ref, opts.reference_average)  # validates the averaging window early
-    mask0, _ = particle_mask(stack.frames[ref], opts.threshold, seed_rc=opts.particle_rc)
-    exclude = ndimage.binary_dilation(mask0, iterations=max(3, int(math.ceil(3 * sigma_px))))
-    trace = measure_drift(stack.frames, stack.times_s, ref, method=opts.drift, spot_rc=opts.spot_rc,
-                          box_px=opts.spot_box_px, exclude=exclude, sigma_px=sigma_px)
-    frames = correct_drift(stack.frames, trace)
+    raw = _dark_subtracted(stack, opts)
+    umask = user_mask(opts.mask_file, stack.shape) if opts.mask_file is not None else None
+
+    def find_mask(frame):
+        if umask is not None:
+            return umask, float("nan")
+        return particle_mask(frame, opts.threshold, seed_rc=opts.particle_rc, invert=opts.invert)
+
+    # the drift is measured against the reference frame when it is known, else against the first frame
+    # (the current onset is then looked for on aligned frames) and referred to the reference afterwards;
+    # the particle mask of that frame keeps the automatic spot search off the particle
+    known = opts.reference_frame is not None or opts.reference_time_s not in (None, "auto")
+    start = reference_index(stack.times_s, opts) if known else 0
+    start_mask, _ = find_mask(raw[start])
+    exclude = ndimage.binary_dilation(start_mask, iterations=max(3, int(math.ceil(3 * sigma_px))))
+    trace0 = measure_drift(raw, stack.times_s, start, method=opts.drift, spot_rc=opts.spot_rc,
+                           box_px=opts.spot_box_px, exclude=exclude, sigma_px=sigma_px)
+    onset = None
+    if opts.reference_frame is None:
+        onset = detect_onset(stack.times_s, particle_mean_trace(raw, start_mask, trace0.drift_rc))
+    if opts.reference_time_s == "auto" and onset is None:
+        raise InputError("reference_time_s", "'auto' found no current onset in the stack (the particle-mean intensity "
+                                             "is not flat over at least two frames and then changing); give the "
+                                             "current start time in s")
+    ref = reference_index(stack.times_s, opts, onset["time_s"] if onset else None)
+    if opts.reference_time_s == "auto":
+        t0 = float(onset["time_s"])
+        notes.append(f"current onset detected at t = {t0:.4g} s (frame {onset['first_changed']} is the first that "
+                     f"changes): reference frame {ref}, t = 0 there")
+    else:
+        t0 = float(opts.reference_time_s) if opts.reference_time_s is not None else float(stack.times_s[ref])
+    if onset is not None and opts.reference_frame is None and opts.reference_time_s is None:
+        warnings.append(f"the particle's intensity starts to change at t = {onset['time_s']:.4g} s (frame "
+                        f"{onset['first_changed']}), but without --reference-time-s the reference is frame 0 and "
+                        f"t = 0 is {stack.times_s[0]:g} s: give --reference-time-s {onset['time_s']:.4g} (or auto)")
+    elif onset is not None and opts.reference_time_s not in (None, "auto"):
+        dt = float(np.median(np.diff(stack.times_s)))
+        if abs(onset["time_s"] - float(opts.reference_time_s)) > 1.5 * dt:
+            warnings.append(f"the particle's intensity starts to change at t = {onset['time_s']:.4g} s, not at the "
+                            f"given --reference-time-s {float(opts.reference_time_s):g} s: check the current start")
+    n_avg = ref + 1 if opts.reference_average == "all" else int(opts.reference_average)
+    reference_image(raw, ref, n_avg)  # validates the averaging window early
+    trace = rereferenced(trace0, ref)
+    frames = correct_drift(raw, trace)
     lost = int(math.ceil(np.max(np.abs(trace.drift_rc)))) if trace.n_frames else 0
-    i0 = reference_image(frames, ref, opts.reference_average)
-    mask, thr = particle_mask(i0, opts.threshold, seed_rc=opts.particle_rc)
+    i0 = reference_image(frames, ref, n_avg)
+    mask, thr = find_mask(i0)
     if lost and not _clear_of_border(mask, lost + 1):
         notes.append(f"the particle comes within {lost + 1} px of the edge, where drift correction extrapolates")
     contrast = total_contrast(frames, ref, mask, reference=i0)
+    pre = stack.times_s - t0 <= 1e-9
+    ref_frames = tuple(range(ref - n_avg + 1, ref + 1))
+    noise = measure_noise(contrast, i0, mask, pre, reference_average=n_avg)
+    base = baseline_check(contrast, stack.times_s - t0, mask, i0, pre, ref_frames, noise)
+    warnings += base.pop("warnings")
     cen = centroid_rc(mask)
     region = disk_region(mask.shape, cen, opts.center_radius_px, within=mask)
     norm_int = mean_in(contrast, mask)
@@ -255,7 +389,27 @@ def analyze(stack: ImageStack, opts: AnalysisOptions = AnalysisOptions()) -> Ana
         capacity = np.clip(stack.times_s - t0, 0, None) / 3600.0 * i
     corrected = replace(stack, frames=frames, info=dict(stack.info, drift_corrected=trace.method))
     return AnalysisResult(corrected, opts, ref, t0, stack.times_s - t0, trace, mask, thr, contrast, cen, region,
-                          norm_int, center, kymo, asym, cls, outline, capacity, None, notes, i0)
+                          norm_int, center, kymo, asym, cls, outline, capacity, None, notes, i0, ref_frames, warnings,
+                          noise, base, onset)
+
+
+def _dark_subtracted(stack: ImageStack, opts: AnalysisOptions) -> np.ndarray:
+    """The frames minus the camera offset (``dark_offset``) or the mean dark frame."""
+    if opts.dark_frame is not None:
+        dark = _load_image(opts.dark_frame, "dark_frame", stack.shape)
+        what = f"the dark frame {Path(opts.dark_frame).name}"
+    elif opts.dark_offset:
+        dark = float(opts.dark_offset)
+        what = f"--dark-offset {opts.dark_offset:g}"
+    else:
+        return stack.frames
+    out = stack.frames - dark
+    level = float(np.median(stack.frames[0]))
+    if float(np.median(out[0])) <= 0.05 * level:
+        raise InputError("dark_frame" if opts.dark_frame is not None else "dark_offset",
+                         f"{what} removes almost all of the signal (median of the first frame {level:.6g} before, "
+                         f"{float(np.median(out[0])):.6g} after); it must be the camera's offset, not the image level")
+    return out
 
 
 def _clear_of_border(mask, width) -> bool:
@@ -332,10 +486,11 @@ def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]
     """Create ``outdir`` and write every output file (each through a temporary name)."""
     from nmcfx import __version__
 
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError("output", f"{outdir} exists and is not a directory")
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = check_output_dir(outdir, "--output")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError("--output", f"cannot create {outdir}: {exc.strerror or exc}") from None
     r = result
     px = r.pixel_size_um
     written = []
@@ -354,10 +509,11 @@ def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]
             centroid_rc=np.array(r.centroid_rc) - [rs.start, cs.start],
             line_rc=np.array([r.kymograph.p0_rc, r.kymograph.p1_rc]) - [rs.start, cs.start],
             reference_frame=r.reference_image[rs, cs].astype(np.float32),
-            resolution_um=r.options.resolution_um, reaction=r.options.reaction)
+            reference_frames=np.array(r.reference_frames, dtype=int), reference_average=len(r.reference_frames),
+            time_zero_s=r.t0_s, resolution_um=r.options.resolution_um, reaction=r.options.reaction)
     os.replace(tmp, outdir / "contrast.npz")
     done("contrast.npz")
-    r.drift.write_csv(outdir / ".drift.csv.tmp", px)
+    r.drift.write_csv(outdir / ".drift.csv.tmp", px, r.t0_s)
     os.replace(outdir / ".drift.csv.tmp", outdir / "drift.csv")
     done("drift.csv")
     cap = r.capacity_mAh_g
@@ -379,17 +535,20 @@ def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]
     done("outline.csv")
     if r.options.figures:
         name = Path(r.stack.source).name
-        figures.drift(r.drift, outdir / "drift.png", pixel_size_um=px)
+        figures.drift(r.drift, outdir / "drift.png", pixel_size_um=px, t0_s=r.t0_s)
         figures.intensity(r.times_rel_s, {"normalised intensity (particle mean)": (r.normalised_intensity, "o-"),
                                           f"centre ({r.options.center_radius_px:g} px radius)": (r.center_contrast, "s-")},
                           outdir / "intensity.png", title=name)
         figures.kymograph(r.kymograph, outdir / "kymograph.png", capacity_mAh_g=cap, title=f"{name}: line cut")
-        figures.asymmetry(r.asymmetry, outdir / "asymmetry.png", classification=r.classification, title=name)
+        figures.asymmetry(r.asymmetry, outdir / "asymmetry.png", classification=r.classification, title=name,
+                          after=r.times_rel_s > 0)
         after = [k for k in range(r.stack.n_frames) if k > r.reference_index]
         pick = np.unique(np.linspace(0, len(after) - 1, min(r.options.map_frames, len(after))).round().astype(int))
-        figures.contrast_maps(r.contrast, r.mask, r.times_rel_s, [after[i] for i in pick], outdir / "contrast_maps.png",
-                              pixel_size_um=px, title=f"{name}: total contrast",
-                              lines=[(r.kymograph.p0_rc, r.kymograph.p1_rc)])
+        rs8, cs8 = crop_box(r.mask, margin=8)
+        line = np.array([r.kymograph.p0_rc, r.kymograph.p1_rc]) - [rs8.start, cs8.start]
+        figures.contrast_maps(r.contrast[:, rs8, cs8], r.mask[rs8, cs8], r.times_rel_s, [after[i] for i in pick],
+                              outdir / "contrast_maps.png", pixel_size_um=px, title=f"{name}: total contrast",
+                              lines=[(tuple(line[0]), tuple(line[1]))])
         _reference_figure(r, outdir / "reference.png")
         written += ["drift.png", "intensity.png", "kymograph.png", "asymmetry.png", "contrast_maps.png", "reference.png"]
     meta = {
@@ -430,7 +589,7 @@ def _reference_figure(r: AnalysisResult, path):
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(frameon=False, fontsize=7, loc="lower left", labelcolor="w")
-    n_avg = r.options.reference_average
+    n_avg = len(r.reference_frames)
     ax.set_title(f"reference frame {r.reference_index}" + (f" (mean of {n_avg})" if n_avg > 1 else ""), fontsize=9)
     figures._scale_bar(ax, ref.shape, r.pixel_size_um, color="w")
     figures._save(fig, path)
@@ -441,6 +600,12 @@ def run_analysis(path, outdir, opts: AnalysisOptions = AnalysisOptions(), *, fra
                  command=None) -> AnalysisResult:
     """Load, analyse and (on rank 0 of ``comm``) write ``outdir``. Nothing is written if any
     input is bad; with ``mesh`` the outline is meshed too (collective)."""
+    if comm is not None:
+        from nmcfx.parallel import run_on_root
+
+        run_on_root(comm, check_output_dir, outdir, "--output")
+    else:
+        check_output_dir(outdir, "--output")
     stack = load_stack(path, frame_rate_hz=frame_rate_hz, times_s=times_s, pixel_size_um=pixel_size_um,
                        bin_frames=bin_frames)
     result = analyze(stack, opts)

@@ -17,13 +17,16 @@ A · G∗(1_p Δθ) / G∗(1_p), the simulated Δθ = θ₀ − θ on the pixel 
 same Gaussian PSF as the microscope (normalised convolution: a uniformly bright particle
 on a dark background), which stays linear in A. Regions:
 
-    center  pixels within center_radius_px of the particle centroid, averaged (Eq. 18)
-    mask    every mask pixel farther than edge_margin_px from the edge (space-time)
+    mask    every mask pixel farther than edge_margin_px from the edge (space-time; default)
+    center  pixels within center_radius_px of the particle centroid, averaged (Eq. 18 as published)
     line    the pixels of the analysis' line cut inside that eroded mask (space-time)
     pixels  a list of [row, col] of the analysed frames, each its own series
     trace   a CSV trace (time_s, contrast) compared with θ at one point (default: centroid)
 
-Offset (``fit_offset = true``, default false): the general linear model of Eqs. 16–17,
+Every simulation probes θ on the whole particle and its PSF neighbourhood, so one serves
+every region; every S is compared over the same frames (those all simulated S reach).
+
+Offset (``fit_offset``, default true, chosen by the twin study): the general linear model of Eqs. 16–17,
 (I − I₀)/I₀ = A(1 − θ) + B, is reduced in the paper to B = −A(1 − θ₀) by assuming I = I₀
 at θ₀, i.e. Ī = A(θ₀ − θ). Noise in the reference frame I₀ breaks that assumption: every
 contrast frame inherits the same error, a constant offset of the measured contrast that
@@ -32,11 +35,10 @@ region (all frames and all compared pixels; one per pixel would absorb the spati
 signal of the space-time regions), (A, B) in closed form for each S (linear least
 squares: A = cov(M, X)/var(X), B = mean(M) − A mean(X)).
 
-Uncertainty: (i) profile: the S interval where the profiled error satisfies
-M (e(S)² − e_min²) / e_min² ≤ 1 with M the number of frames (a χ² rule with σ estimated
-from the residual; frames, not pixels, are counted because pixels of one frame are
-strongly correlated); (ii) a moving-block bootstrap over frames, re-minimising e on the
-simulations already run (parabola through the three best evaluated S).
+Uncertainty (:mod:`.uncertainty`): the noise measured before the current
+(:mod:`.noise`: the reference noise shared by every frame, and each frame's own) is
+resampled and re-fitted on a dense profile e(S) interpolated between the simulated S —
+no new simulation; the 68 % and 95 % intervals are basic bootstrap intervals of S, A (B).
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ import numpy as np
 
 from nmcfx.errors import InputError
 
+from .checks import baseline_check
 from .contrast import disk_region, eroded
+from .noise import NoiseModel, measure_noise
 from .forward import DEFAULT_RESOLUTION_UM, blur_contrast, psf_sigma_um
 
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2
 REGIONS = ("center", "mask", "line", "pixels", "trace")
 RUN_TABLES = ("title", "geometry", "material", "protocol", "solver", "output")
 
@@ -70,7 +74,7 @@ RUN_TABLES = ("title", "geometry", "material", "protocol", "solver", "output")
 class CalibrationSettings:
     analysis: Path | None = None  # directory written by `nmcfx analyze`
     trace_csv: Path | None = None  # or a measured trace (time_s, contrast)
-    region: str = "center"
+    region: str = "mask"  # space-time fit over the particle: the twin study's choice (README)
     center_radius_px: float | None = None  # None: the analysis' centre region
     pixels: tuple = ()
     point_um: tuple[float, float] | None = None  # region "trace": where θ is taken (default: mesh centroid)
@@ -86,13 +90,14 @@ class CalibrationSettings:
     resolution_um: float | None = None  # None: the analysis' value (265 nm by default)
     align: str = "centroid"  # centroid | none
     t_max_min: float | None = None
-    bootstrap: int = 200
+    resamples: int = 300  # noise resamples (reference and frame noise) re-fitted on the cached simulations
     seed: int = 0
-    fit_offset: bool = False  # fit Ī = A(θ₀ − θ) + B (one B for the region) instead of Eq. 18's B = 0
+    fit_offset: bool = True  # fit Ī = A(θ₀ − θ) + B (one B for the region); false: Eq. 18 as published (B = 0)
+    cache_max_mb: float = 1000.0  # the cache is pruned (least recently used first) above this size
 
     KEYS = ("analysis", "trace_csv", "region", "center_radius_px", "pixels", "point_um", "edge_margin_px", "S_range",
             "S_grid", "S_tol", "refine", "A_points", "workers", "cache_dir", "blur", "resolution_um", "align",
-            "t_max_min", "bootstrap", "seed", "fit_offset")
+            "t_max_min", "resamples", "bootstrap", "seed", "fit_offset", "cache_max_mb")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -144,7 +149,7 @@ def settings_from_dict(d: dict | None, base_dir: Path) -> CalibrationSettings:
                                                      "written by `nmcfx analyze`")
     if "trace_csv" in out and not out["trace_csv"].is_file():
         raise InputError("calibration.trace_csv", f"file not found: {out['trace_csv']}")
-    region = d.get("region", "trace" if "trace_csv" in d else "center")
+    region = d.get("region", "trace" if "trace_csv" in d else "mask")
     if region not in REGIONS:
         raise InputError("calibration.region", f"must be one of {list(REGIONS)}, got {region!r}")
     if ("trace_csv" in out) != (region == "trace"):
@@ -186,8 +191,13 @@ def settings_from_dict(d: dict | None, base_dir: Path) -> CalibrationSettings:
         out["A_points"] = _num(d, "A_points", 5, 1000, integer=True)
     if "workers" in d:
         out["workers"] = _num(d, "workers", 1, 256, integer=True)
-    if "bootstrap" in d:
-        out["bootstrap"] = _num(d, "bootstrap", 0, 100000, integer=True)
+    if "resamples" in d and "bootstrap" in d:
+        raise InputError("calibration.bootstrap", "is the old name of resamples; give one of them")
+    for key in ("resamples", "bootstrap"):  # bootstrap: the old name
+        if key in d:
+            out["resamples"] = _num(d, key, 0, 100000, integer=True)
+    if "cache_max_mb" in d:
+        out["cache_max_mb"] = _num(d, "cache_max_mb", 1, 1e7, unit=" MB")
     if "seed" in d:
         out["seed"] = _num(d, "seed", 0, 2**31 - 1, integer=True)
     if "resolution_um" in d:
@@ -203,6 +213,9 @@ def settings_from_dict(d: dict | None, base_dir: Path) -> CalibrationSettings:
         out["align"] = d["align"]
     if "cache_dir" not in out:
         out["cache_dir"] = base_dir / "nmcfx-cache"
+    from nmcfx.paths import check_output_dir
+
+    check_output_dir(out["cache_dir"], "calibration.cache_dir")
     return CalibrationSettings(**out)
 
 
@@ -239,22 +252,37 @@ class Target:
     sigma_px: float | None = None
     average: bool = False
     info: dict = field(default_factory=dict)
+    # noise (analysis mode: measured from the frames before the current)
+    noise: NoiseModel | None = None
+    i0: np.ndarray | None = None  # (h, w) reference intensity
+    pixel_measured: np.ndarray | None = None  # (n, region pixels) contrast of the compared pixels
+    trace_sigma: float | None = None  # region "trace": noise of one sample (second differences)
+    warnings: list = field(default_factory=list)
+    baseline: dict = field(default_factory=dict)
+
+
+def _frame_selection(t: np.ndarray, settings: CalibrationSettings, protocol, field: str, what: str) -> np.ndarray:
+    t_end = protocol.nominal_duration_s
+    t_max = settings.t_max_min * 60.0 if settings.t_max_min is not None else math.inf
+    sel = (t > 0) & (t <= t_max) & (t <= (t_end if t_end is not None else math.inf) + 1e-9)
+    if sel.sum() < 3:
+        raise InputError(field, f"only {int(sel.sum())} {what} after the current start within the protocol duration "
+                                "and t_max_min; need at least 3")
+    return sel
 
 
 def build_target(settings: CalibrationSettings, particle, protocol) -> Target:
     """Load the measured data, choose frames and pixels, and map pixels to mesh points."""
     theta0 = protocol.initial_theta
-    t_end = protocol.nominal_duration_s
-    t_max = settings.t_max_min * 60.0 if settings.t_max_min is not None else math.inf
     if settings.region == "trace":
         t, y = _read_trace(settings.trace_csv)
-        sel = (t > 0) & (t <= t_max) & (t <= (t_end if t_end is not None else math.inf) + 1e-9)
-        if sel.sum() < 3:
-            raise InputError("calibration.trace_csv", f"only {int(sel.sum())} samples after t = 0 within the protocol "
-                                                      "and t_max_min; need at least 3")
+        sel = _frame_selection(t, settings, protocol, "calibration.trace_csv", "samples")
         pt = settings.point_um if settings.point_um is not None else tuple(particle.centroid[:2])
-        return Target(t[sel], y[sel, None], np.array([pt], dtype=float), theta0, "trace",
-                      info={"source": str(settings.trace_csv), "point_um": list(pt)})
+        ys = y[sel]
+        d2 = ys[2:] - 2 * ys[1:-1] + ys[:-2]  # a smooth trace cancels; the noise remains (variance 6σ²)
+        sig = 1.4826 * float(np.median(np.abs(d2 - np.median(d2)))) / math.sqrt(6.0) if d2.size >= 3 else 0.0
+        return Target(t[sel], ys[:, None], np.array([pt], dtype=float), theta0, "trace",
+                      info={"source": str(settings.trace_csv), "point_um": list(pt)}, trace_sigma=sig)
     z = _read_analysis(settings.analysis)
     contrast, mask = z["contrast"], z["mask"]
     px = float(z["pixel_size_um"])
@@ -262,10 +290,7 @@ def build_target(settings: CalibrationSettings, particle, protocol) -> Target:
                                                                                       DEFAULT_RESOLUTION_UM))
     sigma_px = psf_sigma_um(res) / px
     t = np.asarray(z["times_rel_s"], dtype=float)
-    sel = (t > 0) & (t <= t_max) & (t <= (t_end if t_end is not None else math.inf) + 1e-9)
-    if sel.sum() < 3:
-        raise InputError("calibration.analysis", f"only {int(sel.sum())} frames after the reference within the "
-                                                 "protocol duration and t_max_min; need at least 3")
+    sel = _frame_selection(t, settings, protocol, "calibration.analysis", "frames")
     h, w = mask.shape
     margin = settings.edge_margin_px if settings.edge_margin_px is not None else 2.0 * sigma_px
     cen = tuple(float(v) for v in z["centroid_rc"])
@@ -294,34 +319,105 @@ def build_target(settings: CalibrationSettings, particle, protocol) -> Target:
             region[rc, cc_] = True
     if not region.any():
         raise InputError("calibration.region", f"region {kind!r} has no pixel (edge_margin_px = {margin:.3g} too large?)")
+    bad = ~np.all(np.isfinite(contrast[sel][:, region]), axis=1)
+    if bad.any():
+        k = int(np.flatnonzero(sel)[np.flatnonzero(bad)[0]])
+        raise InputError("calibration.analysis", f"contrast.npz: frame {k} (t = {t[k]:g} s) has non-finite contrast "
+                                                 f"in the compared region; re-run `nmcfx analyze`")
+    # probe every pixel any region of this analysis could need, so one simulation serves them all
     if settings.blur:
         from scipy import ndimage
 
-        needed = ndimage.binary_dilation(region, iterations=int(math.ceil(4.0 * sigma_px)) + 1)
+        needed = ndimage.binary_dilation(mask, iterations=int(math.ceil(4.0 * sigma_px)) + 1)
     else:
-        needed = region.copy()
+        needed = mask.copy()
+    needed |= region
     rr, cc = np.nonzero(needed)
     if settings.align == "centroid":
         xc, yc = particle.centroid[0], particle.centroid[1]
         pts = np.column_stack([xc + (cc - cen[1]) * px, yc + (rr - cen[0]) * px])
     else:
         pts = np.column_stack([(cc + origin[1]) * px, (rr + origin[0]) * px])
-    meas = contrast[sel][:, region].astype(float)
+    pix = contrast[sel][:, region].astype(float)
     average = kind == "center"
-    if average:
-        meas = meas.mean(axis=1, keepdims=True)
+    meas = pix.mean(axis=1, keepdims=True) if average else pix
+    # noise, measured from the frames before the current
+    i0 = np.asarray(z["reference_frame"], dtype=float)
+    pre = t <= 1e-9
+    n_avg, ref_frames = _reference_frames(z, contrast, pre)
+    noise = measure_noise(contrast, i0, mask, pre, reference_average=n_avg)
+    base = baseline_check(contrast, t, mask, i0, pre, ref_frames, noise)
+    warnings = base.pop("warnings")
     return Target(t[sel], meas, pts, theta0, kind, (h, w), needed, region, sigma_px if settings.blur else None, average,
                   info={"source": str(settings.analysis), "pixel_size_um": px, "region_pixels": int(region.sum()),
                         "probe_points": int(len(pts)), "edge_margin_px": margin, "psf_sigma_px": sigma_px,
-                        "resolution_um": res, "frames": int(sel.sum()), "align": settings.align})
+                        "resolution_um": res, "frames": int(sel.sum()), "align": settings.align,
+                        "reference_frames": [int(k) for k in ref_frames]},
+                  noise=noise, i0=i0, pixel_measured=pix, warnings=warnings, baseline=base)
+
+
+def _reference_frames(z: dict, contrast: np.ndarray, pre: np.ndarray) -> tuple[int, list]:
+    """How many frames were averaged into I₀ (stored by `nmcfx analyze`; for older analyses the
+    trailing pre-current frames whose contrast sums to zero at every pixel)."""
+    ref = int(z["reference_index"])
+    if "reference_frames" in z:
+        frames = [int(k) for k in np.atleast_1d(z["reference_frames"])]
+        return len(frames), frames
+    n_avg = 1
+    for n in range(int(pre.sum()), 1, -1):
+        first = ref - n + 1
+        if first >= 0 and np.nanmax(np.abs(contrast[first:ref + 1].sum(axis=0))) < 1e-4 * n:
+            n_avg = n
+            break
+    return n_avg, list(range(ref - n_avg + 1, ref + 1))
+
+
+#: Keys `nmcfx calibrate` needs in contrast.npz.
+ANALYSIS_KEYS = ("contrast", "mask", "center_region", "times_rel_s", "reference_index", "pixel_size_um",
+                 "crop_origin_rc", "centroid_rc", "line_rc", "reference_frame")
 
 
 def _read_analysis(path: Path) -> dict:
+    f = "calibration.analysis"
     try:
         with np.load(Path(path) / "contrast.npz", allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as exc:  # noqa: BLE001
-        raise InputError("calibration.analysis", f"cannot read {path}/contrast.npz ({exc})") from None
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:  # noqa: BLE001 - numpy raises many types for corrupt files
+        raise InputError(f, f"cannot read {path}/contrast.npz ({type(exc).__name__}: {exc}); re-run "
+                            "`nmcfx analyze`") from None
+    missing = [k for k in ANALYSIS_KEYS if k not in data]
+    if missing:
+        raise InputError(f, f"{path}/contrast.npz lacks {', '.join(missing)}; re-run `nmcfx analyze` to write it")
+    c, mask = data["contrast"], data["mask"]
+    if c.ndim != 3 or mask.ndim != 2 or c.shape[1:] != mask.shape or data["reference_frame"].shape != mask.shape \
+            or data["center_region"].shape != mask.shape:
+        raise InputError(f, f"{path}/contrast.npz: the contrast stack {c.shape}, mask {mask.shape} and reference "
+                            f"{data['reference_frame'].shape} do not fit together; re-run `nmcfx analyze`")
+    t = np.asarray(data["times_rel_s"], dtype=float).reshape(-1)
+    if t.size != c.shape[0] or not np.all(np.isfinite(t)) or np.any(np.diff(t) <= 0):
+        raise InputError(f, f"{path}/contrast.npz: times_rel_s must hold {c.shape[0]} increasing finite times")
+    data["times_rel_s"] = t
+    mask = mask.astype(bool)
+    data["mask"] = mask
+    if mask.sum() < 3:
+        raise InputError(f, f"{path}/contrast.npz: the particle mask is empty ({int(mask.sum())} pixels)")
+    inside = c[:, mask]
+    bad = ~np.all(np.isfinite(inside), axis=1)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise InputError(f, f"{path}/contrast.npz: frame {k} (t = {t[k]:g} s) holds "
+                            f"{int((~np.isfinite(inside[k])).sum())} non-finite contrast values inside the particle "
+                            f"({int(bad.sum())} such frame(s)); re-run `nmcfx analyze`")
+    i0 = np.asarray(data["reference_frame"], dtype=float)
+    if not np.all(np.isfinite(i0[mask])) or np.any(i0[mask] <= 0):
+        raise InputError(f, f"{path}/contrast.npz: the reference frame must be finite and > 0 on the particle")
+    px = float(data["pixel_size_um"])
+    if not math.isfinite(px) or px <= 0:
+        raise InputError(f, f"{path}/contrast.npz: pixel_size_um must be > 0, got {px!r}")
+    ref = int(data["reference_index"])
+    if not 0 <= ref < c.shape[0]:
+        raise InputError(f, f"{path}/contrast.npz: reference_index {ref} is not a frame index")
+    return data
 
 
 def _read_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -380,6 +476,9 @@ def simulate_tables(task: dict, comm, particle=None) -> dict:
         settings = SolverSettings.from_dict(cfg.get("solver"))
     theta, inside, _, sim = sample_theta(particle, material, protocol, np.asarray(task["times_s"]),
                                          np.asarray(task["points_um"]), settings=settings)
+    # stored as float32 in the cache: round fresh results the same way, so a cached and a fresh
+    # calibration take identical steps (θ to 6e-8, far below any measurable contrast)
+    theta = theta.astype(np.float32).astype(float)
     return {"S": task["S"], "theta": theta, "inside": inside, "wall_s": time.perf_counter() - t0,
             "steps": sim.solver.counters.steps}
 
@@ -407,10 +506,14 @@ def cache_key(task: dict) -> str:
 
 
 class SimulationCache:
-    """On-disk cache of simulations: ``<dir>/<key>.npz`` (written atomically)."""
+    """On-disk cache of simulations: ``<dir>/<key>.npz``, compressed (θ as float32), written
+    atomically, pruned to ``max_mb`` (least recently used entries first; a hit refreshes an
+    entry's time)."""
 
-    def __init__(self, directory: Path | None):
+    def __init__(self, directory: Path | None, max_mb: float = 1000.0):
         self.dir = Path(directory) if directory is not None else None
+        self.max_bytes = int(max_mb * 1e6)
+        self.pruned = 0
 
     def get(self, task: dict) -> dict | None:
         if self.dir is None:
@@ -420,20 +523,56 @@ class SimulationCache:
             return None
         try:
             with np.load(p, allow_pickle=False) as z:
-                return {"S": float(z["S"]), "theta": z["theta"], "inside": z["inside"], "wall_s": 0.0,
-                        "steps": int(z["steps"]), "cached": True}
+                hit = {"S": float(z["S"]), "theta": z["theta"].astype(float), "inside": z["inside"], "wall_s": 0.0,
+                       "steps": int(z["steps"]), "cached": True}
+            os.utime(p)
+            return hit
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
             return None
 
     def put(self, task: dict, result: dict):
         if self.dir is None:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        p = self.dir / f"{cache_key(task)}.npz"
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, S=result["S"], theta=result["theta"], inside=result["inside"], steps=result["steps"])
-        os.replace(tmp, p)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            p = self.dir / f"{cache_key(task)}.npz"
+            tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, S=result["S"], theta=np.asarray(result["theta"], dtype=np.float32),
+                                    inside=result["inside"], steps=result["steps"])
+            os.replace(tmp, p)
+        except OSError as exc:
+            raise InputError("calibration.cache_dir", f"cannot write to {self.dir}: {exc.strerror or exc}") from None
+        self.prune(keep=p)
+
+    def size_bytes(self) -> int:
+        if self.dir is None or not self.dir.is_dir():
+            return 0
+        return sum(f.stat().st_size for f in self.dir.glob("*.npz"))
+
+    def prune(self, keep: Path | None = None):
+        """Delete least recently used entries until the cache fits in ``max_bytes``."""
+        if self.dir is None:
+            return
+        entries = []
+        for f in self.dir.glob("*.npz"):
+            try:
+                st = f.stat()
+            except OSError:
+                continue
+            entries.append((st.st_mtime, st.st_size, f))
+        total = sum(e[1] for e in entries)
+        for _, size, f in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if keep is not None and f == keep:
+                continue
+            try:
+                f.unlink()
+                total -= size
+                self.pruned += 1
+            except OSError:
+                pass
 
 
 def run_in_processes(tasks: list[dict], workers: int) -> list[dict]:
@@ -476,7 +615,7 @@ class Evaluator:
         self.cfg, self.base_dir, self.target, self.settings, self.comm = cfg, base_dir, target, settings, comm
         self.particle = particle  # the mesh on ``comm`` (reused for every S run on the whole communicator)
         self._self_particle = particle if comm.size == 1 else None
-        self.cache = SimulationCache(settings.cache_dir)
+        self.cache = SimulationCache(settings.cache_dir, settings.cache_max_mb)
         self.results: dict[float, dict] = {}
         self.simulated = 0
         self.cached = 0
@@ -625,10 +764,8 @@ class CalibrationResult:
     S: float
     A: float
     e_min: float
-    evaluations: list  # [{S, A, e, phase, cached, wall_s}]
-    S_profile_interval: tuple
-    A_stderr: float
-    bootstrap: dict | None
+    evaluations: list  # [{S, A, B, e, phase, cached, wall_s, moments}]
+    uncertainty: dict  # intervals from noise resampling (module docstring)
     target: Target
     X_best: np.ndarray
     settings: CalibrationSettings
@@ -636,28 +773,43 @@ class CalibrationResult:
     counts: dict
     notes: list = field(default_factory=list)
     B: float = 0.0  # contrast offset (fit_offset; 0 for Eq. 18)
+    frames_used: np.ndarray | None = None  # (n,) bool: frames every simulated S reaches (compared for every S)
+    profile_curve: tuple | None = None  # (S, e) of the dense profile
+    resampled_S: np.ndarray | None = None
+    warnings: list = field(default_factory=list)
+
+    @property
+    def S_interval(self) -> tuple:
+        return tuple(self.uncertainty.get("S_interval_68", (None, None)))
 
     def to_dict(self) -> dict:
+        u = self.uncertainty
         return {
             "S": self.S, "A": self.A, "B": self.B, "fit_offset": self.settings.fit_offset, "e_min": self.e_min,
-            "S_profile_interval": list(self.S_profile_interval),
-            "A_stderr": self.A_stderr,
-            "bootstrap": self.bootstrap,
+            "S_interval_68": u.get("S_interval_68"), "S_interval_95": u.get("S_interval_95"),
+            "S_sigma_rel": u.get("S_sigma_rel"),
+            "A_interval_68": u.get("A_interval_68"), "A_interval_95": u.get("A_interval_95"),
+            "B_interval_68": u.get("B_interval_68"),
+            "uncertainty": u,
             "at_edge_of_S_range": self.at_edge,
             "frames": int(len(self.target.times_s)),
+            "frames_compared": int(len(self.target.times_s) if self.frames_used is None else self.frames_used.sum()),
             "series": int(self.target.measured.shape[1]),
             "region": self.target.region_kind,
             "target": self.target.info,
             "theta0": self.target.theta0,
+            "noise": self.target.noise.to_dict() if self.target.noise is not None else None,
+            "baseline": self.target.baseline,
             "simulations": self.counts,
             "evaluations": self.evaluations,
             "settings": self.settings.to_dict(),
             "notes": self.notes,
+            "warnings": self.warnings,
         }
 
 
 def calibrate(cfg: dict, base_dir: Path, settings: CalibrationSettings, *, comm=None, log=None) -> CalibrationResult:
-    """Find (S, A) minimising e(S, A) (module docstring). Collective over ``comm``."""
+    """Find (S, A) minimising e(S, A) (module docstring) and its uncertainty. Collective over ``comm``."""
     from mpi4py import MPI
     from scipy.optimize import minimize_scalar
 
@@ -684,11 +836,18 @@ def calibrate(cfg: dict, base_dir: Path, settings: CalibrationSettings, *, comm=
             cache_X[S] = model_series(target, r["theta"], r["inside"])
         return cache_X[S]
 
+    def common_frames():
+        """Frames every simulated S reaches: e(S) of every S compares the same frames."""
+        ok = np.ones(len(target.times_s), bool)
+        for S in ev.results:
+            ok &= np.all(np.isfinite(X_of(S)), axis=1)
+        return ok
+
     off = settings.fit_offset
 
     def e_of(S):
-        mo = moments(M, X_of(S), offset=off)
-        return float(mo.error(mo.best_A()))
+        mo = moments(M, X_of(S), common_frames(), offset=off)
+        return float(mo.error(mo.best_A())) if mo.n else math.inf
 
     errs = [e_of(S) for S in grid]
     j = int(np.argmin(errs))
@@ -705,10 +864,18 @@ def calibrate(cfg: dict, base_dir: Path, settings: CalibrationSettings, *, comm=
 
         res = minimize_scalar(f, bounds=(a, b), method="bounded", options={"xatol": xatol})
         say(f"  Brent refinement in [{a:.4g}, {b:.4g}]: {res.nfev} evaluations")
+    ok = common_frames()
+    _check_frames(ok, target, ev, X_of)
+    if not ok.all():
+        t_cut = target.times_s[~ok]
+        short = sorted(S for S in ev.results if not np.all(np.isfinite(X_of(S))))
+        notes.append(f"{int((~ok).sum())} frame(s) from t = {t_cut.min() / 60:.4g} min on lie beyond the end of the "
+                     f"simulated protocol for S = {', '.join(f'{v:.4g}' for v in short)} (a stop condition ended it "
+                     f"earlier); e(S) of every S compares the same {int(ok.sum())} frames")
     evaluated = sorted(ev.results)
     table = []
     for S in evaluated:
-        mo = moments(M, X_of(S), offset=off)
+        mo = moments(M, X_of(S), ok, offset=off)
         A = mo.best_A()
         table.append({"S": S, "A": A, "B": mo.best_B(A), "e": float(mo.error(A)), "mm": mo.mm, "mx": mo.mx,
                       "xx": mo.xx, "m": mo.m, "x": mo.x,
@@ -717,72 +884,115 @@ def calibrate(cfg: dict, base_dir: Path, settings: CalibrationSettings, *, comm=
                       "wall_s": float(ev.results[S].get("wall_s", 0.0))})
     best = min(table, key=lambda r: r["e"])
     S_best, A_best, B_best, e_best = best["S"], best["A"], best["B"], best["e"]
+    if not all(math.isfinite(v) for v in (S_best, A_best, B_best, e_best)):
+        raise InputError("calibration", f"the error e(S, A) is not finite (S = {S_best}, A = {A_best}); check the "
+                                        "measured contrast and the protocol")
     at_edge = bool(S_best <= lo * (1 + 2 * settings.S_tol) or S_best >= hi * (1 - 2 * settings.S_tol))
+    warnings = list(target.warnings)
     if at_edge:
-        notes.append(f"the minimum is at the edge of S_range [{lo:g}, {hi:g}]: widen the range")
+        why = (" — the frames before the current show a reference offset or a drifting baseline, which Eq. 18 turns "
+               "into an error of S: set fit_offset = true" if target.baseline.get("reference_offset_sigma") is not None
+               and any("reference I0" in w or "baseline drifts" in w for w in warnings) and not off else "")
+        notes.append(f"the minimum is at the edge of S_range [{lo:g}, {hi:g}]: widen the range{why}")
     X_best = X_of(S_best)
-    mo = moments(M, X_best, offset=off)
-    n_frames = int(np.all(np.isfinite(X_best), axis=1).sum())
-    xx_c = mo.central()[2]
-    A_stderr = float(e_best / math.sqrt(xx_c * mo.n)) if xx_c > 0 else float("nan")
-    interval = _profile_interval(np.array([r["S"] for r in table]), np.array([r["e"] for r in table]), e_best, n_frames)
-    boot = (_bootstrap(M, {S: X_of(S) for S in evaluated}, settings.bootstrap, settings.seed, offset=off)
-            if settings.bootstrap else None)
-    counts = {"simulated": ev.simulated, "from_cache": ev.cached, "evaluated": len(evaluated)}
-    return CalibrationResult(S_best, A_best, e_best, table, interval, A_stderr, boot, target, X_best, settings,
-                             at_edge, counts, notes, B=B_best)
+    unc, curve, resampled = _uncertainty(target, M, ok, {S: X_of(S) for S in evaluated}, settings, S_best, A_best,
+                                         B_best, e_best, at_edge, notes)
+    counts = {"simulated": ev.simulated, "from_cache": ev.cached, "evaluated": len(evaluated),
+              "cache_pruned": ev.cache.pruned}
+    return CalibrationResult(S_best, A_best, e_best, table, unc, target, X_best, settings, at_edge, counts, notes,
+                             B=B_best, frames_used=ok, profile_curve=curve, resampled_S=resampled, warnings=warnings)
 
 
-def _profile_interval(S, e, e_min, n_frames) -> tuple:
-    """(S_lo, S_hi) where n (e² − e_min²)/e_min² ≤ 1, linear interpolation of the profile between
-    evaluated S; None on a side where the profile never rises that far."""
-    order = np.argsort(S)
-    S, e = S[order], e[order]
-    chi = n_frames * (e**2 - e_min**2) / max(e_min**2, 1e-300)
-    k = int(np.argmin(chi))
-
-    def cross(step):
-        prev, i = k, k + step
-        while 0 <= i < len(S):
-            if chi[i] > 1.0:
-                f = (1.0 - chi[prev]) / (chi[i] - chi[prev])
-                return float(S[prev] + f * (S[i] - S[prev]))
-            prev, i = i, i + step
-        return None
-
-    return cross(-1), cross(+1)
+def _check_frames(ok, target, ev, X_of):
+    if ok.sum() >= 3:
+        return
+    ends = {S: float(target.times_s[np.all(np.isfinite(X_of(S)), axis=1)].max(initial=0.0)) for S in ev.results}
+    worst = min(ends, key=ends.get)
+    raise InputError("calibration", f"only {int(ok.sum())} frame(s) are reached by every simulated S: the protocol "
+                                    f"ends at t = {ends[worst] / 60:.4g} min for S = {worst:.4g} (a stop condition?); "
+                                    "narrow S_range, relax the stop condition or set t_max_min")
 
 
-def _bootstrap(M, X_by_S: dict, n_boot: int, seed: int, offset: bool = False) -> dict:
-    """Moving-block bootstrap over frames; S from a parabola (in log S) through the best three."""
-    rng = np.random.default_rng(seed)
-    n = M.shape[0]
-    L = max(1, int(round(n ** (1 / 3))))
-    S_list = np.array(sorted(X_by_S))
-    Xs = [X_by_S[S] for S in S_list]
-    out_S, out_A = [], []
-    starts = np.arange(0, n - L + 1)
-    for _ in range(n_boot):
-        idx = np.concatenate([np.arange(s, s + L) for s in rng.choice(starts, size=int(math.ceil(n / L)))])[:n]
-        mos = [moments(M, X, idx, offset=offset) for X in Xs]
-        e = np.array([mo.error(mo.best_A()) for mo in mos])
-        k = int(np.argmin(e))
-        if 0 < k < len(S_list) - 1:
-            x = np.log(S_list[k - 1:k + 2])
-            c = np.polyfit(x, e[k - 1:k + 2] ** 2, 2)
-            xs = -c[1] / (2 * c[0]) if c[0] > 0 else x[1]
-            xs = float(np.clip(xs, x[0], x[2]))
-            S_b = math.exp(xs)
-        else:
-            S_b = float(S_list[k])
-        kk = int(np.argmin(np.abs(S_list - S_b)))
-        out_S.append(S_b)
-        out_A.append(mos[kk].best_A())
-    S_arr, A_arr = np.array(out_S), np.array(out_A)
-    return {"resamples": n_boot, "block_frames": L, "S_std": float(S_arr.std(ddof=1)) if n_boot > 1 else None,
-            "S_16_84": [float(np.percentile(S_arr, 16)), float(np.percentile(S_arr, 84))],
-            "A_std": float(A_arr.std(ddof=1)) if n_boot > 1 else None,
-            "A_16_84": [float(np.percentile(A_arr, 16)), float(np.percentile(A_arr, 84))]}
+def _sampler(target: Target, ok: np.ndarray, *, reference: bool, frames: bool):
+    """Noise perturbations of the compared data (frames ``ok``) drawn from the measured noise."""
+    if target.region_kind == "trace":
+        sig = float(target.trace_sigma or 0.0)
+        M = target.measured[ok]
+
+        def draw(rng, k):
+            d = np.zeros((k,) + M.shape)
+            if frames:
+                d += sig * rng.standard_normal((k,) + M.shape)
+            if reference:  # the reference of a trace is taken as one sample of the same noise
+                d -= (1.0 + M)[None] * sig * rng.standard_normal((k, 1, 1))
+            return d
+
+        return draw
+    nm, c_pix = target.noise, target.pixel_measured[ok]
+
+    def draw(rng, k):
+        d = nm.sample(rng, target.i0, target.region, c_pix, k, reference=reference, frames=frames)
+        return d.mean(axis=2, keepdims=True) if target.average else d
+
+    return draw
+
+
+def _uncertainty(target, M, ok, X_by_S, settings, S_best, A_best, B_best, e_best, at_edge, notes):
+    """Intervals of S, A (and B) from resampling the measured noise on the dense profile."""
+    from .uncertainty import Profile, basic_interval, resample, spread
+
+    Mo = M[ok]
+    S_nodes = sorted(X_by_S)
+    prof = Profile.build(S_nodes, [X_by_S[S][ok] for S in S_nodes], settings.fit_offset)
+    curve = prof.curve(Mo.ravel())
+    unc: dict = {"method": "noise resampling re-fitted on the dense profile (imaging/uncertainty.py)",
+                 "resamples": settings.resamples}
+    if target.noise is not None:
+        unc["noise_source"] = target.noise.source
+    no_noise = (target.region_kind == "trace" and not target.trace_sigma) or (
+        target.noise is not None and target.noise.a == 0 and target.noise.b == 0)
+    if settings.resamples < 10 or no_noise:
+        if no_noise:
+            notes.append("no noise could be measured (too few frames): no interval")
+        return unc, curve, None
+    n = settings.resamples
+    runs = {}
+    for name, ref, fr in (("total", True, True), ("reference", True, False), ("frames", False, True)):
+        runs[name] = resample(prof, Mo, _sampler(target, ok, reference=ref, frames=fr), n if name == "total"
+                              else max(n // 3, 10), settings.seed)
+    tot = runs["total"]
+    S0, A0, B0 = tot["S0"], tot["A0"], tot["B0"]
+    lo_edge = np.mean(tot["S"] <= prof.S_dense[0] * (1 + 1e-9))
+    hi_edge = np.mean(tot["S"] >= prof.S_dense[-1] * (1 - 1e-9))
+    open_lo95, open_hi95 = bool(hi_edge > 0.025), bool(lo_edge > 0.025)  # basic interval: sides swap
+    open_lo68, open_hi68 = bool(hi_edge > 0.16), bool(lo_edge > 0.16)
+    unc.update({
+        "S_interval_68": list(basic_interval(S_best, S0, tot["S"], 0.68, open_low=open_lo68, open_high=open_hi68)),
+        "S_interval_95": list(basic_interval(S_best, S0, tot["S"], 0.95, open_low=open_lo95, open_high=open_hi95)),
+        "S_sigma_rel": spread(tot["S"], S0),
+        "S_sigma_rel_reference": spread(runs["reference"]["S"], S0),
+        "S_sigma_rel_frames": spread(runs["frames"]["S"], S0),
+        "A_interval_68": list(basic_interval(A_best, A0, tot["A"], 0.68, log=False)),
+        "A_interval_95": list(basic_interval(A_best, A0, tot["A"], 0.95, log=False)),
+        "A_sigma": spread(tot["A"], A0, log=False),
+        "S_profile_fit": S0,
+        "resamples_at_edge": int(tot["edges"]),
+    })
+    if settings.fit_offset:
+        unc["B_interval_68"] = list(basic_interval(B_best, B0, tot["B"], 0.68, log=False))
+        unc["B_interval_95"] = list(basic_interval(B_best, B0, tot["B"], 0.95, log=False))
+    # how far the residual exceeds the measured frame noise (1: the model explains the data)
+    fr = _sampler(target, ok, reference=False, frames=True)(np.random.default_rng(settings.seed + 1), 8)
+    noise_var = float(np.mean(fr**2))
+    if noise_var > 0:
+        unc["residual_to_noise"] = float(e_best**2 / noise_var)
+        if unc["residual_to_noise"] > 3.0:
+            notes.append(f"the fit residual is {math.sqrt(unc['residual_to_noise']):.1f}× the measured frame noise: "
+                         "the model misses part of the data (shape, PSF, D(θ), drift); the interval covers noise only")
+    if lo_edge + hi_edge > 0.025:
+        notes.append(f"{(lo_edge + hi_edge):.0%} of the noise resamples put S at the edge of the simulated range: "
+                     "the interval is open there; widen S_range")
+    return unc, curve, tot["S"]
 
 
 # ---------------------------------------------------------------------------- outputs
@@ -791,11 +1001,13 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
 
     from . import figures
     from .analyze import _csv_rows, write_json
+    from nmcfx.paths import check_output_dir
 
-    outdir = Path(outdir)
+    outdir = check_output_dir(outdir, "--output")
     outdir.mkdir(parents=True, exist_ok=True)
     r = result
     t = r.target
+    u = r.uncertainty
     files = []
     _csv_rows(outdir / "e_profile.csv", ["S", "A_best", "e_min", "phase", "cached", "B_best"],
               [[row["S"], row["A"], row["e"], row["phase"], int(row["cached"]), row["B"]] for row in r.evaluations])
@@ -803,10 +1015,15 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
     meas_mean = t.measured.mean(axis=1)
     pred = r.A * r.X_best + r.B
     pred_mean = pred.mean(axis=1)
-    _csv_rows(outdir / "fit.csv", ["time_s", "measured_contrast", "predicted_contrast", "model_theta0_minus_theta"],
-              [[float(t.times_s[k]), float(meas_mean[k]), float(pred_mean[k]), float(r.X_best[k].mean())]
+    used = r.frames_used if r.frames_used is not None else np.ones(len(t.times_s), bool)
+    _csv_rows(outdir / "fit.csv", ["time_since_current_s", "measured_contrast", "predicted_contrast",
+                                   "model_theta0_minus_theta", "compared"],
+              [[float(t.times_s[k]), float(meas_mean[k]), float(pred_mean[k]), float(r.X_best[k].mean()), int(used[k])]
                for k in range(len(t.times_s))])
     files.append("fit.csv")
+    if r.resampled_S is not None:
+        _csv_rows(outdir / "resamples.csv", ["S"], [[float(v)] for v in r.resampled_S])
+        files.append("resamples.csv")
     S_vals = np.array([row["S"] for row in r.evaluations])
     A_vals = np.array([row["A"] for row in r.evaluations])
     A_lo = max(0.0, 0.6 * min(A_vals.min(), r.A))
@@ -819,16 +1036,20 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
                   for row in r.evaluations])
     np.savez_compressed(outdir / "error_map.npz", S=S_vals, A=A_grid, e=E)
     files.append("error_map.npz")
+    s95, a95 = u.get("S_interval_95"), u.get("A_interval_95")
     figures.error_map(S_vals, A_grid, E, (r.S, r.A), outdir / "error_map.png",
-                      title="calibration error min over B of e(S, A, B)" if off else "")
+                      title="calibration error min over B of e(S, A, B)" if off else "",
+                      S_interval=s95 if s95 and None not in s95 else None,
+                      A_interval=a95 if a95 and None not in a95 else None)
     lab = {"center": "(particle centre)", "trace": "(trace)", "mask": "(mask mean)", "line": "(line-cut mean)",
            "pixels": "(pixel mean)"}[t.region_kind]
     b_txt = f", B = {r.B:.3g}" if off else ""
     figures.fit_overlay(t.times_s, meas_mean, pred_mean, outdir / "fit_overlay.png", label=lab,
-                        title=f"S = {r.S:.4g}, A = {r.A:.4g}{b_txt}, e = {r.e_min:.3g}",
+                        title=f"S = {r.S:.4g}{_pm(u)}, A = {r.A:.4g}{b_txt}, e = {r.e_min:.3g}",
                         model_label="model A(θ₀ − θ) + B" if off else "model A(θ₀ − θ)")
-    figures.error_profile(S_vals, [row["e"] for row in r.evaluations], r.S, r.S_profile_interval,
-                          outdir / "error_profile.png")
+    figures.error_profile(S_vals, [row["e"] for row in r.evaluations], r.S, u.get("S_interval_68"),
+                          outdir / "error_profile.png", dense=r.profile_curve, interval95=u.get("S_interval_95"),
+                          resampled_S=r.resampled_S)
     files += ["error_map.png", "fit_overlay.png", "error_profile.png"]
     if t.region is not None and not t.average:
         figures.model_vs_measured_maps(t.measured, pred, t.region, t.times_s, outdir / "model_vs_measured.png",
@@ -842,23 +1063,39 @@ def write_calibration(result: CalibrationResult, outdir, *, config: dict, comman
     return files + ["calibration.json", "metadata.json"]
 
 
+def _pm(u: dict) -> str:
+    s = u.get("S_sigma_rel")
+    return f" (± {s * 100:.2g} %)" if s is not None else ""
+
+
+def _iv(iv, fmt=".4g") -> str:
+    if not iv:
+        return "—"
+    lo, hi = iv
+    return f"[{'open' if lo is None else format(lo, fmt)}, {'open' if hi is None else format(hi, fmt)}]"
+
+
 def format_calibration(r: CalibrationResult) -> str:
-    lo, hi = r.S_profile_interval
-    iv = f"[{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else "not bounded by the evaluated S"
-    lines = [
-        f"  best S      {r.S:.4g}   (profile interval {iv})",
-        f"  best A      {r.A:.4g} ± {r.A_stderr:.2g}",
-        *([f"  offset B    {r.B:.4g}   (fit_offset: Ī = A(θ₀ − θ) + B)"] if r.settings.fit_offset else []),
-        f"  e(S, A)     {r.e_min:.4g}   over {len(r.target.times_s)} frames × {r.target.measured.shape[1]} series "
-        f"(region {r.target.region_kind})",
-    ]
-    if r.bootstrap:
-        b = r.bootstrap
-        lines.append(f"  bootstrap   S 16–84 % [{b['S_16_84'][0]:.4g}, {b['S_16_84'][1]:.4g}], "
-                     f"A 16–84 % [{b['A_16_84'][0]:.4g}, {b['A_16_84'][1]:.4g}] ({b['resamples']} resamples)")
+    u = r.uncertainty
+    lines = [f"  best S      {r.S:.4g}" + (f"   68 % {_iv(u.get('S_interval_68'))}, 95 % {_iv(u.get('S_interval_95'))}"
+                                           if "S_interval_68" in u else "   (no interval)")]
+    if "S_sigma_rel" in u:
+        lines.append(f"  S error     ± {u['S_sigma_rel'] * 100:.2g} % (1σ; from the reference I0 "
+                     f"± {u['S_sigma_rel_reference'] * 100:.2g} %, from the frames "
+                     f"± {u['S_sigma_rel_frames'] * 100:.2g} %; {u['resamples']} noise resamples, noise from "
+                     f"{u.get('noise_source', 'the trace')})")
+    a68 = f"   68 % {_iv(u.get('A_interval_68'))}" if "A_interval_68" in u else ""
+    lines.append(f"  best A      {r.A:.4g}{a68}")
+    if r.settings.fit_offset:
+        b68 = f"   68 % {_iv(u.get('B_interval_68'), '.3g')}" if "B_interval_68" in u else ""
+        lines.append(f"  offset B    {r.B:.4g}{b68}   (fit_offset: Ī = A(θ₀ − θ) + B)")
+    n_used = int(r.frames_used.sum()) if r.frames_used is not None else len(r.target.times_s)
+    lines.append(f"  e(S, A)     {r.e_min:.4g}   over {n_used} frames × {r.target.measured.shape[1]} series "
+                 f"(region {r.target.region_kind})")
     c = r.counts
     lines.append(f"  simulations {c['simulated']} run, {c['from_cache']} from the cache")
     lines += [f"  note        {n}" for n in r.notes]
+    lines += [f"  warning     {w}" for w in r.warnings]
     return "\n".join(lines)
 
 
@@ -866,9 +1103,14 @@ def run_calibration(config_path, outdir=None, *, comm=None, log=None, command=No
     """Read CONFIG.toml, calibrate, and write the output directory (rank 0)."""
     from mpi4py import MPI
 
+    from nmcfx.paths import check_output_dir
+
     comm = comm if comm is not None else MPI.COMM_WORLD
     cfg, settings, base = load_calibration_config(config_path)
     outdir = Path(outdir) if outdir is not None else Path("runs") / (Path(config_path).stem + "-calibration")
+    from nmcfx.parallel import run_on_root
+
+    run_on_root(comm, check_output_dir, outdir, "--output")  # before any simulation: a bad path costs nothing
     result = calibrate(cfg, base, settings, comm=comm, log=log)
     if comm.rank == 0:
         write_calibration(result, outdir, config=cfg | {"calibration": settings.to_dict()}, command=command)

@@ -46,39 +46,60 @@ def threshold_value(frame: np.ndarray, threshold="otsu", field: str = "mask.thre
     return float(threshold)
 
 
-def particle_mask(frame: np.ndarray, threshold="otsu", *, seed_rc=None, field: str = "mask") -> tuple[np.ndarray, float]:
-    """Mask of the particle: pixels above the threshold, the connected component that holds
-    ``seed_rc`` (default: the largest), holes filled.
+def _touches_edge(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def _looks_dark(frame: np.ndarray, thr: float) -> bool:
+    """Is there a compact region below the threshold that does not touch the edge (a dark particle)?"""
+    labels, n = ndimage.label(frame <= thr)
+    for lab in range(1, n + 1):
+        comp = labels == lab
+        if comp.sum() >= MIN_MASK_PIXELS and not _touches_edge(comp):
+            return True
+    return False
+
+
+def particle_mask(frame: np.ndarray, threshold="otsu", *, seed_rc=None, invert: bool = False,
+                  field: str = "mask") -> tuple[np.ndarray, float]:
+    """Mask of the particle: pixels above the threshold (below it with ``invert``, for a particle
+    darker than its surroundings), the connected component that holds ``seed_rc`` (default:
+    the largest), holes filled.
 
     Raises :class:`InputError` if the mask is empty (or smaller than 20 px) or touches the
     image edge (the particle is cut off, so its shape and centre of mass are unknown).
     """
     frame = np.asarray(frame, dtype=float)
     thr = threshold_value(frame, threshold, f"{field}.threshold")
-    above = frame > thr
-    labels, n = ndimage.label(above)
+    side, other = ("below", "above") if invert else ("above", "below")
+    hint = "" if invert else "; if the particle is darker than its surroundings use --invert (or --mask FILE)"
+    selected = frame < thr if invert else frame > thr
+    labels, n = ndimage.label(selected)
     if n == 0:
-        raise InputError(field, f"the particle mask is empty (no pixel above the threshold {thr:.6g})")
+        raise InputError(field, f"the particle mask is empty (no pixel {side} the threshold {thr:.6g}){hint}")
     if seed_rc is not None:
         r, c = (int(round(v)) for v in seed_rc)
         if not (0 <= r < frame.shape[0] and 0 <= c < frame.shape[1]):
             raise InputError(f"{field}.particle", f"(row {r}, col {c}) is outside the {frame.shape[0]}×{frame.shape[1]} frame")
         lab = labels[r, c]
         if lab == 0:
-            raise InputError(f"{field}.particle", f"pixel (row {r}, col {c}) is below the threshold {thr:.6g}: "
-                                                  "not on a particle")
+            raise InputError(f"{field}.particle", f"pixel (row {r}, col {c}) is {other} the threshold {thr:.6g}: "
+                                                  f"not on a particle{hint}")
     else:
         sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
         lab = int(np.argmax(sizes)) + 1
     mask = ndimage.binary_fill_holes(labels == lab)
     npx = int(mask.sum())
     if npx < MIN_MASK_PIXELS:
-        raise InputError(field, f"the particle mask is empty or tiny ({npx} px above the threshold {thr:.6g}); "
-                                f"need at least {MIN_MASK_PIXELS} px — lower the threshold")
-    if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
+        raise InputError(field, f"the particle mask is empty or tiny ({npx} px {side} the threshold {thr:.6g}); "
+                                f"need at least {MIN_MASK_PIXELS} px — {'raise' if invert else 'lower'} the threshold")
+    if _touches_edge(mask):
+        dark = "" if invert or not _looks_dark(frame, thr) else (
+            "; the image holds a dark compact region inside the field: if that is the particle, use --invert "
+            "(or --mask FILE)")
         raise InputError(field, f"the particle mask ({npx} px, threshold {thr:.6g}) touches the image edge: the "
-                                "particle is cut off or the threshold is too low; use a larger field of view, "
-                                "a higher threshold or a seed pixel on the particle")
+                                "particle is cut off or the threshold is wrong; use a larger field of view, "
+                                "another threshold, a seed pixel on the particle or a mask file" + dark)
     return mask, thr
 
 

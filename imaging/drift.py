@@ -57,11 +57,12 @@ class DriftTrace:
     def n_frames(self) -> int:
         return len(self.drift_rc)
 
-    def rows(self, pixel_size_um: float) -> list[dict]:
+    def rows(self, pixel_size_um: float, t0_s: float = 0.0) -> list[dict]:
         out = []
         for k in range(self.n_frames):
             dr, dc = self.drift_rc[k]
-            row = {"frame": k, "time_s": float(self.times_s[k]), "drift_x_px": float(dc), "drift_y_px": float(dr),
+            row = {"frame": k, "time_s": float(self.times_s[k]), "time_since_current_s": float(self.times_s[k] - t0_s),
+                   "drift_x_px": float(dc), "drift_y_px": float(dr),
                    "drift_x_um": float(dc * pixel_size_um), "drift_y_um": float(dr * pixel_size_um)}
             if self.fits:
                 f = self.fits[k]
@@ -70,8 +71,8 @@ class DriftTrace:
             out.append(row)
         return out
 
-    def write_csv(self, path, pixel_size_um: float):
-        rows = self.rows(pixel_size_um)
+    def write_csv(self, path, pixel_size_um: float, t0_s: float = 0.0):
+        rows = self.rows(pixel_size_um, t0_s)
         with open(path, "w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
@@ -130,7 +131,7 @@ def fit_gaussian_spot(frame: np.ndarray, guess_rc, box_px: int = 7, *, field: st
         bad.append("the fitted centre is at the window edge (the spot moved too far or is not there)")
     if bad:
         raise InputError(field, f"cannot fit a Gaussian spot near (row {r0:.1f}, col {c0:.1f}){where}: "
-                                + "; ".join(bad))
+                                + "; ".join(bad) + " (another --spot, a larger --spot-box, or --drift phase)")
     return fit
 
 
@@ -148,13 +149,15 @@ def find_spot(frame: np.ndarray, exclude: np.ndarray | None = None, *, sigma_px:
     if exclude is not None:
         allowed &= ~exclude
     if not allowed.any():
-        raise InputError(field, "no room for a marker spot outside the particle; give its position")
+        raise InputError(field, "no room for a marker spot outside the particle; give its position (--spot ROW,COL) "
+                                "or use --drift phase")
     score = np.where(allowed, dog, -np.inf)
     noise = 1.4826 * np.median(np.abs(dog[allowed] - np.median(dog[allowed])))
     k = int(np.argmax(score))
     r, c = divmod(k, frame.shape[1])
     if not np.isfinite(score.flat[k]) or score.flat[k] <= 8.0 * max(noise, 1e-300):
-        raise InputError(field, "no bright isolated spot found outside the particle; give its position (ROW,COL)")
+        raise InputError(field, "no bright isolated marker spot found outside the particle; give its position "
+                                "(--spot ROW,COL), or register whole frames by phase correlation (--drift phase)")
     return float(r), float(c)
 
 
@@ -211,6 +214,16 @@ def measure_drift(frames: np.ndarray, times_s, reference_index: int = 0, *, meth
     pos = np.array([[f.row, f.col] for f in fits])
     drift = pos - pos[reference_index]
     return DriftTrace("gaussian", times, drift, reference_index, (fref.row, fref.col), fits)
+
+
+def rereferenced(trace: DriftTrace, reference_index: int) -> DriftTrace:
+    """The same drift measured relative to another frame (that frame's drift becomes zero)."""
+    d = trace.drift_rc - trace.drift_rc[reference_index]
+    spot = None
+    if trace.fits:
+        f = trace.fits[reference_index]
+        spot = (f.row, f.col)
+    return DriftTrace(trace.method, trace.times_s, d, reference_index, spot if spot else trace.spot_rc, trace.fits)
 
 
 def correct_drift(frames: np.ndarray, trace: DriftTrace) -> np.ndarray:

@@ -20,6 +20,7 @@ at full length.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -181,6 +182,8 @@ def load_stack(path, *, frame_rate_hz: float | None = None, times_s=None, pixel_
         px, info["pixel_size_from"] = DEFAULT_PIXEL_SIZE_UM, "default: 34.7 nm"
     if meta.get("extra"):
         info["file_metadata"] = meta["extra"]
+    if meta.get("read_warnings"):
+        info["read_warnings"] = meta["read_warnings"]
     return ImageStack(frames, times, px, str(path), info)
 
 
@@ -242,7 +245,58 @@ def _read_numpy(path: Path, bin_frames: int, field: str):
     return _binned([arr], arr.shape[0], bin_frames, field), meta
 
 
+class _TiffLog(logging.Handler):
+    """Collects tifffile's log messages while a file is read (so none reach stderr)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(re.sub(r"<tifffile\.[^>]*>\s*", "", record.getMessage()))
+
+    def __enter__(self):
+        self._logger = logging.getLogger("tifffile")
+        self._saved = self._logger.propagate
+        self._logger.addHandler(self)
+        self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.removeHandler(self)
+        self._logger.propagate = self._saved
+        return False
+
+
 def _read_tiff(path: Path, bin_frames: int, field: str):
+    with _TiffLog() as log:
+        frames, meta = _read_tiff_quiet(path, bin_frames, field, log)
+    if log.messages:
+        meta["read_warnings"] = sorted(set(log.messages))[:10]
+    return frames, meta
+
+
+def _truncation(tf, path: Path, log: _TiffLog, n_found: int) -> str | None:
+    """Why the file looks truncated (pages announced but missing, data beyond its end), or None."""
+    size = path.stat().st_size
+    announced = None
+    if tf.is_imagej and tf.imagej_metadata:
+        v = tf.imagej_metadata.get("images")
+        announced = int(v) if isinstance(v, (int, float)) and v > 0 else None
+    if announced is not None and announced > n_found:
+        return f"its metadata announces {announced} frames but only {n_found} can be read"
+    for page in tf.pages:
+        offsets = getattr(page, "dataoffsets", ()) or ()
+        counts = getattr(page, "databytecounts", ()) or ()
+        if any(o + c > size for o, c in zip(offsets, counts)):
+            return "pixel data run past the end of the file"
+    bad = [m for m in log.messages if "invalid page offset" in m or "corrupted" in m]
+    if bad:
+        return f"tifffile: {bad[0]}"
+    return None
+
+
+def _read_tiff_quiet(path: Path, bin_frames: int, field: str, log: _TiffLog):
     import tifffile
 
     meta: dict = {"format": "tiff"}
@@ -255,6 +309,11 @@ def _read_tiff(path: Path, bin_frames: int, field: str):
             if not tf.series:
                 raise InputError(field, f"{path.name} is not a readable TIFF stack (no images found; corrupt file?)")
             series = tf.series[0]
+            n_found = int(np.prod([s for s, a in zip(series.shape, series.axes) if a not in "YXS"])) \
+                if series.axes else 1
+            why = _truncation(tf, path, log, n_found)
+            if why is not None:
+                raise InputError(field, f"{path.name} looks truncated or corrupt ({why}); copy the file again")
             shape = tuple(series.shape)
             dtype = np.dtype(series.dtype)
             meta["dtype"] = str(dtype)
@@ -264,14 +323,27 @@ def _read_tiff(path: Path, bin_frames: int, field: str):
             if "S" in series.axes and shape[series.axes.index("S")] > 1:
                 raise InputError(field, f"{path.name} holds colour (RGB) images; give a greyscale stack")
             squeezed = tuple(s for s in shape if s != 1)
-            if len(squeezed) == 2 or len(shape) == 2:
+            pages_as_frames = False
+            if (len(squeezed) == 2 or len(shape) == 2) and len(tf.series) > 1 and all(
+                    tuple(s.shape) == shape and np.dtype(s.dtype) == dtype for s in tf.series):
+                # one single-page series per frame (written page by page): the pages are the frames
+                pages_as_frames = True
+                squeezed = (len(tf.series),) + squeezed[-2:]
+            elif len(squeezed) == 2 or len(shape) == 2:
                 raise InputError(field, f"{path.name} holds a single frame of {shape[-2]}×{shape[-1]} pixels; the "
                                         "analysis needs at least 2 frames (a reference frame and one later frame)")
             if len(squeezed) != 3:
                 raise InputError(field, f"{path.name}: expected a greyscale stack (frames, rows, cols), got shape "
                                         f"{shape} (axes {series.axes!r})")
             n = squeezed[0]
-            if len(tf.pages) == n and bin_frames > 1:
+            if pages_as_frames:
+                def chunks():
+                    for i in range(0, n, 64):
+                        block = np.stack([tf.series[j].asarray() for j in range(i, min(n, i + 64))])
+                        yield check_frames(block.reshape((-1,) + squeezed[1:]), field, min_frames=1)
+
+                frames = _binned(chunks(), n, bin_frames, field)
+            elif len(tf.pages) == n and bin_frames > 1:
                 step = max(bin_frames, (64 // bin_frames) * bin_frames)
 
                 def chunks():
@@ -422,3 +494,4 @@ def parse_rc(text: str, field: str, n: int = 2) -> tuple[float, ...]:
     if len(vals) != n or not all(math.isfinite(v) for v in vals):
         raise InputError(field, f"expected {n} comma-separated numbers, got {text!r}")
     return vals
+

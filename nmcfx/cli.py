@@ -102,17 +102,28 @@ def _analyze_parser(sub):
     g.add_argument("--frame-rate-hz", type=float, help="frame rate (default: file metadata, else 10 Hz)")
     g.add_argument("--bin", type=int, default=1, metavar="N", help="average N consecutive frames (papers: 20-100)")
     g.add_argument("--reference-frame", type=int, metavar="K", help="frame before the current flows (default 0)")
-    g.add_argument("--reference-time-s", type=float, metavar="T",
-                   help="current start time; the reference is the last frame at or before it")
-    g.add_argument("--reference-average", type=int, default=1, metavar="N",
-                   help="I0 = mean of N frames ending at the reference frame (default 1)")
+    g.add_argument("--reference-time-s", metavar="T",
+                   help="current start time in s (the reference is the last frame at or before it), or 'auto': "
+                        "detected where the particle's intensity starts to change")
+    g.add_argument("--reference-average", default="all", metavar="N",
+                   help="I0 = mean of N frames ending at the reference frame, or 'all' frames before the current "
+                        "(default all)")
+    g.add_argument("--dark-offset", type=float, default=0.0, metavar="ADU",
+                   help="camera offset subtracted from every pixel (file units; sCMOS cameras: ~100)")
+    g.add_argument("--dark-frame", metavar="FILE", help="a dark image or stack (its mean is subtracted pixel by pixel)")
     g = a.add_argument_group("drift")
     g.add_argument("--drift", choices=("gaussian", "phase", "none"), default="gaussian")
-    g.add_argument("--spot", metavar="ROW,COL", help="marker spot in the reference frame (default: found)")
+    g.add_argument("--spot", metavar="ROW,COL",
+                   help="marker spot in the reference frame (with --reference-time-s auto: in the first frame; "
+                        "default: found)")
     g.add_argument("--spot-box", type=int, default=7, metavar="PX", help="half width of the spot fit window")
     g = a.add_argument_group("particle")
     g.add_argument("--threshold", default="otsu", help="mask threshold: otsu or an intensity (default otsu)")
     g.add_argument("--particle", metavar="ROW,COL", help="a pixel on the particle (default: largest region)")
+    g.add_argument("--invert", action="store_true",
+                   help="the particle is darker than its surroundings: mask the pixels below the threshold")
+    g.add_argument("--mask", metavar="FILE", help="particle mask image (.npy/.npz/.tif/.png, non-zero = particle) "
+                                                  "instead of a threshold")
     g.add_argument("--center-radius-px", type=float, default=3.0, help="radius of the centre region (px)")
     g.add_argument("--outline-level", default="half", help="outline iso-level: half, threshold or an intensity")
     g.add_argument("--smoothing-um", type=float, help="outline smoothing (default one pixel)")
@@ -312,6 +323,7 @@ def _cmd_examples(comm) -> int:
 
 
 def _cmd_analyze(args, comm) -> int:
+    from nmcfx.errors import InputError
     from nmcfx.imaging import AnalysisOptions, AsymmetryRule, parse_rc, run_analysis
 
     thr = args.threshold if args.threshold.strip().lower() == "otsu" else parse_rc(args.threshold, "--threshold", 1)[0]
@@ -323,9 +335,21 @@ def _cmd_analyze(args, comm) -> int:
     if args.line:
         r0, c0, r1, c1 = parse_rc(args.line, "--line", 4)
         line = ((r0, c0), (r1, c1))
+    ref_time = args.reference_time_s
+    if ref_time is not None and ref_time.strip().lower() != "auto":
+        ref_time = parse_rc(ref_time, "--reference-time-s", 1)[0]
+    elif ref_time is not None:
+        ref_time = "auto"
+    ref_avg = args.reference_average.strip().lower()
+    if ref_avg != "all":
+        try:
+            ref_avg = int(ref_avg)
+        except ValueError:
+            raise InputError("--reference-average", f"must be a number of frames or 'all', got {ref_avg!r}") from None
     opts = AnalysisOptions(
-        reference_frame=args.reference_frame, reference_time_s=args.reference_time_s,
-        reference_average=args.reference_average, drift=args.drift,
+        reference_frame=args.reference_frame, reference_time_s=ref_time,
+        reference_average=ref_avg, drift=args.drift, dark_offset=args.dark_offset, dark_frame=args.dark_frame,
+        invert=args.invert, mask_file=args.mask,
         spot_rc=parse_rc(args.spot, "--spot") if args.spot else None, spot_box_px=args.spot_box, threshold=thr,
         particle_rc=parse_rc(args.particle, "--particle") if args.particle else None, line=line,
         line_width_px=args.line_width, li_rich_threshold=args.li_rich_threshold, reaction=args.reaction,

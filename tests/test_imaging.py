@@ -312,7 +312,7 @@ def test_bad_mask_and_spot_are_reported(tmp_path, capsys):
     nomark, _, _ = synthetic_stack(n=4, marker=False)
     path = save_stack(tmp_path / "nomark.tif", nomark, dtype="float32")
     msg = _run_bad(["analyze", str(path), "-o", str(out)], capsys, out)
-    assert "drift.spot" in msg and "no bright isolated spot" in msg
+    assert "drift.spot" in msg and "no bright isolated marker spot" in msg and "--drift phase" in msg
     msg = _run_bad(["analyze", str(good), "-o", str(out), "--reference-frame", "9"], capsys, out)
     assert "reference_frame" in msg
 

@@ -138,9 +138,9 @@ def test_twin_calibration_center_trace(twin, capsys):
     assert r["S"] == pytest.approx(S_TRUE, rel=0.05)
     assert r["A"] == pytest.approx(A_TRUE, rel=0.05)
     assert not r["at_edge_of_S_range"]
-    lo, hi = r["S_profile_interval"]
-    assert lo < r["S"] < hi
-    assert r["bootstrap"]["S_std"] > 0
+    lo, hi = r["S_interval_95"]
+    assert lo < r["S"] < hi and lo < S_TRUE < hi
+    assert 0 < r["S_sigma_rel"] < 0.05
     assert r["simulations"]["simulated"] == r["simulations"]["evaluated"] >= 8  # 5 grid + Brent
     for name in ("error_map.png", "fit_overlay.png", "error_profile.png", "e_profile.csv", "fit.csv",
                  "error_map.npz", "metadata.json"):
