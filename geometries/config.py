@@ -41,7 +41,8 @@ from .shapes3d import cylinder, prism, sphere
 SHAPES_2D = ("disk", "ellipse", "contour", "xu2022")
 SHAPES = SHAPES_2D + ("prism", "cylinder", "sphere")
 DEFAULT_SHAPE = "xu2022"
-MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um", "min_quality", "max_cells")
+MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um", "center_mesh_size_um",
+             "center_grading_width_um", "min_quality", "max_cells")
 COMMON_KEYS = ("shape",) + MESH_KEYS + ("sectors", "verbose")
 SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "disk": ("diameter_um",),
@@ -174,6 +175,8 @@ def _sizes(cfg: Mapping, char_size: float, prefix: str) -> dict:
     if hs is None:
         hs = DEFAULT_SURFACE_RATIO * float(h)
     return {"mesh_size_um": h, "surface_mesh_size_um": hs, "grading_width_um": cfg.get("grading_width_um"),
+            "center_mesh_size_um": cfg.get("center_mesh_size_um"),
+            "center_grading_width_um": cfg.get("center_grading_width_um"),
             "min_quality": cfg.get("min_quality"), "max_cells": cfg.get("max_cells")}
 
 

@@ -182,7 +182,8 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
                              surface=run.surface,
                              sector_weights=sector_weights(run.surface, run.particle, run.material),
                              films=film_thicknesses(run.surface),
-                             film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio)
+                             film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio,
+                             assembly=st.assembly)
         outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
         sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=[outputs, *observers])
     if comm.rank == 0:

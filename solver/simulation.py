@@ -37,6 +37,9 @@ class SolverSettings:
     thickness_um: float = 1.0  # 2D only: depth of the prism the cross-section represents
     checkpoint_wall_s: float = 120.0  # wall time between checkpoints (also at every protocol-step end)
     petsc_options: dict = field(default_factory=dict)
+    # "auto": NumPy on precomputed element tensors where the problem allows it (solver/assembly.py),
+    # else DOLFINx's forms; "forms": always DOLFINx (same discrete problem, for comparisons)
+    assembly: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SolverSettings":
@@ -71,6 +74,10 @@ class SolverSettings:
             if d["time_scheme"] not in ("bdf1", "bdf2"):
                 raise InputError("solver.time_scheme", f"must be 'bdf1' or 'bdf2', got {d['time_scheme']!r}")
             out["time_scheme"] = d["time_scheme"]
+        if "assembly" in d:
+            if d["assembly"] not in ("auto", "forms"):
+                raise InputError("solver.assembly", f"must be 'auto' or 'forms', got {d['assembly']!r}")
+            out["assembly"] = d["assembly"]
         if "mass_lumping" in d:
             if not isinstance(d["mass_lumping"], bool):
                 raise InputError("solver.mass_lumping", f"must be true or false, got {d['mass_lumping']!r}")
