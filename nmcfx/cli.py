@@ -233,7 +233,16 @@ def _cmd_mesh(args, comm) -> int:
 
     cfg, base, _ = _config_source(args)
     check_top_level(cfg)
-    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base)
+    degree = 1
+    if not str((cfg.get("geometry") or {}).get("shape", "")).startswith("electrode"):
+        from nmcfx.solver.run import particle_degree
+        from nmcfx.solver.simulation import SolverSettings
+        from nmcfx.solver.surface import SurfaceSettings
+
+        # the mesh a run would use (default sizes depend on the element degree)
+        degree = particle_degree(cfg, SolverSettings.from_dict(cfg.get("solver")),
+                                 SurfaceSettings.from_dict(cfg.get("surface")))
+    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base, degree=degree)
     _say(comm, particle.summary())
     return 0
 

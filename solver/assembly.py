@@ -153,17 +153,20 @@ class NodalAssembler:
 
     def __init__(self, field, problem, *, mass: str, diffusion, loads: list[tuple[np.ndarray, object]]):
         self.field, self.problem = field, problem
-        geo = ElementGeometry(field.V, projection=diffusion.projection_matrix(problem.mesh))
+        geo = ElementGeometry(field.V, projection=diffusion.projection_matrix(problem.mesh), owned_only=True)
         self.geo = geo
         self.dofs = geo.dofs
         self.n = geo.n
         self.pattern = CSRPattern(self.dofs, self.n)
         self.p1 = geo.degree == 1
+        nc, nd = self.dofs.shape
         if self.p1:
             # all K^a are the same (|T|/(d+1) K_T): keep K_T = ∫ P∇φ_e·∇φ_b only
             self.K = geo.stiffness_tensors()[:, 0] * (geo.tdim + 1)
         else:
-            self.K = geo.stiffness_tensors()
+            K = geo.stiffness_tensors()
+            self.K_ab_e = K.reshape(nc, nd * nd, nd)  # r = K θ as a batched mat-vec
+            self.K_a_be = K.reshape(nc, nd, nd * nd)  # Kc = D K as a batched vec-mat
         if diffusion.scale is not None:
             raise ValueError("nodal assembly does not support a cell-wise diffusivity scale")
         self.diffusion = diffusion
@@ -181,8 +184,10 @@ class NodalAssembler:
             import scipy.sparse as sp
 
             self.M = sp.csr_matrix((self.M_vals, self.pattern.indices, self.pattern.indptr), shape=(self.n, self.n))
-        self.values = np.zeros(self.pattern.nnz)  # shared with the PETSc matrix
+        self.values = np.zeros(self.pattern.nnz)  # shared with the PETSc matrix (one rank)
         self._cache = None
+        self._track_iterate = problem.comm.size > 1  # (several ranks: compare with the ghosted iterate)
+        self.last_iterate = None
 
     # ------------------------------------------------------------------ PETSc objects
     def create_matrix(self, comm) -> PETSc.Mat:
@@ -193,17 +198,17 @@ class NodalAssembler:
 
     # ------------------------------------------------------------------ evaluation
     def _cell_terms(self, theta: np.ndarray):
-        """Per-cell quantities shared by the residual and the Jacobian at one iterate."""
+        """Per-cell quantities shared by the residual and the Jacobian at one iterate: the cell
+        coefficient (P1: the mean of D; P2: D at the cell's nodes) and r_ab = (K^a θ_T)_b."""
         D = self.diffusion.D.value.x.array
         th = theta[self.dofs]
         if self.p1:
             Dbar = D[self.dofs].mean(axis=1)
             r = np.einsum("cbe,ce->cb", self.K, th)  # (K_T θ_T)_b
             return Dbar, r
-        Dc = D[self.dofs]
-        Kc = np.einsum("ca,cabe->cbe", Dc, self.K, optimize=True)
-        r = np.einsum("cabe,ce->cab", self.K, th, optimize=True)  # (K^a θ)_b
-        return Kc, r
+        nc, nd = self.dofs.shape
+        r = (self.K_ab_e @ th[:, :, None]).reshape(nc, nd, nd)  # (K^a θ)_b
+        return D[self.dofs], r
 
     def residual(self, out: np.ndarray) -> np.ndarray:
         """F(θ) for the field's current values into ``out`` (length n)."""
@@ -217,12 +222,13 @@ class NodalAssembler:
             inc += a2 * f.u_nm1.x.array
         cell = self._cell_terms(theta)
         self._cache = cell
+        self.last_iterate = theta.copy() if self._track_iterate else None
         if self.p1:
             Dbar, r = cell
             local = (Dbar[:, None] * dt) * r
         else:
-            Kc, r = cell
-            local = dt * np.einsum("cbe,ce->cb", Kc, theta[self.dofs])
+            Dc, r = cell
+            local = dt * np.einsum("ca,cab->cb", Dc, r)  # Σ_a D_a (K^a θ)_b
         out[:] = np.bincount(self.dofs.ravel(), weights=local.ravel(), minlength=self.n)
         if self.M_lumped is not None:
             out += self.M_lumped * inc
@@ -247,7 +253,9 @@ class NodalAssembler:
             nd = self.dofs.shape[1]
             local = self.K * (Dbar * dt)[:, None, None] + (r * (dt / nd))[:, :, None] * dD[:, None, :]
         else:
-            Kc, r = self._cache
+            Dc, r = self._cache
+            nc, nd = self.dofs.shape
+            Kc = (Dc[:, None, :] @ self.K_a_be).reshape(nc, nd, nd)  # Σ_a D_a K^a
             local = dt * (Kc + np.swapaxes(r, 1, 2) * dD[:, None, :])
         self.values[:] = self.pattern.scatter(local)
         self.values += a0 * self.M_vals

@@ -353,7 +353,11 @@ class Problem:
         """The terms' contributions to :class:`~.assembly.NodalAssembler`, or None if some term
         (or the problem: several fields, Dirichlet data, several ranks) needs DOLFINx's forms."""
         unknowns = self.unknowns
-        if len(unknowns) != 1 or unknowns[0].is_real or self.bcs or self.comm.size != 1:
+        if len(unknowns) != 1 or unknowns[0].is_real or self.bcs or unknowns[0].tags is not None:
+            return None
+        from .assembly import is_affine
+
+        if not is_affine(self.mesh):
             return None
         spec = {"loads": []}
         for t in self.terms:
@@ -371,8 +375,8 @@ class Problem:
         if self.assembly != "forms":
             spec = self.nodal_assembly_spec()
             if spec is None and self.assembly == "nodal":
-                raise ValueError("nodal assembly needs one P1/P2 field with TimeDerivative, NonlinearDiffusion "
-                                 "and SurfaceFlux terms only, on one rank")
+                raise ValueError("nodal assembly needs one P1/P2 field on the whole (affine simplex) mesh with "
+                                 "TimeDerivative, NonlinearDiffusion and SurfaceFlux terms only")
             if spec is not None:
                 self._create_nodal_solver(unknowns[0], spec)
                 return
@@ -656,18 +660,29 @@ ASSEMBLY_MODES = ("auto", "forms", "nodal")
 
 
 class _NodalNonlinearProblem:
-    """SNES on the :class:`~.assembly.NodalAssembler` of a single field (one rank): the same
-    attributes as DOLFINx's ``NonlinearProblem`` that :class:`Problem` uses (``solver``, ``A``,
-    ``b``, ``x``, ``solve``); no forms are compiled."""
+    """SNES on the :class:`~.assembly.NodalAssembler` of a single field: the attributes of
+    DOLFINx's ``NonlinearProblem`` that :class:`Problem` uses (``solver``, ``A``, ``b``, ``x``,
+    ``solve``); no residual or Jacobian forms are compiled. On one rank the matrix shares the
+    assembler's CSR values; on several, each rank adds its cells' entries (ghost rows go to
+    their owners in the assembly) and the residual's ghost entries are summed the same way."""
 
     def __init__(self, problem: Problem, field: Field, assembler):
         comm = problem.comm
         self.u = field.u
         self.F = self.J = None
-        self.A = assembler.create_matrix(comm)
-        n = assembler.n
-        self.b = PETSc.Vec().createSeq(n, comm=comm)
-        self.x = PETSc.Vec().createSeq(n, comm=comm)
+        serial = comm.size == 1
+        V = field.V
+        if serial:
+            self.A = assembler.create_matrix(comm)
+            n = assembler.n
+            self.b = PETSc.Vec().createSeq(n, comm=comm)
+            self.x = PETSc.Vec().createSeq(n, comm=comm)
+        else:
+            # the cell-wise sparsity pattern, with DOLFINx's local-to-global maps
+            pattern_form = fem.form(field.trial * field.test * ufl.dx(domain=V.mesh))
+            self.A = dolfinx.fem.petsc.create_matrix(pattern_form)
+            self.b = dolfinx.fem.petsc.create_vector(V)
+            self.x = dolfinx.fem.petsc.create_vector(V)
         self.solver = snes = PETSc.SNES().create(comm)
         prefix = problem.prefix
         snes.setOptionsPrefix(prefix)
@@ -683,36 +698,70 @@ class _NodalNonlinearProblem:
         counters, clock = problem.counters, MPI.Wtime
         u = field.u.x.array
         update = problem.update_coefficients
+        pattern = assembler.pattern
+        INSERT, ADD = PETSc.InsertMode.INSERT, PETSc.InsertMode.ADD
+        FORWARD, REVERSE = PETSc.ScatterMode.FORWARD, PETSc.ScatterMode.REVERSE
+
+        def load_iterate(x):
+            if serial:
+                u[:] = x.array_r
+            else:
+                x.ghostUpdate(addv=INSERT, mode=FORWARD)
+                with x.localForm() as xl:
+                    u[:] = xl.array_r
 
         def residual(snes_, x, b):
             t0 = clock()
-            u[:] = x.array_r
+            load_iterate(x)
             update()
-            with b as out:  # (the context bumps the vector's state: SNES's cached norm is refreshed)
-                assembler.residual(out)
+            if serial:
+                with b as out:  # (the context bumps the vector's state: SNES's cached norm is refreshed)
+                    assembler.residual(out)
+            else:
+                with b.localForm() as bl:
+                    assembler.residual(bl.array_w)
+                b.ghostUpdate(addv=ADD, mode=REVERSE)
             counters.residual_evaluations += 1
             counters.assembly_time += clock() - t0
 
         def jacobian(snes_, x, A, P):
             t0 = clock()
-            xa = x.array_r
-            if not np.array_equal(xa, u):  # normally the point of the last residual evaluation
-                u[:] = xa
-                update()
-                assembler.invalidate()
-            assembler.jacobian()
-            A.assemble()  # the values are shared with the matrix; this marks them changed
+            # normally the point of the last residual evaluation: its cell terms are reused
+            if serial:
+                if not np.array_equal(x.array_r, u):
+                    u[:] = x.array_r
+                    update()
+                    assembler.invalidate()
+            else:
+                load_iterate(x)
+                if assembler.last_iterate is None or not np.array_equal(u, assembler.last_iterate):
+                    update()
+                    assembler.invalidate()
+            values = assembler.jacobian()
+            if serial:
+                A.assemble()  # the values are shared with the matrix; this marks them changed
+            else:
+                A.zeroEntries()
+                A.setValuesLocalCSR(pattern.indptr, pattern.indices, values, addv=ADD)
+                A.assemble()
             counters.jacobian_evaluations += 1
             counters.assembly_time += clock() - t0
 
         snes.setFunction(_guarded(problem, residual), self.b)
         snes.setJacobian(_guarded(problem, jacobian), self.A, None)
+        self._serial = serial
 
     def solve(self):
-        with self.x as xa:
-            xa[:] = self.u.x.array
-        self.solver.solve(None, self.x)
-        self.u.x.array[:] = self.x.array_r
+        if self._serial:
+            with self.x as xa:
+                xa[:] = self.u.x.array
+            self.solver.solve(None, self.x)
+            self.u.x.array[:] = self.x.array_r
+        else:
+            dolfinx.fem.petsc.assign(self.u, self.x)
+            self.solver.solve(None, self.x)
+            self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+            dolfinx.fem.petsc.assign(self.x, self.u)
         return self.u
 
     def __del__(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from dataclasses import replace
 import subprocess
 import sys
 import time
@@ -78,11 +79,27 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
         return _prepare_electrode(cfg, material, protocol, surface, solver, output, title, base_dir, comm)
     if "electrode" in cfg:
         raise InputError("electrode", "the [electrode] table needs [geometry] shape = 'electrode' or 'electrode_3d'")
-    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
+    solver = replace(solver, degree=particle_degree(cfg, solver, surface))
+    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir, degree=solver.degree)
     surface.check_sectors(particle)
     check_stop_quantities(protocol, ())
     check_tables_together(protocol, material, surface, output, particle)  # voltage at start, snapshots, line cut
     return PreparedRun(cfg, particle, material, protocol, surface, solver, output, title, base_dir)
+
+
+def particle_degree(cfg: dict, solver: SolverSettings, surface: SurfaceSettings) -> int:
+    """The element degree of a single particle: ``[solver] degree`` if given, else 2 for 2D
+    particles with a prescribed flux (NumPy assembly with the exact Jacobian of the nodal
+    coefficient, solver/assembly.py: more accurate per unknown and per second than P1 on the
+    matching default mesh, benchmarks/README.md) and 1 otherwise (Butler–Volmer on vertex-rule
+    facets, 3D meshes)."""
+    if solver.degree is not None:
+        return solver.degree
+    from nmcfx.geometries.config import DEFAULT_SHAPE, SHAPES_2D
+
+    geo = cfg.get("geometry") or {}
+    shape = geo.get("shape", DEFAULT_SHAPE) if isinstance(geo, dict) else DEFAULT_SHAPE
+    return 2 if (shape in SHAPES_2D and surface.model == "flux") else 1
 
 
 def is_electrode_config(cfg: dict) -> bool:
@@ -117,6 +134,8 @@ def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, 
         raise InputError("surface", "blocked sectors are defined on single particles, not on an electrode")
     surface = SurfaceSettings(model="butler_volmer",
                               electrolyte_concentration_ratio=surface.electrolyte_concentration_ratio)
+    if solver.degree is None:
+        solver = replace(solver, degree=1)
     settings = ElectrodeSettings.from_dict(cfg.get("electrode"))
     from nmcfx.materials.conductivity import load_conductivity_table
 

@@ -25,7 +25,9 @@ from .protocol import Protocol, Step
 
 @dataclass(frozen=True)
 class SolverSettings:
-    degree: int = 1
+    # None: chosen by the run path (solver.run.particle_degree): 2 for 2D particles with a prescribed
+    # flux, else 1; a TransportSolver built directly with degree=None uses 1
+    degree: int | None = None
     time_scheme: str = "bdf2"  # "bdf2" (variable-step, restarted with BE after each protocol step) | "bdf1"
     mass_lumping: bool = True
     dt_initial_s: float = 0.5

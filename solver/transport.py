@@ -62,7 +62,7 @@ class TransportSolver:
         particle,
         material,
         *,
-        degree: int = 1,
+        degree: int | None = 1,
         time_scheme: str = "bdf1",
         mass_lumping: bool = True,
         petsc_options: dict | None = None,
@@ -75,6 +75,7 @@ class TransportSolver:
         film_diffusivity_ratio: float = 3000.0,
         assembly: str = "auto",
     ):
+        degree = 1 if degree is None else degree
         if degree not in (1, 2):
             raise InputError("solver.degree", f"must be 1 or 2, got {degree!r}")
         if time_scheme not in ("bdf1", "bdf2"):
