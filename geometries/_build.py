@@ -125,7 +125,7 @@ def build_particle(
     ``cache_key``: a picklable value that determines the mesh completely (the validated
     shape, sectors and sizes); a particle built before with the same key on the same
     communicator is returned as is (see the module docstring)."""
-    key = _cache_key(comm, cache_key)
+    key = None if verbose else _cache_key(comm, cache_key)  # verbose: the user wants to watch gmsh
     if key is not None and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
