@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 from mpi4py import MPI
-from scipy.optimize import brentq
-from scipy.special import ellipe
 
 from nmcfx.errors import InputError, MeshError
 
@@ -28,6 +26,20 @@ from ._validate import in_range, number, optional_positive, positive, positive_p
 from .limits import MeshLimits, mesh_limits
 from .particle import ParticleMesh
 from .sectors import POSITION_TOL, Arc, Layout, Sector, check_overlaps, make_layout, parse_sectors
+
+
+# SciPy is imported on first use: a disk needs none of it (import ~0.5 s, ~45 MB; benchmarks/README.md)
+def brentq(*args, **kwargs):  # noqa: D103
+    from scipy.optimize import brentq as f
+
+    return f(*args, **kwargs)
+
+
+def ellipe(*args, **kwargs):  # noqa: D103
+    from scipy.special import ellipe as f
+
+    return f(*args, **kwargs)
+
 
 #: Xu et al., Joule 2022: the particle's measured cross-section.
 XU2022_AREA_UM2 = 4.87

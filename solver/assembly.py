@@ -132,7 +132,12 @@ class CSRPattern:
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(uniq // n, minlength=n))]).astype(PETSc.IntType)
         self.nnz = len(uniq)
         self.diagonal = np.searchsorted(uniq, np.arange(n) * (n + 1))
+        self.rows = (uniq // n).astype(np.intp)  # row of every stored entry
         self.cols = self.indices  # column of every stored entry
+
+    def matvec(self, values: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(CSR matrix with these values) @ x."""
+        return np.bincount(self.rows, weights=values * x[self.cols], minlength=len(self.indptr) - 1)
 
     def scatter(self, local: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Sum cell-local matrices (cells, nd, nd) into the CSR value array."""
@@ -181,9 +186,7 @@ class NodalAssembler:
         else:
             self.M_lumped = None
             self.M_vals = self.pattern.scatter(geo.mass_matrices())
-            import scipy.sparse as sp
-
-            self.M = sp.csr_matrix((self.M_vals, self.pattern.indices, self.pattern.indptr), shape=(self.n, self.n))
+            self.M = True
         self.values = np.zeros(self.pattern.nnz)  # shared with the PETSc matrix (one rank)
         self._cache = None
         self._track_iterate = problem.comm.size > 1  # (several ranks: compare with the ghosted iterate)
@@ -233,7 +236,7 @@ class NodalAssembler:
         if self.M_lumped is not None:
             out += self.M_lumped * inc
         else:
-            out += self.M @ inc
+            out += self.pattern.matvec(self.M_vals, inc)
         for b, q in self.loads:
             qv = float(q.value)
             if qv != 0.0:

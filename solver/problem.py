@@ -48,7 +48,6 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 import dolfinx
-import dolfinx.fem.petsc
 from dolfinx import fem
 
 #: SNES/KSP defaults: Newton with backtracking line search, direct MUMPS LU.
@@ -380,6 +379,8 @@ class Problem:
             if spec is not None:
                 self._create_nodal_solver(unknowns[0], spec)
                 return
+        import dolfinx.fem.petsc  # (imported when DOLFINx assembles: its cffi set-up costs ~0.1 s)
+
         emaps = self.entity_maps or None
         opts = self.petsc_options
         J_ufl = self.jacobian_forms()
@@ -441,6 +442,8 @@ class Problem:
     def _install_callbacks(self, unknowns):
         """Own SNES callbacks: copy the iterate into the fields, refresh nodal coefficients,
         assemble. A Ctrl-C inside PETSc is turned into a flag (see :meth:`solve`)."""
+        import dolfinx.fem.petsc
+
         snes = self.problem.solver
         counters, clock = self.counters, MPI.Wtime
         if len(unknowns) == 1 and not self.bcs:
@@ -678,6 +681,8 @@ class _NodalNonlinearProblem:
             self.b = PETSc.Vec().createSeq(n, comm=comm)
             self.x = PETSc.Vec().createSeq(n, comm=comm)
         else:
+            import dolfinx.fem.petsc
+
             # the cell-wise sparsity pattern, with DOLFINx's local-to-global maps
             pattern_form = fem.form(field.trial * field.test * ufl.dx(domain=V.mesh))
             self.A = dolfinx.fem.petsc.create_matrix(pattern_form)
@@ -758,6 +763,8 @@ class _NodalNonlinearProblem:
             self.solver.solve(None, self.x)
             self.u.x.array[:] = self.x.array_r
         else:
+            import dolfinx.fem.petsc
+
             dolfinx.fem.petsc.assign(self.u, self.x)
             self.solver.solve(None, self.x)
             self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)

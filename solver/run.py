@@ -397,15 +397,14 @@ def package_versions() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from nmcfx import installed_versions
 
+    found = installed_versions()
     out = {}
     for name in ("nmcfx", "fenics-dolfinx", "dolfinx-solver-real", "fenics-basix", "fenics-ffcx", "fenics-ufl",
                  "petsc4py", "mpi4py", "gmsh", "numpy", "scipy", "matplotlib"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
+        if name in found:
+            out[name] = found[name]
     try:
         import dolfinx
 
