@@ -44,14 +44,13 @@ def cache_directory() -> Path:
 
 def configure() -> Path:
     """Make :func:`cache_directory` DOLFINx's default JIT cache (idempotent); returns it."""
+    if getattr(configure, "_done", None) is not None:
+        return configure._done
     import dolfinx.jit
 
     opts = dolfinx.jit.DOLFINX_DEFAULT_JIT_OPTIONS
-    current = opts["cache_dir"]
-    if getattr(configure, "_done", None) is not None:
-        return configure._done
     path = cache_directory()
-    opts["cache_dir"] = (path, current[1])
+    opts["cache_dir"] = (path, opts["cache_dir"][1])
     configure._done = path
     return path
 
@@ -65,17 +64,16 @@ def warm(examples=None, verbose: bool = True) -> int:
 
     from mpi4py import MPI
 
-    from nmcfx.config import EXAMPLES, example_path, load_config
+    from nmcfx.config import example_names, example_path, load_config
 
     from .run import execute, prepare
 
     path = configure()
     before = len(list(path.glob("*.so"))) if path.exists() else 0
     t0 = time.perf_counter()
-    for name in examples or EXAMPLES:
+    for name in examples or example_names():
         cfg = copy.deepcopy(load_config(example_path(name)))
-        # the same forms on a coarse mesh, one short step (form signatures do not depend on sizes)
-        geo = cfg.setdefault("geometry", {})
+        # the same forms, a short time (form signatures do not depend on sizes or durations)
         for step in cfg["protocol"]["steps"]:
             for key in ("duration_min", "pulse_min", "rest_min"):
                 if key in step:
@@ -83,22 +81,27 @@ def warm(examples=None, verbose: bool = True) -> int:
             if "pulses" in step:
                 step["pulses"] = 1
         cfg["output"] = dict(cfg.get("output", {}), progress=False, snapshot_times_min=[0.25])
-        for variant in _variants(cfg):
-            with tempfile.TemporaryDirectory() as d:
-                execute(prepare(variant), d, comm=MPI.COMM_WORLD, progress=False)
-        del geo
+        with tempfile.TemporaryDirectory() as d:
+            execute(prepare(cfg), d, comm=MPI.COMM_WORLD, progress=False)
+    _pattern_forms()
     after = len(list(path.glob("*.so")))
     if verbose:
         print(f"nmcfx JIT cache {path}: {after} forms ({after - before} new) in {time.perf_counter() - t0:.1f} s")
     return after
 
 
-def _variants(cfg: dict):
-    """The example as given, and with outputs off (figures and fields compile other forms)."""
-    yield cfg
-    off = dict(cfg)
-    off["output"] = dict(cfg["output"], fields="none", figures=False)
-    yield off
+def _pattern_forms():
+    """The mass-like forms whose sparsity the nodal assembly uses on several ranks (P1, P2; 2D, 3D)."""
+    import ufl
+    from mpi4py import MPI
+
+    import dolfinx
+
+    for mesh in (dolfinx.mesh.create_unit_square(MPI.COMM_SELF, 1, 1),
+                 dolfinx.mesh.create_unit_cube(MPI.COMM_SELF, 1, 1, 1)):
+        for degree in (1, 2):
+            V = dolfinx.fem.functionspace(mesh, ("Lagrange", degree))
+            dolfinx.fem.form(ufl.TrialFunction(V) * ufl.TestFunction(V) * ufl.dx(domain=mesh))
 
 
 if __name__ == "__main__":

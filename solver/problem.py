@@ -50,6 +50,10 @@ from petsc4py import PETSc
 import dolfinx
 from dolfinx import fem
 
+from .jit import configure as _configure_jit
+
+_configure_jit()  # nmcfx's own JIT cache directory (solver/jit.py)
+
 #: SNES/KSP defaults: Newton with backtracking line search, direct MUMPS LU.
 DEFAULT_PETSC_OPTIONS = {
     "snes_type": "newtonls",
