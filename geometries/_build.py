@@ -1,7 +1,19 @@
-"""Collective driver: mesh on rank 0 with gmsh, distribute with DOLFINx, measure."""
+"""Collective driver: mesh on rank 0 with gmsh, distribute with DOLFINx, measure.
+
+Particles are kept in a small in-process cache keyed by everything that defines the mesh
+(shape, sectors, sizes, limits; see :func:`build_particle`), so a second run of the same
+geometry in one process — a sweep over rates or materials, a calibration — reuses the mesh
+instead of calling gmsh again (and the solver reuses what it derived from it). Only meshes
+up to :data:`MESH_CACHE_MAX_CELLS` cells on ``COMM_WORLD``/``COMM_SELF`` are kept, at most
+:data:`MESH_CACHE_SIZE` of them; ``NMCFX_MESH_CACHE=0`` or :func:`clear_mesh_cache` turns it off.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
+from collections import OrderedDict
 from collections.abc import Callable
 
 from mpi4py import MPI
@@ -77,16 +89,53 @@ def mesh_and_distribute(
     return status[1], data
 
 
+#: Largest mesh (cells) kept in the in-process cache, and how many meshes are kept.
+MESH_CACHE_MAX_CELLS = 200_000
+MESH_CACHE_SIZE = 4
+_CACHE: OrderedDict[str, ParticleMesh] = OrderedDict()
+
+
+def clear_mesh_cache() -> None:
+    """Forget the meshes kept for reuse in this process."""
+    _CACHE.clear()
+
+
+def _cache_key(comm: MPI.Comm, key) -> str | None:
+    if key is None or os.environ.get("NMCFX_MESH_CACHE", "1") == "0":
+        return None
+    if comm.Compare(MPI.COMM_WORLD) != MPI.IDENT and comm.Compare(MPI.COMM_SELF) != MPI.IDENT:
+        return None  # a sub-communicator may be freed and its handle reused
+    try:
+        blob = pickle.dumps((comm.size, comm.Compare(MPI.COMM_SELF) == MPI.IDENT, key))
+    except Exception:  # noqa: BLE001 - an unpicklable key: no caching
+        return None
+    return hashlib.sha256(blob).hexdigest()
+
+
 def build_particle(
     comm: MPI.Comm,
     mesh_on_root: Callable[[object], dict],
     tdim: int,
     what: str,
     verbose: bool = False,
+    cache_key=None,
 ) -> ParticleMesh:
-    """:func:`mesh_and_distribute`, then measure the mesh into a :class:`ParticleMesh`."""
+    """:func:`mesh_and_distribute`, then measure the mesh into a :class:`ParticleMesh`.
+
+    ``cache_key``: a picklable value that determines the mesh completely (the validated
+    shape, sectors and sizes); a particle built before with the same key on the same
+    communicator is returned as is (see the module docstring)."""
+    key = None if verbose else _cache_key(comm, cache_key)  # verbose: the user wants to watch gmsh
+    if key is not None and key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
     meta, data = mesh_and_distribute(comm, mesh_on_root, tdim, what, verbose)
-    return particle_from(meta, data, tdim, what)
+    particle = particle_from(meta, data, tdim, what)
+    if key is not None and particle.info["num_cells"] <= MESH_CACHE_MAX_CELLS:
+        _CACHE[key] = particle
+        while len(_CACHE) > MESH_CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return particle
 
 
 def particle_from(meta: dict, data, tdim: int, what: str, cls=ParticleMesh, **extra) -> ParticleMesh:

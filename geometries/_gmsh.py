@@ -105,36 +105,51 @@ def set_size_field(
     mesh_size: float,
     surface_size: float | None,
     grading_width: float,
+    *,
+    center: tuple[float, ...] | None = None,
+    center_size: float | None = None,
+    center_width: float | None = None,
 ) -> None:
     """Background size: ``surface_size`` on the given boundary entities, growing linearly
-    to ``mesh_size`` over ``grading_width`` (uniform ``mesh_size`` if no surface size)."""
+    to ``mesh_size`` over ``grading_width`` (uniform ``mesh_size`` if no surface size);
+    with ``center``/``center_size``, also ``center_size`` at that point, growing linearly
+    to ``mesh_size`` over ``center_width`` (where a shrinking core ends, the last place the
+    front reaches). The smaller of the two sizes wins."""
     fields = model.mesh.field
     if surface_size is None or surface_size >= mesh_size or not entities:
         f = fields.add("MathEval")
         fields.setString(f, "F", repr(float(mesh_size)))
-        fields.setAsBackgroundMesh(f)
-        return
-    dist = fields.add("Distance")
-    if entity_dim == 1:
-        fields.setNumbers(dist, "CurvesList", entities)
-        longest = max(model.occ.getMass(1, c) for c in entities)
-        sampling = int(np.clip(math.ceil(3.0 * longest / surface_size), 20, 20000))
     else:
-        fields.setNumbers(dist, "SurfacesList", entities)
-        extent = 0.0
-        for s in entities:
-            x0, y0, z0, x1, y1, z1 = model.getBoundingBox(2, s)
-            extent = max(extent, x1 - x0, y1 - y0, z1 - z0)
-        # Curved faces are longer than their bounding box: allow a factor pi/2.
-        sampling = int(np.clip(math.ceil(2.0 * 1.6 * extent / surface_size), 20, 400))
-    fields.setNumber(dist, "Sampling", sampling)
-    thr = fields.add("Threshold")
-    fields.setNumber(thr, "InField", dist)
-    fields.setNumber(thr, "SizeMin", surface_size)
-    fields.setNumber(thr, "SizeMax", mesh_size)
-    fields.setNumber(thr, "DistMin", 0.0)
-    fields.setNumber(thr, "DistMax", grading_width)
-    fields.setAsBackgroundMesh(thr)
+        dist = fields.add("Distance")
+        if entity_dim == 1:
+            fields.setNumbers(dist, "CurvesList", entities)
+            longest = max(model.occ.getMass(1, c) for c in entities)
+            sampling = int(np.clip(math.ceil(3.0 * longest / surface_size), 20, 20000))
+        else:
+            fields.setNumbers(dist, "SurfacesList", entities)
+            extent = 0.0
+            for s in entities:
+                x0, y0, z0, x1, y1, z1 = model.getBoundingBox(2, s)
+                extent = max(extent, x1 - x0, y1 - y0, z1 - z0)
+            # Curved faces are longer than their bounding box: allow a factor pi/2.
+            sampling = int(np.clip(math.ceil(2.0 * 1.6 * extent / surface_size), 20, 400))
+        fields.setNumber(dist, "Sampling", sampling)
+        f = fields.add("Threshold")
+        fields.setNumber(f, "InField", dist)
+        fields.setNumber(f, "SizeMin", surface_size)
+        fields.setNumber(f, "SizeMax", mesh_size)
+        fields.setNumber(f, "DistMin", 0.0)
+        fields.setNumber(f, "DistMax", grading_width)
+    if center is not None and center_size is not None and center_size < mesh_size:
+        # distance in the coordinates given: (x, y) = to an axis along z (prisms), (x, y, z) = to a point
+        width = float(center_width if center_width is not None else grading_width)
+        radius = "Sqrt(" + " + ".join(f"(({v}) - ({float(c)!r}))^2" for v, c in zip("xyz", center)) + ")"
+        g = fields.add("MathEval")  # grows without bound; the minimum with the other field caps it
+        fields.setString(g, "F", f"{float(center_size)!r} + {(mesh_size - center_size) / width!r} * {radius}")
+        m = fields.add("Min")
+        fields.setNumbers(m, "FieldsList", [f, g])
+        f = m
+    fields.setAsBackgroundMesh(f)
 
 
 def generate(model, tdim: int, what: str, limits=None) -> dict:

@@ -12,14 +12,47 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.interpolate import splev, splprep
-from scipy.optimize import brentq
-from scipy.spatial import cKDTree
-from scipy.special import ellipe, ellipeinc
 
 from nmcfx.errors import InputError
 
 from .sectors import Layout
+
+
+# SciPy is imported on first use: a disk needs none of it (import ~0.5 s, ~45 MB; benchmarks/README.md)
+def splev(*args, **kwargs):  # noqa: D103
+    from scipy.interpolate import splev as f
+
+    return f(*args, **kwargs)
+
+
+def splprep(*args, **kwargs):  # noqa: D103
+    from scipy.interpolate import splprep as f
+
+    return f(*args, **kwargs)
+
+
+def brentq(*args, **kwargs):  # noqa: D103
+    from scipy.optimize import brentq as f
+
+    return f(*args, **kwargs)
+
+
+def cKDTree(*args, **kwargs):  # noqa: D103
+    from scipy.spatial import cKDTree as f
+
+    return f(*args, **kwargs)
+
+
+def ellipe(*args, **kwargs):  # noqa: D103
+    from scipy.special import ellipe as f
+
+    return f(*args, **kwargs)
+
+
+def ellipeinc(*args, **kwargs):  # noqa: D103
+    from scipy.special import ellipeinc as f
+
+    return f(*args, **kwargs)
 
 TWO_PI = 2.0 * math.pi
 # Contours are handed to gmsh as cubic splines with at most this many knot spans.

@@ -12,9 +12,12 @@ Schema (lengths in µm)::
     smoothing_um = 0.0          # contour: allowed RMS deviation of the smooth outline
     height_um = 2.0             # prism, cylinder
     [geometry.cross_section]    # prism: a 2D geometry (shape + its keys, optional sectors)
-    mesh_size_um = ...          # bulk cell size; default 1/20 of the smallest particle size
-    surface_mesh_size_um = ...  # cell size at the reactive surface; default mesh_size_um / 3
+    mesh_size_um = ...          # bulk cell size; default 1/20 of the smallest particle size (P1),
+                                # 1/10 with quadratic elements (see DEFAULT_SIZES)
+    surface_mesh_size_um = ...  # cell size at the reactive surface; default mesh_size_um / 3 (P1), / 2 (P2)
     grading_width_um = ...      # distance over which sizes grade; default 1/10 particle size
+    center_mesh_size_um = ...   # cell size at the centroid (axis of a prism); default none (P1), mesh_size_um / 2 (P2)
+    center_grading_width_um = . # distance over which it grows to mesh_size_um; default 2 × grading_width_um
     min_quality = 0.1           # refuse a mesh whose worst cell is below this (gmsh minSICN, (0, 1])
     max_cells = ...             # refuse larger meshes; default: what fits in half the memory (limits.py)
     sectors = [{name = "a", start_deg = 45, end_deg = 135},
@@ -41,7 +44,8 @@ from .shapes3d import cylinder, prism, sphere
 SHAPES_2D = ("disk", "ellipse", "contour", "xu2022")
 SHAPES = SHAPES_2D + ("prism", "cylinder", "sphere")
 DEFAULT_SHAPE = "xu2022"
-MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um", "min_quality", "max_cells")
+MESH_KEYS = ("mesh_size_um", "surface_mesh_size_um", "grading_width_um", "center_mesh_size_um",
+             "center_grading_width_um", "min_quality", "max_cells")
 COMMON_KEYS = ("shape",) + MESH_KEYS + ("sectors", "verbose")
 SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "disk": ("diameter_um",),
@@ -54,6 +58,12 @@ SHAPE_KEYS: dict[str, tuple[str, ...]] = {
 }
 #: Surface cell size relative to the bulk size when the config does not say.
 DEFAULT_SURFACE_RATIO = 1.0 / 3.0
+#: Default sizes by element degree: bulk size as a fraction of the particle size, surface and
+#: centre sizes as fractions of the bulk size. Quadratic elements on a mesh twice as coarse,
+#: refined at the surface and toward the centroid (where a shrinking core ends), keep θ within
+#: 0.3-0.4 % of the particle's θ drop on the 2.4 µm disk at 100 mA/g (benchmarks/README.md);
+#: the linear defaults are those of earlier versions (1-2 %).
+DEFAULT_SIZES = {1: (1.0 / 20.0, DEFAULT_SURFACE_RATIO, None), 2: (1.0 / 10.0, 0.5, 0.5)}
 
 
 def geometry_from_config(
@@ -62,12 +72,14 @@ def geometry_from_config(
     *,
     base_dir: str | os.PathLike | None = None,
     prefix: str = "geometry",
+    degree: int = 1,
 ) -> ParticleMesh:
     """Validate a ``[geometry]`` table and build the mesh (collective over ``comm``).
 
     ``base_dir`` resolves a relative ``contour_csv`` (default: the working directory);
-    pass the directory of the config file. Every problem raises :class:`InputError`
-    naming the field, e.g. ``geometry.cross_section.semi_axes_um[1]``.
+    pass the directory of the config file. ``degree`` (of the elements the mesh is for)
+    chooses the default sizes (:data:`DEFAULT_SIZES`). Every problem raises
+    :class:`InputError` naming the field, e.g. ``geometry.cross_section.semi_axes_um[1]``.
     """
     cfg = {} if cfg is None else cfg
     if not isinstance(cfg, Mapping):
@@ -84,17 +96,17 @@ def geometry_from_config(
     if shape in SHAPES_2D:
         section = _section(cfg, shape, prefix, comm, base_dir)
         char = section.characteristic_size_um()
-        sizes = _sizes(cfg, char, prefix)
+        sizes = _sizes(cfg, char, prefix, degree)
         return mesh_2d(section, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix, **sizes)
 
     if shape == "sphere":
         d = positive(_required(cfg, "diameter_um", shape, prefix), f"{prefix}.diameter_um")
-        return sphere(d, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix, **_sizes(cfg, d, prefix))
+        return sphere(d, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix, **_sizes(cfg, d, prefix, degree))
 
     height = positive(_required(cfg, "height_um", shape, prefix), f"{prefix}.height_um")
     if shape == "cylinder":
         d = positive(_required(cfg, "diameter_um", shape, prefix), f"{prefix}.diameter_um")
-        sizes = _sizes(cfg, min(d, height), prefix)
+        sizes = _sizes(cfg, min(d, height), prefix, degree)
         return cylinder(d, height, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix, **sizes)
 
     # prism
@@ -112,7 +124,7 @@ def geometry_from_config(
             raise InputError(f"{cs_prefix}.sectors", f"sectors are given both here and in {prefix}.sectors; keep one")
         sectors = cs["sectors"]
     section = _section(cs, cs_shape, cs_prefix, comm, base_dir)
-    sizes = _sizes(cfg, min(section.characteristic_size_um(), height), prefix)
+    sizes = _sizes(cfg, min(section.characteristic_size_um(), height), prefix, degree)
     return prism(section, height, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix, **sizes)
 
 
@@ -164,16 +176,22 @@ def _section(cfg: Mapping, shape: str, prefix: str, comm: MPI.Comm, base_dir) ->
     return section.validated(prefix)
 
 
-def _sizes(cfg: Mapping, char_size: float, prefix: str) -> dict:
+def _sizes(cfg: Mapping, char_size: float, prefix: str, degree: int = 1) -> dict:
+    bulk, surface, center = DEFAULT_SIZES[2 if degree == 2 else 1]
     h = cfg.get("mesh_size_um")
     if h is None:
-        h = char_size / 20.0
+        h = bulk * char_size
     else:
         positive(h, f"{prefix}.mesh_size_um")  # validated again (with range) by the builder
     hs = cfg.get("surface_mesh_size_um")
     if hs is None:
-        hs = DEFAULT_SURFACE_RATIO * float(h)
+        hs = surface * float(h)
+    hc = cfg.get("center_mesh_size_um")
+    if hc is None and center is not None:
+        hc = center * float(h)
     return {"mesh_size_um": h, "surface_mesh_size_um": hs, "grading_width_um": cfg.get("grading_width_um"),
+            "center_mesh_size_um": hc,
+            "center_grading_width_um": cfg.get("center_grading_width_um"),
             "min_quality": cfg.get("min_quality"), "max_cells": cfg.get("max_cells")}
 
 

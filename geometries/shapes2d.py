@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 from mpi4py import MPI
-from scipy.optimize import brentq
-from scipy.special import ellipe
 
 from nmcfx.errors import InputError, MeshError
 
@@ -28,6 +26,20 @@ from ._validate import in_range, number, optional_positive, positive, positive_p
 from .limits import MeshLimits, mesh_limits
 from .particle import ParticleMesh
 from .sectors import POSITION_TOL, Arc, Layout, Sector, check_overlaps, make_layout, parse_sectors
+
+
+# SciPy is imported on first use: a disk needs none of it (import ~0.5 s, ~45 MB; benchmarks/README.md)
+def brentq(*args, **kwargs):  # noqa: D103
+    from scipy.optimize import brentq as f
+
+    return f(*args, **kwargs)
+
+
+def ellipe(*args, **kwargs):  # noqa: D103
+    from scipy.special import ellipe as f
+
+    return f(*args, **kwargs)
+
 
 #: Xu et al., Joule 2022: the particle's measured cross-section.
 XU2022_AREA_UM2 = 4.87
@@ -209,6 +221,8 @@ class MeshSizes:
     surface: float | None
     grading_width: float
     limits: MeshLimits = field(default_factory=MeshLimits)
+    center: float | None = None  #: cell size at the centroid (None: no refinement there)
+    center_width: float | None = None  #: distance over which it grows to the bulk size
 
     @property
     def boundary(self) -> float:
@@ -220,7 +234,15 @@ class MeshSizes:
             "mesh_size_um": self.bulk,
             "surface_mesh_size_um": self.surface,
             "grading_width_um": self.grading_width,
+            "center_mesh_size_um": self.center,
+            "center_grading_width_um": self.center_width,
         } | self.limits.as_info()
+
+    def size_field(self, model, entity_dim: int, entities: list[int], center=None) -> None:
+        """Set gmsh's background size field (surface grading, and centre grading at ``center``)."""
+        _gmsh.set_size_field(model, entity_dim, entities, self.bulk, self.surface, self.grading_width,
+                             center=center if self.center is not None else None, center_size=self.center,
+                             center_width=self.center_width)
 
 
 def resolve_sizes(
@@ -234,6 +256,8 @@ def resolve_sizes(
     tdim: int,
     prefix: str = "geometry",
     limits: MeshLimits | None = None,
+    center_mesh_size_um: Any = None,
+    center_grading_width_um: Any = None,
 ) -> MeshSizes:
     """Validate mesh sizes; defaults: bulk = size/20, no surface refinement, width = size/10.
 
@@ -260,6 +284,15 @@ def resolve_sizes(
         w = 0.1 * char_size
     else:
         w = positive(grading_width_um, f"{prefix}.grading_width_um")
+    hc = optional_positive(center_mesh_size_um, f"{prefix}.center_mesh_size_um")
+    if hc is not None and hc > h:
+        raise InputError(
+            f"{prefix}.center_mesh_size_um", f"must be in (0, {h:.4g}] µm (<= mesh_size_um), got {hc:g}"
+        )
+    wc = None
+    if hc is not None:
+        wc = 2.0 * w if center_grading_width_um is None else positive(center_grading_width_um,
+                                                                      f"{prefix}.center_grading_width_um")
     # Rough cell count: equilateral simplices, surface size in the graded band.
     per = 2.3 if tdim == 2 else 8.5
     hb = h if hs is None else math.sqrt(hs * h) if tdim == 2 else (hs * hs * h) ** (1 / 3)
@@ -268,7 +301,7 @@ def resolve_sizes(
     bulk_only = per * measure / h**tdim
     limits.check_estimate(cells, "mesh_size_um" if hs is None or bulk_only > limits.max_cells
                           else "surface_mesh_size_um")
-    return MeshSizes(h, hs, w, limits)
+    return MeshSizes(h, hs, w, limits, hc, wc)
 
 
 # --------------------------------------------------------------------------------------
@@ -348,7 +381,7 @@ def _mesh_section_on_root(model, section, sector_list, sizes: MeshSizes, sectors
     for name in layout.names:
         model.addPhysicalGroup(1, [c for c, n in curve_names.items() if n == name], tag=tags[name], name=name)
     _gmsh.set_mesh_options(2)
-    _gmsh.set_size_field(model, 1, list(curve_names), sizes.bulk, sizes.surface, sizes.grading_width)
+    sizes.size_field(model, 1, list(curve_names), center=outline.centroid)
     info = _gmsh.generate(model, 2, section.describe(), sizes.limits)
     info.update(sizes.as_info())
     info["shape"] = section.describe()
@@ -376,6 +409,8 @@ def mesh_2d(
     prefix: str = "geometry",
     min_quality: float | None = None,
     max_cells: int | None = None,
+    center_mesh_size_um: float | None = None,
+    center_grading_width_um: float | None = None,
 ) -> ParticleMesh:
     """Mesh a 2D cross-section (collective over ``comm``; gmsh runs on rank 0).
 
@@ -385,6 +420,8 @@ def mesh_2d(
     1/10 of the particle size). ``sectors``: list of :class:`Sector` or dicts
     ``{name, start_deg, end_deg}`` / ``{name, start_fraction, end_fraction}``.
     ``min_quality``/``max_cells``: limits of the mesh (defaults: :mod:`.limits`).
+    ``center_mesh_size_um`` (default: none) refines toward the centroid as well, growing to
+    the bulk size over ``center_grading_width_um`` (default: twice ``grading_width_um``).
     """
     section = validate_section(section, prefix)
     sector_list = parse_sectors(sectors, f"{prefix}.sectors")
@@ -399,6 +436,8 @@ def mesh_2d(
         tdim=2,
         prefix=prefix,
         limits=mesh_limits(2, min_quality, max_cells, prefix=prefix, comm=comm),
+        center_mesh_size_um=center_mesh_size_um,
+        center_grading_width_um=center_grading_width_um,
     )
     return build_particle(
         comm,
@@ -406,6 +445,7 @@ def mesh_2d(
         2,
         section.describe(),
         verbose,
+        cache_key=("mesh_2d", section, sector_list, sizes, prefix),
     )
 
 

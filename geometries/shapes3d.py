@@ -63,7 +63,7 @@ def _prism_on_root(model, section, height, sector_list, sizes: MeshSizes, sector
         model.addPhysicalGroup(2, [f for f, n in face_names.items() if n == name], tag=tags[name], name=name)
     lateral = [f for f, n in face_names.items() if n in lateral_names]
     _gmsh.set_mesh_options(3)
-    _gmsh.set_size_field(model, 2, lateral, sizes.bulk, sizes.surface, sizes.grading_width)
+    sizes.size_field(model, 2, lateral, center=outline.centroid[:2])  # the prism's axis
     what = f"prism over {section.describe()}, height {height:g} µm"
     info = _gmsh.generate(model, 3, what, sizes.limits)
     info.update(sizes.as_info())
@@ -89,6 +89,8 @@ def _prism(
     prefix: str,
     min_quality=None,
     max_cells=None,
+    center_mesh_size_um=None,
+    center_grading_width_um=None,
 ) -> ParticleMesh:
     section = validate_section(section, section_prefix)
     height = positive(height_um, f"{prefix}.height_um")
@@ -104,6 +106,8 @@ def _prism(
         tdim=3,
         prefix=prefix,
         limits=mesh_limits(3, min_quality, max_cells, prefix=prefix, comm=comm),
+        center_mesh_size_um=center_mesh_size_um,
+        center_grading_width_um=center_grading_width_um,
     )
     return build_particle(
         comm,
@@ -111,6 +115,7 @@ def _prism(
         3,
         f"prism over {section.describe()}",
         verbose,
+        cache_key=("prism", section, height, sector_list, sizes, prefix),
     )
 
 
@@ -127,6 +132,8 @@ def prism(
     prefix: str = "geometry",
     min_quality: float | None = None,
     max_cells: int | None = None,
+    center_mesh_size_um: float | None = None,
+    center_grading_width_um: float | None = None,
 ) -> ParticleMesh:
     """Extrude a cross-section (:class:`Disk`, :class:`Ellipse`, :class:`Contour`,
     :class:`ReferenceXu2022`) along z over ``height_um`` (z in [-h/2, h/2]).
@@ -149,6 +156,8 @@ def prism(
         prefix=prefix,
         min_quality=min_quality,
         max_cells=max_cells,
+        center_mesh_size_um=center_mesh_size_um,
+        center_grading_width_um=center_grading_width_um,
     )
 
 
@@ -165,6 +174,8 @@ def cylinder(
     prefix: str = "geometry",
     min_quality: float | None = None,
     max_cells: int | None = None,
+    center_mesh_size_um: float | None = None,
+    center_grading_width_um: float | None = None,
 ) -> ParticleMesh:
     """A prism over a disk of diameter ``diameter_um``; see :func:`prism`."""
     return _prism(
@@ -180,6 +191,8 @@ def cylinder(
         prefix=prefix,
         min_quality=min_quality,
         max_cells=max_cells,
+        center_mesh_size_um=center_mesh_size_um,
+        center_grading_width_um=center_grading_width_um,
     )
 
 
@@ -191,7 +204,7 @@ def _sphere_on_root(model, radius: float, sizes: MeshSizes) -> dict:
     model.addPhysicalGroup(3, [vol], tag=1, name="particle")
     model.addPhysicalGroup(2, faces, tag=1, name=SURFACE)
     _gmsh.set_mesh_options(3)
-    _gmsh.set_size_field(model, 2, faces, sizes.bulk, sizes.surface, sizes.grading_width)
+    sizes.size_field(model, 2, faces, center=(0.0, 0.0, 0.0))
     what = f"sphere d = {2 * radius:g} µm"
     info = _gmsh.generate(model, 3, what, sizes.limits)
     info.update(sizes.as_info())
@@ -212,6 +225,8 @@ def sphere(
     prefix: str = "geometry",
     min_quality: float | None = None,
     max_cells: int | None = None,
+    center_mesh_size_um: float | None = None,
+    center_grading_width_um: float | None = None,
 ) -> ParticleMesh:
     """A sphere of diameter ``diameter_um`` centred at the origin; the whole surface is
     the reactive sector ``"surface"`` (user sectors are not supported on spheres)."""
@@ -231,5 +246,8 @@ def sphere(
         tdim=3,
         prefix=prefix,
         limits=mesh_limits(3, min_quality, max_cells, prefix=prefix, comm=comm),
+        center_mesh_size_um=center_mesh_size_um,
+        center_grading_width_um=center_grading_width_um,
     )
-    return build_particle(comm, lambda model: _sphere_on_root(model, r, sizes), 3, f"sphere d = {d:g} µm", verbose)
+    return build_particle(comm, lambda model: _sphere_on_root(model, r, sizes), 3, f"sphere d = {d:g} µm", verbose,
+                          cache_key=("sphere", r, sizes, prefix))

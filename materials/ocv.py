@@ -177,7 +177,7 @@ class MappedChenOCV:
         and V_oc(θ_full + pulse/Q) = v_lower, with the step centred half a pulse above
         θ_full and a quarter pulse wide (Q = theoretical capacity per unit θ; defaults:
         the statements of seed 002 listed in the module docstring)."""
-        from scipy.optimize import brentq
+        from ._roots import brentq
 
         fit = ChenExtendedOCV(drop_amplitude_V=0.0)
         dth = pulse_mAh_g / theoretical_capacity_mAh_g
@@ -232,7 +232,7 @@ class MappedChenOCV:
 
     def theta_at(self, voltage_V: float) -> float:
         """The occupancy at which V_oc equals ``voltage_V`` (must lie within V_oc(1)…V_oc(0))."""
-        from scipy.optimize import brentq
+        from ._roots import brentq
 
         v0, v1 = float(self(0.0)), float(self(1.0))
         if not v1 < voltage_V < v0:

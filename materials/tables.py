@@ -2,8 +2,8 @@
 
 A table is a function of the Li occupancy θ given at nodes θ_0 < θ_1 < … < θ_n in
 [0, 1] and interpolated with a shape-preserving piecewise cubic (PCHIP,
-Fritsch–Carlson/Butland derivatives as implemented by
-:class:`scipy.interpolate.PchipInterpolator`): between two nodes the interpolant stays
+Fritsch–Carlson/Butland derivatives, the same as :class:`scipy.interpolate.PchipInterpolator`
+computes, in NumPy: :mod:`._pchip`): between two nodes the interpolant stays
 between the two node values, so no spurious overshoot or sign change can appear.
 
 CSV format (UTF-8, comma separated)::
@@ -44,10 +44,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import CubicHermiteSpline, PchipInterpolator
 
 from nmcfx.errors import InputError
 
+from ._pchip import hermite, pchip, pchip_slopes
 from .constants import CM2_S_TO_M2_S
 
 KINDS = ("diffusivity", "ocv", "exchange_current")
@@ -198,13 +198,13 @@ class Table:
         th, va = self.theta, self.values
         if self.kind in _POSITIVE_KINDS:
             self._log = True
-            self._spline = PchipInterpolator(th, np.log(va), extrapolate=False)
+            self._spline = pchip(th, np.log(va))
         else:
             self._log = False
-            d = PchipInterpolator(th, va).derivative()(th)
+            d = pchip_slopes(th, va)
             d[0] = (va[1] - va[0]) / (th[1] - th[0])
             d[-1] = (va[-1] - va[-2]) / (th[-1] - th[-2])
-            self._spline = CubicHermiteSpline(th, va, d, extrapolate=False)
+            self._spline = hermite(th, va, d)
             self._end_slopes = (float(d[0]), float(d[-1]))
             # Guard: dV/dθ must be strictly negative everywhere on the table.
             fine = np.concatenate(

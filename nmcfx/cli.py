@@ -25,11 +25,22 @@ import sys
 from pathlib import Path
 
 
-def _parser() -> argparse.ArgumentParser:
-    from nmcfx import __version__
+class _VersionAction(argparse.Action):
+    """``--version``, with the version looked up only when asked for (it costs start-up time)."""
 
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):  # noqa: A002
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from nmcfx import __version__
+
+        parser.exit(message=f"nmcfx {__version__}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nmcfx", description="Li transport in NMC cathode particles (DOLFINx).")
-    p.add_argument("--version", action="version", version=f"nmcfx {__version__}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     r = sub.add_parser("run", help="run a simulation from a TOML config or a built-in example")
@@ -259,7 +270,16 @@ def _cmd_mesh(args, comm) -> int:
         from nmcfx.parallel import run_on_root
 
         run_on_root(comm, check_export_path, args.export, field="--export")  # before meshing: costs nothing
-    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base)
+    degree = 1
+    if not str((cfg.get("geometry") or {}).get("shape", "")).startswith("electrode"):
+        from nmcfx.solver.run import particle_degree
+        from nmcfx.solver.simulation import SolverSettings
+        from nmcfx.solver.surface import SurfaceSettings
+
+        # the mesh a run would use (default sizes depend on the element degree)
+        degree = particle_degree(cfg, SolverSettings.from_dict(cfg.get("solver")),
+                                 SurfaceSettings.from_dict(cfg.get("surface")))
+    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base, degree=degree)
     _say(comm, particle.summary())
     if args.export:
         from nmcfx.geometries.export import describe_export, export_mesh

@@ -243,10 +243,11 @@ class RunOutputs:
         times = np.array(self.profile_times)
         prof = np.array(self.profiles)
         with open(self.outdir / "line_profiles.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["time_s"] + [f"s={s:.4f}um" for s in self.line_s])
-            for t, row in zip(times, prof):
-                w.writerow([_fmt(t)] + [_fmt(v) for v in row])
+            fh.write(",".join(["time_s"] + [f"s={s:.4f}um" for s in self.line_s]) + "\r\n")
+            # repr of Python floats: round-trip exact, as _fmt (non-finite values as "nan")
+            table = np.column_stack([times, prof]) if len(times) else np.zeros((0, 1 + len(self.line_s)))
+            table[~np.isfinite(table)] = np.nan
+            fh.writelines(",".join(map(repr, row)) + "\r\n" for row in table.tolist())
         if self.settings.figures:
             from . import figures
 

@@ -49,8 +49,11 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 import dolfinx
-import dolfinx.fem.petsc
 from dolfinx import fem
+
+from .jit import configure as _configure_jit
+
+_configure_jit()  # nmcfx's own JIT cache directory (solver/jit.py)
 
 #: SNES/KSP defaults: Newton with backtracking line search, direct MUMPS LU.
 DEFAULT_PETSC_OPTIONS = {
@@ -194,12 +197,17 @@ class Term:
     def setup(self, problem: "Problem"):
         """Called once the fields have spaces and before any residual is built."""
 
+    def nodal_assembly(self, problem: "Problem") -> dict | None:
+        """What this term contributes to :class:`~.assembly.NodalAssembler` (keys ``mass``,
+        ``diffusion``, ``loads``), or None if it needs DOLFINx's form assembly."""
+        return None
+
 
 class Problem:
     """Fields on regions of ``mesh`` coupled by terms; see the module docstring."""
 
     def __init__(self, mesh, *, cell_tags=None, petsc_options: dict | None = None, prefix: str = "nmcfx_",
-                 atol_measure: float = 1.0, block_tolerances=None):
+                 atol_measure: float = 1.0, block_tolerances=None, assembly: str = "auto"):
         self.mesh = mesh
         self.comm = mesh.comm
         self.cell_tags = cell_tags
@@ -214,6 +222,8 @@ class Problem:
         if petsc_options:
             opts.update({str(k): v for k, v in petsc_options.items()})
         self.petsc_options = opts
+        self._user_options = dict(petsc_options or {})
+        self.linear_solver = "lu (mumps)"
         self.dt = fem.Constant(mesh, PETSc.ScalarType(1.0))
         self.time = fem.Constant(mesh, PETSc.ScalarType(0.0))  # t_{n+1}, for time-dependent terms
         # dθ/dt ≈ (a0 u + a1 u_n + a2 u_{n-1}) / dt ; backward Euler: (1, -1, 0)
@@ -224,6 +234,12 @@ class Problem:
         # optional: callable(problem) -> absolute tolerance per unknown (2-norm of its residual block);
         # Newton converges when every block meets its own tolerance (e.g. a charge balance per step)
         self.block_tolerances = block_tolerances
+        if assembly not in ASSEMBLY_MODES:
+            raise ValueError(f"assembly must be one of {ASSEMBLY_MODES}, got {assembly!r}")
+        #: "auto": NumPy on precomputed element tensors (:mod:`.assembly`) where every term allows it
+        #: (one field, one rank), else DOLFINx's forms; "forms": always DOLFINx; "nodal": insist
+        self.assembly = assembly
+        self.assembler = None  # a NodalAssembler when that path is used
 
     # ------------------------------------------------------------------ building
     def add_field(self, f: Field) -> Field:
@@ -291,6 +307,14 @@ class Problem:
         self._residual_parts = parts
         unknowns = [f for f in self.fields if f in parts]
         self.F_ufl = [_sum(form for _, form in parts[f]) for f in unknowns]
+        self.J_ufl = None  # built by :meth:`jacobian_forms` when DOLFINx assembles (not for nodal assembly)
+
+    def jacobian_forms(self):
+        """The UFL Jacobian blocks (a term's exact blocks, else UFL's derivative)."""
+        if self.J_ufl is not None:
+            return self.J_ufl
+        parts = self._residual_parts
+        unknowns = self.unknowns
         J = []
         for row in unknowns:
             J_row = []
@@ -305,22 +329,84 @@ class Problem:
                 J_row.append(_sum(blocks) if blocks else None)
             J.append(J_row)
         self.J_ufl = J
+        return J
+
+    def _auto_linear_solver(self, f: Field) -> dict:
+        """Linear solver by size (single-field problems), unless the user chose one: direct LU with
+        PETSc's own factorisation and METIS nested dissection on one rank up to
+        :data:`SMALL_LU_DOFS` unknowns (several times faster than MUMPS there), GMRES with
+        algebraic multigrid (GAMG) for 3D problems from :data:`ITERATIVE_MIN_DOFS_3D` unknowns,
+        MUMPS LU otherwise. The choice is kept in :attr:`linear_solver`."""
+        user = self._user_options
+        self.linear_solver = "lu (mumps)"
+        if any(k in user for k in ("ksp_type", "pc_type", "pc_factor_mat_solver_type")):
+            self.linear_solver = "user: " + ", ".join(f"{k}={user[k]}" for k in ("ksp_type", "pc_type",
+                                                      "pc_factor_mat_solver_type") if k in user)
+            return {}
+        n = f.num_dofs
+        if f.mesh.topology.dim == 3 and n >= ITERATIVE_MIN_DOFS_3D:
+            self.linear_solver = "gmres + gamg"
+            return dict(ITERATIVE_OPTIONS)
+        if self.comm.size == 1 and n <= SMALL_LU_DOFS:
+            ordering = "metisnd" if _ordering_available("metisnd") else "nd"
+            self.linear_solver = f"lu (petsc, {ordering})"
+            return {"pc_factor_mat_solver_type": "petsc", "pc_factor_mat_ordering_type": ordering}
+        return {}
+
+    def nodal_assembly_spec(self) -> dict | None:
+        """The terms' contributions to :class:`~.assembly.NodalAssembler`, or None if some term
+        (or the problem: several fields, Dirichlet data, several ranks) needs DOLFINx's forms."""
+        unknowns = self.unknowns
+        if len(unknowns) != 1 or unknowns[0].is_real or self.bcs or unknowns[0].tags is not None:
+            return None
+        from .assembly import is_affine
+
+        if not is_affine(self.mesh):
+            return None
+        spec = {"loads": []}
+        for t in self.terms:
+            part = t.nodal_assembly(self)
+            if part is None:
+                return None
+            spec["loads"] += part.pop("loads", [])
+            spec.update(part)
+        return spec if "mass" in spec and "diffusion" in spec else None
 
     def create_solver(self):
         unknowns = self.unknowns
+        if len(unknowns) == 1:
+            self.petsc_options.update(self._auto_linear_solver(unknowns[0]))
+        if self.assembly != "forms":
+            spec = self.nodal_assembly_spec()
+            if spec is None and self.assembly == "nodal":
+                raise ValueError("nodal assembly needs one P1/P2 field on the whole (affine simplex) mesh with "
+                                 "TimeDerivative, NonlinearDiffusion and SurfaceFlux terms only")
+            if spec is not None:
+                self._create_nodal_solver(unknowns[0], spec)
+                return
+        import dolfinx.fem.petsc  # (imported when DOLFINx assembles: its cffi set-up costs ~0.1 s)
+
         emaps = self.entity_maps or None
         opts = self.petsc_options
+        J_ufl = self.jacobian_forms()
         if len(unknowns) == 1:
             self.problem = dolfinx.fem.petsc.NonlinearProblem(
-                self.F_ufl[0], unknowns[0].u, J=self.J_ufl[0][0], bcs=self.bcs or None,
+                self.F_ufl[0], unknowns[0].u, J=J_ufl[0][0], bcs=self.bcs or None,
                 petsc_options_prefix=self.prefix, petsc_options=opts, entity_maps=emaps)
         else:
             self.problem = dolfinx.fem.petsc.NonlinearProblem(
-                self.F_ufl, [f.u for f in unknowns], J=self.J_ufl, bcs=self.bcs or None, kind="mpi",
+                self.F_ufl, [f.u for f in unknowns], J=J_ufl, bcs=self.bcs or None, kind="mpi",
                 petsc_options_prefix=self.prefix, petsc_options=opts, entity_maps=emaps)
         self._install_callbacks(unknowns)
         if self.block_tolerances is not None and len(unknowns) > 1:
             self._install_block_convergence_test(unknowns)
+
+    def _create_nodal_solver(self, f: Field, spec: dict):
+        from .assembly import NodalAssembler
+
+        self.assembler = asm = NodalAssembler(f, self, mass=spec["mass"], diffusion=spec["diffusion"],
+                                              loads=spec["loads"])
+        self.problem = _NodalNonlinearProblem(self, f, asm)
 
     # ------------------------------------------------------------------ SNES glue
     def _install_block_convergence_test(self, unknowns):
@@ -362,6 +448,8 @@ class Problem:
     def _install_callbacks(self, unknowns):
         """Own SNES callbacks: copy the iterate into the fields, refresh nodal coefficients,
         assemble. A Ctrl-C inside PETSc is turned into a flag (see :meth:`solve`)."""
+        import dolfinx.fem.petsc
+
         snes = self.problem.solver
         counters, clock = self.counters, MPI.Wtime
         # the callbacks hold the problem weakly: the SNES (C level, invisible to the garbage collector)
@@ -536,6 +624,168 @@ class Problem:
     @property
     def num_dofs(self) -> int:
         return sum(f.num_dofs for f in self.unknowns) if self._initialised else sum(f.num_dofs for f in self.fields)
+
+
+# ---------------------------------------------------------------------- linear solver by size
+#: One rank, up to this many unknowns: PETSc's LU with METIS ordering (measured 2-3x faster than
+#: MUMPS on 2D particle meshes of 400-3000 unknowns, equal at ~8000; benchmarks/README.md).
+SMALL_LU_DOFS = 20_000
+#: 3D problems from this many unknowns: GMRES + GAMG instead of LU (fill and factorisation time
+#: grow much faster than the unknowns in 3D; LU does not scale across ranks).
+ITERATIVE_MIN_DOFS_3D = 100_000
+ITERATIVE_OPTIONS = {
+    "ksp_type": "gmres",
+    "ksp_rtol": 1e-8,
+    "ksp_max_it": 200,
+    "pc_type": "gamg",
+    "pc_gamg_reuse_interpolation": True,
+}
+
+
+def _ordering_available(name: str) -> bool:
+    """Whether this PETSc build provides a matrix ordering (e.g. METIS nested dissection)."""
+    cache = _ordering_available.__dict__.setdefault("cache", {})
+    if name not in cache:
+        A = PETSc.Mat().createAIJ((2, 2), nnz=1, comm=MPI.COMM_SELF)
+        A.setValue(0, 0, 2.0)
+        A.setValue(1, 1, 2.0)
+        A.assemble()
+        ksp = PETSc.KSP().create(MPI.COMM_SELF)
+        ksp.setType("preonly")
+        pc = ksp.getPC()
+        pc.setType("lu")
+        pc.setFactorSolverType("petsc")
+        pc.setFactorOrdering(name)
+        ksp.setOperators(A)
+        try:
+            ksp.setUp()
+            cache[name] = True
+        except PETSc.Error:
+            cache[name] = False
+        finally:
+            ksp.destroy()
+            A.destroy()
+    return cache[name]
+
+
+# ---------------------------------------------------------------------- nodal path
+ASSEMBLY_MODES = ("auto", "forms", "nodal")
+
+
+class _NodalNonlinearProblem:
+    """SNES on the :class:`~.assembly.NodalAssembler` of a single field: the attributes of
+    DOLFINx's ``NonlinearProblem`` that :class:`Problem` uses (``solver``, ``A``, ``b``, ``x``,
+    ``solve``); no residual or Jacobian forms are compiled. On one rank the matrix shares the
+    assembler's CSR values; on several, each rank adds its cells' entries (ghost rows go to
+    their owners in the assembly) and the residual's ghost entries are summed the same way."""
+
+    def __init__(self, problem: Problem, field: Field, assembler):
+        comm = problem.comm
+        self.u = field.u
+        self.F = self.J = None
+        serial = comm.size == 1
+        V = field.V
+        if serial:
+            self.A = assembler.create_matrix(comm)
+            n = assembler.n
+            self.b = PETSc.Vec().createSeq(n, comm=comm)
+            self.x = PETSc.Vec().createSeq(n, comm=comm)
+        else:
+            import dolfinx.fem.petsc
+
+            # the cell-wise sparsity pattern, with DOLFINx's local-to-global maps
+            pattern_form = fem.form(field.trial * field.test * ufl.dx(domain=V.mesh))
+            self.A = dolfinx.fem.petsc.create_matrix(pattern_form)
+            self.b = dolfinx.fem.petsc.create_vector(V)
+            self.x = dolfinx.fem.petsc.create_vector(V)
+        self.solver = snes = PETSc.SNES().create(comm)
+        prefix = problem.prefix
+        snes.setOptionsPrefix(prefix)
+        self.A.setOptionsPrefix(f"{prefix}A_")
+        opts = PETSc.Options()
+        opts.prefixPush(prefix)
+        for k, v in problem.petsc_options.items():
+            opts[k] = v
+        snes.setFromOptions()
+        for k in problem.petsc_options:
+            del opts[k]
+        opts.prefixPop()
+        counters, clock = problem.counters, MPI.Wtime
+        u = field.u.x.array
+        update = problem.update_coefficients
+        pattern = assembler.pattern
+        INSERT, ADD = PETSc.InsertMode.INSERT, PETSc.InsertMode.ADD
+        FORWARD, REVERSE = PETSc.ScatterMode.FORWARD, PETSc.ScatterMode.REVERSE
+
+        def load_iterate(x):
+            if serial:
+                u[:] = x.array_r
+            else:
+                x.ghostUpdate(addv=INSERT, mode=FORWARD)
+                with x.localForm() as xl:
+                    u[:] = xl.array_r
+
+        def residual(snes_, x, b):
+            t0 = clock()
+            load_iterate(x)
+            update()
+            if serial:
+                with b as out:  # (the context bumps the vector's state: SNES's cached norm is refreshed)
+                    assembler.residual(out)
+            else:
+                with b.localForm() as bl:
+                    assembler.residual(bl.array_w)
+                b.ghostUpdate(addv=ADD, mode=REVERSE)
+            counters.residual_evaluations += 1
+            counters.assembly_time += clock() - t0
+
+        def jacobian(snes_, x, A, P):
+            t0 = clock()
+            # normally the point of the last residual evaluation: its cell terms are reused
+            if serial:
+                if not np.array_equal(x.array_r, u):
+                    u[:] = x.array_r
+                    update()
+                    assembler.invalidate()
+            else:
+                load_iterate(x)
+                if assembler.last_iterate is None or not np.array_equal(u, assembler.last_iterate):
+                    update()
+                    assembler.invalidate()
+            values = assembler.jacobian()
+            if serial:
+                A.assemble()  # the values are shared with the matrix; this marks them changed
+            else:
+                A.zeroEntries()
+                A.setValuesLocalCSR(pattern.indptr, pattern.indices, values, addv=ADD)
+                A.assemble()
+            counters.jacobian_evaluations += 1
+            counters.assembly_time += clock() - t0
+
+        snes.setFunction(_guarded(problem, residual), self.b)
+        snes.setJacobian(_guarded(problem, jacobian), self.A, None)
+        self._serial = serial
+
+    def solve(self):
+        if self._serial:
+            with self.x as xa:
+                xa[:] = self.u.x.array
+            self.solver.solve(None, self.x)
+            self.u.x.array[:] = self.x.array_r
+        else:
+            import dolfinx.fem.petsc
+
+            dolfinx.fem.petsc.assign(self.u, self.x)
+            self.solver.solve(None, self.x)
+            self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+            dolfinx.fem.petsc.assign(self.x, self.u)
+        return self.u
+
+    def __del__(self):
+        for obj in (getattr(self, "solver", None), getattr(self, "A", None), getattr(self, "b", None),
+                    getattr(self, "x", None)):
+            if obj is not None:
+                obj.destroy()
 
 
 # ---------------------------------------------------------------------- helpers

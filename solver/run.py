@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import platform
+from dataclasses import replace
 import subprocess
 import sys
 import time
@@ -84,11 +85,27 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
         return _prepare_electrode(cfg, material, protocol, surface, solver, output, title, base_dir, comm)
     if "electrode" in cfg:
         raise InputError("electrode", "the [electrode] table needs [geometry] shape = 'electrode' or 'electrode_3d'")
-    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
+    solver = replace(solver, degree=particle_degree(cfg, solver, surface))
+    particle = geometry_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir, degree=solver.degree)
     surface.check_sectors(particle)
     check_stop_quantities(protocol, ())
     check_tables_together(protocol, material, surface, output, particle)  # voltage at start, snapshots, line cut
     return PreparedRun(cfg, particle, material, protocol, surface, solver, output, title, base_dir)
+
+
+def particle_degree(cfg: dict, solver: SolverSettings, surface: SurfaceSettings) -> int:
+    """The element degree of a single particle: ``[solver] degree`` if given, else 2 for 2D
+    particles with a prescribed flux (NumPy assembly with the exact Jacobian of the nodal
+    coefficient, solver/assembly.py: more accurate per unknown and per second than P1 on the
+    matching default mesh, benchmarks/README.md) and 1 otherwise (Butler–Volmer on vertex-rule
+    facets, 3D meshes)."""
+    if solver.degree is not None:
+        return solver.degree
+    from nmcfx.geometries.config import DEFAULT_SHAPE, SHAPES_2D
+
+    geo = cfg.get("geometry") or {}
+    shape = geo.get("shape", DEFAULT_SHAPE) if isinstance(geo, dict) else DEFAULT_SHAPE
+    return 2 if (shape in SHAPES_2D and surface.model == "flux") else 1
 
 
 def is_electrode_config(cfg: dict) -> bool:
@@ -125,6 +142,8 @@ def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, 
         raise InputError("surface", "blocked sectors are defined on single particles, not on an electrode")
     surface = SurfaceSettings(model="butler_volmer",
                               electrolyte_concentration_ratio=surface.electrolyte_concentration_ratio)
+    if solver.degree is None:
+        solver = replace(solver, degree=1)
     settings = ElectrodeSettings.from_dict(cfg.get("electrode"))
     from nmcfx.materials.conductivity import load_conductivity_table
 
@@ -195,7 +214,8 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
                              surface=run.surface,
                              sector_weights=sector_weights(run.surface, run.particle, run.material),
                              films=film_thicknesses(run.surface),
-                             film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio)
+                             film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio,
+                             assembly=st.assembly)
         outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
         observers = [outputs, *mechanics_observers(run, outdir, comm), *observers]  # [mechanics]: θ → σ each step
         sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
@@ -415,15 +435,14 @@ def package_versions() -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from nmcfx import installed_versions
 
+    found = installed_versions()
     out = {}
     for name in ("nmcfx", "fenics-dolfinx", "dolfinx-solver-real", "fenics-basix", "fenics-ffcx", "fenics-ufl",
                  "petsc4py", "mpi4py", "gmsh", "numpy", "scipy", "matplotlib"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
+        if name in found:
+            out[name] = found[name]
     try:
         import dolfinx
 

@@ -25,7 +25,9 @@ from .protocol import Protocol, Step
 
 @dataclass(frozen=True)
 class SolverSettings:
-    degree: int = 1
+    # None: chosen by the run path (solver.run.particle_degree): 2 for 2D particles with a prescribed
+    # flux, else 1; a TransportSolver built directly with degree=None uses 1
+    degree: int | None = None
     time_scheme: str = "bdf2"  # "bdf2" (variable-step, restarted with BE after each protocol step) | "bdf1"
     mass_lumping: bool = True
     dt_initial_s: float = 0.5
@@ -37,6 +39,9 @@ class SolverSettings:
     thickness_um: float = 1.0  # 2D only: depth of the prism the cross-section represents
     checkpoint_wall_s: float = 120.0  # wall time between checkpoints (also at every protocol-step end)
     petsc_options: dict = field(default_factory=dict)
+    # "auto": NumPy on precomputed element tensors where the problem allows it (solver/assembly.py),
+    # else DOLFINx's forms; "forms": always DOLFINx (same discrete problem, for comparisons)
+    assembly: str = "auto"
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "SolverSettings":
@@ -71,6 +76,10 @@ class SolverSettings:
             if d["time_scheme"] not in ("bdf1", "bdf2"):
                 raise InputError("solver.time_scheme", f"must be 'bdf1' or 'bdf2', got {d['time_scheme']!r}")
             out["time_scheme"] = d["time_scheme"]
+        if "assembly" in d:
+            if d["assembly"] not in ("auto", "forms"):
+                raise InputError("solver.assembly", f"must be 'auto' or 'forms', got {d['assembly']!r}")
+            out["assembly"] = d["assembly"]
         if "mass_lumping" in d:
             if not isinstance(d["mass_lumping"], bool):
                 raise InputError("solver.mass_lumping", f"must be true or false, got {d['mass_lumping']!r}")

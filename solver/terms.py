@@ -111,6 +111,9 @@ class TimeDerivative(Term):
             return p.bdf[0] * col.trial * row.test * self._dxm
         return None
 
+    def nodal_assembly(self, p: Problem):
+        return {"mass": "lumped" if (self.lumped and self.field.degree == 1) else "consistent"}
+
 
 class NonlinearDiffusion(Term):
     """dt D_chem(θ) P∇θ·∇v with the nodal D_chem of ``material`` (m² s⁻¹ → µm² s⁻¹), times an
@@ -127,9 +130,29 @@ class NonlinearDiffusion(Term):
         f = self.field
         mat = self.material
         self.D = NodalCoefficient(f, self.name, lambda th: mat.D_chem(th) * 1e12, lambda th: mat.dD_chem(th) * 1e12)
+        # a dense Hermite table of D_chem (materials/lookup.py): ~10x cheaper than the analytic
+        # PCHIP + OCV-derivative evaluation, relative difference < 1e-7 (tests/test_materials.py);
+        # only for a Material's own D_chem (objects standing in for one are evaluated as they are)
+        from nmcfx.materials.nmc import Material
+
+        self._lookup = mat.D_chem_lookup(scale=1e12) if type(mat).D_chem is Material.D_chem and isinstance(
+            mat, Material) else None
 
     def update(self, p: Problem):
-        self.D.update(clipped(self.field))
+        if self._lookup is not None:
+            self._lookup.evaluate(self.field.u.x.array, self.D.value.x.array, self.D.derivative.x.array)
+        else:
+            self.D.update(clipped(self.field))
+
+    @staticmethod
+    def projection_matrix(mesh):
+        """P of the basal-plane gradient (3D: diag(1, 1, 0)), None for the plain gradient."""
+        if mesh.geometry.dim == 3 and mesh.topology.dim == 3:
+            return np.diag([1.0, 1.0, 0.0])
+        return None
+
+    def nodal_assembly(self, p: Problem):
+        return {"diffusion": self} if self.scale is None else None
 
     def residuals(self, p: Problem):
         f = self.field
@@ -169,6 +192,17 @@ class SurfaceFlux(Term):
         ds = ufl.Measure("ds", domain=p.mesh, subdomain_data=self.facet_tags,
                          metadata={"quadrature_degree": f.degree})
         return {f: _sum(p.dt * self.q[s] * f.test * ds(tag) for s, tag in self.sectors.items())}
+
+    def nodal_assembly(self, p: Problem):
+        from .assembly import sector_load
+
+        from .assembly import static_value
+
+        f = self.field
+        # ∫φ_i ds per sector depends on the mesh only: kept with it (no form to compile on a reused mesh)
+        return {"loads": [(static_value(p.mesh, ("sector_load", f.degree, int(tag)),
+                                        lambda tag=tag: sector_load(f, self.facet_tags, tag, f.degree)), self.q[s])
+                          for s, tag in self.sectors.items()]}
 
 
 class ExtraResidual(Term):

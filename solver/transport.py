@@ -32,6 +32,7 @@ from dolfinx import fem
 from nmcfx.errors import InputError
 from nmcfx.materials.constants import FARADAY, GAS_CONSTANT
 
+from .assembly import static_value
 from .exports import BoundaryExtremes, BoundaryMean, FieldIntegral, PointProbe, ThresholdRegion, reduce_array
 from .problem import DEFAULT_PETSC_OPTIONS, Field, Problem, SolverCounters, StepResult
 from .terms import (
@@ -61,7 +62,7 @@ class TransportSolver:
         particle,
         material,
         *,
-        degree: int = 1,
+        degree: int | None = 1,
         time_scheme: str = "bdf1",
         mass_lumping: bool = True,
         petsc_options: dict | None = None,
@@ -72,7 +73,9 @@ class TransportSolver:
         diffusivity_scale=None,
         films: dict[str, float] | None = None,
         film_diffusivity_ratio: float = 3000.0,
+        assembly: str = "auto",
     ):
+        degree = 1 if degree is None else degree
         if degree not in (1, 2):
             raise InputError("solver.degree", f"must be 1 or 2, got {degree!r}")
         if time_scheme not in ("bdf1", "bdf2"):
@@ -89,7 +92,8 @@ class TransportSolver:
         self._scale = theta_to_flux_scale(material.site_concentration)  # A m⁻² → µm s⁻¹ of θ
 
         measure = float(getattr(particle, "measure", 1.0) or 1.0)  # per-step Li-balance defect ≲ 1e-12 relative
-        self.problem = pb = Problem(mesh, petsc_options=petsc_options, prefix=prefix, atol_measure=measure)
+        self.problem = pb = Problem(mesh, petsc_options=petsc_options, prefix=prefix, atol_measure=measure,
+                                    assembly=assembly)
         self.counters = pb.counters
         self.dt, self.time, self.bdf = pb.dt, pb.time, pb.bdf
         self.field = th = pb.add_field(Field("theta", degree=degree, transient=True))
@@ -128,22 +132,18 @@ class TransportSolver:
         self.petsc_options = pb.petsc_options
         self.q = self.flux.q if self.flux is not None else {}
 
-        # observables (compiled once)
-        self._integral = FieldIntegral(th)
-        self.volume = self.comm.allreduce(
-            fem.assemble_scalar(fem.form(fem.Constant(mesh, PETSc.ScalarType(1.0)) * self._integral_measure())),
-            op=MPI.SUM)
+        # observables: weights and measures depend on the mesh only; a solver on the same (cached)
+        # mesh reuses them instead of compiling and assembling their forms again
         ds = ufl.Measure("ds", domain=mesh, subdomain_data=particle.facet_tags, metadata={"quadrature_degree": degree})
         self.dx, self.ds = self._integral_measure(), ds
-        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
-        self.sector_measure = {
-            s: self.comm.allreduce(fem.assemble_scalar(fem.form(one * ds(tags[s]))), op=MPI.SUM)
-            for s in self.sector_names
-        }
-        self._surface_mean = BoundaryMean(th, self._ds_reactive)
-        facets = np.concatenate(
-            [particle.facet_tags.find(tags[s]) for s in self.reactive] or [np.zeros(0, np.int32)])
-        self._surface = BoundaryExtremes(th, facets)
+        key = ("transport_observables", degree, tuple(sorted((k, int(v)) for k, v in tags.items())),
+               tuple(self.reactive))
+        static = static_value(mesh, key, lambda: self._mesh_observables(th, tags))
+        self._integral = FieldIntegral(th, weights=static["integral_weights"])
+        self.volume = static["volume"]
+        self.sector_measure = dict(static["sector_measure"])
+        self._surface_mean = BoundaryMean(th, self._ds_reactive, weights=static["surface_weights"])
+        self._surface = BoundaryExtremes(th, dofs=static["surface_dofs"])
         self._n_owned = th.n_owned
         self._probes: dict[str, PointProbe] = {}
         self._li_rich: ThresholdRegion | None = None
@@ -152,6 +152,21 @@ class TransportSolver:
 
     def _integral_measure(self):
         return ufl.Measure("dx", domain=self.mesh, metadata={"quadrature_degree": 2 * self.degree})
+
+    def _mesh_observables(self, th, tags) -> dict:
+        """What the observables need of the mesh (computed once per mesh, see ``static_value``)."""
+        mesh, comm = self.mesh, self.comm
+        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
+        facets = np.concatenate(
+            [self.particle.facet_tags.find(tags[s]) for s in self.reactive] or [np.zeros(0, np.int32)])
+        return {
+            "integral_weights": FieldIntegral(th).weights,
+            "volume": comm.allreduce(fem.assemble_scalar(fem.form(one * self._integral_measure())), op=MPI.SUM),
+            "sector_measure": {s: comm.allreduce(fem.assemble_scalar(fem.form(one * self.ds(tags[s]))), op=MPI.SUM)
+                               for s in self.sector_names},
+            "surface_weights": BoundaryMean(th, self._ds_reactive).weights,
+            "surface_dofs": BoundaryExtremes(th, facets).dofs,
+        }
 
     # ------------------------------------------------------------------ controls
     def set_control(self, mode: str, value: float):

@@ -46,3 +46,13 @@ def nmcfx_cmd() -> list[str]:
 
 def mpiexec_cmd(n: int) -> list[str]:
     return [str(BIN / "mpiexec"), "-n", str(n)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_mesh_cache():
+    """Every test meshes afresh (the in-process mesh cache of geometries/_build.py would otherwise
+    hand one test the mesh of another, e.g. past a monkeypatched mesher)."""
+    from nmcfx.geometries._build import clear_mesh_cache
+
+    clear_mesh_cache()
+    yield

@@ -1,0 +1,297 @@
+"""Residual and Jacobian of one transient field with NumPy on precomputed element tensors.
+
+For the single particle — θ with a lumped (P1) or consistent (P2) mass, the nonlinear
+diffusion ∇·(D(θ) P∇θ) with a *nodal* coefficient D_h = Σ_a D(θ_a) φ_a, and piecewise
+constant fluxes on boundary sectors — every Newton iterate is a fixed linear combination
+of per-cell tensors that depend on the mesh only:
+
+    K^a_T[b, e] = ∫_T φ_a  P∇φ_e · ∇φ_b          (one matrix per local coefficient DOF a)
+
+so that, with θ_T and D_T the cell's nodal values,
+
+    residual   F_b += dt Σ_a D_a (K^a θ_T)_b
+    Jacobian   J_be += dt [Σ_a D_a K^a_be + D'_e (K^e θ_T)_b]     (exact for the nodal D_h)
+
+The tensors are integrated once with basix quadrature (exact: degree 2p for P_p), scattered
+into a fixed CSR pattern with one ``bincount`` per iterate, and the PETSc matrix shares the
+CSR value array (no copy, the LU's symbolic factorisation is reused). This is the same
+discrete problem as the UFL forms of :mod:`.terms` (P1: the vertex-rule Jacobian of the
+nodal coefficient is exactly this one; checked to round-off in the tests) at a fraction of
+the cost of DOLFINx's cell-by-cell assembly for small meshes, where Python-side packing and
+per-cell insertion dominate. P2 gets the exact Jacobian of the nodal coefficient (the UFL
+path uses the product of interpolants, which is not).
+
+Used by :class:`~.problem.Problem` when every term of a single-field problem supports it
+(``Term.nodal_assembly``) on one MPI rank; otherwise DOLFINx assembles the forms.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import basix
+import numpy as np
+from petsc4py import PETSc
+
+import dolfinx
+
+_STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def mesh_static(mesh) -> dict:
+    """A dict of data derived from ``mesh`` alone (element tensors, weights, probe cells), kept as
+    long as the mesh lives: a second solver on the same (cached) mesh reuses it instead of
+    recomputing or recompiling forms. Keys are chosen by the users of the data."""
+    try:
+        return _STATIC.setdefault(mesh, {})
+    except TypeError:  # not weak-referenceable: no reuse
+        return {}
+
+
+def static_value(mesh, key, factory):
+    """``mesh_static(mesh)[key]``, computed by ``factory()`` the first time."""
+    store = mesh_static(mesh)
+    if key not in store:
+        store[key] = factory()
+    return store[key]
+
+
+class ElementGeometry:
+    """Cell→DOF map, affine geometry and reference basis of a Lagrange space (one rank)."""
+
+    def __init__(self, V, projection: np.ndarray | None = None, owned_only: bool = False):
+        mesh = V.mesh
+        tdim = mesh.topology.dim
+        gdim = mesh.geometry.dim
+        if not is_affine(mesh):
+            raise ValueError("nodal assembly needs an affine (degree-1) mesh geometry")
+        imap = mesh.topology.index_map(tdim)
+        ncells = imap.size_local + (0 if owned_only else imap.num_ghosts)
+        self.dofs = np.asarray(V.dofmap.list[:ncells], dtype=np.int64)
+        self.n = V.dofmap.index_map.size_local + V.dofmap.index_map.num_ghosts
+        self.element = V.element.basix_element
+        self.degree = self.element.degree
+        x = mesh.geometry.x[:, :gdim]
+        g = mesh.geometry.dofmaps[0][:ncells]
+        J = (x[g[:, 1:]] - x[g[:, :1]]).transpose(0, 2, 1)  # (cells, gdim, tdim): columns = edge vectors
+        if gdim != tdim:
+            raise ValueError("nodal assembly needs a mesh of full dimension")
+        self.detJ = np.abs(np.linalg.det(J))
+        self.invJ = np.linalg.inv(J)  # (cells, tdim, gdim)
+        self.J = J
+        self.x0 = x[g[:, 0]]
+        self.tdim = tdim
+        self.projection = projection
+
+    def quadrature(self, degree: int):
+        """Physical points (cells, nq, gdim), weights (cells, nq) and basis values (nq, nd)."""
+        pts, wts, phi, _ = self.tabulate(degree)
+        xq = self.x0[:, None, :] + np.einsum("cdk,qk->cqd", self.J, pts)
+        return xq, self.detJ[:, None] * wts[None, :], phi
+
+    def tabulate(self, degree: int):
+        """Quadrature points, weights and reference values/gradients of the basis."""
+        cell = self.element.cell_type
+        pts, wts = basix.make_quadrature(cell, degree)
+        tab = self.element.tabulate(1, pts)  # (1 + tdim, nq, ndofs, 1)
+        return pts, wts, tab[0, :, :, 0], np.moveaxis(tab[1:, :, :, 0], 0, -1)  # phi (nq, nd), dphi (nq, nd, tdim)
+
+    def physical_gradients(self, dphi_ref: np.ndarray) -> np.ndarray:
+        """∇φ on every cell at every quadrature point: (cells, nq, nd, gdim)."""
+        return np.einsum("qbk,ckd->cqbd", dphi_ref, self.invJ, optimize=True)
+
+    def stiffness_tensors(self) -> np.ndarray:
+        """K^a_T[b, e] = ∫_T φ_a P∇φ_e·∇φ_b, exact for affine cells: (cells, nd, nd, nd)."""
+        p = self.degree
+        pts, wts, phi, dphi = self.tabulate(3 * p - 2 if p > 1 else 2)
+        G = self.physical_gradients(dphi)
+        GP = G if self.projection is None else np.einsum("cqed,fd->cqef", G, self.projection)
+        return np.einsum("q,c,qa,cqbd,cqed->cabe", wts, self.detJ, phi, G, GP, optimize=True)
+
+    def mass_matrices(self) -> np.ndarray:
+        """M_T[b, e] = ∫_T φ_b φ_e (consistent): (cells, nd, nd)."""
+        pts, wts, phi, _ = self.tabulate(2 * self.degree)
+        return np.einsum("q,c,qb,qe->cbe", wts, self.detJ, phi, phi, optimize=True)
+
+    def lumped_mass(self) -> np.ndarray:
+        """Vertex-rule (row-sum) mass of P1: |T|/(d+1) to each vertex."""
+        w = np.repeat(self.detJ / _factorial(self.tdim) / (self.tdim + 1), self.dofs.shape[1])
+        return np.bincount(self.dofs.ravel(), weights=w, minlength=self.n)
+
+
+class CSRPattern:
+    """The CSR pattern of cell-local matrices and the position of every local entry in it."""
+
+    def __init__(self, dofs: np.ndarray, n: int):
+        nc, nd = dofs.shape
+        rows = np.repeat(dofs, nd, axis=1).ravel()
+        cols = np.tile(dofs, (1, nd)).ravel()
+        key = rows * n + cols
+        uniq, self.position = np.unique(key, return_inverse=True)
+        self.indices = (uniq % n).astype(PETSc.IntType)
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(uniq // n, minlength=n))]).astype(PETSc.IntType)
+        self.nnz = len(uniq)
+        self.diagonal = np.searchsorted(uniq, np.arange(n) * (n + 1))
+        self.rows = (uniq // n).astype(np.intp)  # row of every stored entry
+        self.cols = self.indices  # column of every stored entry
+
+    def matvec(self, values: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """(CSR matrix with these values) @ x."""
+        return np.bincount(self.rows, weights=values * x[self.cols], minlength=len(self.indptr) - 1)
+
+    def scatter(self, local: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Sum cell-local matrices (cells, nd, nd) into the CSR value array."""
+        vals = np.bincount(self.position, weights=local.ravel(), minlength=self.nnz)
+        if out is None:
+            return vals
+        out[:] = vals
+        return out
+
+
+class NodalAssembler:
+    """Residual and Jacobian of a single transient field (see the module docstring).
+
+    ``diffusion``: the :class:`~.terms.NonlinearDiffusion` term (its nodal coefficient
+    functions are refreshed by the term's own ``update``); ``mass``: "lumped" | "consistent";
+    ``loads``: constant vectors b_s (∫ φ_i over sector s) with their scalar constants q_s.
+    """
+
+    def __init__(self, field, problem, *, mass: str, diffusion, loads: list[tuple[np.ndarray, object]]):
+        self.field, self.problem = field, problem
+        geo = ElementGeometry(field.V, projection=diffusion.projection_matrix(problem.mesh), owned_only=True)
+        self.geo = geo
+        self.dofs = geo.dofs
+        self.n = geo.n
+        self.pattern = CSRPattern(self.dofs, self.n)
+        self.p1 = geo.degree == 1
+        nc, nd = self.dofs.shape
+        if self.p1:
+            # all K^a are the same (|T|/(d+1) K_T): keep K_T = ∫ P∇φ_e·∇φ_b only
+            self.K = geo.stiffness_tensors()[:, 0] * (geo.tdim + 1)
+        else:
+            K = geo.stiffness_tensors()
+            self.K_ab_e = K.reshape(nc, nd * nd, nd)  # r = K θ as a batched mat-vec
+            self.K_a_be = K.reshape(nc, nd, nd * nd)  # Kc = D K as a batched vec-mat
+        if diffusion.scale is not None:
+            raise ValueError("nodal assembly does not support a cell-wise diffusivity scale")
+        self.diffusion = diffusion
+        self.loads = loads
+        if mass == "lumped":
+            if not self.p1:
+                raise ValueError("lumped mass needs P1")
+            self.M_lumped = geo.lumped_mass()
+            self.M = None
+            self.M_vals = np.zeros(self.pattern.nnz)
+            self.M_vals[self.pattern.diagonal] = self.M_lumped
+        else:
+            self.M_lumped = None
+            self.M_vals = self.pattern.scatter(geo.mass_matrices())
+            self.M = True
+        self.values = np.zeros(self.pattern.nnz)  # shared with the PETSc matrix (one rank)
+        self._cache = None
+        self._track_iterate = problem.comm.size > 1  # (several ranks: compare with the ghosted iterate)
+        self.last_iterate = None
+
+    # ------------------------------------------------------------------ PETSc objects
+    def create_matrix(self, comm) -> PETSc.Mat:
+        p = self.pattern
+        A = PETSc.Mat().createAIJWithArrays((self.n, self.n), (p.indptr, p.indices, self.values), comm=comm)
+        A.setOption(PETSc.Mat.Option.NEW_NONZERO_ALLOCATION_ERR, True)
+        return A
+
+    # ------------------------------------------------------------------ evaluation
+    def _cell_terms(self, theta: np.ndarray):
+        """Per-cell quantities shared by the residual and the Jacobian at one iterate: the cell
+        coefficient (P1: the mean of D; P2: D at the cell's nodes) and r_ab = (K^a θ_T)_b."""
+        D = self.diffusion.D.value.x.array
+        th = theta[self.dofs]
+        if self.p1:
+            Dbar = D[self.dofs].mean(axis=1)
+            r = np.einsum("cbe,ce->cb", self.K, th)  # (K_T θ_T)_b
+            return Dbar, r
+        nc, nd = self.dofs.shape
+        r = (self.K_ab_e @ th[:, :, None]).reshape(nc, nd, nd)  # (K^a θ)_b
+        return D[self.dofs], r
+
+    def residual(self, out: np.ndarray) -> np.ndarray:
+        """F(θ) for the field's current values into ``out`` (length n)."""
+        p = self.problem
+        f = self.field
+        theta = f.u.x.array
+        a0, a1, a2 = (float(c.value) for c in p.bdf)
+        dt = float(p.dt.value)
+        inc = a0 * theta + a1 * f.u_n.x.array
+        if a2 != 0.0:
+            inc += a2 * f.u_nm1.x.array
+        cell = self._cell_terms(theta)
+        self._cache = cell
+        self.last_iterate = theta.copy() if self._track_iterate else None
+        if self.p1:
+            Dbar, r = cell
+            local = (Dbar[:, None] * dt) * r
+        else:
+            Dc, r = cell
+            local = dt * np.einsum("ca,cab->cb", Dc, r)  # Σ_a D_a (K^a θ)_b
+        out[:] = np.bincount(self.dofs.ravel(), weights=local.ravel(), minlength=self.n)
+        if self.M_lumped is not None:
+            out += self.M_lumped * inc
+        else:
+            out += self.pattern.matvec(self.M_vals, inc)
+        for b, q in self.loads:
+            qv = float(q.value)
+            if qv != 0.0:
+                out += (dt * qv) * b
+        return out
+
+    def jacobian(self) -> np.ndarray:
+        """J(θ) at the point of the last residual into the shared value array."""
+        p = self.problem
+        a0 = float(p.bdf[0].value)
+        dt = float(p.dt.value)
+        if self._cache is None:
+            self._cache = self._cell_terms(self.field.u.x.array)
+        dD = self.diffusion.D.derivative.x.array[self.dofs]
+        if self.p1:
+            Dbar, r = self._cache
+            nd = self.dofs.shape[1]
+            local = self.K * (Dbar * dt)[:, None, None] + (r * (dt / nd))[:, :, None] * dD[:, None, :]
+        else:
+            Dc, r = self._cache
+            nc, nd = self.dofs.shape
+            Kc = (Dc[:, None, :] @ self.K_a_be).reshape(nc, nd, nd)  # Σ_a D_a K^a
+            local = dt * (Kc + np.swapaxes(r, 1, 2) * dD[:, None, :])
+        self.values[:] = self.pattern.scatter(local)
+        self.values += a0 * self.M_vals
+        return self.values
+
+    def invalidate(self):
+        self._cache = None
+
+
+def is_affine(mesh) -> bool:
+    """Simplex cells with a degree-1 coordinate map."""
+    cmap = mesh.geometry.cmaps[0]
+    return cmap.degree == 1 and mesh.topology.cell_type.name in ("interval", "triangle", "tetrahedron")
+
+
+def _factorial(k: int) -> int:
+    out = 1
+    for i in range(2, k + 1):
+        out *= i
+    return out
+
+
+def sector_load(field, facet_tags, tag: int, quadrature_degree: int) -> np.ndarray:
+    """b_i = ∫ φ_i ds over the facets tagged ``tag`` (local, ghosts included)."""
+    import ufl
+
+    from dolfinx import fem
+
+    ds = ufl.Measure("ds", domain=field.parent, subdomain_data=facet_tags,
+                     metadata={"quadrature_degree": quadrature_degree})
+    vec = fem.assemble_vector(fem.form(field.test * ds(int(tag))))
+    return vec.array.copy()
+
+
+__all__ = ["CSRPattern", "ElementGeometry", "NodalAssembler", "is_affine", "mesh_static", "sector_load",
+           "static_value"]

@@ -1,0 +1,95 @@
+"""The NumPy assembly of the single particle (solver/assembly.py) against DOLFINx's forms.
+
+The nodal path must be the same discrete problem as the UFL forms of solver/terms.py: the
+residual to round-off for P1 and P2, the Jacobian to round-off for P1 (where the vertex-rule
+form is the exact Jacobian of the nodal coefficient) and, for P2, the exact Jacobian (checked
+by finite differences; the UFL P2 form is the product of interpolants, which is not).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nmcfx.geometries import cylinder, disk
+from nmcfx.materials import get_material
+from nmcfx.solver.transport import TransportSolver
+
+
+def _residual_and_jacobian(sv, theta):
+    pb = sv.problem
+    sv.set_initial(0.95)
+    sv.theta_n.x.array[:] = 0.9
+    sv.theta_nm1.x.array[:] = 0.93
+    pb.set_time_step(20.0, 10.0, 2)  # BDF2 with a step ratio: every history term is used
+    for i, q in enumerate(sv.q.values()):
+        q.value = 0.003 * (i + 1)
+    x = pb.problem.x.duplicate()
+    b = pb.problem.b.duplicate()
+    x.array[:] = theta[: len(x.array)]
+    pb.problem.solver.computeFunction(x, b)
+    A = pb.problem.A
+    pb.problem.solver.computeJacobian(x, A)
+    return b.array.copy(), A.convert("dense").getDenseArray().copy(), pb.problem.solver, x
+
+
+def _pair(particle, degree):
+    mat = get_material()
+    kw = dict(degree=degree, sector_weights={s: 0.3 for s in particle.sectors if s != "surface"})
+    return [TransportSolver(particle, mat, assembly=a, **kw) for a in ("forms", "nodal")]
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_nodal_residual_and_jacobian_equal_the_forms(degree):
+    particle = disk(2.4, mesh_size_um=0.3, surface_mesh_size_um=0.1,
+                    sectors=[{"name": "blocked", "start_deg": -45, "end_deg": 45}])
+    forms, nodal = _pair(particle, degree)
+    assert nodal.problem.assembler is not None and forms.problem.assembler is None
+    theta = 0.6 + 0.35 * np.random.default_rng(1).random(len(nodal.theta.x.array))
+    bf, Af, _, _ = _residual_and_jacobian(forms, theta)
+    bn, An, snes, x = _residual_and_jacobian(nodal, theta)
+    assert np.abs(bf - bn).max() <= 1e-13 * np.abs(bf).max()
+    if degree == 1:
+        assert np.abs(Af - An).max() <= 1e-13 * np.abs(Af).max()
+    # the nodal Jacobian is the exact derivative of the residual (central differences)
+    dx = np.random.default_rng(2).standard_normal(len(theta)) * 1e-6
+    f = []
+    for sign in (1.0, -1.0):
+        y = x.duplicate()
+        y.array[:] = theta + sign * dx
+        b = y.duplicate()
+        snes.computeFunction(y, b)
+        f.append(b.array.copy())
+    Jdx = An @ dx
+    assert np.abs(0.5 * (f[0] - f[1]) - Jdx).max() <= 1e-7 * np.abs(Jdx).max()
+
+
+def test_nodal_3d_prism_with_basal_projection_equals_the_forms():
+    particle = cylinder(1.6, 0.8, mesh_size_um=0.4)
+    forms, nodal = _pair(particle, 1)
+    theta = 0.6 + 0.35 * np.random.default_rng(3).random(len(nodal.theta.x.array))
+    bf, Af, _, _ = _residual_and_jacobian(forms, theta)
+    bn, An, _, _ = _residual_and_jacobian(nodal, theta)
+    assert np.abs(bf - bn).max() <= 1e-13 * np.abs(bf).max()
+    assert np.abs(Af - An).max() <= 1e-13 * np.abs(Af).max()
+
+
+def test_material_table_reproduces_d_chem():
+    mat = get_material()
+    table = mat.D_chem_lookup(scale=1.0)
+    th = np.linspace(1e-6, 1 - 1e-6, 7 * 2**14 + 3)  # 7x finer than the table, off its nodes
+    D, dD = table(th)
+    De, dDe = mat.D_chem(th), mat.dD_chem(th)
+    assert np.max(np.abs(D - De) / De) < 1e-7
+    assert np.max(np.abs(dD - dDe)) < 1e-5 * np.abs(dDe).max()
+    assert mat.D_chem_lookup(scale=1.0) is table  # built once per material
+
+
+def test_second_run_reuses_the_mesh_and_its_derived_data():
+    from nmcfx.geometries._build import _CACHE
+
+    a = disk(2.4, mesh_size_um=0.3)
+    b = disk(2.4, mesh_size_um=0.3)
+    assert a is b and len(_CACHE) == 1
+    c = disk(2.4, mesh_size_um=0.25)
+    assert c is not a
