@@ -457,8 +457,11 @@ def simulate_tables(task: dict, comm, particle=None) -> dict:
     the mesh of the task's [geometry] on ``comm`` if already built (S does not change it)."""
     from nmcfx.materials import material_from_config
     from nmcfx.solver.protocol import protocol_from_dict
-    from nmcfx.solver.run import prepare
+    from dataclasses import replace
+
+    from nmcfx.solver.run import particle_degree, prepare
     from nmcfx.solver.simulation import SolverSettings
+    from nmcfx.solver.surface import SurfaceSettings
 
     from .forward import sample_theta
 
@@ -470,10 +473,11 @@ def simulate_tables(task: dict, comm, particle=None) -> dict:
     if particle is None:
         run = prepare(cfg, base_dir=base, comm=comm)
         particle, material, protocol, settings = run.particle, run.material, run.protocol, run.solver
-    else:
+    else:  # the same material, protocol and element degree as prepare() gives, without meshing again
         material = material_from_config(cfg.get("material", {}), base)
         protocol = protocol_from_dict(cfg["protocol"], material.theta0)
         settings = SolverSettings.from_dict(cfg.get("solver"))
+        settings = replace(settings, degree=particle_degree(cfg, settings, SurfaceSettings.from_dict(cfg.get("surface"))))
     theta, inside, _, sim = sample_theta(particle, material, protocol, np.asarray(task["times_s"]),
                                          np.asarray(task["points_um"]), settings=settings)
     # stored as float32 in the cache: round fresh results the same way, so a cached and a fresh
