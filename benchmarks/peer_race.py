@@ -13,7 +13,7 @@ needs ``scikit-fem``, the ``bench`` extra) at its ~1 %-accurate setting ``--mesh
 
 * **accuracy**: θ_center, θ_surface_min and θ_mean at 5/10/15/20 min against a converged nmcfx
   reference (P2, mesh 0.04/0.013 µm, ``theta_tol = 2e-5``; cached in ``benchmarks/.cache``,
-  keyed by the sources of solver/, materials/, geometries/ and this file), as the largest
+  keyed by the sources of solver/, materials/, geometries/ and the configs), as the largest
   |θ − θ_ref| over quantities and times divided by the particle's θ drop at that time,
   θ₀ − θ_mean,ref(t). Also for the unblocked ``disk_100mAg`` example (as shipped, and with
   its mesh sizes removed, i.e. the defaults). A coarser run (0.06/0.02 µm, ``theta_tol =
@@ -221,8 +221,9 @@ def timed_process(cmd: list[str]) -> dict:
 
 
 def source_key(extra) -> str:
-    h = hashlib.sha256(json.dumps(extra, sort_keys=True).encode())
-    files = [Path(__file__)]
+    """Hash of ``extra``, the Fig. 4c config, the disk example and the physics sources."""
+    h = hashlib.sha256(json.dumps([extra, FIG4C_TOML], sort_keys=True).encode())
+    files = [ROOT / "studies" / "examples" / "disk_100mAg.toml"]
     for folder in ("solver", "materials", "geometries"):
         files += sorted((ROOT / folder).rglob("*.py")) + sorted((ROOT / folder).rglob("*.csv"))
     for f in files:
@@ -318,14 +319,14 @@ def main(argv=None) -> int:
                              "peak_rss_mb": max(x["peak_rss_mb"] for x in v)}
 
     ref = {c: refs[f"{c}/reference"]["obs"] for c in ("fig4c", "disk_100mAg")}
-    for k in res:
-        res[k]["error"] = error(res[k]["obs"], ref["fig4c"])
+    for v in res.values():
+        v["error"] = error(v["obs"], ref["fig4c"])
     others = {c: error(v["obs"], ref["disk_100mAg"]) | {"dofs": v["dofs"], "steps": v["steps"]}
               for c, v in runs["nmcfx"][-1]["other_cases"].items()}
     ref_check = {c: error(refs[f"{c}/check"]["obs"], ref[c]) for c in ref}
     ratio = {m: res["nmcfx"][f"{m}"] / res["peer"][f"{m}"] for m in ("wall_best", "wall_median", "cpu_best",
                                                                      "cpu_median")}
-    report(args, res, others, refs, ref_check, ratio, load0)
+    report(res, others, refs, ref_check, ratio, load0)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "peer_race.json"
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S"), "host": os.uname().nodename,
@@ -337,8 +338,11 @@ def main(argv=None) -> int:
     return 0
 
 
-def report(args, res, others, refs, ref_check, ratio, load0):
-    pct = lambda e: f"{100 * e['frac']:.2f} % ({e['where']})"  # noqa: E731
+def pct(e: dict) -> str:
+    return f"{100 * e['frac']:.2f} % ({e['where']})"
+
+
+def report(res, others, refs, ref_check, ratio, load0):
     r = refs["fig4c/reference"]
     print(f"\nLun 2025 Fig. 4c (2.4 µm disk, ¼ blocked η = 0.3, 100 mA/g, 20 min); load average {load0[0]:.1f} "
           f"→ {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
@@ -357,7 +361,8 @@ def report(args, res, others, refs, ref_check, ratio, load0):
         steps = f"{v['steps']}({v['rejected']})"
         print(f"{labels[k]:<28} {v['dofs']:>5} {steps:>6} {v['newton']:>6}  {pct(v['error']):<34} "
               f"{v['wall_best']:>9.3f} / {v['wall_median']:<8.3f} {v['cpu_best']:>8.3f} / {v['cpu_median']:<8.3f} "
-              f"{pr['wall_best']:>7.2f} / {pr['wall_median']:<7.2f} {v['peak_rss_mb']:>6.0f} / {pr['peak_rss_mb']:<6.0f}")
+              f"{pr['wall_best']:>7.2f} / {pr['wall_median']:<7.2f} "
+              f"{v['peak_rss_mb']:>6.0f} / {pr['peak_rss_mb']:<6.0f}")
     print(f"\nratio nmcfx / peer, warm: wall best {ratio['wall_best']:.2f}, median {ratio['wall_median']:.2f}; "
           f"CPU best {ratio['cpu_best']:.2f}, median {ratio['cpu_median']:.2f}   (target ≤ {TARGET_RATIO})")
     print(f"first solve in the process (s): nmcfx {res['nmcfx']['first_s']}, peer {res['peer']['first_s']}")
@@ -368,8 +373,9 @@ def report(args, res, others, refs, ref_check, ratio, load0):
     worst = max([res["nmcfx"]["error"]["frac"]] + [e["frac"] for e in others.values()])
     print(f"\ntarget 1 (nmcfx within {100 * TARGET_ERROR:g} % of the θ drop): worst {100 * worst:.2f} % → "
           f"{'met' if worst <= TARGET_ERROR else 'MISSED'}; peer {100 * res['peer']['error']['frac']:.2f} %")
-    print(f"target 2 (warm nmcfx / peer ≤ {TARGET_RATIO}): {ratio['wall_median']:.2f} (median wall) → "
-          f"{'met' if ratio['wall_median'] <= TARGET_RATIO else 'MISSED'}")
+    verdict = "met" if max(ratio["cpu_median"], ratio["wall_median"]) <= TARGET_RATIO else "MISSED"
+    print(f"target 2 (warm nmcfx / peer ≤ {TARGET_RATIO}): {ratio['cpu_median']:.2f} (median CPU), "
+          f"{ratio['wall_median']:.2f} (median wall) → {verdict}")
 
 
 def worker_main(argv) -> int:
