@@ -212,7 +212,7 @@ def launch_worker(*args: str) -> dict:
 
 
 def timed_process(cmd: list[str]) -> dict:
-    """Wall time and peak RSS of one fresh process (``os.wait4`` gives this child's own rusage)."""
+    """Wall time, CPU time and peak RSS of one fresh process (``os.wait4``: this child's own rusage)."""
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, ru = os.wait4(p.pid, 0)
@@ -221,7 +221,7 @@ def timed_process(cmd: list[str]) -> dict:
     if p.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr.read().decode()[-2000:]}")
     p.stderr.close()
-    return {"wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024}
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss / 1024}
 
 
 def source_key(extra) -> str:
@@ -323,6 +323,7 @@ def main(argv=None) -> int:
     for k, v in procs.items():
         w = [x["wall_s"] for x in v]
         res[k]["process"] = {"wall_best": min(w), "wall_median": statistics.median(w), "walls": w,
+                             "cpu_best": min(x["cpu_s"] for x in v), "cpus": [x["cpu_s"] for x in v],
                              "peak_rss_mb": max(x["peak_rss_mb"] for x in v)}
 
     ref = {c: refs[f"{c}/reference"]["obs"] for c in ("fig4c", "disk_100mAg")}
@@ -359,7 +360,7 @@ def report(res, others, refs, ref_check, ratio, load0):
           f"{pct(ref_check['fig4c'])}")
     print("error = max |θ − θ_ref| over θ_center, θ_surface_min, θ_mean at 5/10/15/20 min, / (θ₀ − θ_mean,ref(t))\n")
     head = (f"{'':<28} {'DOFs':>5} {'steps':>6} {'Newton':>6}  {'error, % of θ drop':<34} {'warm wall best/med s':>20} "
-            f"{'warm CPU best/med s':>19} {'process best/med s':>18} {'RSS warm/proc MB':>16}")
+            f"{'warm CPU best/med s':>19} {'process wall best/med, CPU s':>28} {'RSS warm/proc MB':>16}")
     print(head)
     print("-" * len(head))
     labels = {"nmcfx": "nmcfx defaults (nmcfx.run)", "peer": "peer, nrefs 4 (its setting)",
@@ -367,8 +368,9 @@ def report(res, others, refs, ref_check, ratio, load0):
     for k, v in res.items():
         pr = v.get("process")
         steps = f"{v['steps']}({v['rejected']})"
-        proc = (f"{pr['wall_best']:>7.2f} / {pr['wall_median']:<7.2f} {v['peak_rss_mb']:>6.0f} / "
-                f"{pr['peak_rss_mb']:<6.0f}" if pr else f"{'-':>18} {v['peak_rss_mb']:>6.0f} / -")
+        proc = (f"{pr['wall_best']:>7.2f} / {pr['wall_median']:<5.2f}, {pr['cpu_best']:<10.2f} "
+                f"{v['peak_rss_mb']:>6.0f} / {pr['peak_rss_mb']:<6.0f}" if pr
+                else f"{'-':>28} {v['peak_rss_mb']:>6.0f} / -")
         print(f"{labels[k]:<28} {v['dofs']:>5} {steps:>6} {v['newton']:>6}  {pct(v['error']):<34} "
               f"{v['wall_best']:>9.3f} / {v['wall_median']:<8.3f} {v['cpu_best']:>8.3f} / {v['cpu_median']:<8.3f} "
               f"{proc}")
