@@ -22,7 +22,7 @@ needs ``scikit-fem``, the ``bench`` extra) at its ~1 %-accurate setting ``--mesh
   solves in the same process (wall and CPU; best and median over all rounds; rounds
   alternate nmcfx and peer so both see the same machine load); the ratio nmcfx / peer;
 * **whole process**: the ``nmcfx run`` CLI on the config (a fresh process; JIT cache filled by
-  ``./dev setup``) against a fresh peer process, wall and peak RSS (``os.wait4``);
+  ``./dev setup``) against a fresh peer process: wall, CPU and peak RSS (``os.wait4``);
 * peak RSS of the warm-timing processes.
 
 Timings are never asserted. JSON goes to ``benchmarks/results/peer_race.json``.
@@ -368,12 +368,11 @@ def report(res, others, refs, ref_check, ratio, load0):
     for k, v in res.items():
         pr = v.get("process")
         steps = f"{v['steps']}({v['rejected']})"
-        proc = (f"{pr['wall_best']:>7.2f} / {pr['wall_median']:<5.2f}, {pr['cpu_best']:<10.2f} "
-                f"{v['peak_rss_mb']:>6.0f} / {pr['peak_rss_mb']:<6.0f}" if pr
-                else f"{'-':>28} {v['peak_rss_mb']:>6.0f} / -")
+        proc = f"{pr['wall_best']:.2f} / {pr['wall_median']:.2f}, {pr['cpu_best']:.2f}" if pr else "-"
+        rss = f"{v['peak_rss_mb']:.0f} / {pr['peak_rss_mb']:.0f}" if pr else f"{v['peak_rss_mb']:.0f} / -"
         print(f"{labels[k]:<28} {v['dofs']:>5} {steps:>6} {v['newton']:>6}  {pct(v['error']):<34} "
               f"{v['wall_best']:>9.3f} / {v['wall_median']:<8.3f} {v['cpu_best']:>8.3f} / {v['cpu_median']:<8.3f} "
-              f"{proc}")
+              f"{proc:>28} {rss:>16}")
     print()
     for k, r in ratio.items():
         print(f"ratio nmcfx / {labels[k]}, warm: wall best {r['wall_best']:.2f}, median {r['wall_median']:.2f}; "
