@@ -1,6 +1,6 @@
 """nmcfx against the independent scikit-fem peer on Lun 2025 Fig. 4c, side by side (issue 10, targets 1-2).
 
-    ./dev run python benchmarks/peer_race.py                 # ~1.5 min (+ ~5 min once for the references)
+    ./dev run python benchmarks/peer_race.py                 # ~1 min (+ ~3-4 min once for the references)
     ./dev run python benchmarks/peer_race.py --repeat 7 --rounds 3 --peer /path/to/skfem_disk.py
 
 The case: a 2.4 µm disk, the arc -45°..45° blocked with η = 0.3, 100 mA/g from θ₀ = 0.95 for
