@@ -35,7 +35,8 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from nmcfx import __version__
 
-        parser.exit(message=f"nmcfx {__version__}\n")
+        print(f"nmcfx {__version__}")  # to stdout, as argparse's own version action does
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:

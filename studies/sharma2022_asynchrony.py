@@ -46,7 +46,7 @@ MAP_FRACTIONS = (0.0, 0.05, 0.15, 0.5)
 
 #: NMC532-like material (LiNi0.5Mn0.3Co0.2O2): molar mass from the composition; X-ray density from
 #: the layered cell (a ≈ 2.87 Å, c ≈ 14.25 Å, Z = 3); 1C = 170 mAh/g (the practical capacity that
-#: makes C/20 a ~20 h first charge, 004: "first charge ~20 h"); transport, V_oc and i0 tables are
+#: makes C/20 a ~20 h first charge, 004: "first charge ~20 h");
 #: V_oc and i0 are the project defaults for layered NMC (materials/data/README.md); D_Li follows
 #: 004's own words for its NMC532 — low over x = 1.0–0.8, rising as the charge proceeds
 #: (materials/data/nmc532_dli_sharma2022_like.csv); σ_NMC(θ) is the default table (Amin & Chiang 2016
