@@ -61,6 +61,10 @@ FRACTION = 0.25
 #: rocksalt film on the blocked arc (nm): Lun 2025 (seed 000) "up to ~4 nm thick" in region 1
 FILM_NM = 4.0
 CAPACITY_MARKS = (5.0, 10.0, 15.0, 20.0)  # mAh/g at which d is tabulated
+#: Li-rich area fractions at which d is tabulated: the shrinking core at a common stage, which
+#: (unlike the largest d, set by the last record before the core vanishes) does not depend on
+#: how close to its end the core was last sampled
+FRACTION_MARKS = (0.5, 0.25, 0.1)
 #: resolution of the curves: at most this much capacity (mAh/g) per time step
 CAPACITY_PER_STEP = 0.5
 #: rendered frames: one every this much capacity (mAh/g), up to FRAME_CAPACITY_MAX
@@ -93,12 +97,29 @@ def offset_summary(series: dict) -> dict:
     for c in CAPACITY_MARKS:
         out[f"d_at_{c:g}_mAh_g_um"] = (float(np.interp(c, cap[alive], d[alive]))
                                        if alive.any() and cap[alive].max() >= c else math.nan)
+    for f in FRACTION_MARKS:
+        out[f"d_at_rich_{f:g}_um"] = d_at_fraction(frac, d, f)
     out["d_max_um"] = float(d[alive].max()) if alive.any() else math.nan
     out["capacity_at_d_max_mAh_g"] = float(cap[alive][np.argmax(d[alive])]) if alive.any() else math.nan
     # the region vanishes between the last record with a Li-rich area and the next one
     last = np.flatnonzero(alive)
     out["li_rich_gone_at_mAh_g"] = float(cap[min(last[-1] + 1, len(cap) - 1)]) if last.size else math.nan
     return out
+
+
+def d_at_fraction(frac: np.ndarray, d: np.ndarray, level: float) -> float:
+    """d when the Li-rich area first falls to ``level`` of the particle (linear between records).
+
+    >>> round(d_at_fraction(np.array([1.0, 0.6, 0.2, 0.0]), np.array([0.0, 0.2, 0.6, np.nan]), 0.4), 6)
+    0.4
+    """
+    below = np.flatnonzero((frac <= level) & np.isfinite(d))
+    if below.size == 0 or below[0] == 0:
+        return math.nan
+    i = int(below[0])
+    f0, f1 = frac[i - 1], frac[i]
+    w = (f0 - level) / (f0 - f1) if f0 > f1 else 1.0
+    return float(d[i - 1] + w * (d[i] - d[i - 1]))
 
 
 def image_offsets(maps: dict, theta0: float, field_px: int = FIELD_PX) -> dict:
@@ -113,7 +134,7 @@ def image_offsets(maps: dict, theta0: float, field_px: int = FIELD_PX) -> dict:
     >>> tri = __import__("matplotlib.tri", fromlist=["Triangulation"]).Triangulation(*pts.T).triangles
     >>> th = np.vstack([np.full(len(pts), 0.95), np.where(pts[:, 0] < 0, 0.95, 0.5)])
     >>> r = image_offsets({"points": pts, "triangles": tri, "times_s": np.array([0.0, 60.0]), "theta": th}, 0.95)
-    >>> 0.4 < r["d_image_um"][1] < 0.6   # the left half is Li-rich: its COM is ~0.5 µm off
+    >>> bool(0.4 < r["d_image_um"][1] < 0.6)   # the left half is Li-rich: its COM is ~0.5 µm off
     True
     """
     from matplotlib.tri import LinearTriInterpolator, Triangulation
@@ -179,6 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
             alive = (img["rich_fraction"] > 0) & np.isfinite(img["d_image_um"])
             both = alive & np.isfinite(img["d_um"]) & (img["times_s"] > 0)
             summary[ck]["d_image_max_um"] = float(img["d_image_um"][alive].max()) if alive.any() else math.nan
+            for f in FRACTION_MARKS:
+                summary[ck][f"d_image_at_rich_{f:g}_um"] = d_at_fraction(img["rich_fraction"], img["d_image_um"], f)
             summary[ck]["image_frames"] = int(len(img["times_s"]))
             summary[ck]["d_image_minus_solver_rms_um"] = (
                 float(np.sqrt(np.mean((img["d_image_um"][both] - img["d_um"][both]) ** 2))) if both.any() else math.nan)
@@ -204,6 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
             img = f"; image d_max {sm['d_image_max_um']:.3f} µm" if "d_image_max_um" in sm else ""
             study.say(f"{rate:>5g} mA/g {label:<20s} d(5, 10, 15 mAh/g) = "
                       + ", ".join(f"{sm[f'd_at_{c:g}_mAh_g_um']:.3f}" for c in CAPACITY_MARKS[:3])
+                      + " µm; d(Li-rich area " + "/".join(f"{f:g}" for f in FRACTION_MARKS) + ") = "
+                      + ", ".join(f"{sm[f'd_at_rich_{f:g}_um']:.3f}" for f in FRACTION_MARKS)
                       + f" µm; max {sm['d_max_um']:.3f} µm at {sm['capacity_at_d_max_mAh_g']:.1f} mAh/g; "
                       f"Li-rich region gone at {sm['li_rich_gone_at_mAh_g']:.1f} mAh/g{img}")
     study.finish(f"Lun 2025 Fig. 5d: d vs time and capacity, ¼ blocked η = {ETA:g} (and uniform flux) and "
@@ -217,7 +242,7 @@ def plot(study, cases, images, film_key, path):
     thick, uniform flux dashed, d measured on the rendered images as markers."""
     pyplot = plt()
     fig, axes = pyplot.subplots(1, 2, figsize=(11.0, 4.4))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.86, wspace=0.2)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.84, wspace=0.2)
     rates = sorted({c[1] for c in cases})
     cmap = pyplot.get_cmap("plasma")
     xmax = [0.0, 0.0]
@@ -249,10 +274,11 @@ def plot(study, cases, images, film_key, path):
                        (dict(lw=1.0, ls="--"), "no blocking"),
                        (dict(ls="none", marker="o", ms=3.5, mfc="none"), "film: d on rendered images (PSF 265 nm)")):
         axes[0].plot([], [], color="0.4", **style, label=lab)
-    axes[0].legend(frameon=False, fontsize=7.5, loc="upper right")
-    axes[1].legend(frameon=False, fontsize=8, title="rate", title_fontsize=8, loc="upper right")
+    fig.legend(*axes[0].get_legend_handles_labels(), frameon=False, fontsize=8, ncol=4, loc="upper center",
+               bbox_to_anchor=(0.5, 0.945))
+    axes[1].legend(frameon=False, fontsize=8, title="rate", title_fontsize=8, loc="upper left")
     fig.suptitle("Offset of the Li-rich core (contrast < 0.05, θ > 0.9025), 2.4 µm disk to the θ = 0.2 surface "
-                 "cut-off (Lun 2025 Fig. 5d)", fontsize=9.5)
+                 "cut-off (Lun 2025 Fig. 5d)", fontsize=9.5, y=0.99)
     fig.savefig(path, dpi=150)
     pyplot.close(fig)
 
