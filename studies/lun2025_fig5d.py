@@ -60,6 +60,8 @@ ETA = 0.3
 FRACTION = 0.25
 #: rocksalt film on the blocked arc (nm): Lun 2025 (seed 000) "up to ~4 nm thick" in region 1
 FILM_NM = 4.0
+#: the free arc: "very thin (<1 nm) or no rocksalt" (regions 2-3): both ends of that range, 0 and 1 nm
+FREE_FILM_NM = (0.0, 1.0)
 CAPACITY_MARKS = (5.0, 10.0, 15.0, 20.0)  # mAh/g at which d is tabulated
 #: Li-rich area fractions at which d is tabulated: the shrinking core at a common stage, which
 #: (unlike the largest d, set by the last record before the core vanishes) does not depend on
@@ -76,13 +78,24 @@ FIELD_PX = 101
 LI_RICH_CONTRAST = 0.05
 
 
-def film_config(rate_mA_g: float, thickness_nm: float, quick: bool, dt_max_s: float, frame_step: float) -> dict:
+def film_key(free_nm: float) -> str:
+    """Case suffix of a film case: ``film4nm`` (bare free arc) or ``film4nm_free1nm``."""
+    return f"film{FILM_NM:g}nm" + (f"_free{free_nm:g}nm" if free_nm > 0 else "")
+
+
+def film_config(rate_mA_g: float, thickness_nm: float, quick: bool, dt_max_s: float, frame_step: float,
+                free_nm: float = 0.0) -> dict:
     """The Fig. 5d case with Butler–Volmer kinetics and a rocksalt film of ``thickness_nm`` on
-    the blocked quarter (a series resistance), θ maps recorded every ``frame_step`` mAh/g."""
+    the blocked quarter (a series resistance) and ``free_nm`` on the rest of the surface (the
+    sector "surface"), θ maps recorded every ``frame_step`` mAh/g."""
     cfg = lun_cutoff_config(rate_mA_g, FRACTION, 1.0, quick, dt_max_s=dt_max_s)
+    free = f", {free_nm:g} nm on the rest" if free_nm > 0 else ""
     cfg["title"] = (f"Lun 2025: 2.4 µm disk, {rate_mA_g:g} mA/g to the θ = 0.2 surface cut-off, Butler–Volmer "
-                    f"with a {thickness_nm:g} nm rocksalt film on ¼ of the surface")
-    cfg["surface"] = {"model": "butler_volmer", "rocksalt_thickness_nm": {"blocked": float(thickness_nm)}}
+                    f"with a {thickness_nm:g} nm rocksalt film on ¼ of the surface{free}")
+    films = {"blocked": float(thickness_nm)}
+    if free_nm > 0:
+        films["surface"] = float(free_nm)
+    cfg["surface"] = {"model": "butler_volmer", "rocksalt_thickness_nm": films}
     minutes_per_mAh_g = 60.0 / rate_mA_g
     n = int(round(FRAME_CAPACITY_MAX / frame_step))
     cfg["output"]["snapshot_times_min"] = [round(k * frame_step * minutes_per_mAh_g, 9) for k in range(n + 1)]
@@ -166,8 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     study = Study(NAME, args)
     rates = QUICK_RATES if study.quick else RATES
     frame_step = QUICK_FRAME_CAPACITY_STEP if study.quick else FRAME_CAPACITY_STEP
-    study.plan(3 * len(rates))
-    film_key = f"film{FILM_NM:g}nm"
+    frees = FREE_FILM_NM[:1] if study.quick else FREE_FILM_NM
+    study.plan((2 + len(frees)) * len(rates))
     cases = []
     for rate in rates:
         dt_max = 3600.0 * CAPACITY_PER_STEP * (4 if study.quick else 1) / rate
@@ -177,11 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
             cases.append((ck, rate, key, label))
             study.case(ck, lun_cutoff_config(rate, fraction, eta, study.quick, dt_max_s=dt_max),
                        describe=f"{rate:g} mA/g, {label}")
-        ck = f"{rate:g}mAg_{film_key}"
-        label = f"¼ film {FILM_NM:g} nm, BV"
-        cases.append((ck, rate, film_key, label))
-        study.case(ck, film_config(rate, FILM_NM, study.quick, dt_max, frame_step), maps=True,
-                   describe=f"{rate:g} mA/g, Butler–Volmer, {FILM_NM:g} nm rocksalt film on the blocked quarter")
+        for free_nm in frees:
+            key = film_key(free_nm)
+            ck = f"{rate:g}mAg_{key}"
+            label = f"¼ film {FILM_NM:g} nm" + (f", rest {free_nm:g} nm" if free_nm > 0 else ", BV")
+            cases.append((ck, rate, key, label))
+            study.case(ck, film_config(rate, FILM_NM, study.quick, dt_max, frame_step, free_nm), maps=True,
+                       describe=f"{rate:g} mA/g, Butler–Volmer, {FILM_NM:g} nm rocksalt film on the blocked quarter"
+                                + (f", {free_nm:g} nm on the rest" if free_nm > 0 else ""))
 
     summary, curve_rows, sum_rows, image_rows, images = {}, [], [], [], {}
     for ck, rate, key, label in cases:
@@ -221,7 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
                   ["case", "rate_mA_g", "blocking", "time_min", "capacity_mAh_g", "d_um", "d_image_um",
                    "image_li_rich_fraction"], image_rows)
         write_csv(study.outdir / "fig5d_summary.csv", ["case", "rate_mA_g", "blocking"] + keys, sum_rows)
-        plot(study, cases, images, film_key, study.outdir / "fig5d_offset.png")
+        plot(study, cases, images, study.outdir / "fig5d_offset.png")
         for ck, rate, key, label in cases:
             sm = summary[ck]
             img = f"; image d_max {sm['d_image_max_um']:.3f} µm" if "d_image_max_um" in sm else ""
@@ -237,14 +253,18 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
-def plot(study, cases, images, film_key, path):
-    """Two panels, d against time (min) and against capacity (mAh/g): η model thin, film model
-    thick, uniform flux dashed, d measured on the rendered images as markers."""
+def plot(study, cases, images, path):
+    """Two panels, d against time (min) and against capacity (mAh/g): film model thick (solid: bare
+    free arc, dotted: 1 nm on it), η model thin, uniform flux dashed, d measured on the rendered
+    images as markers."""
     pyplot = plt()
-    fig, axes = pyplot.subplots(1, 2, figsize=(11.0, 4.4))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.84, wspace=0.2)
+    fig, axes = pyplot.subplots(1, 2, figsize=(11.0, 4.6))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.82, wspace=0.2)
     rates = sorted({c[1] for c in cases})
     cmap = pyplot.get_cmap("plasma")
+    main_film, free_film = film_key(0.0), film_key(FREE_FILM_NM[-1])
+    styles = {"none": dict(lw=1.0, ls="--"), main_film: dict(lw=2.4), free_film: dict(lw=2.0, ls=":")}
+    markers = {main_film: "o", free_film: "s"}
     xmax = [0.0, 0.0]
     for ck, rate, key, label in cases:
         s = study.results[ck].series
@@ -253,29 +273,30 @@ def plot(study, cases, images, film_key, path):
         if not alive.any():
             continue
         xs = (s["time_s"][alive] / 60, s["capacity_mAh_g"][alive])
-        style = {"none": dict(lw=1.0, ls="--"), film_key: dict(lw=2.4)}.get(key, dict(lw=1.0, ls="-", alpha=0.7))
         for j, ax in enumerate(axes):
             xmax[j] = max(xmax[j], xs[j].max())
-            ax.plot(xs[j], s["d_um"][alive], color=color, **style,
-                    label=f"{rate:g} mA g⁻¹" if key == film_key and j == 1 else None)
+            ax.plot(xs[j], s["d_um"][alive], color=color, **styles.get(key, dict(lw=1.0, alpha=0.7)),
+                    label=f"{rate:g} mA g⁻¹" if key == main_film and j == 1 else None)
         if ck in images:
             img = images[ck]
             ok = (img["rich_fraction"] > 0) & np.isfinite(img["d_image_um"])
             for j, x in enumerate((img["times_s"][ok] / 60, img["capacity_mAh_g"][ok])):
-                axes[j].plot(x, img["d_image_um"][ok], "o", ms=3.5, mfc="none", color=color)
+                axes[j].plot(x, img["d_image_um"][ok], markers.get(key, "o"), ms=3.2, mfc="none", color=color,
+                             alpha=0.8)
     for ax, (name, unit), xm in zip(axes, (("time", "min"), ("capacity", "mAh g⁻¹")), xmax):
         ax.set_xlim(0, 1.05 * xm if xm > 0 else 1)
         ax.set_ylim(bottom=0)
         ax.set_xlabel(f"{name} ({unit})")
         ax.set_ylabel("d = |O_COM − O_Li-rich| (µm)")
         ax.grid(alpha=0.3)
-    for style, lab in ((dict(lw=2.4), f"Butler–Volmer, {FILM_NM:g} nm film on ¼ (solver)"),
-                       (dict(lw=1.0, alpha=0.7), f"prescribed flux, ¼ blocked η = {ETA:g}"),
-                       (dict(lw=1.0, ls="--"), "no blocking"),
-                       (dict(ls="none", marker="o", ms=3.5, mfc="none"), "film: d on rendered images (PSF 265 nm)")):
-        axes[0].plot([], [], color="0.4", **style, label=lab)
-    fig.legend(*axes[0].get_legend_handles_labels(), frameon=False, fontsize=8, ncol=4, loc="upper center",
-               bbox_to_anchor=(0.5, 0.945))
+    legend = [(styles[main_film], f"BV, {FILM_NM:g} nm film on ¼, rest bare"),
+              (styles[free_film], f"BV, {FILM_NM:g} nm on ¼, {FREE_FILM_NM[-1]:g} nm on the rest"),
+              (dict(lw=1.0, alpha=0.7), f"prescribed flux, ¼ blocked η = {ETA:g}"),
+              (dict(lw=1.0, ls="--"), "no blocking"),
+              (dict(ls="none", marker="o", ms=3.5, mfc="none"), "film cases: d on rendered images (○, □)")]
+    handles = [axes[0].plot([], [], color="0.35", **style)[0] for style, _ in legend]
+    fig.legend(handles, [lab for _, lab in legend], frameon=False, fontsize=8, ncol=3, loc="upper center",
+               bbox_to_anchor=(0.5, 0.955))
     axes[1].legend(frameon=False, fontsize=8, title="rate", title_fontsize=8, loc="upper left")
     fig.suptitle("Offset of the Li-rich core (contrast < 0.05, θ > 0.9025), 2.4 µm disk to the θ = 0.2 surface "
                  "cut-off (Lun 2025 Fig. 5d)", fontsize=9.5, y=0.99)
