@@ -135,6 +135,41 @@ def d_at_fraction(frac: np.ndarray, d: np.ndarray, level: float) -> float:
     return float(d[i - 1] + w * (d[i] - d[i - 1]))
 
 
+def covered_arc_share(maps: dict, series: dict, cfg: dict, thickness_nm: float = FILM_NM) -> np.ndarray:
+    """Upper bound of the covered arc's flux relative to the mean surface flux, per recorded map.
+
+    With the film in series, the arc's current is i = (V − V_oc(θ) − η_ct)/R_film(θ) with a
+    charge-transfer overpotential η_ct of the same sign, so i ≤ (V − V_oc(θ))/R_film(θ)
+    (θ the occupancy at the arc's surface vertices, V the cell voltage, R_film from
+    :func:`nmcfx.solver.kinetics.film_resistance`). The mean current density is F times the
+    Li extraction rate (``li_extracted_mol``, per µm of depth) over the perimeter. NaN after
+    the run ended.
+    """
+    from scipy.spatial import cKDTree
+
+    from nmcfx.materials import material_from_config
+    from nmcfx.solver.kinetics import film_resistance
+    from nmcfx.solver.surface import SurfaceSettings
+
+    faraday = 96485.33212
+    mat = material_from_config(cfg.get("material"))
+    ratio = SurfaceSettings.from_dict(cfg.get("surface", {})).rocksalt_diffusivity_ratio
+    outlines = maps["outlines"]
+    perimeter_m = 1e-6 * sum(float(np.sum(np.hypot(*np.diff(line[:, :2], axis=0).T))) for line in outlines.values())
+    arc = np.unique(cKDTree(maps["points"]).query(outlines["blocked"][:, :2])[1])
+    t, V, n_li = series["time_s"], series["voltage_V"], series["li_extracted_mol"]
+    i_mean = faraday * np.gradient(n_li, t) / (perimeter_m * 1e-6)  # A m⁻², 1 µm of depth
+    share = np.full(len(maps["times_s"]), np.nan)
+    for k, tk in enumerate(maps["times_s"]):
+        if tk <= 0 or tk > t[-1]:
+            continue
+        th = np.clip(maps["theta"][k][arc], 1e-6, 1.0)
+        R = film_resistance(thickness_nm, th, mat.D_eff(th), mat.site_concentration, ratio=ratio).resistance
+        i_arc = np.clip(np.interp(tk, t, V) - mat.ocv(th), 0.0, None) / R
+        share[k] = float(np.mean(i_arc) / np.interp(tk, t, i_mean))
+    return share
+
+
 def image_offsets(maps: dict, theta0: float, field_px: int = FIELD_PX) -> dict:
     """d measured on rendered images of recorded θ maps, as a microscope would (module docstring).
 
@@ -213,17 +248,21 @@ def main(argv: list[str] | None = None) -> dict:
             # the solver's d at the frame times (frames land on time steps exactly)
             img["d_um"] = np.interp(img["times_s"], s["time_s"], s["d_um"], left=math.nan, right=math.nan)
             img["capacity_mAh_g"] = np.interp(img["times_s"], s["time_s"], s["capacity_mAh_g"])
+            img["arc_share"] = covered_arc_share(res.maps, s, res.config)
             alive = (img["rich_fraction"] > 0) & np.isfinite(img["d_image_um"])
             both = alive & np.isfinite(img["d_um"]) & (img["times_s"] > 0)
             summary[ck]["d_image_max_um"] = float(img["d_image_um"][alive].max()) if alive.any() else math.nan
             for f in FRACTION_MARKS:
                 summary[ck][f"d_image_at_rich_{f:g}_um"] = d_at_fraction(img["rich_fraction"], img["d_image_um"], f)
             summary[ck]["image_frames"] = int(len(img["times_s"]))
+            core = both & np.isfinite(img["arc_share"])
+            summary[ck]["arc_flux_share_bound_max"] = (float(np.max(img["arc_share"][core])) if core.any()
+                                                       else math.nan)
             summary[ck]["d_image_minus_solver_rms_um"] = (
                 float(np.sqrt(np.mean((img["d_image_um"][both] - img["d_um"][both]) ** 2))) if both.any() else math.nan)
             for k in range(len(img["times_s"])):
                 image_rows.append([ck, rate, key, img["times_s"][k] / 60, img["capacity_mAh_g"][k], img["d_um"][k],
-                                   img["d_image_um"][k], img["rich_fraction"][k]])
+                                   img["d_image_um"][k], img["rich_fraction"][k], img["arc_share"][k]])
     keys = sorted({k for sm in summary.values() for k in sm})
     for ck, rate, key, label in cases:
         sm = summary[ck]
@@ -235,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "theta_center", "theta_surface_min"], curve_rows)
         write_csv(study.outdir / "fig5d_image.csv",
                   ["case", "rate_mA_g", "blocking", "time_min", "capacity_mAh_g", "d_um", "d_image_um",
-                   "image_li_rich_fraction"], image_rows)
+                   "image_li_rich_fraction", "covered_arc_flux_share_bound"], image_rows)
         write_csv(study.outdir / "fig5d_summary.csv", ["case", "rate_mA_g", "blocking"] + keys, sum_rows)
         plot(study, cases, images, study.outdir / "fig5d_offset.png")
         for ck, rate, key, label in cases:
