@@ -393,17 +393,16 @@ def _row_lun_fig5d_film(r: dict, rates: list, free: str) -> dict:
                + ", ".join(f"{v:.2f}" for v in d25.values()) + " µm; solver: d_max "
                + ", ".join(f"{v['d_max_um']:.2f}" for v in f.values()) + " µm, d(10 mAh/g) "
                + ", ".join(f"{v['d_at_10_mAh_g_um']:.2f}" for v in f.values()) + " µm" + at,
-               verdict=_judge(grows and stage, grows or stage),
-               why="" if grows and stage else FIG5D_FILM_WHY)
+               verdict=_judge(grows and stage, grows or stage))
+    if not (grows and stage):
+        share = [v.get("arc_flux_share_bound_median", math.nan) for v in f.values()]
+        row["why"] = ("a 4 nm film with D_eff/3000 has i·R of volts near θ₀ (≫ RT/F): the covered arc carries at most "
+                      + ", ".join(f"{100 * x:.1f}" for x in share) + " % of the mean flux (median over the frames "
+                      "of the bound (V − V_oc)/R_film, per rate) where η = 0.3 gives 36 %, so its share cannot fall much further with "
+                      "current; the core then drifts toward the covered arc by diffusion, further per mAh/g at the slow "
+                      "rate (more time), and at every rate it ends as a remnant against that arc, d ≈ R = 1.2 µm "
+                      "(within a pixel on the images)")
     return row
-
-
-#: why the film rows are not reproduced (numbers: studies/lun2025_fig5d.py, its docstring and README)
-FIG5D_FILM_WHY = ("a 4 nm film with D_eff/3000 has i·R = 2–17 V near θ₀ at 50–400 mA/g (≫ RT/F): the covered arc "
-                  "carries almost nothing at every rate, so its share cannot fall further with current; the core "
-                  "then drifts toward the covered arc by diffusion, further per mAh/g at the slow rate (more time), "
-                  "and at every rate it ends as a remnant against that arc, d ≈ R = 1.2 µm (within a pixel on the "
-                  "images)")
 
 
 BUILDERS = {"xu2022_rates": rows_xu_rates, "xu2022_charge_rest": rows_charge_rest,
