@@ -11,6 +11,7 @@ Schema (lengths in µm)::
     contour_points_um = [[0, 0], [1, 0], [0, 1]]   # contour: ... or the points inline
     smoothing_um = 0.0          # contour: allowed RMS deviation of the smooth outline
     height_um = 2.0             # prism, cylinder
+    mesher = "auto"             # prism, cylinder: gmsh (3D, rank 0) | extrude (layers in parallel) | auto (by size)
     [geometry.cross_section]    # prism: a 2D geometry (shape + its keys, optional sectors)
     mesh_size_um = ...          # bulk cell size; default 1/20 of the smallest particle size (P1),
                                 # 1/10 with quadratic elements (see DEFAULT_SIZES)
@@ -52,8 +53,8 @@ SHAPE_KEYS: dict[str, tuple[str, ...]] = {
     "ellipse": ("semi_axes_um", "angle_deg"),
     "contour": ("contour_csv", "contour_points_um", "smoothing_um"),
     "xu2022": ("angle_deg",),
-    "prism": ("height_um", "cross_section"),
-    "cylinder": ("diameter_um", "height_um"),
+    "prism": ("height_um", "cross_section", "mesher"),
+    "cylinder": ("diameter_um", "height_um", "mesher"),
     "sphere": ("diameter_um",),
 }
 #: Surface cell size relative to the bulk size when the config does not say.
@@ -107,7 +108,8 @@ def geometry_from_config(
     if shape == "cylinder":
         d = positive(_required(cfg, "diameter_um", shape, prefix), f"{prefix}.diameter_um")
         sizes = _sizes(cfg, min(d, height), prefix, degree)
-        return cylinder(d, height, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix, **sizes)
+        return cylinder(d, height, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix,
+                        mesher=cfg.get("mesher", "auto"), **sizes)
 
     # prism
     cs_prefix = f"{prefix}.cross_section"
@@ -125,7 +127,8 @@ def geometry_from_config(
         sectors = cs["sectors"]
     section = _section(cs, cs_shape, cs_prefix, comm, base_dir)
     sizes = _sizes(cfg, min(section.characteristic_size_um(), height), prefix, degree)
-    return prism(section, height, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix, **sizes)
+    return prism(section, height, comm=comm, sectors=sectors, verbose=verbose, prefix=prefix,
+                 mesher=cfg.get("mesher", "auto"), **sizes)
 
 
 # --------------------------------------------------------------------------------------

@@ -223,6 +223,7 @@ class MeshSizes:
     limits: MeshLimits = field(default_factory=MeshLimits)
     center: float | None = None  #: cell size at the centroid (None: no refinement there)
     center_width: float | None = None  #: distance over which it grows to the bulk size
+    estimated_cells: float = 0.0  #: rough cell count from the sizes (before meshing)
 
     @property
     def boundary(self) -> float:
@@ -301,7 +302,7 @@ def resolve_sizes(
     bulk_only = per * measure / h**tdim
     limits.check_estimate(cells, "mesh_size_um" if hs is None or bulk_only > limits.max_cells
                           else "surface_mesh_size_um")
-    return MeshSizes(h, hs, w, limits, hc, wc)
+    return MeshSizes(h, hs, w, limits, hc, wc, float(cells))
 
 
 # --------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 from mpi4py import MPI
 
-from nmcfx.errors import InputError, MeshError
+from nmcfx.errors import InputError, MeshError, NmcfxError
 
 from . import _gmsh
 from ._build import build_particle
@@ -75,6 +75,65 @@ def _prism_on_root(model, section, height, sector_list, sizes: MeshSizes, sector
     return {"sectors": tags, "reactive": tuple(lateral_names), "info": info}
 
 
+MESHERS = ("auto", "gmsh", "extrude")
+
+
+def _extruded_prism(comm, section, height, sector_list, sizes: MeshSizes, prefix: str, verbose: bool) -> ParticleMesh:
+    """A prism meshed in parallel: the cross-section by gmsh on rank 0, the layers by every rank
+    (:mod:`._extrude`)."""
+    from . import _build, _extrude
+    from ._gmsh import GmshModel
+    from .shapes2d import _mesh_section_on_root
+
+    what = f"prism over {section.describe()}, height {height:g} µm (extruded)"
+    key = _build._cache_key(comm, ("prism-extruded", section, height, sector_list, sizes, prefix))
+    key = None if verbose else key
+    if key is not None and key in _build._CACHE:
+        return _build._CACHE[key]
+    status = None
+    if comm.rank == 0:
+        session = GmshModel(verbose)
+        try:
+            model = session.open()
+            meta2d = _mesh_section_on_root(model, section, sector_list, sizes, f"{prefix}.sectors")
+            status = ("ok", meta2d, _extrude.section_arrays(model, list(meta2d["sectors"])))
+        except InputError as exc:
+            status = ("input", exc.field, _build._raw_message(exc))
+        except NmcfxError as exc:
+            status = ("mesh", str(exc))
+        except Exception as exc:  # gmsh raises plain Exception
+            status = ("mesh", f"gmsh failed on the cross-section of the {what}: {exc}")
+        finally:
+            session.close()
+    status = comm.bcast(status, root=0)
+    if status[0] == "input":
+        raise InputError(status[1], status[2])
+    if status[0] == "mesh":
+        raise MeshError(status[1])
+    _, meta2d, arrays = status
+    lateral = list(meta2d["sectors"])
+    names = lateral + [BASAL_BOTTOM, BASAL_TOP]
+    tags = {name: i + 1 for i, name in enumerate(names)}
+    if any(meta2d["sectors"][n] != tags[n] for n in lateral):
+        raise MeshError("cross-section sector tags do not match the prism's")
+    layers = _extrude.layer_count(height, sizes.bulk)
+    _extrude.check(layers, len(arrays["triangles"]), sizes.limits, what)
+    data = _extrude.extruded_mesh(comm, arrays, height, layers, tags[BASAL_BOTTOM], tags[BASAL_TOP])
+    info = dict(meta2d["info"])
+    info["quality_measure"] = "gmsh minSICN of the cross-section (layers extruded from it)"
+    outline = section.outline()
+    info.update(sizes.as_info())
+    info.update({"shape": what, "height_um": height, "layers": layers, "mesher": "extrude (parallel)",
+                 "cross_section": {"area": outline.area, "perimeter": outline.perimeter,
+                                   "shape": section.describe(), "triangles": int(len(arrays["triangles"])),
+                                   "vertices": int(len(arrays["xy"]))},
+                 "reference": {"volume": outline.area * height, "reactive_area": outline.perimeter * height}})
+    particle = _build.particle_from({"sectors": tags, "reactive": tuple(lateral), "info": info}, data, 3, what)
+    if key is not None and particle.info["num_cells"] <= _build.MESH_CACHE_MAX_CELLS:
+        _build._CACHE[key] = particle
+    return particle
+
+
 def _prism(
     section: Any,
     height_um: Any,
@@ -91,8 +150,11 @@ def _prism(
     max_cells=None,
     center_mesh_size_um=None,
     center_grading_width_um=None,
+    mesher: str = "auto",
 ) -> ParticleMesh:
     section = validate_section(section, section_prefix)
+    if mesher not in MESHERS:
+        raise InputError(f"{prefix}.mesher", f"must be one of {list(MESHERS)}, got {mesher!r}")
     height = positive(height_um, f"{prefix}.height_um")
     sector_list = parse_sectors(sectors, f"{prefix}.sectors")
     area, perimeter = section.estimate()
@@ -109,6 +171,12 @@ def _prism(
         center_mesh_size_um=center_mesh_size_um,
         center_grading_width_um=center_grading_width_um,
     )
+    if mesher == "auto":
+        from ._extrude import EXTRUDE_MIN_CELLS
+
+        mesher = "extrude" if sizes.estimated_cells >= EXTRUDE_MIN_CELLS else "gmsh"
+    if mesher == "extrude":
+        return _extruded_prism(comm, section, height, sector_list, sizes, prefix, verbose)
     return build_particle(
         comm,
         lambda model: _prism_on_root(model, section, height, sector_list, sizes, f"{prefix}.sectors"),
@@ -134,6 +202,7 @@ def prism(
     max_cells: int | None = None,
     center_mesh_size_um: float | None = None,
     center_grading_width_um: float | None = None,
+    mesher: str = "auto",
 ) -> ParticleMesh:
     """Extrude a cross-section (:class:`Disk`, :class:`Ellipse`, :class:`Contour`,
     :class:`ReferenceXu2022`) along z over ``height_um`` (z in [-h/2, h/2]).
@@ -142,6 +211,10 @@ def prism(
     faces; the uncovered rest is ``"surface"``; the end faces are ``"basal_bottom"`` and
     ``"basal_top"`` and are not in ``reactive_sectors``. Surface refinement
     (``surface_mesh_size_um``) grades toward the reactive (lateral) faces.
+
+    ``mesher``: ``"gmsh"`` (gmsh's 3D mesher on rank 0), ``"extrude"`` (the cross-section by
+    gmsh, the layers built in parallel by every rank: :mod:`._extrude`), or ``"auto"`` (extrude
+    from :data:`~._extrude.EXTRUDE_MIN_CELLS` estimated cells).
     """
     return _prism(
         cross_section,
@@ -158,6 +231,7 @@ def prism(
         max_cells=max_cells,
         center_mesh_size_um=center_mesh_size_um,
         center_grading_width_um=center_grading_width_um,
+        mesher=mesher,
     )
 
 
@@ -176,6 +250,7 @@ def cylinder(
     max_cells: int | None = None,
     center_mesh_size_um: float | None = None,
     center_grading_width_um: float | None = None,
+    mesher: str = "auto",
 ) -> ParticleMesh:
     """A prism over a disk of diameter ``diameter_um``; see :func:`prism`."""
     return _prism(
@@ -193,6 +268,7 @@ def cylinder(
         max_cells=max_cells,
         center_mesh_size_um=center_mesh_size_um,
         center_grading_width_um=center_grading_width_um,
+        mesher=mesher,
     )
 
 

@@ -37,6 +37,10 @@ import dolfinx
 
 _STATIC: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
+#: Largest number of cells (per rank) assembled this way: the element tensors and scatter map take
+#: ~0.3 kB per P1 tetrahedron (~0.1 kB per triangle); larger 3D meshes use DOLFINx's forms.
+NODAL_MAX_CELLS = {1: 10**7, 2: 10**7, 3: 300_000}
+
 
 def mesh_static(mesh) -> dict:
     """A dict of data derived from ``mesh`` alone (element tensors, weights, probe cells), kept as

@@ -359,9 +359,10 @@ class Problem:
         unknowns = self.unknowns
         if len(unknowns) != 1 or unknowns[0].is_real or self.bcs or unknowns[0].tags is not None:
             return None
-        from .assembly import is_affine
+        from .assembly import NODAL_MAX_CELLS, is_affine
 
-        if not is_affine(self.mesh):
+        tdim = self.mesh.topology.dim
+        if not is_affine(self.mesh) or self.mesh.topology.index_map(tdim).size_local > NODAL_MAX_CELLS[tdim]:
             return None
         spec = {"loads": []}
         for t in self.terms:
