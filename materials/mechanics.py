@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from nmcfx.errors import InputError
 
@@ -120,6 +119,8 @@ class LatticeTable:
             v = np.asarray(getattr(self, name), dtype=float)
             if v.shape != th.shape or np.any(v <= 0) or not np.all(np.isfinite(v)):
                 raise InputError("mechanics.lattice_csv", f"column {name} must hold positive lattice parameters (Å)")
+        from scipy.interpolate import PchipInterpolator  # (lazy: SciPy costs 44 MB and 0.6 s to import)
+
         object.__setattr__(self, "_a", PchipInterpolator(th, np.asarray(self.a_A, float), extrapolate=False))
         object.__setattr__(self, "_c", PchipInterpolator(th, np.asarray(self.c_A, float), extrapolate=False))
 
@@ -277,6 +278,8 @@ class ModulusTable:
     provenance: tuple[str, ...] = ()
 
     def __call__(self, theta):
+        from scipy.interpolate import PchipInterpolator
+
         th = np.clip(np.asarray(theta, dtype=float), self.theta[0], self.theta[-1])
         return np.asarray(PchipInterpolator(self.theta, self.factor)(th), dtype=float)
 
