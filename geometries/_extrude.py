@@ -17,7 +17,6 @@ Used by :func:`~nmcfx.geometries.shapes3d.prism` for large meshes (``mesher = "a
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,8 +28,9 @@ from nmcfx.errors import MeshError
 EXTRUDE_MIN_CELLS = 200_000
 
 
-def section_arrays(model, layout_names: list[str]) -> dict:
-    """Nodes (x, y), triangles and tagged boundary edges of the meshed cross-section (rank 0)."""
+def section_arrays(model) -> dict:
+    """Nodes (x, y), triangles and tagged boundary edges (physical group tags) of the meshed
+    cross-section in the gmsh ``model`` (rank 0)."""
     tags, xyz, _ = model.mesh.getNodes()
     index = np.full(int(tags.max()) + 1, -1, dtype=np.int64)
     index[tags.astype(np.int64)] = np.arange(len(tags))
@@ -52,6 +52,7 @@ def section_arrays(model, layout_names: list[str]) -> dict:
 
 
 def layer_count(height: float, size: float) -> int:
+    """Layers of about the bulk cell size ``size`` over ``height`` (at least one)."""
     return max(1, int(round(height / size)))
 
 
@@ -117,11 +118,8 @@ def _share(n: int, comm: MPI.Comm) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-def estimated_cells(section_triangles_estimate: float, height: float, size: float) -> float:
-    return 3.0 * section_triangles_estimate * layer_count(height, size)
-
-
 def check(layers: int, triangles: int, limits, what: str) -> int:
+    """The cell count (3 tetrahedra per triangle and layer), refused above ``limits.max_cells``."""
     cells = 3 * layers * triangles
     if limits is not None and cells > limits.max_cells:
         raise MeshError(f"the {what} would have {cells:.3g} cells, above max_cells = {limits.max_cells:.3g}")
@@ -129,4 +127,3 @@ def check(layers: int, triangles: int, limits, what: str) -> int:
 
 
 __all__ = ["EXTRUDE_MIN_CELLS", "check", "extruded_mesh", "layer_count", "section_arrays"]
-_ = math  # (kept for estimated sizes in callers)

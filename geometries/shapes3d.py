@@ -96,7 +96,7 @@ def _extruded_prism(comm, section, height, sector_list, sizes: MeshSizes, prefix
         try:
             model = session.open()
             meta2d = _mesh_section_on_root(model, section, sector_list, sizes, f"{prefix}.sectors")
-            status = ("ok", meta2d, _extrude.section_arrays(model, list(meta2d["sectors"])))
+            status = ("ok", meta2d, _extrude.section_arrays(model))
         except InputError as exc:
             status = ("input", exc.field, _build._raw_message(exc))
         except NmcfxError as exc:
@@ -131,6 +131,8 @@ def _extruded_prism(comm, section, height, sector_list, sizes: MeshSizes, prefix
     particle = _build.particle_from({"sectors": tags, "reactive": tuple(lateral), "info": info}, data, 3, what)
     if key is not None and particle.info["num_cells"] <= _build.MESH_CACHE_MAX_CELLS:
         _build._CACHE[key] = particle
+        while len(_build._CACHE) > _build.MESH_CACHE_SIZE:
+            _build._CACHE.popitem(last=False)
     return particle
 
 
