@@ -222,8 +222,8 @@ def forwarded(args) -> list[str]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mesh-size", type=float, default=0.03, help="bulk cell size and layer height (µm)")
-    p.add_argument("--surface-mesh-size", type=float, default=0.015, help="cell size at the lateral surface (µm)")
+    p.add_argument("--mesh-size", type=float, default=0.027, help="bulk cell size and layer height (µm)")
+    p.add_argument("--surface-mesh-size", type=float, default=0.0135, help="cell size at the lateral surface (µm)")
     p.add_argument("--height", type=float, default=2.4, help="prism height (µm)")
     p.add_argument("--minutes", type=float, default=20.0)
     p.add_argument("--mesher", default="extrude", choices=("auto", "gmsh", "extrude"))
