@@ -26,7 +26,7 @@ from nmcfx.parallel import collective_errors
 from .checkpoint import Checkpointer
 from .consistency import check_snapshots_within_protocol, check_tables_together, check_voltage_not_met_at_start
 from .mechanics import mechanics_from_config
-from .mechanics_outputs import mechanics_observers
+from .mechanics_outputs import coupling_terms, mechanics_observers
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import film_thicknesses, sector_weights
@@ -214,15 +214,16 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
                                   observers=[outputs, *observers])
     else:
+        mech_observers = mechanics_observers(run, outdir, comm)  # [mechanics]: θ → σ each step (and back: two-way)
         sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
                              mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
                              surface=run.surface,
                              sector_weights=sector_weights(run.surface, run.particle, run.material),
                              films=film_thicknesses(run.surface),
                              film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio,
-                             assembly=st.assembly)
+                             assembly=st.assembly, extra_terms=coupling_terms(mech_observers))
         outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-        observers = [outputs, *mechanics_observers(run, outdir, comm), *observers]  # [mechanics]: θ → σ each step
+        observers = [outputs, *mech_observers, *observers]
         sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
     if resume:
         checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing

@@ -15,6 +15,7 @@ term                   residual contribution
 TimeDerivative         (a0 θ + a1 θ_n + a2 θ_{n-1}) v            (lumped mass for P1)
 NonlinearDiffusion     dt D_chem(θ) P∇θ·∇v                        (P = diag(1,1,0) in 3D)
 SurfaceFlux            dt q_s v   on named boundary sectors (q in µm s⁻¹ of θ)
+StressDrivenFlux       −dt θ D_eff(θ) P∇χ·∇v, χ = Ω:σ/(N_L R T) of the last mechanics solve (two-way)
 ButlerVolmer           dt η_s i(θ, φ_s, φ_l)/(F N_L) v on reacting facets; the same current
                        leaves the electron field φ_s if that is a field
 Conduction             dt σ(θ) ∇φ_s·∇ψ /(F N_L)   (σ per region, constant or nodal σ(θ))
@@ -203,6 +204,73 @@ class SurfaceFlux(Term):
         return {"loads": [(static_value(p.mesh, ("sector_load", f.degree, int(tag)),
                                         lambda tag=tag: sector_load(f, self.facet_tags, tag, f.degree)), self.q[s])
                           for s, tag in self.sectors.items()]}
+
+
+class StressDrivenFlux(Term):
+    """Two-way chemo-mechanics: the stress-driven part of the Li flux, −dt θ D_eff(θ) P∇χ·∇v.
+
+    Derivation from Xu 2022 Eq. 12. With μ = −F V_oc(θ) (J mol⁻¹ of Li, vs Li/Li⁺), Eq. 12,
+    J = (N_L F/RT) θ D_eff ∂V_oc/∂θ ∇θ, is J = −(N_L θ D_eff/RT) ∇μ: the mobility is N_L θ D_eff/RT
+    (the θ·D_eff of D_chem = D_eff θ (−F/RT) ∂V_oc/∂θ). The elastic energy per volume,
+    W = ½(ε − ε_ch(θ)):C:(ε − ε_ch(θ)), changes with θ at fixed strain by ∂W/∂θ = −σ:Ω(θ),
+    Ω = ∂ε_ch/∂θ (per unit occupancy; Ω/N_L is the partial molar volume tensor), so per mole of Li
+    μ = −F V_oc(θ) − Ω:σ/N_L and
+
+        J = −N_L D_chem ∇θ + (θ D_eff/RT) ∇(Ω:σ),   or in θ units (J/N_L, µm s⁻¹):
+        J_θ = −D_chem P∇θ + θ D_eff P∇χ,            χ = Ω:σ/(N_L R T)
+
+    (P the basal projection of the transport tensor in 3D). Li moves up the gradient of Ω:σ:
+    towards regions where the lattice it would expand is in tension. The weak form adds
+    −dt ∫ θ D_eff P∇χ·∇v to θ's residual; the boundary condition stays J·n = q (total flux).
+    Not included: the modulus term ½ f'(θ) ε_el:C:ε_el of a θ-dependent stiffness, and the shift
+    Ω:σ/(F N_L) of the equilibrium potential in Butler–Volmer kinetics (≲ 1 mV at 100 MPa).
+
+    Staggered (explicit): χ and the mobility θ D_eff are those of the last accepted state
+    (θⁿ, σⁿ), set by :meth:`set_potential` after each mechanics solve, so within a step the term
+    is a fixed load vector b_i = −∫ θⁿD_eff(θⁿ) P∇χⁿ·∇φ_i dx: no Jacobian, the NumPy assembly path
+    stays available, and Σ_i b_i = 0 (Σ_i φ_i = 1) — Li is conserved to round-off. The splitting
+    error is first order in dt (check: halve ``solver.dt_max_s``). Usage::
+
+        flux = problem.add_term(StressDrivenFlux(theta_field, material))
+        ...                                            # after every accepted step:
+        mech.solve(); flux.set_potential(stress_potential.update())
+    """
+
+    def __init__(self, field: Field, material):
+        self.field = field
+        self.fields = (field,)
+        self.material = material
+        self._form = None
+
+    def setup(self, p: Problem):
+        f = self.field
+        self.mobility = fem.Function(f.V, name="stress_mobility")  # θ D_eff(θ) in µm² s⁻¹ (last accepted θ)
+        self.potential = fem.Function(f.V, name="stress_potential")  # χ = Ω:σ/(N_L R T)
+        self.one = fem.Constant(p.mesh, PETSc.ScalarType(1.0))
+        self.load = np.zeros_like(f.u.x.array)  # b (local + ghost entries of owned cells, like a sector load)
+
+    def residuals(self, p: Problem):
+        f = self.field
+        dx = f.dx({"quadrature_degree": max(3 * f.degree - 2, 1)})
+        self._ufl = -self.mobility * ufl.inner(basal_gradient(p.mesh)(self.potential), ufl.grad(f.test)) * dx
+        return {f: p.dt * self._ufl}
+
+    def nodal_assembly(self, p: Problem):
+        return {"loads": [(self.load, self.one)]}
+
+    def set_potential(self, chi: np.ndarray | None = None):
+        """Take χ (θ's space, local + ghosts) and the mobility at the current θ; rebuild the load."""
+        if chi is not None:
+            self.potential.x.array[:] = chi
+        th = clipped(self.field)
+        self.mobility.x.array[:] = th * self.material.D_eff(th) * 1e12
+        if self._form is None:
+            self._form = fem.form(self._ufl)
+        self.load[:] = fem.assemble_vector(self._form).array
+
+    @property
+    def active(self) -> bool:
+        return bool(np.any(self.load != 0.0))
 
 
 class ExtraResidual(Term):
