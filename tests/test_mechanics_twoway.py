@@ -58,7 +58,7 @@ class Probe:
             own = dofs[dofs < n_owned]
             lo = COMM.allreduce(float(chi.x.array[own].min()) if len(own) else np.inf, op=MPI.MIN)
             self.chi_surface.append(lo)
-            b = m.flux_term.load[:n_owned]
+            b = m.flux_term.load  # unscattered: each rank's cells' contributions, ghost entries included
             self.load_sum.append((COMM.allreduce(float(b.sum()), op=MPI.SUM),
                                   COMM.allreduce(float(np.abs(b).sum()), op=MPI.SUM)))
 
