@@ -152,9 +152,8 @@ class MechanicsObserver:
                 raise RuntimeError("coupling = 'two_way' needs the stress-driven flux in the transport solver: "
                                    "pass coupling_terms(observers) as its extra_terms (solver.run.execute does)")
             self.potential = StressPotential(ms, sv.material.site_concentration, sv.material.temperature_K)
-            if restore is not None:  # a resumed run: the stress of the restored state drives the next step
-                ms.solve()
-                self._couple()
+            if restore is not None:  # a resumed run: the stress-driven loads of the last two accepted states
+                self._resume_coupling(sim)
         self.setup_time = time.perf_counter() - t0
         self.surface = SurfaceStress(ms)
         self.dim = sv.mesh.topology.dim
@@ -222,11 +221,24 @@ class MechanicsObserver:
             for row in self.rows:  # a resumed run: what the checkpoint holds
                 self._csv.writerow([_fmt(v) for v in row])
 
-    def _couple(self):
-        """Two-way: χ = Ω:σ/(N_L R T) of this solve → the θ equation's stress-driven flux."""
+    def _couple(self, t: float):
+        """Two-way: χ = Ω:σ/(N_L R T) of this solve (state at time t) → the θ equation's stress-driven flux."""
         t0 = MPI.Wtime()
-        self.flux_term.set_potential(self.potential.update())
+        self.flux_term.set_potential(self.potential.update(), t)
         self.coupling_time += MPI.Wtime() - t0
+
+    def _resume_coupling(self, sim):
+        """Rebuild the loads of θⁿ⁻¹ (the field's history) and θⁿ, as the uninterrupted run holds them."""
+        sv, ms = sim.solver, self.solver
+        theta = sv.theta.x.array
+        now = theta.copy()
+        if sim._dt_prev is not None and sv.theta_nm1 is not None:
+            theta[:] = sv.theta_nm1.x.array
+            ms.solve()
+            self._couple(sim.t - sim._dt_prev)
+            theta[:] = now
+        ms.solve()
+        self._couple(sim.t)
 
     def _restore(self, mine: dict):
         if not self.root:
@@ -250,7 +262,7 @@ class MechanicsObserver:
         t0 = MPI.Wtime()
         its = ms.solve()
         if self.two_way:
-            self._couple()
+            self._couple(sim.t)
         X, s = ms.stress_nodes()
         inv = ms.invariants()
         n = self._n_nodes

@@ -15,7 +15,7 @@ term                   residual contribution
 TimeDerivative         (a0 θ + a1 θ_n + a2 θ_{n-1}) v            (lumped mass for P1)
 NonlinearDiffusion     dt D_chem(θ) P∇θ·∇v                        (P = diag(1,1,0) in 3D)
 SurfaceFlux            dt q_s v   on named boundary sectors (q in µm s⁻¹ of θ)
-StressDrivenFlux       −dt θ D_eff(θ) P∇χ·∇v, χ = Ω:σ/(N_L R T) of the last mechanics solve (two-way)
+StressDrivenFlux       −dt θ D_eff(θ) P∇χ·∇v, χ = Ω:σ/(N_L R T) of the last mechanics solves (two-way)
 ButlerVolmer           dt η_s i(θ, φ_s, φ_l)/(F N_L) v on reacting facets; the same current
                        leaves the electron field φ_s if that is a field
 Conduction             dt σ(θ) ∇φ_s·∇ψ /(F N_L)   (σ per region, constant or nodal σ(θ))
@@ -225,48 +225,70 @@ class StressDrivenFlux(Term):
     Not included: the modulus term ½ f'(θ) ε_el:C:ε_el of a θ-dependent stiffness, and the shift
     Ω:σ/(F N_L) of the equilibrium potential in Butler–Volmer kinetics (≲ 1 mV at 100 MPa).
 
-    Staggered (explicit): χ and the mobility θ D_eff are those of the last accepted state
-    (θⁿ, σⁿ), set by :meth:`set_potential` after each mechanics solve, so within a step the term
-    is a fixed load vector b_i = −∫ θⁿD_eff(θⁿ) P∇χⁿ·∇φ_i dx: no Jacobian, the NumPy assembly path
-    stays available, and Σ_i b_i = 0 (Σ_i φ_i = 1) — Li is conserved to round-off. The splitting
-    error is first order in dt (check: halve ``solver.dt_max_s``). Usage::
+    Staggered (explicit in the stress): after each accepted step and mechanics solve,
+    :meth:`set_potential` turns χⁿ and the mobility θⁿD_eff(θⁿ) into the load vector
+    bⁿ_i = −∫ θⁿD_eff(θⁿ) P∇χⁿ·∇φ_i dx. The next step uses the linear extrapolation in time
+    b* = bⁿ + (dt/Δtₙ)(bⁿ − bⁿ⁻¹) (Δtₙ = tⁿ − tⁿ⁻¹; bⁿ alone at the first step, or with
+    ``extrapolate=False``): a fixed load within the step — no Jacobian, the NumPy assembly path
+    stays available — with Σ_i b_i = 0 (Σ_i φ_i = 1), so Li is conserved to round-off. The
+    splitting error is second order in dt with the extrapolation, first order without (check:
+    halve ``solver.dt_max_s``; benchmarks/README.md). Usage::
 
         flux = problem.add_term(StressDrivenFlux(theta_field, material))
-        ...                                            # after every accepted step:
-        mech.solve(); flux.set_potential(stress_potential.update())
+        ...                                            # after every accepted step at time t:
+        mech.solve(); flux.set_potential(stress_potential.update(), t)
     """
 
-    def __init__(self, field: Field, material):
+    def __init__(self, field: Field, material, *, extrapolate: bool = True):
         self.field = field
         self.fields = (field,)
         self.material = material
+        self.extrapolate = extrapolate
         self._form = None
+        self.times: list[float] = []  # tⁿ⁻¹, tⁿ of the loads
 
     def setup(self, p: Problem):
         f = self.field
         self.mobility = fem.Function(f.V, name="stress_mobility")  # θ D_eff(θ) in µm² s⁻¹ (last accepted θ)
         self.potential = fem.Function(f.V, name="stress_potential")  # χ = Ω:σ/(N_L R T)
+        self.mobility_prev = fem.Function(f.V)
+        self.potential_prev = fem.Function(f.V)
         self.one = fem.Constant(p.mesh, PETSc.ScalarType(1.0))
-        self.load = np.zeros_like(f.u.x.array)  # b (local + ghost entries of owned cells, like a sector load)
+        self.ratio = fem.Constant(p.mesh, PETSc.ScalarType(0.0))  # dt/Δtₙ of the extrapolation (0: none)
+        self.load = np.zeros_like(f.u.x.array)  # bⁿ (local + ghost entries of owned cells, like a sector load)
+        self.load_change = np.zeros_like(self.load)  # bⁿ − bⁿ⁻¹
 
     def residuals(self, p: Problem):
         f = self.field
         dx = f.dx({"quadrature_degree": max(3 * f.degree - 2, 1)})
-        self._ufl = -self.mobility * ufl.inner(basal_gradient(p.mesh)(self.potential), ufl.grad(f.test)) * dx
-        return {f: p.dt * self._ufl}
+        g = basal_gradient(p.mesh)
+        flux = self.mobility * g(self.potential)
+        self._ufl = -ufl.inner(flux, ufl.grad(f.test)) * dx
+        change = flux - self.mobility_prev * g(self.potential_prev)
+        return {f: p.dt * (self._ufl - self.ratio * ufl.inner(change, ufl.grad(f.test)) * dx)}
 
     def nodal_assembly(self, p: Problem):
-        return {"loads": [(self.load, self.one)]}
+        return {"loads": [(self.load, self.one), (self.load_change, self.ratio)]}
 
-    def set_potential(self, chi: np.ndarray | None = None):
-        """Take χ (θ's space, local + ghosts) and the mobility at the current θ; rebuild the load."""
+    def update(self, p: Problem):
+        ok = self.extrapolate and len(self.times) == 2 and self.times[1] > self.times[0]
+        self.ratio.value = float(p.dt.value) / (self.times[1] - self.times[0]) if ok else 0.0
+
+    def set_potential(self, chi: np.ndarray | None = None, time_s: float | None = None):
+        """Take χ (θ's space, local + ghosts) at the accepted time ``time_s`` and the mobility at the
+        current θ; rebuild the load (and its change since the last call)."""
+        self.mobility_prev.x.array[:] = self.mobility.x.array
+        self.potential_prev.x.array[:] = self.potential.x.array
         if chi is not None:
             self.potential.x.array[:] = chi
         th = clipped(self.field)
         self.mobility.x.array[:] = th * self.material.D_eff(th) * 1e12
         if self._form is None:
             self._form = fem.form(self._ufl)
-        self.load[:] = fem.assemble_vector(self._form).array
+        new = fem.assemble_vector(self._form).array
+        self.load_change[:] = new - self.load if self.times else 0.0
+        self.load[:] = new
+        self.times = (self.times + [float(time_s if time_s is not None else np.nan)])[-2:]
 
     @property
     def active(self) -> bool:
