@@ -835,6 +835,7 @@ class StressPotential:
         pc.setType("cholesky")
         pc.setFactorSolverType("mumps" if mech.comm.size > 1 else "petsc")
         self.time = 0.0
+        self.kappa = np.zeros_like(self.chi.x.array)
 
     def update(self) -> np.ndarray:
         """χ from the solver's current σ and θ (call after :meth:`ElasticitySolver.solve`)."""
@@ -843,6 +844,13 @@ class StressPotential:
         oa, oc = partial_strains(mech.material, np.clip(mech.theta.x.array, 0.0, 1.0), mech.theta_ref)
         self.omega_a.x.array[:] = oa
         self.omega_c.x.array[:] = oc
+        # κ = f(θ) Ω:C:Ω/(N_L R T): how fast χ falls as θ rises at a fully constrained point — an upper
+        # bound of the free body's response, used to make the staggered coupling stable (terms.py)
+        C = mech.C
+        ca = C[0, 0] + C[1, 1] + 2 * C[0, 1]
+        cc = C[0, 2] + C[1, 2]
+        self.kappa[:] = self.scale * mech.material.modulus_factor(mech.theta.x.array) * (
+            ca * oa * oa + 2 * cc * oa * oc + C[2, 2] * oc * oc)
         with self.b.localForm() as bl:
             bl.set(0.0)
         dolfinx.fem.petsc.assemble_vector(self.b, self.rhs_form)

@@ -224,7 +224,7 @@ class MechanicsObserver:
     def _couple(self, t: float):
         """Two-way: χ = Ω:σ/(N_L R T) of this solve (state at time t) → the θ equation's stress-driven flux."""
         t0 = MPI.Wtime()
-        self.flux_term.set_potential(self.potential.update(), t)
+        self.flux_term.set_potential(self.potential.update(), t, self.potential.kappa)
         self.coupling_time += MPI.Wtime() - t0
 
     def _resume_coupling(self, sim):
