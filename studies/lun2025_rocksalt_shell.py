@@ -377,6 +377,7 @@ def _shell_simulation_class():
 def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
     """Run one case; return (result, timeseries rows, {t: image}) on every rank (rows/images complete
     on all ranks)."""
+    from nmcfx.imaging.forward import release_solver
     from nmcfx.materials import get_material
     from nmcfx.solver.protocol import Protocol, Step, StopCondition
     from nmcfx.solver.simulation import SolverSettings
@@ -412,7 +413,10 @@ def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
     Sim = _shell_simulation_class()
     sim = Sim(sv, mat, prot, settings, snapshot_times_s=[60.0 * t for t in case.snapshots_min], observers=[obs],
               center=(0.0, 0.0), shell_observer=obs)
-    sim.run()
+    try:
+        sim.run()
+    finally:
+        release_solver(sv)  # its PETSc objects now, on every rank alike (not in a later, rank-local GC)
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     rows = obs.rows
     last = rows[-1]
@@ -497,7 +501,10 @@ def _case_dir(out: Path, case: Case) -> Path:
 def case_task(spec, casedir, comm) -> dict:
     """The sweep task of one case (``Params`` of a :class:`Case`): run it, write its files
     (``timeseries.csv``, ``images.npz``, ``result.json``); the sweep engine writes the marker."""
+    import gc
+
     res, rows, images = run_case(Case.from_params(spec), comm)
+    gc.collect()  # the run's reference cycles (PETSc objects: collective destroy) freed on every rank here
     if comm.rank == 0:
         save_case(Path(casedir), res, rows, images)
     comm.Barrier()
