@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import json
 import math
 import os
@@ -467,19 +468,20 @@ def _task(cfg: dict, base_dir: Path, S: float, target: Target) -> dict:
     from nmcfx import __version__
 
     spec = scan_spec(cfg, base_dir, S)
-    options = {"times_s": [float(t) for t in target.times_s],
-               "points_um": np.asarray(target.points_um, dtype=float).tolist(),
+    options = {"times_s": np.asarray(target.times_s, dtype=float), "points_um": np.asarray(target.points_um, dtype=float),
                "cache_schema": CACHE_SCHEMA, "nmcfx_version": __version__}
     return {"S": float(S), "spec": spec, "options": options, "key": cache_key(spec, options)}
 
 
 def cache_key(spec, options: dict) -> str:
     """The simulation's identity: the sweep case digest of its RunSpec (config + the bytes of
-    every file it reads) with the task and its options (frame times, probe points, cache
-    schema, nmcfx version)."""
+    every file it reads) with the task and its options (frame times and probe points by the
+    SHA-256 of their bytes, cache schema, nmcfx version)."""
     from nmcfx.sweep.definition import case_digest
 
-    return case_digest(spec.digest, SCAN_TASK, options)
+    arrays = {k: hashlib.sha256(np.ascontiguousarray(options[k], dtype=float).tobytes()).hexdigest()
+              for k in ("times_s", "points_um")}
+    return case_digest(spec.digest, SCAN_TASK, {**options, **arrays})
 
 
 def simulate_tables(spec, times_s, points_um, comm, particle=None) -> dict:
@@ -611,7 +613,9 @@ def run_on_local_workers(tasks: list[dict], workers: int, cache: SimulationCache
     from nmcfx.sweep.local import LocalPool
 
     payloads = [{"index": i, "name": t["spec"].name, "spec": t["spec"].to_dict(), "digest": t["key"],
-                 "task": SCAN_TASK, "task_options": t["options"]} for i, t in enumerate(tasks)]
+                 "task": SCAN_TASK, "task_options": {k: v.tolist() if isinstance(v, np.ndarray) else v
+                                                     for k, v in t["options"].items()}}
+                for i, t in enumerate(tasks)]
     scratch = Path(tempfile.mkdtemp(prefix="nmcfx-scan-"))
     try:
         with LocalPool(workers, scratch / "logs") as pool:

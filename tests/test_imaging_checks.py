@@ -503,6 +503,8 @@ def test_simulation_key_is_the_sweep_case_digest_of_its_run_spec(tmp_path):
     of the files it reads; not the title or [output]), S, the frame times and probe points."""
     from types import SimpleNamespace
 
+    import hashlib
+
     from nmcfx.imaging.calibrate import SCAN_TASK, _task
     from nmcfx.sweep.definition import case_digest
 
@@ -511,7 +513,8 @@ def test_simulation_key_is_the_sweep_case_digest_of_its_run_spec(tmp_path):
            "protocol": {"steps": [{"type": "charge", "c_rate": 1, "duration_min": 1}]}, "output": {"fields": "none"}}
     target = SimpleNamespace(times_s=np.array([0.0, 60.0]), points_um=np.zeros((3, 2)))
     t = _task(cfg, tmp_path, 3.0, target)
-    assert t["key"] == case_digest(t["spec"].digest, SCAN_TASK, t["options"])
+    arrays = {k: hashlib.sha256(np.asarray(t["options"][k], float).tobytes()).hexdigest() for k in ("times_s", "points_um")}
+    assert t["key"] == case_digest(t["spec"].digest, SCAN_TASK, t["options"] | arrays)
     assert t["spec"].get("material.scaling_S") == 3.0
     assert _task(cfg | {"title": "b", "output": {}}, tmp_path, 3.0, target)["key"] == t["key"]
     assert _task(cfg, tmp_path, 3.5, target)["key"] != t["key"]
