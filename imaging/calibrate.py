@@ -489,7 +489,11 @@ def simulate_tables(spec, times_s, points_um, comm, particle=None) -> dict:
     the mesh of the spec's [geometry] on ``comm`` if already built (S does not change it)."""
     from nmcfx.materials import material_from_config
     from nmcfx.solver.protocol import protocol_from_dict
+    from dataclasses import replace
+
+    from nmcfx.solver.run import particle_degree
     from nmcfx.solver.simulation import SolverSettings
+    from nmcfx.solver.surface import SurfaceSettings
 
     from .forward import sample_theta
 
@@ -497,11 +501,12 @@ def simulate_tables(spec, times_s, points_um, comm, particle=None) -> dict:
     if particle is None:
         run = spec.prepare(comm)
         particle, material, protocol, settings = run.particle, run.material, run.protocol, run.solver
-    else:
+    else:  # the same material, protocol and element degree as prepare() gives, without meshing again
         cfg = spec.config
         material = material_from_config(cfg.get("material", {}), spec.base_dir)
         protocol = protocol_from_dict(cfg["protocol"], material.theta0)
         settings = SolverSettings.from_dict(cfg.get("solver"))
+        settings = replace(settings, degree=particle_degree(cfg, settings, SurfaceSettings.from_dict(cfg.get("surface"))))
     theta, inside, _, sim = sample_theta(particle, material, protocol, np.asarray(times_s),
                                          np.asarray(points_um), settings=settings)
     # stored as float32 in the cache: round fresh results the same way, so a cached and a fresh

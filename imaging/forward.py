@@ -277,6 +277,12 @@ def sample_theta(particle, material, protocol, times_s, points_um, *, settings=N
     if times.ndim != 1 or times.size == 0 or np.any(times < 0) or np.any(np.diff(times) <= 0):
         raise InputError("times_s", "frame times must be >= 0 s and strictly increasing")
     st = settings if settings is not None else SolverSettings()
+    if st.degree is None:  # as a run of the same particle would choose (solver.run.particle_degree)
+        from dataclasses import replace
+
+        from nmcfx.solver.run import default_degree
+
+        st = replace(st, degree=default_degree(particle.mesh.topology.dim))
     sv = TransportSolver(particle, material, degree=st.degree, time_scheme=st.time_scheme,
                          mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
     probe = ThetaFrameProbe(points_um, rich_theta)

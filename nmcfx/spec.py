@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -327,10 +328,28 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(plain(obj), sort_keys=True, separators=(",", ":"), default=default, ensure_ascii=False)
 
 
+@functools.cache
+def model_digest() -> str:
+    """Hash of what turns a config into numbers besides the config: the source and built-in data
+    (default tables) of ``solver/``, ``materials/`` and ``geometries/``. A changed default table or
+    discretisation makes a cached case stale (a study or sweep re-runs it)."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for pkg in ("nmcfx.solver", "nmcfx.materials", "nmcfx.geometries"):
+        spec = importlib.util.find_spec(pkg)
+        root = Path(spec.origin).parent
+        for f in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".csv", ".json", ".toml") and p.is_file()):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:20]
+
+
 def config_digest(cfg: Mapping, base_dir: Path) -> str:
-    """20 hex digits over the config and the contents of the files it points to."""
+    """20 hex digits over the config, the contents of the files it points to, and the model
+    (:func:`model_digest`)."""
     files = {k: file_digest(p) for k, p in sorted(referenced_files(cfg, base_dir).items())}
-    blob = canonical_json({"config": cfg, "files": files})
+    blob = canonical_json({"config": cfg, "files": files, "model": model_digest()})
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -157,7 +157,8 @@ class NodalAssembler:
     """
 
     def __init__(self, field, problem, *, mass: str, diffusion, loads: list[tuple[np.ndarray, object]]):
-        self.field, self.problem = field, problem
+        # weakly: the SNES callbacks (C level, invisible to the garbage collector) hold this assembler
+        self.field, self.problem = field, weakref.proxy(problem)
         geo = ElementGeometry(field.V, projection=diffusion.projection_matrix(problem.mesh), owned_only=True)
         self.geo = geo
         self.dofs = geo.dofs

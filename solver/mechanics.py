@@ -388,10 +388,11 @@ class ElasticitySolver:
         self.sigma_ufl = stress(self.u, self.eig_t, ezz_total)
         self.strain_ufl = strain3(self.u, ezz_total)
 
-        # ---- stress space: discontinuous, one degree below u. For P1 u the stress is cell-wise
-        # constant and sampled at the cell midpoint, where ε_ch(θ) equals its cell mean (P1 θ):
-        # the consistent value. For P2 u with P1 θ the stress is linear and DG1 is exact.
-        self.stress_degree = degree - 1
+        # ---- stress space: discontinuous. With P1 θ, one degree below u: for P1 u the stress is
+        # cell-wise constant and sampled at the cell midpoint, where ε_ch(θ) equals its cell mean —
+        # the consistent value; for P2 u it is linear and DG1 is exact. With P2 θ (the default of
+        # 2D flux particles) the eigenstrain is quadratic: DG of θ's degree holds it exactly.
+        self.stress_degree = degree - 1 if th_deg == 1 else max(degree - 1, th_deg)
         self.S = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
         self.Ss = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree))
         self.sigma = fem.Function(self.S, name="stress_MPa")

