@@ -801,8 +801,8 @@ class StressPotential:
     Ω:σ = Ω_a (σ_xx + σ_yy) + Ω_c σ_zz in the crystal frame (:func:`partial_strains`, evaluated
     at the nodes of θ); σ is the stress of the last :meth:`ElasticitySolver.solve` (MPa = 10⁶
     J m⁻³), discontinuous between cells, so the product is L2-projected onto θ's (continuous)
-    space — the stress-driven flux needs its gradient. The mass matrix is assembled and
-    factorised once (Cholesky). Usage::
+    space — the stress-driven flux needs its gradient. The mass matrix is assembled once
+    (serial: factorised once, Cholesky; several ranks: CG + Jacobi to 1e-12). Usage::
 
         pot = StressPotential(mech, material.site_concentration, material.temperature_K)
         mech.solve(); chi = pot.update()        # χ at θ's nodes (local + ghosts)
@@ -830,10 +830,15 @@ class StressPotential:
         self.ksp = PETSc.KSP().create(mech.comm)
         self.ksp.setOptionsPrefix(prefix)
         self.ksp.setOperators(self.M)
-        self.ksp.setType("preonly")  # factorised once: a back-solve per step (CG + Jacobi to 1e-12: ~10x slower)
-        pc = self.ksp.getPC()
-        pc.setType("cholesky")
-        pc.setFactorSolverType("mumps" if mech.comm.size > 1 else "petsc")
+        if mech.comm.size == 1:  # factorised once: a back-solve per step (CG + Jacobi to 1e-12: ~10x slower)
+            self.ksp.setType("preonly")
+            self.ksp.getPC().setType("cholesky")
+            self.ksp.getPC().setFactorSolverType("petsc")
+        else:  # (no MUMPS: its clean-up is collective, and a failed run leaves this to the garbage collector)
+            self.ksp.setType("cg")
+            self.ksp.getPC().setType("jacobi")
+            self.ksp.setTolerances(rtol=1e-12, atol=1e-30, max_it=1000)
+            self.ksp.setInitialGuessNonzero(True)
         self.time = 0.0
         self.kappa = np.zeros_like(self.chi.x.array)
 

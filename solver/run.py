@@ -210,9 +210,6 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         sv = ElectrodeModel(run.particle, run.materials, run.electrode, degree=st.degree,
                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
                             concentration_ratio=run.surface.electrolyte_concentration_ratio)
-        outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
-        sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
-                                  observers=[outputs, *observers])
     else:
         mech_observers = mechanics_observers(run, outdir, comm)  # [mechanics]: θ → σ each step (and back: two-way)
         sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
@@ -222,22 +219,32 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
                              films=film_thicknesses(run.surface),
                              film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio,
                              assembly=st.assembly, extra_terms=coupling_terms(mech_observers))
-        outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-        observers = [outputs, *mech_observers, *observers]
-        sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
-    if resume:
-        checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
-    meta = metadata(run, sv, comm)
-    with collective_errors(comm, "--output"):  # rank-0 writes: a full disk ends every rank with one line
-        if comm.rank == 0:
-            if resume:
-                (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
-            write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), meta)
-    _agreed_writes(outputs, comm)
+    # from here on every way out frees the solver's PETSc objects on every rank together: left to the
+    # garbage collector they would go at different moments per rank, and MUMPS' clean-up is collective
     try:
-        sim.run(checkpoint=checkpoint, resume=resume)
+        if run.is_electrode:
+            outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
+            sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
+                                      observers=[outputs, *observers])
+        else:
+            outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
+            observers = [outputs, *mech_observers, *observers]  # [mechanics]: θ → σ (and back: two-way)
+            sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
+        if resume:
+            checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
+        meta = metadata(run, sv, comm)
+        with collective_errors(comm, "--output"):  # rank-0 writes: a full disk ends every rank with one line
+            if comm.rank == 0:
+                if resume:
+                    (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
+                write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), meta)
+        _agreed_writes(outputs, comm)
+        try:
+            sim.run(checkpoint=checkpoint, resume=resume)
+        finally:
+            outputs.close()
     finally:
-        outputs.close()
+        sv.close()
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
                                                                                                    title=run.title)
