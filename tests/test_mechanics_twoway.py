@@ -251,3 +251,37 @@ def test_stable_where_the_lattice_changes_fast(tmp_path):
     assert s2["steps"] <= 1.5 * s1["steps"]
     assert s2["max_abs_mass_balance_error"] <= 1e-10
     assert max(np.abs(p2.dtheta)) < max(np.abs(p1.dtheta))  # the rim–centre difference shrinks
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.mpi
+def test_resume_reproduces_a_two_way_run(tmp_path, monkeypatch):
+    """A two-way run that crashes in its second protocol step and is resumed from the checkpoint
+    (which rebuilds the stress-driven loads of θⁿ⁻¹ and θⁿ) ends with the uninterrupted run's θ."""
+    from nmcfx.solver import outputs
+
+    steps = [{"type": "charge", "current_mA_g": 200, "duration_min": 3}, {"type": "rest", "duration_min": 3}]
+    cfg = _cfg("two_way", steps, solver={"checkpoint_wall_s": 1e-9})
+    full, p_full = _run(tmp_path, cfg, "full")
+    base = COMM.bcast(str(tmp_path), root=0)
+    original = outputs.RunOutputs.record
+
+    def crashing(self, sim, rec):
+        original(self, sim, rec)
+        if rec.time_s > 270.0:  # in the rest
+            raise Crash()
+
+    monkeypatch.setattr(outputs.RunOutputs, "record", crashing)
+    with pytest.raises(Crash):
+        execute(prepare(cfg, comm=COMM), f"{base}/cut", comm=COMM)
+    monkeypatch.setattr(outputs.RunOutputs, "record", original)
+    p_cut = Probe()
+    execute(prepare(cfg, comm=COMM), f"{base}/cut", comm=COMM, resume=True, observers=[p_cut])
+    assert np.max(np.abs(p_cut.theta - p_full.theta)) <= 1e-12
+    if COMM.rank == 0:
+        a, b = _csv(f"{base}/full/mechanics.csv"), _csv(f"{base}/cut/mechanics.csv")
+        assert np.allclose(a["time_s"], b["time_s"], atol=1e-9)
+        assert np.allclose(a["sigma1_max_MPa"], b["sigma1_max_MPa"], rtol=1e-9, atol=1e-9)
