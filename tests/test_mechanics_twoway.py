@@ -280,7 +280,7 @@ def test_resume_reproduces_a_two_way_run(tmp_path, monkeypatch):
     monkeypatch.setattr(outputs.RunOutputs, "record", original)
     p_cut = Probe()
     execute(prepare(cfg, comm=COMM), f"{base}/cut", comm=COMM, resume=True, observers=[p_cut])
-    assert np.max(np.abs(p_cut.theta - p_full.theta)) <= 1e-12
+    assert np.max(np.abs(p_cut.theta - p_full.theta)) <= 1e-10  # (2 ranks: the CG projection of Ω:σ, 1e-12)
     if COMM.rank == 0:
         a, b = _csv(f"{base}/full/mechanics.csv"), _csv(f"{base}/cut/mechanics.csv")
         assert np.allclose(a["time_s"], b["time_s"], atol=1e-9)
