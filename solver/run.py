@@ -108,6 +108,22 @@ def particle_degree(cfg: dict, solver: SolverSettings, surface: SurfaceSettings)
     return default_degree(2 if shape in SHAPES_2D else 3, surface.model)
 
 
+def particle_solver(particle, material, settings, surface=None, extra_terms=()) -> TransportSolver:
+    """The single-particle solver a run builds from its resolved parts (``settings``: a
+    :class:`SolverSettings`; ``surface``: :class:`SurfaceSettings`, default the prescribed flux;
+    ``extra_terms``: see :class:`TransportSolver`, e.g. two-way mechanics); the forward model of
+    the imaging package builds its solver here too."""
+    surface = surface if surface is not None else SurfaceSettings.from_dict(None)
+    degree = settings.degree if settings.degree is not None else default_degree(particle.mesh.topology.dim,
+                                                                                 surface.model)
+    return TransportSolver(particle, material, degree=degree, time_scheme=settings.time_scheme,
+                           mass_lumping=settings.mass_lumping, petsc_options=settings.petsc_options or None,
+                           surface=surface, sector_weights=sector_weights(surface, particle, material),
+                           films=film_thicknesses(surface),
+                           film_diffusivity_ratio=surface.rocksalt_diffusivity_ratio, assembly=settings.assembly,
+                           extra_terms=extra_terms)
+
+
 def default_degree(tdim: int, surface_model: str = "flux") -> int:
     """The rule of :func:`particle_degree` for a built mesh (the forward model uses it too)."""
     return 2 if (tdim == 2 and surface_model == "flux") else 1
@@ -212,13 +228,7 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
                             concentration_ratio=run.surface.electrolyte_concentration_ratio)
     else:
         mech_observers = mechanics_observers(run, outdir, comm)  # [mechanics]: θ → σ each step (and back: two-way)
-        sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
-                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
-                             surface=run.surface,
-                             sector_weights=sector_weights(run.surface, run.particle, run.material),
-                             films=film_thicknesses(run.surface),
-                             film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio,
-                             assembly=st.assembly, extra_terms=coupling_terms(mech_observers))
+        sv = particle_solver(run.particle, run.material, st, run.surface, extra_terms=coupling_terms(mech_observers))
     # from here on every way out frees the solver's PETSc objects on every rank together: left to the
     # garbage collector they would go at different moments per rank, and MUMPS' clean-up is collective
     try:
