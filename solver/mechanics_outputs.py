@@ -370,14 +370,20 @@ class MechanicsObserver:
     def step_end(self, sim, info):
         pass
 
+    def release(self):
+        """Free the elasticity solver's PETSc/MUMPS objects now (collective; idempotent): they hold
+        MPI communicators, and left to the garbage collector they would go at a different moment
+        on each rank."""
+        for obj in (self.solver, self.potential):
+            if obj is not None:
+                obj.destroy()
+
     def finish(self, sim):
         for w in self._writers:
             w.close()
         self._writers = []
         summary = self.summary()
-        self.solver.destroy()  # PETSc/MUMPS objects hold MPI communicators: free them now
-        if self.potential is not None:
-            self.potential.destroy()
+        self.release()
         if not self.root:
             return
         self._csv_file.close()

@@ -219,6 +219,7 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         from dataclasses import replace
 
         out_settings = replace(out_settings, progress=progress)
+    mech_observers = []
     if run.is_electrode:
         from .electrode import ElectrodeModel, ElectrodeSimulation
         from .electrode_outputs import ElectrodeOutputs
@@ -255,6 +256,8 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
             outputs.close()
     finally:
         sv.close()
+        for obs in mech_observers:
+            obs.release()
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
                                                                                                    title=run.title)
