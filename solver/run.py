@@ -26,7 +26,7 @@ from nmcfx.parallel import collective_errors
 from .checkpoint import Checkpointer
 from .consistency import check_snapshots_within_protocol, check_tables_together, check_voltage_not_met_at_start
 from .mechanics import mechanics_from_config
-from .mechanics_outputs import mechanics_observers
+from .mechanics_outputs import coupling_terms, mechanics_observers
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import film_thicknesses, sector_weights
@@ -106,6 +106,22 @@ def particle_degree(cfg: dict, solver: SolverSettings, surface: SurfaceSettings)
     geo = cfg.get("geometry") or {}
     shape = geo.get("shape", DEFAULT_SHAPE) if isinstance(geo, dict) else DEFAULT_SHAPE
     return default_degree(2 if shape in SHAPES_2D else 3, surface.model)
+
+
+def particle_solver(particle, material, settings, surface=None, extra_terms=()) -> TransportSolver:
+    """The single-particle solver a run builds from its resolved parts (``settings``: a
+    :class:`SolverSettings`; ``surface``: :class:`SurfaceSettings`, default the prescribed flux;
+    ``extra_terms``: see :class:`TransportSolver`, e.g. two-way mechanics); the forward model of
+    the imaging package builds its solver here too."""
+    surface = surface if surface is not None else SurfaceSettings.from_dict(None)
+    degree = settings.degree if settings.degree is not None else default_degree(particle.mesh.topology.dim,
+                                                                                 surface.model)
+    return TransportSolver(particle, material, degree=degree, time_scheme=settings.time_scheme,
+                           mass_lumping=settings.mass_lumping, petsc_options=settings.petsc_options or None,
+                           surface=surface, sector_weights=sector_weights(surface, particle, material),
+                           films=film_thicknesses(surface),
+                           film_diffusivity_ratio=surface.rocksalt_diffusivity_ratio, assembly=settings.assembly,
+                           extra_terms=extra_terms)
 
 
 def default_degree(tdim: int, surface_model: str = "flux") -> int:
@@ -203,6 +219,7 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         from dataclasses import replace
 
         out_settings = replace(out_settings, progress=progress)
+    mech_observers = []
     if run.is_electrode:
         from .electrode import ElectrodeModel, ElectrodeSimulation
         from .electrode_outputs import ElectrodeOutputs
@@ -210,33 +227,37 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         sv = ElectrodeModel(run.particle, run.materials, run.electrode, degree=st.degree,
                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
                             concentration_ratio=run.surface.electrolyte_concentration_ratio)
-        outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
-        sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
-                                  observers=[outputs, *observers])
     else:
-        sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
-                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
-                             surface=run.surface,
-                             sector_weights=sector_weights(run.surface, run.particle, run.material),
-                             films=film_thicknesses(run.surface),
-                             film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio,
-                             assembly=st.assembly)
-        outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-        observers = [outputs, *mechanics_observers(run, outdir, comm), *observers]  # [mechanics]: θ → σ each step
-        sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
-    if resume:
-        checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
-    meta = metadata(run, sv, comm)
-    with collective_errors(comm, "--output"):  # rank-0 writes: a full disk ends every rank with one line
-        if comm.rank == 0:
-            if resume:
-                (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
-            write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), meta)
-    _agreed_writes(outputs, comm)
+        mech_observers = mechanics_observers(run, outdir, comm)  # [mechanics]: θ → σ each step (and back: two-way)
+        sv = particle_solver(run.particle, run.material, st, run.surface, extra_terms=coupling_terms(mech_observers))
+    # from here on every way out frees the solver's PETSc objects on every rank together: left to the
+    # garbage collector they would go at different moments per rank, and MUMPS' clean-up is collective
     try:
-        sim.run(checkpoint=checkpoint, resume=resume)
+        if run.is_electrode:
+            outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
+            sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
+                                      observers=[outputs, *observers])
+        else:
+            outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
+            observers = [outputs, *mech_observers, *observers]  # [mechanics]: θ → σ (and back: two-way)
+            sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
+        if resume:
+            checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
+        meta = metadata(run, sv, comm)
+        with collective_errors(comm, "--output"):  # rank-0 writes: a full disk ends every rank with one line
+            if comm.rank == 0:
+                if resume:
+                    (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
+                write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), meta)
+        _agreed_writes(outputs, comm)
+        try:
+            sim.run(checkpoint=checkpoint, resume=resume)
+        finally:
+            outputs.close()
     finally:
-        outputs.close()
+        sv.close()
+        for obs in mech_observers:
+            obs.release()
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
                                                                                                    title=run.title)
