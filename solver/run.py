@@ -230,8 +230,10 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
     else:
         mech_observers = mechanics_observers(run, outdir, comm)  # [mechanics]: θ → σ each step (and back: two-way)
         sv = particle_solver(run.particle, run.material, st, run.surface, extra_terms=coupling_terms(mech_observers))
-    # from here on every way out frees the solver's PETSc objects on every rank together: left to the
-    # garbage collector they would go at different moments per rank, and MUMPS' clean-up is collective
+    # PETSc objects (MUMPS' clean-up is collective) must not be left to the garbage collector, which
+    # frees them at a different moment on each rank: a finished run frees them on every rank together;
+    # a failed one keeps them (another rank may still be inside the time loop — nothing collective here)
+    finished = False
     try:
         if run.is_electrode:
             outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
@@ -254,10 +256,14 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
             sim.run(checkpoint=checkpoint, resume=resume)
         finally:
             outputs.close()
+        finished = True
     finally:
-        sv.close()
-        for obs in mech_observers:
-            obs.release()
+        if finished:
+            sv.close()
+            for obs in mech_observers:
+                obs.release()
+        else:
+            _KEPT_AFTER_FAILURE.append((sv, mech_observers))
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
                                                                                                    title=run.title)
@@ -265,6 +271,10 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         if comm.rank == 0:
             write_json(outdir / "summary.json", summary)
     return summary
+
+
+#: solvers of runs that failed in this process, kept alive (see execute)
+_KEPT_AFTER_FAILURE: list = []
 
 
 def _agreed_writes(observer, comm):
