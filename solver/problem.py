@@ -39,6 +39,7 @@ the conservation defect of a step whatever the step size.
 from __future__ import annotations
 
 import signal
+import sys
 import weakref
 from dataclasses import dataclass, field
 
@@ -807,6 +808,8 @@ class _NodalNonlinearProblem:
         return self.u
 
     def __del__(self):
+        if sys.is_finalizing():  # interpreter exit: ranks get here at different moments; destroy is collective
+            return
         for obj in (getattr(self, "solver", None), getattr(self, "A", None), getattr(self, "b", None),
                     getattr(self, "x", None)):
             if obj is not None:
