@@ -149,7 +149,26 @@ def cases(quick: bool, outdir: Path | None = None) -> list[tuple[str, dict, str]
         out.append(("sigma_low", cfg, "first charge with the pristine σ_NMC 100× lower (sensitivity)"))
     if quick:
         out = out[:1]
+    out.append(("stress", stress_config(base, first, quick), "first charge with [mechanics]: each particle's "
+                                                              "stress peak against its onset"))
     return out
+
+
+#: snapshot times (min) of the stress maps: around the onsets (~1.5–2 h) and later in the charge
+STRESS_SNAPSHOTS_MIN = (60.0, 100.0, 130.0, 600.0)
+
+
+def stress_config(base: dict, first_charge: dict, quick: bool) -> dict:
+    """The first charge with one-way mechanics: free particles (each traction-free), the default
+    mechanical data (constructed a(θ), c(θ) of Ni-rich NMC, E = 170 GPa, ν = 0.275), generalised
+    plane strain, stress-free at the pristine θ₀. One-way coupling: θ is that of the baseline's
+    first charge."""
+    cfg = copy.deepcopy(base)
+    cfg["protocol"] = copy.deepcopy(first_charge)
+    cfg["mechanics"] = {"electrode_bonding": "free", "assumption_2d": "generalized_plane_strain"}
+    cfg["output"] = dict(cfg["output"], figures=True,
+                         snapshot_times_min=[] if quick else list(STRESS_SNAPSHOTS_MIN))
+    return cfg
 
 
 class CapacityMaps:
