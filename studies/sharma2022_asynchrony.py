@@ -331,6 +331,93 @@ def analyse(study: Study) -> tuple[list, list]:
     return rows, summary
 
 
+STRESS_HEADER = ["particle", "onset_h", "current_peak_h", "hoop_rise_h", "hoop_peak_MPa", "hoop_peak_h",
+                 "hoop_peak_minus_onset_h", "sigma1_peak_MPa", "sigma1_peak_h", "sigma1_peak_minus_onset_h",
+                 "sigma1_peak_r_over_R", "theta_mean_at_sigma1_peak", "hoop_at_onset_MPa", "sigma1_at_onset_MPa"]
+
+
+def _crossing(t, y, level) -> float:
+    """First time y reaches ``level`` (linear interpolation), NaN if never."""
+    j = np.flatnonzero(y >= level)
+    if not j.size:
+        return float("nan")
+    j = j[0]
+    if j == 0 or y[j] == y[j - 1]:
+        return float(t[j])
+    return float(t[j - 1] + (level - y[j - 1]) / (y[j] - y[j - 1]) * (t[j] - t[j - 1]))
+
+
+def stress_vs_onset(series: dict, names) -> list[list]:
+    """Per particle, first charge of the stress case (times in h from the start of the charge):
+
+    * ``onset_h``: the particle's mean θ has dropped by 0.05 (the study's onset);
+    * ``current_peak_h``: its reaction current (per g of the particle) is largest — the conduction
+      wave reaching it, the moment it "starts to react" in the sense of Sharma 2022 Fig. 4d;
+    * ``hoop_rise_h``: its peak surface hoop stress first reaches half its maximum over the charge;
+    * the peaks of the surface hoop stress and of σ1 over the charge, when they occur (and σ1's
+      place r/R and the particle's mean θ then), and both stresses at the onset."""
+    step = series["protocol_step"].astype(int)
+    sel = np.flatnonzero(step == 0)
+    t = series["time_s"][sel] / 3600.0
+    rows = []
+    for n in names:
+        th = series[f"theta_mean_{n}"][sel]
+        hoop = series[f"hoop_surface_max_MPa_{n}"][sel]
+        s1 = series[f"sigma1_max_MPa_{n}"][sel]
+        onset = _crossing(t, th[0] - th, 0.05)
+        i, j = int(np.argmax(hoop)), int(np.argmax(s1))
+        at = (lambda y: float(np.interp(onset, t, y))) if np.isfinite(onset) else (lambda y: float("nan"))
+        rows.append([n, onset, float(t[np.argmax(series[f"current_mA_g_{n}"][sel])]),
+                     _crossing(t, hoop, 0.5 * hoop[i]), float(hoop[i]), float(t[i]), float(t[i]) - onset,
+                     float(s1[j]), float(t[j]), float(t[j]) - onset, float(series[f"sigma1_max_r_over_R_{n}"][sel][j]),
+                     float(th[j]), at(hoop), at(s1)])
+    return rows
+
+
+def stress_figure(series: dict, rows: list, out: Path) -> str:
+    """Left: each top-row particle's peak surface hoop stress over the first charge, its onset
+    (θ̄ − 0.05) marked ●, its current peak ▲. Right: stress-peak and stress-rise times against the
+    onset time, every particle (the diagonal: coincidence)."""
+    P = plt()
+    step = series["protocol_step"].astype(int)
+    sel = step == 0
+    t = series["time_s"][sel] / 3600
+    colors = dict(zip(TOP_ROW, ["tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:red"]))
+    fig, (a1, a2) = P.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    by = {r[0]: r for r in rows}
+    for n in [r[0] for r in rows]:
+        c = colors.get(n, "0.65")
+        y = series[f"hoop_surface_max_MPa_{n}"][sel]
+        a1.plot(t, y, color=c, lw=1.4 if n in colors else 0.9, label=n if n in colors else None)
+        r = by[n]
+        if np.isfinite(r[1]):
+            a1.plot([r[1]], [np.interp(r[1], t, y)], "o", color=c, ms=5)
+        a1.plot([r[2]], [np.interp(r[2], t, y)], "^", color=c, ms=5)
+    a1.set_xscale("log")
+    a1.set_xlim(left=2e-3 * float(t[-1]), right=float(t[-1]))
+    a1.set_xlabel("charging time (h, log)")
+    a1.set_ylabel("peak surface hoop stress (MPa)")
+    a1.set_title("first charge, free particles (grey: bottom row); ● onset (θ̄ − 0.05), ▲ current peak",
+                 fontsize=9)
+    a1.legend(frameon=False, fontsize=8)
+    on = np.array([r[1] for r in rows])
+    for k, (col, mk, lab) in enumerate(((5, "o", "hoop stress peak"), (8, "s", "σ1 peak"),
+                                        (3, "^", "hoop stress rise (½ peak)"))):
+        a2.plot(on, [r[col] for r in rows], mk, ms=5, mfc="none" if k == 1 else None, label=lab)
+    for r in rows:
+        a2.annotate(r[0], (r[1], r[5]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    lim = [0.0, float(np.nanmax([np.nanmax(on), *[r[5] for r in rows], *[r[8] for r in rows]])) * 1.05]
+    a2.plot(lim, lim, color="0.6", lw=0.8, ls="--")
+    a2.set_xlabel("onset time (h)")
+    a2.set_ylabel("time (h)")
+    a2.set_title("stress peak vs onset (dashed: coincide)", fontsize=9)
+    a2.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "stress_onset.png", dpi=140)
+    P.close(fig)
+    return "stress_onset.png"
+
+
 def figures(study: Study, out: Path):
     base = study.results.get("baseline")
     if base is None or not base.series:
@@ -430,6 +517,16 @@ def main(argv=None):
         write_csv(out / "asynchrony.csv", ["case", "charge", "particle", "onset_h", "q10_mAh_g", "q50_mAh_g"], rows)
         write_csv(out / "asynchrony_summary.csv", SUMMARY_HEADER, summary)
         made = figures(study, out)
+        res = study.results.get("stress")
+        if res is not None and res.series and "hoop_surface_max_MPa" in res.series:
+            names = [c[len("theta_mean_"):] for c in res.series if c.startswith("theta_mean_")]
+            stress_rows = stress_vs_onset(res.series, names)
+            write_csv(out / "stress_onset.csv", STRESS_HEADER, stress_rows)
+            made += ["stress_onset.csv", stress_figure(res.series, stress_rows, out)]
+            for r in stress_rows:
+                study.say(f"{'stress':>12s} {r[0]}: onset {r[1]:.2f} h, current peak {r[2]:.2f} h, hoop stress "
+                          f"rises (½ peak) at {r[3]:.2f} h, peaks {r[4]:.0f} MPa at {r[5]:.2f} h "
+                          f"(σ1 {r[7]:.0f} MPa at {r[8]:.2f} h, r/R {r[10]:.2f})")
         for r in summary:
             study.say(f"{r[0]:>12s} charge {r[1]}: {r[3]:6.1f} mAh/g, asynchrony index {r[4]:.3f}, spread of the "
                       f"10 %/50 % points {r[5]:.1f}/{r[6]:.1f} mAh/g, onsets T0 {r[7]:.2f} h … T4 {r[8]:.2f} h "
