@@ -160,8 +160,9 @@ def cases(quick: bool, outdir: Path | None = None) -> list[tuple[str, dict, str]
     return out
 
 
-#: snapshot times (min) of the stress maps: around the onsets (~1.5–2 h) and later in the charge
-STRESS_SNAPSHOTS_MIN = (60.0, 100.0, 130.0, 600.0)
+#: snapshot times (min) of the stress maps: the conduction wave (1 h), the onsets (~1.7 h), the hoop-stress
+#: peaks (~5 h) and the centre-tension peaks (~9 h)
+STRESS_SNAPSHOTS_MIN = (60.0, 100.0, 310.0, 540.0)
 
 
 def stress_config(base: dict, first_charge: dict, quick: bool) -> dict:
