@@ -430,7 +430,7 @@ def stress_figure(series: dict, rows: list, out: Path) -> str:
     a2.plot(lim, lim, color="0.6", lw=0.8, ls="--")
     a2.set_xlabel("onset time (h)")
     a2.set_ylabel("time (h)")
-    a2.set_title(f"reaction-phase (θ̄ ≥ {REACTION_THETA:g}) stress peaks vs onset (dashed: coincide)", fontsize=9)
+    a2.set_title(f"stress peaks (θ̄ ≥ {REACTION_THETA:g}) vs onset; dashed: equal", fontsize=9)
     a2.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "stress_onset.png", dpi=140)
