@@ -5,6 +5,14 @@
     python benchmarks/_worker.py reference --mesh 0.0375 0.0125 --theta-tol 1e-5 --json OUT
     python benchmarks/_worker.py sweep --variants '[{"label": "x", "solver": {"theta_tol": 0.005}}]' --json OUT
 
+Every run is built as a :class:`nmcfx.spec.RunSpec` (``nmcfx.load("example:…")`` with dotted
+overrides) and, in the ``framework``, ``sweep`` and ``reference`` modes and the fixed-step
+``execute`` tier, runs through ``nmcfx.run`` exactly as ``nmcfx run`` does. Only the fixed-step
+comparison's ``simulation`` and ``solver_core`` tiers build the solver below ``execute`` from
+``spec.prepare()`` on purpose: they measure the layers the framework adds over the bare
+DOLFINx script. The process per case is kept for clean timings (peak RSS per case, no state
+carried over from another case).
+
 Every mode first runs an untimed warm-up (same forms; the whole case with ``--warmup full``,
 else 1 simulated minute) so that the timed
 runs see filled JIT caches and already-imported plotting/IO modules: the figures are
@@ -22,8 +30,6 @@ T_PROCESS = time.perf_counter()  # before the heavy imports (the process itself 
 from mpi4py import MPI  # noqa: E402, I001  (must precede dolfinx / petsc4py)
 
 import argparse
-import copy
-import csv
 import functools
 import json
 import resource
@@ -114,6 +120,8 @@ def install_instrumentation():
     simulation.Simulation.__init__ = _timed("sim_init", simulation.Simulation.__init__)
     simulation.Simulation.run = _timed("loop", simulation.Simulation.run)
     run.metadata = _timed("metadata", run.metadata)
+    run.prepare = _timed("prepare", run.prepare)  # nmcfx.run looks both up at call time
+    run.execute = _timed("execute", run.execute)
     RO = outputs.RunOutputs
     for name in ("start", "record", "snapshot", "step_end", "finish", "close"):
         setattr(RO, name, _timed(f"out_{name}", getattr(RO, name)))
@@ -149,26 +157,31 @@ def reduce_max(d: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- configs
-def example_config(name: str, mesh: tuple[float, float] | None, outputs: str | None) -> dict:
-    from nmcfx.config import example_path, load_config
+def example_config(name: str, mesh: tuple[float, float] | None, outputs: str | None):
+    """The built-in example ``name`` as a RunSpec, with the mesh sizes and outputs of the case."""
+    import nmcfx
 
-    cfg = load_config(example_path(name))
+    over = {"output.progress": False}
     if mesh is not None:
-        cfg["geometry"] = dict(cfg.get("geometry", {}), mesh_size_um=mesh[0], surface_mesh_size_um=mesh[1])
-    out = dict(cfg.get("output", {}), progress=False)
+        over.update({"geometry.mesh_size_um": mesh[0], "geometry.surface_mesh_size_um": mesh[1]})
     if outputs == "none":
-        out.update(fields="none", figures=False)
-    cfg["output"] = out
-    return cfg
+        over.update({"output.fields": "none", "output.figures": False})
+    return nmcfx.load(f"example:{name}", over)
 
 
-def warmup_config(cfg: dict) -> dict:
+def warmup_config(spec):
     """Same geometry/forms/outputs, one simulated minute: fills JIT and import caches."""
-    w = copy.deepcopy(cfg)
-    for s in w["protocol"]["steps"]:
-        s["duration_min"] = min(float(s.get("duration_min", 1.0)), 1.0)
-    w["output"]["snapshot_times_min"] = [0.5, 1.0]
-    return w
+    over = {f"protocol.steps[{i}].duration_min": min(float(s.get("duration_min", 1.0)), 1.0)
+            for i, s in enumerate(spec.get("protocol.steps"))}
+    return spec.with_overrides(over | {"output.snapshot_times_min": [0.5, 1.0]})
+
+
+def variant_overrides(v: dict) -> dict:
+    """Dotted overrides of a sweep variant ({label, geometry/solver/output tables, petsc_options})."""
+    over = {f"{table}.{k}": val for table in ("geometry", "solver", "output") for k, val in v.get(table, {}).items()}
+    if "petsc_options" in v:
+        over["solver.petsc_options"] = v["petsc_options"]
+    return over
 
 
 def tmpdir() -> Path:
@@ -176,13 +189,16 @@ def tmpdir() -> Path:
     return Path(COMM.bcast(d, root=0))
 
 
-def observables_from_csv(path: Path, times_s) -> list[dict]:
-    rows = list(csv.DictReader(open(path)))
+def observables_from_series(series: dict, times_s) -> list[dict]:
+    """θ observables at ``times_s`` from a run's time series (``RunResult.timeseries``)."""
+    import numpy as np
+
+    t_all = np.asarray(series["time_s"], dtype=float)
     out = []
     for t in times_s:
-        best = min(rows, key=lambda r: abs(float(r["time_s"]) - t))
-        if abs(float(best["time_s"]) - t) <= 1e-6 * max(1.0, t):
-            out.append({k: float(best[k]) for k in ("time_s", "theta_center", "theta_mean", "theta_surface_min")})
+        i = int(np.argmin(np.abs(t_all - t)))
+        if abs(t_all[i] - t) <= 1e-6 * max(1.0, t):
+            out.append({k: float(series[k][i]) for k in ("time_s", "theta_center", "theta_mean", "theta_surface_min")})
     return out
 
 
@@ -207,18 +223,17 @@ def median_runs(runs: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- modes
-def run_framework(cfg: dict, outdir: Path) -> dict:
-    """prepare + execute exactly as `nmcfx run` does, instrumented."""
-    from nmcfx.solver.run import execute, prepare
+def run_framework(spec, outdir: Path) -> dict:
+    """``nmcfx.run`` exactly as `nmcfx run` does, instrumented (``mesh``: inside prepare)."""
+    import nmcfx
 
     T.reset()
     ev0 = petsc_times()
     COMM.Barrier()
     t0 = CLOCK()
-    prepared = prepare(cfg)
-    t1 = CLOCK()
-    summary = execute(prepared, outdir, progress=False)
+    result = nmcfx.run(spec, outdir, comm=COMM, progress=False)
     t2 = CLOCK()
+    summary = result.summary
     ev = {k: v - ev0[k] for k, v in petsc_times().items()}
     sv = T.solver
     c = sv.counters
@@ -226,8 +241,8 @@ def run_framework(cfg: dict, outdir: Path) -> dict:
     outputs_loop = sum(v for k, v in t.items() if k.startswith("out_") and k not in ("out_close", "out_fields",
                                                                                       "out_figures"))
     timings = {
-        "mesh": t1 - t0,
-        "execute": t2 - t1,
+        "mesh": T.t.get("prepare", 0.0),  # validation + mesh
+        "execute": T.t.get("execute", 0.0),
         "wall": t2 - t0,
         "solver_setup": t.get("solver_setup", 0.0),
         "metadata": t.get("metadata", 0.0),
@@ -264,26 +279,25 @@ def run_framework(cfg: dict, outdir: Path) -> dict:
         "front_at_center_min": summary["front_at_center_min"], "timings": timings,
         "petsc_options": {k: str(v) for k, v in sv.petsc_options.items()},
     }
-    if COMM.rank == 0:
-        snaps = [60.0 * m for m in cfg["output"].get("snapshot_times_min", [])]
-        res["observables"] = observables_from_csv(outdir / "timeseries.csv", snaps)
+    snaps = [60.0 * m for m in spec.get("output.snapshot_times_min", [])]
+    res["observables"] = observables_from_series(result.timeseries, snaps)
     return res
 
 
 def mode_framework(args) -> dict:
-    cfg = example_config(args.example, tuple(args.mesh) if args.mesh else None, args.outputs)
+    spec = example_config(args.example, tuple(args.mesh) if args.mesh else None, args.outputs)
     if args.solver:
-        cfg["solver"] = dict(cfg.get("solver", {}), **json.loads(args.solver))
+        spec = spec.with_overrides({f"solver.{k}": v for k, v in json.loads(args.solver).items()})
     work = tmpdir()
     try:
-        first = run_framework(cfg if args.warmup == "full" else warmup_config(cfg), work / "warmup")
-        runs = [run_framework(cfg, work / f"run{i}") for i in range(args.repeat)]
+        first = run_framework(spec if args.warmup == "full" else warmup_config(spec), work / "warmup")
+        runs = [run_framework(spec, work / f"run{i}") for i in range(args.repeat)]
     finally:
         if COMM.rank == 0:
             shutil.rmtree(work, ignore_errors=True)
     res = median_runs(runs)
-    res.update(example=args.example, mesh=cfg["geometry"].get("mesh_size_um"),
-               surface_mesh=cfg["geometry"].get("surface_mesh_size_um"), outputs=args.outputs,
+    res.update(example=args.example, mesh=spec.get("geometry.mesh_size_um"),
+               surface_mesh=spec.get("geometry.surface_mesh_size_um"), outputs=args.outputs,
                solver_overrides=json.loads(args.solver) if args.solver else {}, warmup=args.warmup,
                first_run_wall_s=first["timings"]["wall"])
     return res
@@ -298,13 +312,8 @@ def mode_sweep(args) -> dict:
     try:
         run_framework(base, work / "warmup")
         for i, v in enumerate(variants):
-            cfg = copy.deepcopy(base)
-            for table in ("geometry", "solver", "output"):
-                if table in v:
-                    cfg[table] = dict(cfg.get(table, {}), **v[table])
-            if "petsc_options" in v:
-                cfg.setdefault("solver", {})["petsc_options"] = v["petsc_options"]
-            runs = [run_framework(cfg, work / f"v{i}_{r}") for r in range(args.repeat)]
+            spec = base.with_overrides(variant_overrides(v))
+            runs = [run_framework(spec, work / f"v{i}_{r}") for r in range(args.repeat)]
             res = median_runs(runs)
             res.update(label=v["label"], variant=v)
             out.append(res)
@@ -322,25 +331,23 @@ def fixed_settings(dt: float) -> dict:
 
 def mode_fixed(args) -> dict:
     """The framework at a fixed step, three depths, to compare with bare_dolfinx_disk.py."""
-    from nmcfx.solver.run import prepare
     from nmcfx.solver.simulation import Simulation
     from nmcfx.solver.transport import TransportSolver
 
     dt = args.dt
-    cfg = example_config("disk_100mAg", tuple(args.mesh), "none")
-    cfg["solver"] = fixed_settings(dt)
-    snaps_s = [60.0 * m for m in cfg["output"]["snapshot_times_min"]]
+    spec = example_config("disk_100mAg", tuple(args.mesh), "none").with_overrides({"solver": fixed_settings(dt)})
+    snaps_s = [60.0 * m for m in spec.get("output.snapshot_times_min")]
     work = tmpdir()
 
     def tier_execute(i):
-        return run_framework(cfg, work / f"exec{i}")
+        return run_framework(spec, work / f"exec{i}")
 
     def tier_simulation(core: bool):
         T.reset()
         ev0 = petsc_times()
         COMM.Barrier()
         t0 = CLOCK()
-        pr = prepare(cfg)
+        pr = spec.prepare(COMM)
         t1 = CLOCK()
         st = pr.solver
         sv = TransportSolver(pr.particle, pr.material, degree=st.degree, time_scheme=st.time_scheme,
@@ -394,7 +401,7 @@ def mode_fixed(args) -> dict:
                 "lu": lu}
 
     try:
-        run_framework(warmup_config(cfg), work / "warmup")
+        run_framework(warmup_config(spec), work / "warmup")
         lu = T.solver.petsc_options.get("pc_factor_mat_solver_type", "mumps")
         tier_bare()  # warm-up of the bare forms
         runs = {"bare": [], "execute": [], "simulation": [], "solver_core": []}
@@ -413,24 +420,23 @@ def mode_fixed(args) -> dict:
 
 
 def mode_reference(args) -> dict:
-    from nmcfx.solver.run import prepare
-    from nmcfx.solver.simulation import Simulation
-    from nmcfx.solver.transport import TransportSolver
+    import nmcfx
+    from nmcfx.solver.simulation import SolverSettings
 
-    cfg = example_config("disk_100mAg", tuple(args.mesh), "none")
-    cfg["solver"] = {"theta_tol": args.theta_tol}
-    snaps_s = [60.0 * m for m in cfg["output"]["snapshot_times_min"]]
-    t0 = CLOCK()
-    pr = prepare(cfg)
-    st = pr.solver
-    sv = TransportSolver(pr.particle, pr.material, degree=st.degree, time_scheme=st.time_scheme,
-                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
-    sim = Simulation(sv, pr.material, pr.protocol, st, snapshot_times_s=snaps_s)
-    sim.run()
+    spec = example_config("disk_100mAg", tuple(args.mesh), "none").with_overrides({"solver": {"theta_tol": args.theta_tol}})
+    snaps_s = [60.0 * m for m in spec.get("output.snapshot_times_min")]
+    work = tmpdir()
+    try:
+        t0 = CLOCK()
+        result = nmcfx.run(spec, work / "reference", comm=COMM, progress=False)
+        wall = COMM.allreduce(CLOCK() - t0, op=MPI.MAX)
+    finally:
+        if COMM.rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
     return {"mesh": args.mesh[0], "surface_mesh": args.mesh[1], "theta_tol": args.theta_tol,
-            "time_scheme": st.time_scheme, "dofs": sv.num_dofs, "steps": sv.counters.steps,
-            "wall_s": COMM.allreduce(CLOCK() - t0, op=MPI.MAX), "ranks": COMM.size,
-            "observables": observables_from_history(sim.history, snaps_s)}
+            "time_scheme": SolverSettings.from_dict(spec.get("solver")).time_scheme, "dofs": result.summary["dofs"],
+            "steps": result.summary["steps"], "wall_s": wall, "ranks": COMM.size,
+            "observables": observables_from_series(result.timeseries, snaps_s)}
 
 
 def main(argv=None):

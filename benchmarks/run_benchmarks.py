@@ -7,7 +7,8 @@
 What runs (each case in its own process, so peak RSS is per case; 2-rank cases under mpiexec):
   * ``flagship`` (Xu 2022 particle, C/3, 60 min) and ``disk_100mAg`` (2.4 µm disk, 100 mA/g,
     20 min), each at the example's mesh size and at half of it, exactly as ``nmcfx run`` runs
-    them (prepare + execute), with all outputs and - for the disk - with outputs off;
+    them (``nmcfx.run`` on the example's RunSpec: prepare + execute), with all outputs and - for
+    the disk - with outputs off;
   * the disk at a fixed backward-Euler step through the framework and through the bare
     DOLFINx script ``bare_dolfinx_disk.py``: the framework's overhead at equal steps;
   * a converged reference of the disk (fine mesh, tight ``theta_tol``; cached in

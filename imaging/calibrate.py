@@ -43,7 +43,6 @@ no new simulation; the 68 % and 95 % intervals are basic bootstrap intervals of 
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import copy
 import csv
 import hashlib
@@ -447,72 +446,104 @@ def _read_trace(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ---------------------------------------------------------------------------- simulations
+#: The sweep task of one S (run by :func:`nmcfx.sweep.case.execute_case` in a worker).
+SCAN_TASK = "nmcfx.imaging.calibrate:scan_task"
+ENTRY = "theta.npz"  # what scan_task leaves in its case directory: a cache entry
+
+
+def scan_spec(cfg: dict, base_dir: Path, S: float):
+    """The run specification of the simulation for one S (``title`` and ``[output]`` left out:
+    they do not change θ, so a renamed config still finds its simulations)."""
+    from nmcfx.spec import RunSpec
+
+    cfg = copy.deepcopy(cfg)
+    cfg.pop("output", None)
+    cfg.pop("title", None)
+    cfg.setdefault("material", {})["scaling_S"] = float(S)
+    return RunSpec(cfg, base_dir, name=f"S={float(S):.10g}", validate=False)
+
+
 def _task(cfg: dict, base_dir: Path, S: float, target: Target) -> dict:
-    return {"cfg": cfg, "base_dir": str(base_dir), "S": float(S), "times_s": target.times_s.tolist(),
-            "points_um": target.points_um}
+    """One simulation to run: its spec, the task options (frame times, probe points) and its key."""
+    from nmcfx import __version__
+
+    spec = scan_spec(cfg, base_dir, S)
+    options = {"times_s": np.asarray(target.times_s, dtype=float), "points_um": np.asarray(target.points_um, dtype=float),
+               "cache_schema": CACHE_SCHEMA, "nmcfx_version": __version__}
+    return {"S": float(S), "spec": spec, "options": options, "key": cache_key(spec, options)}
 
 
-def simulate_tables(task: dict, comm, particle=None) -> dict:
-    """One simulation for one S on ``comm``: θ at the task's points and times. ``particle``:
-    the mesh of the task's [geometry] on ``comm`` if already built (S does not change it)."""
+def cache_key(spec, options: dict) -> str:
+    """The simulation's identity: the sweep case digest of its RunSpec (config + the bytes of
+    every file it reads) with the task and its options (frame times and probe points by the
+    SHA-256 of their bytes, cache schema, nmcfx version)."""
+    from nmcfx.sweep.definition import case_digest
+
+    arrays = {k: hashlib.sha256(np.ascontiguousarray(options[k], dtype=float).tobytes()).hexdigest()
+              for k in ("times_s", "points_um")}
+    return case_digest(spec.digest, SCAN_TASK, {**options, **arrays})
+
+
+def simulate_tables(spec, times_s, points_um, comm, particle=None) -> dict:
+    """One simulation of ``spec`` on ``comm``: θ at ``points_um`` and ``times_s``. ``particle``:
+    the mesh of the spec's [geometry] on ``comm`` if already built (S does not change it)."""
     from nmcfx.materials import material_from_config
     from nmcfx.solver.protocol import protocol_from_dict
     from dataclasses import replace
 
-    from nmcfx.solver.run import particle_degree, prepare
+    from nmcfx.solver.run import particle_degree
     from nmcfx.solver.simulation import SolverSettings
     from nmcfx.solver.surface import SurfaceSettings
 
     from .forward import sample_theta
 
-    cfg = copy.deepcopy(task["cfg"])
-    cfg.setdefault("material", {})["scaling_S"] = task["S"]
-    cfg.pop("output", None)
-    base = Path(task["base_dir"])
     t0 = time.perf_counter()
     if particle is None:
-        run = prepare(cfg, base_dir=base, comm=comm)
+        run = spec.prepare(comm)
         particle, material, protocol, settings = run.particle, run.material, run.protocol, run.solver
     else:  # the same material, protocol and element degree as prepare() gives, without meshing again
-        material = material_from_config(cfg.get("material", {}), base)
+        cfg = spec.config
+        material = material_from_config(cfg.get("material", {}), spec.base_dir)
         protocol = protocol_from_dict(cfg["protocol"], material.theta0)
         settings = SolverSettings.from_dict(cfg.get("solver"))
         settings = replace(settings, degree=particle_degree(cfg, settings, SurfaceSettings.from_dict(cfg.get("surface"))))
-    theta, inside, _, sim = sample_theta(particle, material, protocol, np.asarray(task["times_s"]),
-                                         np.asarray(task["points_um"]), settings=settings)
+    theta, inside, _, sim = sample_theta(particle, material, protocol, np.asarray(times_s),
+                                         np.asarray(points_um), settings=settings)
     # stored as float32 in the cache: round fresh results the same way, so a cached and a fresh
     # calibration take identical steps (θ to 6e-8, far below any measurable contrast)
     theta = theta.astype(np.float32).astype(float)
-    return {"S": task["S"], "theta": theta, "inside": inside, "wall_s": time.perf_counter() - t0,
-            "steps": sim.solver.counters.steps}
+    return {"S": float(spec.get("material.scaling_S")), "theta": theta, "inside": inside,
+            "wall_s": time.perf_counter() - t0, "steps": sim.solver.counters.steps}
 
 
-def cache_key(task: dict) -> str:
-    from nmcfx import __version__
+def scan_task(spec, casedir, comm, times_s, points_um, cache_schema=CACHE_SCHEMA, nmcfx_version=None) -> dict:  # noqa: ARG001
+    """The sweep task of one S: simulate, leave the result in ``casedir/theta.npz`` (a cache
+    entry, moved into the cache by the calibration) and return its numbers."""
+    res = simulate_tables(spec, times_s, points_um, comm)
+    if comm.rank == 0:
+        write_entry(Path(casedir) / ENTRY, res)
+    return {"S": res["S"], "wall_s": res["wall_s"], "steps": res["steps"]}
 
-    cfg = copy.deepcopy(task["cfg"])
-    cfg.pop("output", None)
-    cfg.pop("title", None)
-    cfg.get("material", {}).pop("scaling_S", None)
-    files = {}
-    for table, key in (("geometry", "contour_csv"), ("material", "dli_csv"), ("material", "ocv_csv")):
-        v = (cfg.get(table) or {}).get(key)
-        cs = ((cfg.get("geometry") or {}).get("cross_section") or {}).get(key) if table == "geometry" else None
-        for item in (v, cs):
-            if isinstance(item, str):
-                p = Path(item) if Path(item).is_absolute() else Path(task["base_dir"]) / item
-                files[item] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "missing"
-    pts = np.round(np.asarray(task["points_um"], dtype=float), 9)
-    blob = json.dumps({"schema": CACHE_SCHEMA, "version": __version__, "cfg": cfg, "files": files,
-                       "S": float(f"{task['S']:.12g}"), "times": [round(t, 9) for t in task["times_s"]],
-                       "points": hashlib.sha256(pts.tobytes()).hexdigest()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+def write_entry(path: Path, result: dict) -> None:
+    """A simulation as a compressed ``.npz`` (θ as float32), written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        np.savez_compressed(fh, S=result["S"], theta=np.asarray(result["theta"], dtype=np.float32),
+                            inside=result["inside"], steps=result["steps"])
+    os.replace(tmp, path)
+
+
+def read_entry(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {"S": float(z["S"]), "theta": z["theta"].astype(float), "inside": z["inside"], "wall_s": 0.0,
+                "steps": int(z["steps"])}
 
 
 class SimulationCache:
     """On-disk cache of simulations: ``<dir>/<key>.npz``, compressed (θ as float32), written
     atomically, pruned to ``max_mb`` (least recently used entries first; a hit refreshes an
-    entry's time)."""
+    entry's time). The key is the simulation's sweep-case digest (:func:`cache_key`)."""
 
     def __init__(self, directory: Path | None, max_mb: float = 1000.0):
         self.dir = Path(directory) if directory is not None else None
@@ -522,29 +553,27 @@ class SimulationCache:
     def get(self, task: dict) -> dict | None:
         if self.dir is None:
             return None
-        p = self.dir / f"{cache_key(task)}.npz"
+        p = self.dir / f"{task['key']}.npz"
         if not p.is_file():
             return None
         try:
-            with np.load(p, allow_pickle=False) as z:
-                hit = {"S": float(z["S"]), "theta": z["theta"].astype(float), "inside": z["inside"], "wall_s": 0.0,
-                       "steps": int(z["steps"]), "cached": True}
+            hit = read_entry(p) | {"cached": True}
             os.utime(p)
             return hit
         except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
             return None
 
-    def put(self, task: dict, result: dict):
+    def put(self, task: dict, result: dict, entry: Path | None = None):
+        """Store a result (``entry``: a file already written by :func:`write_entry`, moved in)."""
         if self.dir is None:
             return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            p = self.dir / f"{cache_key(task)}.npz"
-            tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, S=result["S"], theta=np.asarray(result["theta"], dtype=np.float32),
-                                    inside=result["inside"], steps=result["steps"])
-            os.replace(tmp, p)
+            p = self.dir / f"{task['key']}.npz"
+            if entry is not None:
+                os.replace(entry, p)
+            else:
+                write_entry(p, result)
         except OSError as exc:
             raise InputError("calibration.cache_dir", f"cannot write to {self.dir}: {exc.strerror or exc}") from None
         self.prune(keep=p)
@@ -579,37 +608,37 @@ class SimulationCache:
                 pass
 
 
-def run_in_processes(tasks: list[dict], workers: int) -> list[dict]:
-    """Run simulations in up to ``workers`` fresh serial processes (``python -m
-    nmcfx.imaging._worker``); results in task order."""
-    import pickle
-    import subprocess
+def run_on_local_workers(tasks: list[dict], workers: int, cache: SimulationCache) -> list[dict]:
+    """Run simulations as cases of the sweep engine on ``workers`` persistent local worker
+    processes (:class:`nmcfx.sweep.local.LocalPool`: one interpreter, DOLFINx import and form
+    compilation per worker, not per simulation); each result goes into ``cache``. In task order."""
+    import shutil
     import tempfile
 
-    from ._worker import clean_environment
+    from nmcfx.sweep.local import LocalPool
 
-    env = clean_environment()
-    env.setdefault("OMP_NUM_THREADS", "1")
-
-    def one(i_task):
-        i, task = i_task
-        with tempfile.TemporaryDirectory(prefix="nmcfx-cal-") as tmp:
-            tp, rp = os.path.join(tmp, "task.pkl"), os.path.join(tmp, "result.pkl")
-            with open(tp, "wb") as fh:
-                pickle.dump(task, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            proc = subprocess.run([sys.executable, "-m", "nmcfx.imaging._worker", tp, rp], env=env,
-                                  capture_output=True, text=True)
-            if proc.returncode != 0 or not os.path.exists(rp):
-                tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
-                raise RuntimeError(f"calibration worker for S = {task['S']:g} failed (exit {proc.returncode}):\n{tail}")
-            with open(rp, "rb") as fh:
-                res = pickle.load(fh)
-        if "error" in res:
-            raise InputError("calibration", f"simulation for S = {task['S']:g}: {res['error']}")
-        return res
-
-    with cf.ThreadPoolExecutor(max_workers=max(1, min(workers, len(tasks)))) as pool:
-        return list(pool.map(one, enumerate(tasks)))
+    payloads = [{"index": i, "name": t["spec"].name, "spec": t["spec"].to_dict(), "digest": t["key"],
+                 "task": SCAN_TASK, "task_options": {k: v.tolist() if isinstance(v, np.ndarray) else v
+                                                     for k, v in t["options"].items()}}
+                for i, t in enumerate(tasks)]
+    scratch = Path(tempfile.mkdtemp(prefix="nmcfx-scan-"))
+    try:
+        with LocalPool(workers, scratch / "logs") as pool:
+            outcomes = {o["index"]: o for o in pool.run(payloads, scratch)}
+        results = []
+        for i, t in enumerate(tasks):
+            casedir = scratch / "cases" / payloads[i]["name"]
+            if outcomes[i]["status"] != "done":
+                logs = "".join(f"\n{p.name}:\n" + "\n".join(p.read_text(errors="replace").strip().splitlines()[-15:])
+                               for p in sorted((scratch / "logs").glob("*.log")) if "worker process died"
+                               in (outcomes[i]["reason"] or ""))
+                raise InputError("calibration", f"simulation for S = {t['S']:g}: {outcomes[i]['reason']}{logs}")
+            res = read_entry(casedir / ENTRY) | {"wall_s": outcomes[i]["numbers"].get("wall_s", outcomes[i]["wall_s"])}
+            cache.put(t, res, entry=casedir / ENTRY)
+            results.append(res)
+        return results
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class Evaluator:
@@ -634,8 +663,13 @@ class Evaluator:
         else:
             self.simulated += 1
 
+    def _simulate(self, task: dict, comm, particle=None) -> dict:
+        return simulate_tables(task["spec"], task["options"]["times_s"], task["options"]["points_um"], comm,
+                               particle=particle)
+
     def many(self, S_values, phase: str):
-        """Evaluate several S at once: cache first, then sub-communicators (MPI) or a process pool."""
+        """Evaluate several S at once: cache first, then sub-communicators (MPI), the sweep
+        engine's local workers (``workers > 1``) or this process."""
         comm = self.comm
         todo = []
         for S in S_values:
@@ -654,7 +688,7 @@ class Evaluator:
             groups = min(comm.size, len(todo))
             color = comm.rank % groups
             sub = comm.Split(color, comm.rank)
-            mine = [simulate_tables(t, sub) for i, t in enumerate(todo) if i % groups == color]
+            mine = [self._simulate(t, sub) for i, t in enumerate(todo) if i % groups == color]
             if sub.rank == 0:
                 for t, r in zip([t for i, t in enumerate(todo) if i % groups == color], mine):
                     self.cache.put(t, r)
@@ -663,15 +697,13 @@ class Evaluator:
             results = [r for part in gathered for r in part]
         elif self.settings.workers > 1 and len(todo) > 1:
             nproc = min(self.settings.workers, len(todo), os.cpu_count() or 1)
-            results = run_in_processes(todo, nproc)
-            for t, r in zip(todo, results):
-                self.cache.put(t, r)
+            results = run_on_local_workers(todo, nproc, self.cache)
         else:
             from mpi4py import MPI
 
             results = []
             for t in todo:
-                r = simulate_tables(t, MPI.COMM_SELF, particle=self._self_particle)
+                r = self._simulate(t, MPI.COMM_SELF, particle=self._self_particle)
                 self.cache.put(t, r)
                 results.append(r)
         for r in results:
@@ -684,7 +716,7 @@ class Evaluator:
             hit = self.cache.get(task) if self.comm.rank == 0 else None
             hit = self.comm.bcast(hit, root=0)
             if hit is None:
-                hit = simulate_tables(task, self.comm, particle=self.particle)
+                hit = self._simulate(task, self.comm, particle=self.particle)
                 if self.comm.rank == 0:
                     self.cache.put(task, hit)
             self._store(hit, phase)
@@ -817,13 +849,12 @@ def calibrate(cfg: dict, base_dir: Path, settings: CalibrationSettings, *, comm=
     from mpi4py import MPI
     from scipy.optimize import minimize_scalar
 
-    from nmcfx.solver.run import prepare
+    from nmcfx.spec import RunSpec
 
     comm = comm if comm is not None else MPI.COMM_WORLD
     say = log if (log is not None and comm.rank == 0) else (lambda *a: None)
-    probe_cfg = copy.deepcopy(cfg)
-    probe_cfg.pop("output", None)
-    run = prepare(probe_cfg, base_dir=base_dir, comm=comm)  # validates every table, builds the mesh once
+    probe = RunSpec({k: v for k, v in cfg.items() if k != "output"}, base_dir, validate=False)
+    run = probe.prepare(comm)  # validates every table, builds the mesh once
     target = build_target(settings, run.particle, run.protocol)
     M = target.measured
     ev = Evaluator(cfg, base_dir, target, settings, comm, particle=run.particle)

@@ -270,21 +270,14 @@ def sample_theta(particle, material, protocol, times_s, points_um, *, settings=N
     ``sector_weights``: per-sector flux factors η (e.g. ``{"blocked": 0.3}``; the mean
     current is kept, as in 000's partial blocking).
     """
+    from nmcfx.solver.run import particle_solver
     from nmcfx.solver.simulation import Simulation, SolverSettings
-    from nmcfx.solver.transport import TransportSolver
 
     times = np.asarray(times_s, dtype=float)
     if times.ndim != 1 or times.size == 0 or np.any(times < 0) or np.any(np.diff(times) <= 0):
         raise InputError("times_s", "frame times must be >= 0 s and strictly increasing")
     st = settings if settings is not None else SolverSettings()
-    if st.degree is None:  # as a run of the same particle would choose (solver.run.particle_degree)
-        from dataclasses import replace
-
-        from nmcfx.solver.run import default_degree
-
-        st = replace(st, degree=default_degree(particle.mesh.topology.dim))
-    sv = TransportSolver(particle, material, degree=st.degree, time_scheme=st.time_scheme,
-                         mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
+    sv = particle_solver(particle, material, st)  # as a run of the same particle builds it (prescribed flux)
     probe = ThetaFrameProbe(points_um, rich_theta)
     sim = Simulation(sv, material, protocol, st, snapshot_times_s=times, observers=[probe])
     if sector_weights:

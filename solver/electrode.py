@@ -434,6 +434,10 @@ class ElectrodeModel:
             res.converged = bool(self.comm.allreduce(ok, op=MPI.LAND))
         return res
 
+    def close(self) -> None:
+        """Free the solver's PETSc objects now (collective; :meth:`Problem.close`)."""
+        self.problem.close()
+
     def accept(self):
         self.problem.accept()
 

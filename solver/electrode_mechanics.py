@@ -169,7 +169,9 @@ class ParticleStress:
         return {"sigma1_max_MPa": s1, "sigma1_max_r_over_R": r, "hoop_surface_max_MPa": hx, "iterations": its}
 
     def destroy(self):
-        self.solver.destroy()
+        if self.solver is not None:
+            self.solver.destroy()
+            self.solver = None
 
 
 class ElectrodeMechanicsObserver:
@@ -254,8 +256,7 @@ class ElectrodeMechanicsObserver:
         rows = particle_stress_table(sim)
         summary = self.summary(sim, rows)
         cost = [p.solver.counters for p in self.particles]
-        for p in self.particles:
-            p.destroy()  # PETSc/MUMPS objects hold MPI communicators: free them now
+        self.close()
         if not self.root:
             return
         summary["cost"]["factorizations"] = int(sum(c.factorizations for c in cost))
@@ -276,6 +277,12 @@ class ElectrodeMechanicsObserver:
             print(f"mechanics (free particles, {summary['resolved']['assumption']}): peak tensile stress "
                   f"{pk['sigma1_max_MPa']:.0f} MPa in {pk['particle']} at t = {pk['time_s'] / 3600:.2f} h; "
                   f"results in timeseries.csv (sigma1_max_MPa_<P>), particles_stress.csv", flush=True)
+
+    def close(self):
+        """Free every particle's PETSc/MUMPS objects now, on every rank together (their clean-up is
+        collective); :func:`nmcfx.solver.run.execute` calls it on every way out, ``finish`` too."""
+        for p in self.particles:
+            p.destroy()
 
     def summary(self, sim, rows) -> dict:
         first = self.particles[0].solver

@@ -600,6 +600,19 @@ class Problem:
             f.u.x.array[:] = f.u_n.x.array
 
     # ------------------------------------------------------------------ state
+    def close(self) -> None:
+        """Free the PETSc objects of the solve now (collective: every rank calls it at the same
+        point). Left to Python's cyclic garbage collector they would be destroyed at different
+        moments on different ranks — and MUMPS' finalisation is collective, so a job can hang."""
+        nl = getattr(self, "problem", None)
+        if nl is None:
+            return
+        for name in ("solver", "_snes", "A", "_A", "b", "_b", "x", "_x", "P_mat", "_P_mat"):
+            obj = vars(nl).get(name)
+            if obj is not None and hasattr(obj, "destroy"):
+                obj.destroy()
+        self.problem = None
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Owned values of every field's history, keyed ``field:which`` (what a checkpoint stores)."""
         out = {}

@@ -112,6 +112,20 @@ def particle_degree(cfg: dict, solver: SolverSettings, surface: SurfaceSettings)
     return default_degree(2 if shape in SHAPES_2D else 3, surface.model)
 
 
+def particle_solver(particle, material, settings, surface=None) -> TransportSolver:
+    """The single-particle solver a run builds from its resolved parts (``settings``: a
+    :class:`SolverSettings`; ``surface``: :class:`SurfaceSettings`, default the prescribed flux);
+    the forward model of the imaging package builds its solver here too."""
+    surface = surface if surface is not None else SurfaceSettings.from_dict(None)
+    degree = settings.degree if settings.degree is not None else default_degree(particle.mesh.topology.dim,
+                                                                                 surface.model)
+    return TransportSolver(particle, material, degree=degree, time_scheme=settings.time_scheme,
+                           mass_lumping=settings.mass_lumping, petsc_options=settings.petsc_options or None,
+                           surface=surface, sector_weights=sector_weights(surface, particle, material),
+                           films=film_thicknesses(surface),
+                           film_diffusivity_ratio=surface.rocksalt_diffusivity_ratio, assembly=settings.assembly)
+
+
 def default_degree(tdim: int, surface_model: str = "flux") -> int:
     """The rule of :func:`particle_degree` for a built mesh (the forward model uses it too)."""
     return 2 if (tdim == 2 and surface_model == "flux") else 1
@@ -214,36 +228,40 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         sv = ElectrodeModel(run.particle, run.materials, run.electrode, degree=st.degree,
                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
                             concentration_ratio=run.surface.electrolyte_concentration_ratio)
-        outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
-        mech = electrode_mechanics_observers(run, outdir, comm)  # [mechanics]: before outputs (adds columns)
-        for o in mech:
-            _agreed_writes(o, comm)
-        sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
-                                  observers=[*mech, outputs, *observers])
     else:
-        sv = TransportSolver(run.particle, run.material, degree=st.degree, time_scheme=st.time_scheme,
-                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
-                             surface=run.surface,
-                             sector_weights=sector_weights(run.surface, run.particle, run.material),
-                             films=film_thicknesses(run.surface),
-                             film_diffusivity_ratio=run.surface.rocksalt_diffusivity_ratio,
-                             assembly=st.assembly)
-        outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-        observers = [outputs, *mechanics_observers(run, outdir, comm), *observers]  # [mechanics]: θ → σ each step
-        sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
-    if resume:
-        checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
-    meta = metadata(run, sv, comm)
-    with collective_errors(comm, "--output"):  # rank-0 writes: a full disk ends every rank with one line
-        if comm.rank == 0:
-            if resume:
-                (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
-            write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), meta)
-    _agreed_writes(outputs, comm)
+        sv = particle_solver(run.particle, run.material, st, run.surface)
+    # from here on every way out frees the solver's PETSc objects on every rank together: left to the
+    # garbage collector they would go at different moments per rank, and MUMPS' clean-up is collective
+    mech = []  # electrode [mechanics]: one elasticity solver per particle (solver/electrode_mechanics.py)
     try:
-        sim.run(checkpoint=checkpoint, resume=resume)
+        if run.is_electrode:
+            outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
+            mech = electrode_mechanics_observers(run, outdir, comm)  # before the outputs: adds their columns
+            for o in mech:
+                _agreed_writes(o, comm)
+            sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
+                                      observers=[*mech, outputs, *observers])
+        else:
+            outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
+            observers = [outputs, *mechanics_observers(run, outdir, comm), *observers]  # [mechanics]: θ → σ
+            sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
+        if resume:
+            checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
+        meta = metadata(run, sv, comm)
+        with collective_errors(comm, "--output"):  # rank-0 writes: a full disk ends every rank with one line
+            if comm.rank == 0:
+                if resume:
+                    (outdir / "summary.json").unlink(missing_ok=True)  # written again when the run ends
+                write_json(outdir / ("metadata-resumed.json" if resume else "metadata.json"), meta)
+        _agreed_writes(outputs, comm)
+        try:
+            sim.run(checkpoint=checkpoint, resume=resume)
+        finally:
+            outputs.close()
+            for o in mech:
+                o.close()  # the particles' PETSc/MUMPS objects, on every rank together
     finally:
-        outputs.close()
+        sv.close()
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
                                                                                                    title=run.title)

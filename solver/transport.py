@@ -289,6 +289,10 @@ class TransportSolver:
             res.converged = bool(self.comm.allreduce(ok, op=MPI.LAND))
         return res
 
+    def close(self) -> None:
+        """Free the solver's PETSc objects now (collective; :meth:`Problem.close`)."""
+        self.problem.close()
+
     def accept(self):
         """Shift history after an accepted step."""
         self.problem.accept()

@@ -1,13 +1,17 @@
 """Shared machinery of the paper-reproduction studies.
 
-A study is a list of *cases* (one simulation config each). Every case runs into
+A study is a list of *cases* (one simulation config each), run like the cases of a
+parameter sweep: each config becomes a :class:`nmcfx.spec.RunSpec` and runs through
+``nmcfx.run`` (with the study's observers, e.g. a θ-map recorder) into
 ``OUT/cases/<key>/`` (``timeseries.csv``, ``steps.csv``, ``metadata.json``,
-``summary.json`` as for ``nmcfx run``, plus ``fields.npz`` with θ maps when asked) and is
-marked finished by ``case.json``, written last. A re-run skips every case whose
-``case.json`` holds the same config, so an interrupted sweep resumes where it stopped and
-never loses a finished case. The study then writes its figure(s), a CSV of the numbers
-behind them and ``study.json`` (configs, package versions, MPI size, git revision, wall
-times) into ``OUT/``.
+``summary.json`` as for ``nmcfx run``, plus ``fields.npz`` with θ maps when asked). The
+case is marked finished by ``case.json`` (or ``error.json``), written last and atomically
+by the sweep store (:class:`nmcfx.sweep.store.SweepDir`) with the spec's digest — the
+config *and* the contents of the files it reads — so a re-run skips every case whose
+config and tables are unchanged, an interrupted study resumes where it stopped and never
+loses a finished case, and a changed CSV table runs its cases again. The study then
+writes its figure(s), a CSV of the numbers behind them and ``study.json`` (configs,
+package versions, MPI size, git revision, wall times) into ``OUT/``.
 
 Everything is collective: run the scripts serially or under ``mpiexec -n N``; rank 0
 prints and writes.
@@ -85,7 +89,27 @@ def guard_script_entry(name: str) -> None:
 
 
 def config_digest(cfg: dict) -> str:
+    """Hash of a plain dict of settings that is not a run config (the twin calibration's case
+    settings); a run config's identity is its :attr:`nmcfx.spec.RunSpec.digest`."""
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def case_spec(key: str, cfg: dict):
+    """The run specification of a study case (relative paths resolve from the working
+    directory, as for ``nmcfx run``); validated when it runs (``prepare``)."""
+    from nmcfx.spec import RunSpec
+
+    return RunSpec(cfg, base_dir=".", name=key, validate=False)
+
+
+def finished_case(store, key: str, digest: str, maps: bool, say) -> bool:
+    """Whether case ``key`` finished with this digest and its files are whole (rank 0)."""
+    if store.state(key, digest).state != "done":
+        return False
+    problem = case_data_problem(store.case_dir(key), maps)
+    if problem:
+        say(f"results incomplete ({problem}); running it again")
+    return not problem
 
 
 # ----------------------------------------------------------------------------- results
@@ -315,14 +339,6 @@ def load_maps(path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- running
-def execute_observed(run, outdir: Path, comm, observers=()) -> dict:
-    """``nmcfx.solver.run.execute`` with extra Simulation observers, replacing what an earlier
-    (failed or changed) run of the case left there."""
-    from nmcfx.solver.run import execute
-
-    return execute(run, Path(outdir), comm=comm, progress=False, overwrite=True, observers=observers)
-
-
 class Study:
     """Runs the cases of one study into ``outdir`` (resumable) and keeps their results."""
 
@@ -358,61 +374,58 @@ class Study:
              describe: str = "", recorder=None) -> CaseResult:
         """Run (or reload) one case. ``recorder``: an observer with ``save(path)`` that records the
         maps itself (instead of the θ-map :class:`FieldRecorder`); saved as ``fields.npz``."""
+        from nmcfx.sweep.store import SweepDir
+
         comm = self.comm
-        casedir = self.outdir / "cases" / key
-        marker = casedir / "case.json"
-        digest = config_digest(cfg)
+        store = SweepDir(self.outdir)
+        casedir = store.case_dir(key)
+        spec = case_spec(key, cfg)
         i = len(self.results) + 1
         tag = f"case {i}/{self._n_cases or '?'} {key}"
-        done = None
+        done = digest = None
         if comm.rank == 0:
-            done = False
-            if marker.is_file() and not self.force:
-                try:
-                    done = json.loads(marker.read_text()).get("config_digest") == digest
-                except (OSError, ValueError):
-                    done = False
-                problem = case_data_problem(casedir, maps or maps_at_step_ends) if done else None
-                if problem:
-                    done = False
-                    print(f"[{self.name}] {tag}: results incomplete ({problem}); running it again", flush=True)
+            digest = spec.digest  # the config and the bytes of the files it reads (rank 0 reads them)
+            done = not self.force and finished_case(store, key, digest, maps or maps_at_step_ends,
+                                                    lambda m: self.say(f"{tag}: {m}"))
         done = comm.bcast(done, root=0)
         if done:
             res = self._load(key, cfg, casedir, skipped=True)
             self.say(f"{tag}: already done, skipped ({describe or 'results in ' + str(casedir)})")
         else:
-            res = self._run(key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe, recorder)
+            res = self._run(key, cfg, spec, store, digest, maps, maps_at_step_ends, tag, describe, recorder)
         self.results[key] = res
         return res
 
-    def _run(self, key, cfg, casedir, digest, maps, maps_at_step_ends, tag, describe, recorder=None) -> CaseResult:
-        from nmcfx.errors import NmcfxError
-        from nmcfx.solver.run import prepare
+    def _run(self, key, cfg, spec, store, digest, maps, maps_at_step_ends, tag, describe, recorder=None) -> CaseResult:
+        """``nmcfx.run`` into the case directory with the θ recorder; the marker is written last."""
+        from nmcfx import __version__
+        from nmcfx.api import run
+        from nmcfx.errors import InputError, NmcfxError
 
         comm = self.comm
+        casedir = store.case_dir(key)
         self.say(f"{tag}: running{' - ' + describe if describe else ''}")
         if comm.rank == 0:
-            casedir.mkdir(parents=True, exist_ok=True)
-            (casedir / "case.json").unlink(missing_ok=True)
-            (casedir / "error.json").unlink(missing_ok=True)
+            store.clear(key)
+        comm.Barrier()
         t0 = time.perf_counter()
-        run = prepare(cfg, comm=comm)
         rec = recorder if recorder is not None else (
             FieldRecorder(at_step_ends=maps_at_step_ends) if (maps or maps_at_step_ends) else None)
         error = None
         try:
-            execute_observed(run, casedir, comm, observers=[rec] if rec else [])
+            run(spec, casedir, comm=comm, progress=False, overwrite=True, observers=[rec] if rec else [])
+        except InputError:  # a bad config stops the study with its one line
+            raise
         except NmcfxError as exc:  # e.g. SolverError: keep what was written, report precisely
             error = f"{type(exc).__name__}: {exc}"
         wall = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
         if rec is not None and getattr(rec, "comm", None) is not None:
             rec.save(casedir / "fields.npz")
         if comm.rank == 0:
-            if error is None:
-                write_json(casedir / "case.json", {"key": key, "config_digest": digest, "config": cfg,
-                                                    "wall_s": wall, "mpi_size": comm.size})
-            else:
-                write_json(casedir / "error.json", {"key": key, "config": cfg, "error": error, "wall_s": wall})
+            store.mark(key, {"status": "done" if error is None else "failed", "name": key, "key": key,
+                             "digest": digest, "config": spec.config, "wall_s": wall, "mpi_size": comm.size,
+                             "reason": error, "error": error, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                             "nmcfx_version": __version__})
         comm.Barrier()
         res = self._load(key, cfg, casedir, skipped=False)
         res.wall_s = wall

@@ -47,15 +47,19 @@ Outputs in DIR: ``table.csv`` (one row per δ and rate: resolved vs models; plus
 check row), ``cases.csv``
 (one row per run), ``study.json`` (configs, mesh reports, versions, results), ``summary.md``,
 figures ``theta_maps_<rate>.png``, ``traces_<rate>.png``, ``eta_eff.png``, ``capacity.png``;
-per run ``cases/<name>/timeseries.csv`` and ``result.json``. Finished runs (``result.json``
-with the same config) are skipped, so an interrupted study resumes; ``--force`` reruns.
+per run ``cases/<name>/timeseries.csv``, ``images.npz`` and ``result.json``.
+
+Every run is a case of the sweep engine: its parameters are :class:`nmcfx.spec.Params`
+(digest over all of them), :func:`nmcfx.sweep.case.execute_case` runs :func:`case_task` in
+this process (the meshes are cached across cases) and writes the atomic completion marker
+``cases/<name>/case.json`` (or ``error.json``) last. Finished runs whose marker holds the
+same digest are skipped, so an interrupted study resumes; ``--force`` reruns.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import math
 import sys
@@ -137,8 +141,16 @@ class Case:
     def mesh_delta_nm(self) -> float:
         return self.delta_nm if self.model == "resolved" else 0.0
 
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+    def params(self):
+        """The case as sweep parameters (:class:`nmcfx.spec.Params`): its digest is the case's identity."""
+        from nmcfx.spec import Params
+
+        return Params(asdict(self), name=self.name)
+
+    @classmethod
+    def from_params(cls, params) -> "Case":
+        d = params.config
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def make_case(cfg: dict, model: str, delta: float, rate: float, **over) -> Case:
@@ -365,6 +377,7 @@ def _shell_simulation_class():
 def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
     """Run one case; return (result, timeseries rows, {t: image}) on every rank (rows/images complete
     on all ranks)."""
+    from nmcfx.imaging.forward import release_solver
     from nmcfx.materials import get_material
     from nmcfx.solver.protocol import Protocol, Step, StopCondition
     from nmcfx.solver.simulation import SolverSettings
@@ -400,7 +413,10 @@ def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
     Sim = _shell_simulation_class()
     sim = Sim(sv, mat, prot, settings, snapshot_times_s=[60.0 * t for t in case.snapshots_min], observers=[obs],
               center=(0.0, 0.0), shell_observer=obs)
-    sim.run()
+    try:
+        sim.run()
+    finally:
+        release_solver(sv)  # its PETSc objects now, on every rank alike (not in a later, rank-local GC)
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     rows = obs.rows
     last = rows[-1]
@@ -408,7 +424,7 @@ def run_case(case: Case, comm=MPI.COMM_WORLD) -> tuple[dict, list[dict], dict]:
     i_dmax = int(np.nanargmax(dvals)) if np.isfinite(dvals).any() else None
     res = {
         "name": case.name,
-        "key": case.key(),
+        "key": case.params().digest,
         "case": asdict(case),
         "eta_nominal": eta if case.model in FILM_MODELS else 1.0,
         "eta_prescribed": weights.get("blocked", 1.0),
@@ -475,16 +491,36 @@ def _interp_row(rows, t_s):
 # --------------------------------------------------------------------------------------
 
 
+TASK = "nmcfx.studies.lun2025_rocksalt_shell:case_task"
+
+
 def _case_dir(out: Path, case: Case) -> Path:
     return out / "cases" / case.name
 
 
+def case_task(spec, casedir, comm) -> dict:
+    """The sweep task of one case (``Params`` of a :class:`Case`): run it, write its files
+    (``timeseries.csv``, ``images.npz``, ``result.json``); the sweep engine writes the marker."""
+    import gc
+
+    res, rows, images = run_case(Case.from_params(spec), comm)
+    gc.collect()  # the run's reference cycles (PETSc objects: collective destroy) freed on every rank here
+    if comm.rank == 0:
+        save_case(Path(casedir), res, rows, images)
+    comm.Barrier()
+    return _flat_case(res)
+
+
 def load_finished(out: Path, case: Case):
+    """(result, rows, images) of a case that finished with its current digest, else None."""
+    from nmcfx.sweep.definition import case_digest
+    from nmcfx.sweep.store import SweepDir
+
+    if SweepDir(out).state(case.name, case_digest(case.params().digest, TASK)).state != "done":
+        return None
     d = _case_dir(out, case)
     try:
         res = json.loads((d / "result.json").read_text())
-        if res.get("key") != case.key():
-            return None
         with open(d / "timeseries.csv") as fh:
             rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
         npz = np.load(d / "images.npz")
@@ -495,8 +531,7 @@ def load_finished(out: Path, case: Case):
         return None
 
 
-def save_case(out: Path, case: Case, res, rows, images):
-    d = _case_dir(out, case)
+def save_case(d: Path, res, rows, images):
     d.mkdir(parents=True, exist_ok=True)
     with open(d / "timeseries.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -505,10 +540,13 @@ def save_case(out: Path, case: Case, res, rows, images):
             w.writerow({k: repr(float(v)) for k, v in r.items()})
     np.savez(d / "images.npz", extent=np.array(images["extent"]),
              **{f"t={t:g}": img for t, img in images.items() if t != "extent"})
-    write_json(d / "result.json", res)  # last: marks the case finished
+    write_json(d / "result.json", res)
 
 
 def run_study(out: Path, cfg: dict, *, comm=MPI.COMM_WORLD, force: bool = False, log=print) -> dict:
+    from nmcfx.sweep.case import execute_case
+    from nmcfx.sweep.definition import case_digest
+
     out = Path(out)
     root = comm.rank == 0
     if root:
@@ -527,13 +565,19 @@ def run_study(out: Path, cfg: dict, *, comm=MPI.COMM_WORLD, force: bool = False,
             if root:
                 log(f"[{n}/{total}] {case.name}: finished earlier, skipped")
             return
-        res, rows, images = run_case(case, comm)
+        params = case.params()
+        payload = {"index": n - 1, "name": case.name, "spec": params.to_dict(),
+                   "digest": case_digest(params.digest, TASK), "task": TASK}
+        outcome = execute_case(payload, out, comm)
+        if outcome["status"] != "done":
+            raise RuntimeError(f"case {case.name} failed: {outcome['reason']} (see {_case_dir(out, case)}/error.json)")
+        done = comm.bcast(load_finished(out, case) if root else None, root=0)
+        res = done[0]
         if root:
-            save_case(out, case, res, rows, images)
             log(f"[{n}/{total}] {case.name}: {res['end_reason']} at {res['end_time_min']:.1f} min, "
                 f"{res['capacity_mAh_g_nmc']:.1f} mAh/g, η_eff {res['eta_eff_cumulative_end']:.3f}, "
                 f"{res['steps']} steps, {res['wall_time_s']:.1f} s")
-        results[case.name] = (res, rows, images)
+        results[case.name] = done
 
     for case in cases:
         run(case)

@@ -89,15 +89,14 @@ def truth_config(quick: bool) -> dict:
 
 
 def truth_maps(cfg: dict, outdir: Path, comm=None) -> dict:
-    """Run the truth simulation (``nmcfx.solver.run`` with a θ recorder) and return its θ maps:
+    """Run the truth simulation (``nmcfx.run`` with a θ recorder) and return its θ maps:
     ``points``, ``triangles``, ``times_s``, ``theta`` (what :func:`render_twin` needs)."""
-    from nmcfx.solver.run import prepare
-    from nmcfx.studies._common import FieldRecorder, execute_observed, load_maps
+    from nmcfx.api import run
+    from nmcfx.studies._common import FieldRecorder, case_spec, load_maps
 
     comm = comm if comm is not None else MPI.COMM_WORLD
-    run = prepare(cfg, comm=comm)
     rec = FieldRecorder()
-    execute_observed(run, outdir, comm, observers=[rec])
+    run(case_spec("truth", cfg), outdir, comm=comm, progress=False, overwrite=True, observers=[rec])
     rec.save(Path(outdir) / "fields.npz")
     comm.Barrier()
     return load_maps(Path(outdir) / "fields.npz")

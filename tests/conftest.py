@@ -56,3 +56,15 @@ def _fresh_mesh_cache():
 
     clear_mesh_cache()
     yield
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_together():
+    """After each test, every rank collects its garbage at the same point: solvers a test built
+    directly (not through ``execute``, which frees them itself) hold parallel PETSc objects whose
+    destruction is collective (MUMPS), so they must not be left to each rank's own collector."""
+    import gc
+
+    yield
+    gc.collect()
+

@@ -998,11 +998,11 @@ import runpy, sys, time
 from pathlib import Path
 from mpi4py import MPI
 import nmcfx.studies._common as common
-def broken(cfg):
+def broken(*args):
     Path("failed_at").write_text(repr(time.time()))
     raise RuntimeError("injected bug on rank 0")
 if MPI.COMM_WORLD.rank == 0:
-    common.config_digest = broken  # rank 0 fails where rank 1 goes on to wait in a broadcast
+    common.finished_case = broken  # rank 0 fails where rank 1 goes on to wait in a broadcast
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """

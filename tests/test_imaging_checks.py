@@ -383,8 +383,7 @@ def test_cache_is_compressed_and_capped(tmp_path):
     theta = np.where(rng.random((40, 3000)) < 0.3, np.nan, 0.95 - 0.2 * rng.random((40, 3000)))
     res = {"S": 3.0, "theta": theta, "inside": np.isfinite(theta[0]), "steps": 10}
     cache = SimulationCache(tmp_path / "c", max_mb=1.0)
-    tasks = [{"cfg": {"protocol": {"x": i}}, "base_dir": str(tmp_path), "S": 3.0, "times_s": [1.0],
-              "points_um": np.zeros((1, 2))} for i in range(4)]
+    tasks = [{"key": f"simulation{i}", "S": 3.0} for i in range(4)]  # keys: imaging.calibrate.cache_key
     cache.put(tasks[0], res)
     size = cache.size_bytes()
     assert size < 0.6 * theta.size * 8  # float32 and compressed
@@ -496,3 +495,29 @@ def test_reference_frames_of_an_older_analysis_are_inferred(tmp_path):
         z = _read_analysis(out)
         n, frames = _reference_frames(z, z["contrast"], z["times_rel_s"] <= 0)
         assert frames == list(res.reference_frames) and n == len(res.reference_frames)
+
+
+def test_simulation_key_is_the_sweep_case_digest_of_its_run_spec(tmp_path):
+    """A calibration simulation is keyed like a sweep case: its RunSpec digest (config and the bytes
+    of the files it reads; not the title or [output]), S, the frame times and probe points."""
+    from types import SimpleNamespace
+
+    import hashlib
+
+    from nmcfx.imaging.calibrate import SCAN_TASK, _task
+    from nmcfx.sweep.definition import case_digest
+
+    (tmp_path / "outline.csv").write_text("0,0\n1,0\n1,1\n0,1\n")
+    cfg = {"title": "a", "geometry": {"shape": "contour", "contour_csv": "outline.csv"},
+           "protocol": {"steps": [{"type": "charge", "c_rate": 1, "duration_min": 1}]}, "output": {"fields": "none"}}
+    target = SimpleNamespace(times_s=np.array([0.0, 60.0]), points_um=np.zeros((3, 2)))
+    t = _task(cfg, tmp_path, 3.0, target)
+    arrays = {k: hashlib.sha256(np.asarray(t["options"][k], float).tobytes()).hexdigest() for k in ("times_s", "points_um")}
+    assert t["key"] == case_digest(t["spec"].digest, SCAN_TASK, t["options"] | arrays)
+    assert t["spec"].get("material.scaling_S") == 3.0
+    assert _task(cfg | {"title": "b", "output": {}}, tmp_path, 3.0, target)["key"] == t["key"]
+    assert _task(cfg, tmp_path, 3.5, target)["key"] != t["key"]
+    assert _task(cfg, tmp_path, 3.0, SimpleNamespace(times_s=np.array([0.0, 61.0]),
+                                                      points_um=np.zeros((3, 2))))["key"] != t["key"]
+    (tmp_path / "outline.csv").write_text("0,0\n1.1,0\n1,1\n0,1\n")  # the same config, another table
+    assert _task(cfg, tmp_path, 3.0, target)["key"] != t["key"]

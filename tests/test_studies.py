@@ -330,3 +330,50 @@ def test_sharma2022_asynchrony_quick(tmp_path):
         assert set(stress) >= {"T0", "T1", "T2", "T3", "T4"}
         for p in ("T0", "T1", "T2", "T3"):
             assert float(stress[p]["hoop_peak_MPa"]) > 10.0, stress[p]
+
+
+# ----------------------------------------------------------------------------- Study.case: the sweep store
+def test_study_case_reruns_when_a_table_it_reads_changes(tmp_path, capsys):
+    """A study case is keyed by its RunSpec digest (config + the bytes of the files it reads) and
+    marked by the sweep store: unchanged → skipped; a changed contour CSV or --force → run again."""
+    import argparse
+
+    from nmcfx.studies._common import Study, case_spec
+    from nmcfx.sweep.store import SweepDir
+
+    out = Path(_outdir(tmp_path, "study"))
+    outline = Path(_outdir(tmp_path, "outline.csv"))
+
+    def write_outline(radius):
+        if COMM.rank == 0:
+            a = np.linspace(0.0, 2 * np.pi, 12, endpoint=False)
+            np.savetxt(outline, np.c_[radius * np.cos(a), radius * np.sin(a)], delimiter=",", header="x_um,y_um")
+        COMM.Barrier()
+
+    cfg = {"geometry": {"shape": "contour", "contour_csv": str(outline), "mesh_size_um": 0.3,
+                        "surface_mesh_size_um": 0.15},
+           "protocol": {"initial_theta": 0.9, "steps": [{"type": "charge", "c_rate": 1.0, "duration_min": 0.5}]},
+           "output": {"fields": "none", "figures": False, "progress": False, "snapshot_times_min": []}}
+
+    def study(force=False):
+        s = Study("table_case", argparse.Namespace(output=out, quick=True, force=force))
+        s.plan(1)
+        return s.case("c", cfg)
+
+    write_outline(1.0)
+    first = study()
+    assert not first.skipped and first.error is None and first.summary["steps"] > 0
+    digest = case_spec("c", cfg).digest
+    if COMM.rank == 0:
+        marker = json.loads((out / "cases" / "c" / "case.json").read_text())
+        assert marker["status"] == "done" and marker["digest"] == digest
+        assert SweepDir(out).state("c", digest).state == "done"
+    assert study().skipped
+    write_outline(1.05)  # same config, another table
+    assert case_spec("c", cfg).digest != digest
+    again = study()
+    assert not again.skipped and again.summary["li_extracted_mol"] != first.summary["li_extracted_mol"]
+    assert not study(force=True).skipped
+    printed = capsys.readouterr().out
+    if COMM.rank == 0:
+        assert printed.count("already done, skipped") == 1

@@ -26,7 +26,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .store import ERROR, MARKER, atomic_write_json
+from .store import SweepDir
 
 
 class Interrupted(Exception):
@@ -124,13 +124,12 @@ def execute_case(payload: dict, sweep_dir: str | Path, comm) -> dict:
 
     from .definition import DEFAULT_TASK, case_digest
 
-    casedir = Path(sweep_dir) / "cases" / payload["name"]
+    store = SweepDir(sweep_dir)
+    casedir = store.case_dir(payload["name"])
     root = comm.rank == 0
     t0 = time.perf_counter()
     if root:
-        casedir.mkdir(parents=True, exist_ok=True)
-        for stale in (MARKER, ERROR):
-            (casedir / stale).unlink(missing_ok=True)
+        store.clear(payload["name"])
     comm.Barrier()
     status, reason, tb, numbers, digest = "done", None, None, {}, payload.get("digest")
     try:
@@ -157,7 +156,7 @@ def execute_case(payload: dict, sweep_dir: str | Path, comm) -> dict:
     if tb:
         record["traceback"] = tb
     if root:
-        atomic_write_json(casedir / (MARKER if status == "done" else ERROR), record)
+        store.mark(payload["name"], record)
     comm.Barrier()
     return {"index": payload["index"], "name": payload["name"], "status": status, "wall_s": wall,
             "reason": reason, "numbers": numbers}
@@ -165,8 +164,7 @@ def execute_case(payload: dict, sweep_dir: str | Path, comm) -> dict:
 
 def record_failure(sweep_dir: str | Path, payload: dict, reason: str) -> None:
     """Write ``error.json`` for a case whose worker died (called by the coordinating process)."""
-    casedir = Path(sweep_dir) / "cases" / payload["name"]
-    atomic_write_json(casedir / ERROR, {"status": "failed", "index": payload["index"], "name": payload["name"],
+    SweepDir(sweep_dir).mark(payload["name"], {"status": "failed", "index": payload["index"], "name": payload["name"],
                                         "digest": payload.get("digest"), "overrides": payload.get("overrides", {}),
                                         "coords": payload.get("coords", {}), "numbers": {}, "wall_s": math.nan,
                                         "reason": reason, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

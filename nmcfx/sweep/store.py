@@ -109,6 +109,22 @@ class SweepDir:
         atomic_write_json(self.manifest_path, data)
         return data
 
+    def clear(self, name: str) -> Path:
+        """Remove a case's markers before it runs (it is pending until a new one is written);
+        returns the case directory (created)."""
+        d = self.case_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in (MARKER, ERROR):
+            (d / stale).unlink(missing_ok=True)
+        return d
+
+    def mark(self, name: str, record: dict) -> Path:
+        """Write a finished case's marker atomically, last: ``case.json`` if ``record["status"]``
+        is ``"done"``, else ``error.json``. ``record`` must hold the case's ``digest``."""
+        path = self.case_dir(name) / (MARKER if record.get("status") == "done" else ERROR)
+        atomic_write_json(path, record)
+        return path
+
     def state(self, name: str, digest: str, index: int = -1) -> CaseState:
         d = self.case_dir(name)
         marker = read_json(d / MARKER)
