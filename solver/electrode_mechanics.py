@@ -93,6 +93,9 @@ def electrode_mechanics_from_config(cfg: dict, *, base_dir=None, theta0: float |
                                                         "available yet; use 'free' (each particle traction-free)")
     if bonding not in BONDINGS:
         raise InputError("mechanics.electrode_bonding", f"must be 'free', got {bonding!r}")
+    if table.get("coupling", "one_way") == "two_way":
+        raise InputError("mechanics.coupling", "'two_way' is available for single particles only; a composite "
+                                               "electrode takes coupling = 'one_way' (θ → σ after every step)")
     particle_cfg = {k: v for k, v in cfg.items() if k != "geometry"}  # the particle rules, no electrode refusal
     particle_cfg["mechanics"] = {k: v for k, v in table.items() if k not in ELECTRODE_KEYS}
     setup = mechanics_from_config(particle_cfg, base_dir=base_dir, theta0=theta0)
@@ -256,7 +259,7 @@ class ElectrodeMechanicsObserver:
         rows = particle_stress_table(sim)
         summary = self.summary(sim, rows)
         cost = [p.solver.counters for p in self.particles]
-        self.close()
+        self.release()
         if not self.root:
             return
         summary["cost"]["factorizations"] = int(sum(c.factorizations for c in cost))
@@ -278,9 +281,9 @@ class ElectrodeMechanicsObserver:
                   f"{pk['sigma1_max_MPa']:.0f} MPa in {pk['particle']} at t = {pk['time_s'] / 3600:.2f} h; "
                   f"results in timeseries.csv (sigma1_max_MPa_<P>), particles_stress.csv", flush=True)
 
-    def close(self):
-        """Free every particle's PETSc/MUMPS objects now, on every rank together (their clean-up is
-        collective); :func:`nmcfx.solver.run.execute` calls it on every way out, ``finish`` too."""
+    def release(self):
+        """Free every particle's PETSc/MUMPS objects now (collective; idempotent): ``finish`` does, and
+        :func:`nmcfx.solver.run.execute` after a finished run, on every rank together."""
         for p in self.particles:
             p.destroy()
 

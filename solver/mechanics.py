@@ -58,7 +58,7 @@ from dolfinx import fem
 from nmcfx.errors import InputError, SolverError
 
 ASSUMPTIONS_2D = ("generalized_plane_strain", "plane_strain", "plane_stress")
-COUPLINGS = ("one_way",)
+COUPLINGS = ("one_way", "two_way")
 MODELS = ("linear_elastic",)
 
 #: 2D: direct Cholesky (MUMPS) with null-pivot detection for the singular (traction-free) stiffness.
@@ -180,11 +180,9 @@ def mechanics_from_config(cfg: dict, *, base_dir=None, theta0: float | None = No
     if model not in MODELS:
         raise InputError("mechanics.model", f"must be one of {list(MODELS)}, got {model!r}")
     coupling = d.get("coupling", "one_way")
-    if coupling == "two_way":
-        raise InputError("mechanics.coupling", "'two_way' (stress-driven flux, μ − Ω:σ) is not available yet; "
-                                               "use coupling = 'one_way' (θ → σ after every accepted step)")
-    if coupling not in COUPLINGS:
-        raise InputError("mechanics.coupling", f"must be 'one_way', got {coupling!r}")
+    if not isinstance(coupling, str) or coupling not in COUPLINGS:
+        raise InputError("mechanics.coupling", f"must be 'one_way' (θ → σ) or 'two_way' (θ ⇄ σ: the stress-driven "
+                                               f"flux of μ − Ω:σ/N_L), got {coupling!r}")
     if "assumption_2d" in d and d["assumption_2d"] not in ASSUMPTIONS_2D:
         raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, "
                                                     f"got {d['assumption_2d']!r}")
@@ -772,3 +770,105 @@ def surface_flaw_indicator(sigma_MPa: float, flaw_size_um: float, E_prime_GPa: f
     if toughness_MPa_sqrt_m is not None:
         out["fracture_index"] = (K / toughness_MPa_sqrt_m) ** 2
     return out
+
+
+# ============================================================================ two-way coupling
+def partial_strains(material, theta, theta_ref: float, h: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Ω_a, Ω_c = dε_a/dθ, dε_c/dθ: the partial strain of one Li site (per unit occupancy) of the
+    eigenstrain diag(ε_a, ε_a, ε_c), by central differences of the C¹ (PCHIP) lattice tables,
+    one-sided at the ends of the table (constant beyond them: Ω = 0 there). Ω/N_L is the partial
+    molar volume tensor (m³ mol⁻¹).
+
+    >>> from nmcfx.materials.mechanics import default_mechanics
+    >>> oa, oc = partial_strains(default_mechanics(), np.array([0.8]), 0.95)
+    >>> bool(oa[0] > 0 > oc[0])     # Li expands a, contracts c (c collapses only at low θ)
+    True
+    """
+    lat = material.lattice
+    th = np.asarray(theta, dtype=float)
+    lo = np.clip(th - h, lat.theta_min, lat.theta_max)
+    hi = np.clip(th + h, lat.theta_min, lat.theta_max)
+    ea_lo, ec_lo = material.eigenstrain(lo, theta_ref)
+    ea_hi, ec_hi = material.eigenstrain(hi, theta_ref)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (ea_hi - ea_lo) / span, (ec_hi - ec_lo) / span
+
+
+class StressPotential:
+    """χ = Ω(θ):σ / (N_L R T), the stress part of the Li chemical potential in units of RT
+    (dimensionless), as a continuous function on θ's space.
+
+    Ω:σ = Ω_a (σ_xx + σ_yy) + Ω_c σ_zz in the crystal frame (:func:`partial_strains`, evaluated
+    at the nodes of θ); σ is the stress of the last :meth:`ElasticitySolver.solve` (MPa = 10⁶
+    J m⁻³), discontinuous between cells, so the product is L2-projected onto θ's (continuous)
+    space — the stress-driven flux needs its gradient. The mass matrix is assembled once
+    (serial: factorised once, Cholesky; several ranks: CG + Jacobi to 1e-12). Usage::
+
+        pot = StressPotential(mech, material.site_concentration, material.temperature_K)
+        mech.solve(); chi = pot.update()        # χ at θ's nodes (local + ghosts)
+    """
+
+    def __init__(self, mech: ElasticitySolver, site_concentration: float, temperature_K: float,
+                 prefix: str = "nmcfx_chi_"):
+        from nmcfx.materials.constants import GAS_CONSTANT
+
+        self.mech = mech
+        V = mech.theta.function_space
+        self.omega_a = fem.Function(V, name="omega_a")
+        self.omega_c = fem.Function(V, name="omega_c")
+        self.chi = fem.Function(V, name="stress_potential")
+        self.scale = 1e6 / (site_concentration * GAS_CONSTANT * temperature_K)  # MPa → units of N_L R T
+        s, v, w = mech.sigma, ufl.TestFunction(V), ufl.TrialFunction(V)
+        p = V.element.basix_element.degree
+        dx = ufl.Measure("dx", domain=mech.mesh, metadata={"quadrature_degree": 2 * p + mech.stress_degree})
+        self.rhs_form = fem.form(self.scale * (self.omega_a * (s[0, 0] + s[1, 1]) + self.omega_c * s[2, 2]) * v * dx)
+        self.M = dolfinx.fem.petsc.assemble_matrix(fem.form(w * v * ufl.Measure(
+            "dx", domain=mech.mesh, metadata={"quadrature_degree": 2 * p})))
+        self.M.assemble()
+        self.b = dolfinx.fem.petsc.create_vector(V)
+        self.x = dolfinx.fem.petsc.create_vector(V)
+        self.ksp = PETSc.KSP().create(mech.comm)
+        self.ksp.setOptionsPrefix(prefix)
+        self.ksp.setOperators(self.M)
+        if mech.comm.size == 1:  # factorised once: a back-solve per step (CG + Jacobi to 1e-12: ~10x slower)
+            self.ksp.setType("preonly")
+            self.ksp.getPC().setType("cholesky")
+            self.ksp.getPC().setFactorSolverType("petsc")
+        else:  # (no MUMPS: its clean-up is collective, and a failed run leaves this to the garbage collector)
+            self.ksp.setType("cg")
+            self.ksp.getPC().setType("jacobi")
+            self.ksp.setTolerances(rtol=1e-12, atol=1e-30, max_it=1000)
+            self.ksp.setInitialGuessNonzero(True)
+        self.time = 0.0
+        self.kappa = np.zeros_like(self.chi.x.array)
+
+    def update(self) -> np.ndarray:
+        """χ from the solver's current σ and θ (call after :meth:`ElasticitySolver.solve`)."""
+        t0 = MPI.Wtime()
+        mech = self.mech
+        oa, oc = partial_strains(mech.material, np.clip(mech.theta.x.array, 0.0, 1.0), mech.theta_ref)
+        self.omega_a.x.array[:] = oa
+        self.omega_c.x.array[:] = oc
+        # κ = f(θ) Ω:C:Ω/(N_L R T): how fast χ falls as θ rises at a fully constrained point — an upper
+        # bound of the free body's response, used to make the staggered coupling stable (terms.py)
+        C = mech.C
+        ca = C[0, 0] + C[1, 1] + 2 * C[0, 1]
+        cc = C[0, 2] + C[1, 2]
+        self.kappa[:] = self.scale * mech.material.modulus_factor(mech.theta.x.array) * (
+            ca * oa * oa + 2 * cc * oa * oc + C[2, 2] * oc * oc)
+        with self.b.localForm() as bl:
+            bl.set(0.0)
+        dolfinx.fem.petsc.assemble_vector(self.b, self.rhs_form)
+        self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        self.ksp.solve(self.b, self.x)
+        if self.ksp.getConvergedReason() < 0:
+            raise SolverError(f"two-way mechanics: projection of Ω:σ failed (KSP reason {self.ksp.getConvergedReason()})")
+        self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+        with self.x.localForm() as xl:
+            self.chi.x.array[:] = xl.array_r
+        self.time += MPI.Wtime() - t0
+        return self.chi.x.array
+
+    def destroy(self):
+        for obj in (self.ksp, self.M, self.b, self.x):
+            obj.destroy()

@@ -1,4 +1,10 @@
-"""One-way chemo-mechanical coupling in a run: θ → σ after every accepted step, and its outputs.
+"""Chemo-mechanical coupling in a run: θ → σ after every accepted step, and its outputs.
+
+One-way (default): σ follows θ. Two-way (``[mechanics] coupling = "two_way"``): the observer
+also hands χ = Ω:σ/(N_L R T) of each solve to the θ equation's
+:class:`~nmcfx.solver.terms.StressDrivenFlux` (staggered: the next θ step uses the stress of the
+last accepted state; :meth:`MechanicsObserver.coupling_term` builds that term for
+:class:`~nmcfx.solver.transport.TransportSolver`'s ``extra_terms``).
 
 :class:`MechanicsObserver` is a :class:`~nmcfx.solver.simulation.Simulation` observer. It
 builds an :class:`~nmcfx.solver.mechanics.ElasticitySolver` on the transport mesh, reading
@@ -34,7 +40,14 @@ from pathlib import Path
 import numpy as np
 from mpi4py import MPI
 
-from .mechanics import ElasticitySolver, MechanicsSetup, SurfaceStress, mechanics_from_config, surface_flaw_indicator
+from .mechanics import (
+    ElasticitySolver,
+    MechanicsSetup,
+    StressPotential,
+    SurfaceStress,
+    mechanics_from_config,
+    surface_flaw_indicator,
+)
 from .outputs import write_json
 
 COLUMNS = (
@@ -66,6 +79,11 @@ def mechanics_observers(run, outdir, comm) -> list:
     return [MechanicsObserver(setup, outdir, run.output, comm, title=run.title)]
 
 
+def coupling_terms(observers) -> list:
+    """``extra_terms`` of the transport solver for the two-way observers among ``observers``."""
+    return [o.coupling_term for o in observers if isinstance(o, MechanicsObserver) and o.two_way]
+
+
 def _max_loc(comm, value: float, payload) -> tuple[float, list]:
     """Global maximum of ``value`` and the payload of the rank that holds it (ties: lowest rank)."""
     allv = comm.allgather((value, list(payload)))
@@ -93,6 +111,17 @@ class MechanicsObserver:
         self._csv = None
         self._writers = []
         self.solver = None
+        self.two_way = self.settings.coupling == "two_way"
+        self.flux_term = None  # two-way: the StressDrivenFlux of the θ equation (coupling_term)
+        self.potential = None
+        self.coupling_time = 0.0
+
+    def coupling_term(self, transport):
+        """Two-way: the stress-driven flux term of ``transport``'s θ equation, fed by this observer."""
+        from .terms import StressDrivenFlux
+
+        self.flux_term = StressDrivenFlux(transport.field, transport.material)
+        return self.flux_term
 
     # ------------------------------------------------------------------ observer API
     def state(self) -> dict:
@@ -118,6 +147,13 @@ class MechanicsObserver:
                                        assumption_2d=st.assumption_2d, degree=st.degree, solver=st.solver,
                                        petsc_options=st.petsc_options)
         ms = self.solver
+        if self.two_way:
+            if self.flux_term is None or self.flux_term.field.u is not sv.theta:
+                raise RuntimeError("coupling = 'two_way' needs the stress-driven flux in the transport solver: "
+                                   "pass coupling_terms(observers) as its extra_terms (solver.run.execute does)")
+            self.potential = StressPotential(ms, sv.material.site_concentration, sv.material.temperature_K)
+            if restore is not None:  # a resumed run: the stress-driven loads of the last two accepted states
+                self._resume_coupling(sim)
         self.setup_time = time.perf_counter() - t0
         self.surface = SurfaceStress(ms)
         self.dim = sv.mesh.topology.dim
@@ -185,6 +221,25 @@ class MechanicsObserver:
             for row in self.rows:  # a resumed run: what the checkpoint holds
                 self._csv.writerow([_fmt(v) for v in row])
 
+    def _couple(self, t: float):
+        """Two-way: χ = Ω:σ/(N_L R T) of this solve (state at time t) → the θ equation's stress-driven flux."""
+        t0 = MPI.Wtime()
+        self.flux_term.set_potential(self.potential.update(), t, self.potential.kappa)
+        self.coupling_time += MPI.Wtime() - t0
+
+    def _resume_coupling(self, sim):
+        """Rebuild the loads of θⁿ⁻¹ (the field's history) and θⁿ, as the uninterrupted run holds them."""
+        sv, ms = sim.solver, self.solver
+        theta = sv.theta.x.array
+        now = theta.copy()
+        if sim._dt_prev is not None and sv.theta_nm1 is not None:
+            theta[:] = sv.theta_nm1.x.array
+            ms.solve()
+            self._couple(sim.t - sim._dt_prev)
+            theta[:] = now
+        ms.solve()
+        self._couple(sim.t)
+
     def _restore(self, mine: dict):
         if not self.root:
             return
@@ -206,6 +261,8 @@ class MechanicsObserver:
         ms = self.solver
         t0 = MPI.Wtime()
         its = ms.solve()
+        if self.two_way:
+            self._couple(sim.t)
         X, s = ms.stress_nodes()
         inv = ms.invariants()
         n = self._n_nodes
@@ -313,12 +370,20 @@ class MechanicsObserver:
     def step_end(self, sim, info):
         pass
 
+    def release(self):
+        """Free the elasticity solver's PETSc/MUMPS objects now (collective; idempotent): they hold
+        MPI communicators, and left to the garbage collector they would go at a different moment
+        on each rank."""
+        for obj in (self.solver, self.potential):
+            if obj is not None:
+                obj.destroy()
+
     def finish(self, sim):
         for w in self._writers:
             w.close()
         self._writers = []
         summary = self.summary()
-        self.solver.destroy()  # PETSc/MUMPS objects hold MPI communicators: free them now
+        self.release()
         if not self.root:
             return
         self._csv_file.close()
@@ -359,8 +424,10 @@ class MechanicsObserver:
         """Resolved settings, peaks over the run and cost (identical on all ranks)."""
         rows = self.comm.bcast(np.array(self.rows) if self.root else None, root=0)
         ms = self.solver
-        out = {"description": "one-way chemo-mechanical coupling (θ → σ after every accepted step); "
-                              "stresses in MPa, tension > 0",
+        desc = ("two-way chemo-mechanical coupling, staggered (σ after every accepted step; the next θ step "
+                "carries the stress-driven flux θ D_eff ∇(Ω:σ)/(N_L R T) of that σ)" if self.two_way else
+                "one-way chemo-mechanical coupling (θ → σ after every accepted step)")
+        out = {"description": desc + "; stresses in MPa, tension > 0", "coupling": self.settings.coupling,
                "resolved": ms.describe() | {"setup_time_s": self.setup_time}, "setup": self.setup.describe(),
                "fracture_indicator": {"flaw_size_um": self.settings.flaw_size_um,
                                       "toughness_MPa_sqrt_m": self.settings.toughness_MPa_sqrt_m,
@@ -372,6 +439,7 @@ class MechanicsObserver:
                         "factorizations": ms.counters.factorizations,
                         "assembly_time_s": ms.counters.assembly_time, "solve_time_s": ms.counters.solve_time,
                         "stress_time_s": ms.counters.post_time,
+                        "coupling_time_s": self.comm.allreduce(self.coupling_time, op=MPI.MAX),
                         "observer_time_s": float(np.sum(rows[:, COLUMNS.index("solve_time_s")])) if len(rows) else 0.0}}
         if len(rows):
             col = {c: rows[:, i] for i, c in enumerate(COLUMNS)}

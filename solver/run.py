@@ -27,7 +27,7 @@ from .checkpoint import Checkpointer
 from .consistency import check_snapshots_within_protocol, check_tables_together, check_voltage_not_met_at_start
 from .electrode_mechanics import check_particle_table, electrode_mechanics_from_config, electrode_mechanics_observers
 from .mechanics import mechanics_from_config
-from .mechanics_outputs import mechanics_observers
+from .mechanics_outputs import coupling_terms, mechanics_observers
 from .outputs import OutputSettings, RunOutputs, write_json
 from .protocol import Protocol, protocol_from_dict
 from .rocksalt import film_thicknesses, sector_weights
@@ -112,10 +112,11 @@ def particle_degree(cfg: dict, solver: SolverSettings, surface: SurfaceSettings)
     return default_degree(2 if shape in SHAPES_2D else 3, surface.model)
 
 
-def particle_solver(particle, material, settings, surface=None) -> TransportSolver:
+def particle_solver(particle, material, settings, surface=None, extra_terms=()) -> TransportSolver:
     """The single-particle solver a run builds from its resolved parts (``settings``: a
-    :class:`SolverSettings`; ``surface``: :class:`SurfaceSettings`, default the prescribed flux);
-    the forward model of the imaging package builds its solver here too."""
+    :class:`SolverSettings`; ``surface``: :class:`SurfaceSettings`, default the prescribed flux;
+    ``extra_terms``: see :class:`TransportSolver`, e.g. two-way mechanics); the forward model of
+    the imaging package builds its solver here too."""
     surface = surface if surface is not None else SurfaceSettings.from_dict(None)
     degree = settings.degree if settings.degree is not None else default_degree(particle.mesh.topology.dim,
                                                                                  surface.model)
@@ -123,7 +124,8 @@ def particle_solver(particle, material, settings, surface=None) -> TransportSolv
                            mass_lumping=settings.mass_lumping, petsc_options=settings.petsc_options or None,
                            surface=surface, sector_weights=sector_weights(surface, particle, material),
                            films=film_thicknesses(surface),
-                           film_diffusivity_ratio=surface.rocksalt_diffusivity_ratio, assembly=settings.assembly)
+                           film_diffusivity_ratio=surface.rocksalt_diffusivity_ratio, assembly=settings.assembly,
+                           extra_terms=extra_terms)
 
 
 def default_degree(tdim: int, surface_model: str = "flux") -> int:
@@ -221,6 +223,7 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         from dataclasses import replace
 
         out_settings = replace(out_settings, progress=progress)
+    mech_observers = []
     if run.is_electrode:
         from .electrode import ElectrodeModel, ElectrodeSimulation
         from .electrode_outputs import ElectrodeOutputs
@@ -229,21 +232,25 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None,
                             concentration_ratio=run.surface.electrolyte_concentration_ratio)
     else:
-        sv = particle_solver(run.particle, run.material, st, run.surface)
-    # from here on every way out frees the solver's PETSc objects on every rank together: left to the
-    # garbage collector they would go at different moments per rank, and MUMPS' clean-up is collective
-    mech = []  # electrode [mechanics]: one elasticity solver per particle (solver/electrode_mechanics.py)
+        mech_observers = mechanics_observers(run, outdir, comm)  # [mechanics]: θ → σ each step (and back: two-way)
+        sv = particle_solver(run.particle, run.material, st, run.surface, extra_terms=coupling_terms(mech_observers))
+    # PETSc objects (MUMPS' clean-up is collective) must not be left to the garbage collector, which
+    # frees them at a different moment on each rank: a finished run frees them on every rank together;
+    # a failed one keeps them (another rank may still be inside the time loop — nothing collective here)
+    finished = False
     try:
         if run.is_electrode:
             outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
-            mech = electrode_mechanics_observers(run, outdir, comm)  # before the outputs: adds their columns
-            for o in mech:
+            # [mechanics]: one elasticity solver per particle (solver/electrode_mechanics.py), before the
+            # outputs: it adds its columns to the records they write
+            mech_observers = electrode_mechanics_observers(run, outdir, comm)
+            for o in mech_observers:
                 _agreed_writes(o, comm)
             sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
-                                      observers=[*mech, outputs, *observers])
+                                      observers=[*mech_observers, outputs, *observers])
         else:
             outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
-            observers = [outputs, *mechanics_observers(run, outdir, comm), *observers]  # [mechanics]: θ → σ
+            observers = [outputs, *mech_observers, *observers]  # [mechanics]: θ → σ (and back: two-way)
             sim = Simulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps, observers=observers)
         if resume:
             checkpoint.read(sv)  # every rank's fields against this mesh: a refused resume has written nothing
@@ -258,10 +265,14 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
             sim.run(checkpoint=checkpoint, resume=resume)
         finally:
             outputs.close()
-            for o in mech:
-                o.close()  # the particles' PETSc/MUMPS objects, on every rank together
+        finished = True
     finally:
-        sv.close()
+        if finished:
+            sv.close()
+            for obs in mech_observers:
+                obs.release()
+        else:
+            _KEPT_AFTER_FAILURE.append((sv, mech_observers))
     wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
     summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
                                                                                                    title=run.title)
@@ -269,6 +280,10 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
         if comm.rank == 0:
             write_json(outdir / "summary.json", summary)
     return summary
+
+
+#: solvers of runs that failed in this process, kept alive (see execute)
+_KEPT_AFTER_FAILURE: list = []
 
 
 def _agreed_writes(observer, comm):

@@ -15,6 +15,7 @@ term                   residual contribution
 TimeDerivative         (a0 θ + a1 θ_n + a2 θ_{n-1}) v            (lumped mass for P1)
 NonlinearDiffusion     dt D_chem(θ) P∇θ·∇v                        (P = diag(1,1,0) in 3D)
 SurfaceFlux            dt q_s v   on named boundary sectors (q in µm s⁻¹ of θ)
+StressDrivenFlux       −dt θ D_eff(θ) P∇χ·∇v, χ = Ω:σ/(N_L R T) of the last mechanics solves (two-way)
 ButlerVolmer           dt η_s i(θ, φ_s, φ_l)/(F N_L) v on reacting facets; the same current
                        leaves the electron field φ_s if that is a field
 Conduction             dt σ(θ) ∇φ_s·∇ψ /(F N_L)   (σ per region, constant or nodal σ(θ))
@@ -203,6 +204,135 @@ class SurfaceFlux(Term):
         return {"loads": [(static_value(p.mesh, ("sector_load", f.degree, int(tag)),
                                         lambda tag=tag: sector_load(f, self.facet_tags, tag, f.degree)), self.q[s])
                           for s, tag in self.sectors.items()]}
+
+
+class StressDrivenFlux(Term):
+    """Two-way chemo-mechanics: the stress-driven part of the Li flux, −dt θ D_eff(θ) P∇χ·∇v.
+
+    Derivation from Xu 2022 Eq. 12. With μ = −F V_oc(θ) (J mol⁻¹ of Li, vs Li/Li⁺), Eq. 12,
+    J = (N_L F/RT) θ D_eff ∂V_oc/∂θ ∇θ, is J = −(N_L θ D_eff/RT) ∇μ: the mobility is N_L θ D_eff/RT
+    (the θ·D_eff of D_chem = D_eff θ (−F/RT) ∂V_oc/∂θ). The elastic energy per volume,
+    W = ½(ε − ε_ch(θ)):C:(ε − ε_ch(θ)), changes with θ at fixed strain by ∂W/∂θ = −σ:Ω(θ),
+    Ω = ∂ε_ch/∂θ (per unit occupancy; Ω/N_L is the partial molar volume tensor), so per mole of Li
+    μ = −F V_oc(θ) − Ω:σ/N_L and
+
+        J = −N_L D_chem ∇θ + (θ D_eff/RT) ∇(Ω:σ),   or in θ units (J/N_L, µm s⁻¹):
+        J_θ = −D_chem P∇θ + θ D_eff P∇χ,            χ = Ω:σ/(N_L R T)
+
+    (P the basal projection of the transport tensor in 3D). Li moves up the gradient of Ω:σ:
+    towards regions where the lattice it would expand is in tension. The weak form adds
+    −dt ∫ θ D_eff P∇χ·∇v to θ's residual; the boundary condition stays J·n = q (total flux).
+    Not included: the modulus term ½ f'(θ) ε_el:C:ε_el of a θ-dependent stiffness, and the shift
+    Ω:σ/(F N_L) of the equilibrium potential in Butler–Volmer kinetics (≲ 1 mV at 100 MPa).
+
+    Staggered, stabilised. After each accepted step and mechanics solve, :meth:`set_potential`
+    takes χⁿ, the mobility Mⁿ = θⁿD_eff(θⁿ) and κⁿ = f Ω:C:Ω/(N_L R T) (how fast χ falls as θ
+    rises at a fully constrained point: an upper bound of the free body's response). The next
+    step approximates χⁿ⁺¹ ≈ χ* − κⁿ(θⁿ⁺¹ − θ*), with χ*, θ* extrapolated linearly in time from
+    the last two accepted states (χⁿ, θⁿ alone at the first step, or with ``extrapolate=False``).
+    The κ part is an implicit diffusion Mκ on the increment θ − θ* — without it the explicit
+    stress flux, itself diffusion-like (∝ Ω:C:Ω), is unstable where Ω is large (the c collapse
+    near θ ≈ 0.2–0.45: comparable to D_chem there). It vanishes with θ − θ* (O(dt²)), so the
+    splitting stays second order in dt (first without extrapolation; check: halve
+    ``solver.dt_max_s``, benchmarks/README.md). Implementation: Mκ is added to the nodal D_chem
+    of θ's :class:`NonlinearDiffusion` (same Jacobian structure), the rest are two fixed load
+    vectors per step, bⁿ and its change (× dt/Δtₙ), from −∫ M P∇χ·∇φ_i and +∫ Mκ P∇θ·∇φ_i —
+    the NumPy assembly path stays available, and Σ_i b_i = 0 (Σ_i φ_i = 1): Li is conserved to
+    round-off. Usage::
+
+        flux = problem.add_term(StressDrivenFlux(theta_field, material))
+        ...                                            # after every accepted step at time t:
+        mech.solve(); flux.set_potential(stress_potential.update(), t, stress_potential.kappa)
+    """
+
+    def __init__(self, field: Field, material, *, extrapolate: bool = True, stabilise: bool = True):
+        self.field = field
+        self.fields = (field,)
+        self.material = material
+        self.extrapolate = extrapolate
+        self.stabilise = stabilise
+        self._forms = None
+        self.times: list[float] = []  # tⁿ⁻¹, tⁿ of the loads
+
+    def setup(self, p: Problem):
+        f = self.field
+        V = f.V
+        self.mobility = fem.Function(V, name="stress_mobility")  # M = θ D_eff(θ) in µm² s⁻¹ (last accepted θ)
+        self.potential = fem.Function(V, name="stress_potential")  # χ = Ω:σ/(N_L R T)
+        self.stiffness = fem.Function(V, name="stress_stabilisation")  # M κ (µm² s⁻¹)
+        self._chi_p, self._M_p = fem.Function(V), fem.Function(V)  # χⁿ⁻¹, Mⁿ⁻¹ (forms path)
+        self._th, self._th_p = fem.Function(V), fem.Function(V)  # θⁿ, θⁿ⁻¹ (forms path)
+        self._theta_s = fem.Function(V)  # the θ of a stabilisation load
+        self.one = fem.Constant(p.mesh, PETSc.ScalarType(1.0))
+        self.ratio = fem.Constant(p.mesh, PETSc.ScalarType(0.0))  # dt/Δtₙ of the extrapolation (0: none)
+        self.load = np.zeros_like(f.u.x.array)  # bⁿ (local + ghost entries of owned cells, like a sector load)
+        self.load_change = np.zeros_like(self.load)  # bⁿ − bⁿ⁻¹
+        self.diffusion = next((t for t in p.terms if isinstance(t, NonlinearDiffusion) and t.field is f), None)
+        if self.stabilise and (self.diffusion is None or self.diffusion.scale is not None):
+            raise ValueError("the stabilised stress-driven flux needs θ's NonlinearDiffusion without a scale")
+
+    def residuals(self, p: Problem):
+        f = self.field
+        dx = f.dx({"quadrature_degree": max(3 * f.degree - 2, 1)})
+        g = basal_gradient(p.mesh)
+        v = ufl.grad(f.test)
+        r = self.ratio
+        flux, flux_prev = self.mobility * g(self.potential), self._M_p * g(self._chi_p)
+        self._ufl_flux = -ufl.inner(flux, v) * dx  # bⁿ of the loads
+        self._ufl_stab = ufl.inner(self.stiffness * g(self._theta_s), v) * dx  # s(θ) = ∫ Mκ P∇θ·∇φ
+        # the forms path writes out what the loads hold (the implicit + dt s(θ) is in the diffusion)
+        res = -ufl.inner(flux + r * (flux - flux_prev), v) * dx
+        if self.stabilise:
+            theta_pred = self._th + r * (self._th - self._th_p)
+            res = res - ufl.inner(self.stiffness * g(theta_pred), v) * dx
+        return {f: p.dt * res}
+
+    def nodal_assembly(self, p: Problem):
+        return {"loads": [(self.load, self.one), (self.load_change, self.ratio)]}
+
+    def update(self, p: Problem):
+        ok = self.extrapolate and len(self.times) == 2 and self.times[1] > self.times[0]
+        self.ratio.value = float(p.dt.value) / (self.times[1] - self.times[0]) if ok else 0.0
+        if self.stabilise:  # the implicit part + dt ∫ Mκ P∇θ·∇v (after the diffusion's own update)
+            self.diffusion.D.value.x.array[:] += self.stiffness.x.array
+
+    def set_potential(self, chi: np.ndarray | None = None, time_s: float | None = None,
+                      kappa: np.ndarray | None = None):
+        """Take χ and κ (θ's space, local + ghosts) of the accepted state at ``time_s``, and the
+        mobility at the current θ; rebuild the loads: bⁿ − s(θⁿ) and its change since the last call,
+        (bⁿ − bⁿ⁻¹) − (s(θⁿ) − s(θⁿ⁻¹)), s with the current Mκ."""
+        first = not self.times
+        self._chi_p.x.array[:] = self.potential.x.array
+        self._M_p.x.array[:] = self.mobility.x.array
+        self._th_p.x.array[:] = self.field.u.x.array if first else self._th.x.array
+        self._th.x.array[:] = self.field.u.x.array
+        if chi is not None:
+            self.potential.x.array[:] = chi
+        th = clipped(self.field)
+        self.mobility.x.array[:] = th * self.material.D_eff(th) * 1e12
+        use_kappa = kappa is not None and self.stabilise
+        self.stiffness.x.array[:] = self.mobility.x.array * kappa if use_kappa else 0.0
+        if self._forms is None:
+            self._forms = fem.form(self._ufl_flux), fem.form(self._ufl_stab)
+        flux_form, stab_form = self._forms
+        b = fem.assemble_vector(flux_form).array.copy()
+        change = np.zeros_like(b) if first else b - self._flux_load
+        self._flux_load = b
+        load = b
+        if self.stabilise:
+            self._theta_s.x.array[:] = self._th.x.array
+            s_now = fem.assemble_vector(stab_form).array.copy()
+            self._theta_s.x.array[:] = self._th_p.x.array
+            s_prev = fem.assemble_vector(stab_form).array.copy()
+            load = b - s_now
+            change = change - (s_now - s_prev)
+        self.load[:] = load
+        self.load_change[:] = change
+        self.times = (self.times + [float(time_s if time_s is not None else np.nan)])[-2:]
+
+    @property
+    def active(self) -> bool:
+        return bool(np.any(self.load != 0.0))
 
 
 class ExtraResidual(Term):

@@ -54,7 +54,9 @@ class TransportSolver:
 
     ``material`` needs ``D_chem(theta)`` and ``dD_chem(theta)`` in m² s⁻¹ and
     ``site_concentration`` in mol m⁻³ (see :mod:`nmcfx.materials`). ``problem`` is the
-    underlying :class:`~nmcfx.solver.problem.Problem`.
+    underlying :class:`~nmcfx.solver.problem.Problem`. ``extra_terms``: callables
+    ``make(solver) -> Term`` adding terms of other models to θ's residual before the Newton
+    solver is built (two-way mechanics: :class:`~nmcfx.solver.terms.StressDrivenFlux`).
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class TransportSolver:
         films: dict[str, float] | None = None,
         film_diffusivity_ratio: float = 3000.0,
         assembly: str = "auto",
+        extra_terms=(),
     ):
         degree = 1 if degree is None else degree
         if degree not in (1, 2):
@@ -128,6 +131,8 @@ class TransportSolver:
             self.flux = pb.add_term(SurfaceFlux(th, particle.facet_tags, tags))
         if extra_residual is not None:  # sources / non-uniform fluxes (manufactured solutions)
             pb.add_term(ExtraResidual(th, extra_residual, owner=self))
+        # terms of other models on θ, built from this solver (two-way mechanics: the stress-driven flux)
+        self.extra_terms = [pb.add_term(make(self)) for make in extra_terms]
         pb.initialise()
         self.petsc_options = pb.petsc_options
         self.q = self.flux.q if self.flux is not None else {}

@@ -228,6 +228,7 @@ BAD = [
     ('electrode_bonding = "free"', 'nu = 0.5', "mechanics.nu"),
     ('electrode_bonding = "free"', 'assumption_2d = "plane"', "mechanics.assumption_2d"),
     ('electrode_bonding = "free"', 'bonding = "free"', "mechanics"),
+    ('electrode_bonding = "free"', 'coupling = "two_way"', "mechanics.coupling"),
 ]
 
 

@@ -313,7 +313,7 @@ BAD = [
     ('assumption_2d = "plane_stress"', 'assumption_2d = "plane_stress"\nlattice_csv = "missing.csv"',
      "mechanics.lattice_csv"),
     ('assumption_2d = "plane_stress"', 'assumption_2d = "plane_stres"', "mechanics.assumption_2d"),
-    ('assumption_2d = "plane_stress"', 'coupling = "two_way"', "mechanics.coupling"),
+    ('assumption_2d = "plane_stress"', 'coupling = "three_way"', "mechanics.coupling"),
     ('assumption_2d = "plane_stress"', 'stiffnes = "isotropic"', "mechanics"),
     ('assumption_2d = "plane_stress"', 'degree = 3', "mechanics.degree"),
     ('assumption_2d = "plane_stress"', 'reference_theta = 1.5', "mechanics.reference_theta"),
@@ -334,14 +334,6 @@ def test_bad_mechanics_input_one_line_nothing_written(tmp_path, capsys, old, new
     assert len(err) == 1, err
     assert err[0].startswith(f"nmcfx: error: {field}:"), err[0]
     assert not out.exists()
-
-
-def test_two_way_message_names_the_option(capsys, tmp_path):
-    cfg = tmp_path / "case.toml"
-    cfg.write_text(textwrap.dedent(GOOD.replace('assumption_2d = "plane_stress"', 'coupling = "two_way"')))
-    main(["run", str(cfg), "-o", str(tmp_path / "o"), "--quiet"])
-    err = capsys.readouterr().err
-    assert "mechanics.coupling" in err and "one_way" in err and "not available" in err
 
 
 def test_materials_show_lists_mechanical_data(capsys):
