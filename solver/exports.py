@@ -229,7 +229,8 @@ class PointProbe:
         if (V.mesh is not self.mesh or V.dofmap.index_map_bs != 1 or not is_affine(self.mesh)
                 or el.family != basix.ElementFamily.P or len(V.value_shape) != 0):
             return None
-        return static_value(self.mesh, self._key + ("basis", el.degree, int(el.lagrange_variant)),
+        key = self._key + ("basis", el.degree, int(el.lagrange_variant), bool(el.discontinuous))  # DG1 ≠ P1
+        return static_value(self.mesh, key,
                             lambda: _basis_at_points(V, self.points[self._idx], self._cells))
 
     def evaluate(self, f: fem.Function) -> np.ndarray:

@@ -25,6 +25,7 @@ from nmcfx.parallel import collective_errors
 
 from .checkpoint import Checkpointer
 from .consistency import check_snapshots_within_protocol, check_tables_together, check_voltage_not_met_at_start
+from .electrode_mechanics import check_particle_table, electrode_mechanics_from_config, electrode_mechanics_observers
 from .mechanics import mechanics_from_config
 from .mechanics_outputs import coupling_terms, mechanics_observers
 from .outputs import OutputSettings, RunOutputs, write_json
@@ -69,9 +70,12 @@ def prepare(cfg: dict, *, base_dir: Path | str = ".", comm=MPI.COMM_WORLD) -> Pr
         raise InputError("protocol", "missing: a config needs a [protocol] table with at least one step")
     material = material_from_config(cfg.get("material", {}), base_dir)
     protocol = protocol_from_dict(cfg["protocol"], material.theta0)
-    if mechanics_from_config(cfg, base_dir=base_dir, theta0=protocol.initial_theta) is not None \
-            and is_electrode_config(cfg):  # [mechanics]: validated here, built by execute()
-        raise InputError("mechanics", "not available for composite electrodes yet (single particles only)")
+    # [mechanics]: validated here, built by execute() (electrodes: free particles, solver/electrode_mechanics.py)
+    if is_electrode_config(cfg):
+        electrode_mechanics_from_config(cfg, base_dir=base_dir, theta0=protocol.initial_theta)
+    else:
+        check_particle_table(cfg)
+        mechanics_from_config(cfg, base_dir=base_dir, theta0=protocol.initial_theta)
     surface = SurfaceSettings.from_dict(cfg.get("surface"))
     if surface.model == "flux" and not is_electrode_config(cfg):  # electrodes always use Butler–Volmer
         for i, st in enumerate(protocol.steps):
@@ -237,8 +241,13 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
     try:
         if run.is_electrode:
             outputs = ElectrodeOutputs(outdir, out_settings, comm, title=run.title)
+            # [mechanics]: one elasticity solver per particle (solver/electrode_mechanics.py), before the
+            # outputs: it adds its columns to the records they write
+            mech_observers = electrode_mechanics_observers(run, outdir, comm)
+            for o in mech_observers:
+                _agreed_writes(o, comm)
             sim = ElectrodeSimulation(sv, run.material, run.protocol, st, snapshot_times_s=snaps,
-                                      observers=[outputs, *observers])
+                                      observers=[*mech_observers, outputs, *observers])
         else:
             outputs = RunOutputs(outdir, out_settings, comm, title=run.title)
             observers = [outputs, *mech_observers, *observers]  # [mechanics]: θ → σ (and back: two-way)

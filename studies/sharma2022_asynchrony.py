@@ -15,7 +15,10 @@ charges in all. What the paper reports (Figs. 1–5, S7) and this study measures
    of magnitude higher);
 4. the counter-test — the electrode fully re-lithiated after the first cycle (here by a long
    potentiostatic hold at 2.5 V) — charges asynchronously again;
-5. the rate constant k (i0) changes little at C/20 (Fig. S7): i0 × 0.1 and × 10.
+5. the rate constant k (i0) changes little at C/20 (Fig. S7): i0 × 0.1 and × 10;
+6. stress (case ``stress``, the first charge with ``[mechanics]``, free particles, one-way): each
+   particle's stress peak against its onset — 004 Fig. S4 sees NMC811 particles crack at the
+   moment each starts to react.
 
     python studies/sharma2022_asynchrony.py [-o DIR] [--quick] [--force]
     mpiexec -n 2 python studies/sharma2022_asynchrony.py
@@ -25,7 +28,10 @@ and particle: onset time, capacity, slope peak), ``asynchrony_summary.csv`` (per
 onset spread, order of the top row, first-cycle loss), figures ``fig4d_surface_li.png`` (surface
 Li of the top particles vs time, first charge), ``fig1c_slopes.png`` (slope of the optical proxy
 against capacity, charges 1–3), ``fig5_maps.png`` (θ maps at capacities i–iv of charges 1–3),
-``voltage.png``, and ``study.json``; every case's run directory under ``cases/``.
+``voltage.png``, ``stress_onset.csv`` and ``stress_onset.png`` (per particle: onset, current peak,
+the rise and reaction-phase peak of its surface hoop stress and of σ1, the largest σ1 of the charge)
+and ``study.json``; every case's run directory under ``cases/`` (the stress case's with
+``particles_stress.png`` and ``stress_maps.png``).
 """
 
 from __future__ import annotations
@@ -149,7 +155,27 @@ def cases(quick: bool, outdir: Path | None = None) -> list[tuple[str, dict, str]
         out.append(("sigma_low", cfg, "first charge with the pristine σ_NMC 100× lower (sensitivity)"))
     if quick:
         out = out[:1]
+    out.append(("stress", stress_config(base, first, quick), "first charge with [mechanics]: each particle's "
+                                                              "stress peak against its onset"))
     return out
+
+
+#: snapshot times (min) of the stress maps: the conduction wave (1 h), the onsets (~1.7 h), the hoop-stress
+#: peaks (~5 h) and the centre-tension peaks (~9 h)
+STRESS_SNAPSHOTS_MIN = (60.0, 100.0, 310.0, 540.0)
+
+
+def stress_config(base: dict, first_charge: dict, quick: bool) -> dict:
+    """The first charge with one-way mechanics: free particles (each traction-free), the default
+    mechanical data (constructed a(θ), c(θ) of Ni-rich NMC, E = 170 GPa, ν = 0.275), generalised
+    plane strain, stress-free at the pristine θ₀. One-way coupling: θ is that of the baseline's
+    first charge."""
+    cfg = copy.deepcopy(base)
+    cfg["protocol"] = copy.deepcopy(first_charge)
+    cfg["mechanics"] = {"electrode_bonding": "free", "assumption_2d": "generalized_plane_strain"}
+    cfg["output"] = dict(cfg["output"], figures=True,
+                         snapshot_times_min=[] if quick else list(STRESS_SNAPSHOTS_MIN))
+    return cfg
 
 
 class CapacityMaps:
@@ -312,6 +338,106 @@ def analyse(study: Study) -> tuple[list, list]:
     return rows, summary
 
 
+#: the reaction phase of a particle: its mean θ ≥ 0.6, before the c-axis collapse of the default lattice
+#: table (c grows down to θ ≈ 0.45 and collapses below), the window of xu2022_stress_size.py
+REACTION_THETA = 0.6
+STRESS_HEADER = ["particle", "onset_h", "current_peak_h", "hoop_fastest_rise_h", "hoop_half_h", "hoop_at_onset_MPa",
+                 "hoop_peak_MPa", "hoop_peak_h", "hoop_peak_minus_onset_h", "theta_mean_at_hoop_peak",
+                 "sigma1_peak_MPa", "sigma1_peak_h", "sigma1_peak_r_over_R", "charge_sigma1_max_MPa",
+                 "charge_sigma1_max_h", "theta_mean_at_charge_sigma1_max"]
+
+
+def _crossing(t, y, level) -> float:
+    """First time y reaches ``level`` (linear interpolation), NaN if never."""
+    j = np.flatnonzero(y >= level)
+    if not j.size:
+        return float("nan")
+    j = j[0]
+    if j == 0 or y[j] == y[j - 1]:
+        return float(t[j])
+    return float(t[j - 1] + (level - y[j - 1]) / (y[j] - y[j - 1]) * (t[j] - t[j - 1]))
+
+
+def stress_vs_onset(series: dict, names) -> list[list]:
+    """Per particle, first charge of the stress case (times in h from the start of the charge):
+
+    * ``onset_h``: the particle's mean θ has dropped by 0.05 (the study's onset);
+    * ``current_peak_h``: its reaction current (per g of the particle) is largest — the conduction
+      wave reaching it, the moment it "starts to react" in the sense of Sharma 2022 Fig. 4d;
+    * ``hoop_fastest_rise_h``, ``hoop_half_h``: its peak surface hoop stress rises fastest / first
+      reaches half its reaction-phase peak; the hoop stress at the onset;
+    * the reaction-phase peaks (mean θ ≥ :data:`REACTION_THETA`) of the surface hoop stress and of
+      σ1 (and σ1's place r/R), when they occur; the largest σ1 of the whole charge (it comes at
+      the end, where c collapses) and when."""
+    step = series["protocol_step"].astype(int)
+    sel = np.flatnonzero(step == 0)
+    t = series["time_s"][sel] / 3600.0
+    rows = []
+    for n in names:
+        th = series[f"theta_mean_{n}"][sel]
+        hoop = series[f"hoop_surface_max_MPa_{n}"][sel]
+        s1 = series[f"sigma1_max_MPa_{n}"][sel]
+        onset = _crossing(t, th[0] - th, 0.05)
+        react = np.flatnonzero(th >= REACTION_THETA)
+        react = react[: np.argmax(np.diff(react) > 1) + 1] if np.any(np.diff(react) > 1) else react
+        i = react[int(np.argmax(hoop[react]))]
+        j = react[int(np.argmax(s1[react]))]
+        k = int(np.argmax(s1))
+        rate = np.diff(hoop[: i + 1]) / np.maximum(np.diff(t[: i + 1]), 1e-12)
+        fast = float(0.5 * (t[int(np.argmax(rate))] + t[int(np.argmax(rate)) + 1])) if rate.size else float("nan")
+        rows.append([n, onset, float(t[np.argmax(series[f"current_mA_g_{n}"][sel])]), fast,
+                     _crossing(t, hoop, 0.5 * hoop[i]),
+                     float(np.interp(onset, t, hoop)) if np.isfinite(onset) else float("nan"),
+                     float(hoop[i]), float(t[i]), float(t[i]) - onset, float(th[i]),
+                     float(s1[j]), float(t[j]), float(series[f"sigma1_max_r_over_R_{n}"][sel][j]),
+                     float(s1[k]), float(t[k]), float(th[k])])
+    return rows
+
+
+def stress_figure(series: dict, rows: list, out: Path) -> str:
+    """Left: each top-row particle's peak surface hoop stress over the first charge, its onset
+    (θ̄ − 0.05) marked ●, its current peak ▲. Right: stress-peak and stress-rise times against the
+    onset time, every particle (the diagonal: coincidence)."""
+    P = plt()
+    step = series["protocol_step"].astype(int)
+    sel = step == 0
+    t = series["time_s"][sel] / 3600
+    colors = dict(zip(TOP_ROW, ["tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:red"]))
+    fig, (a1, a2) = P.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    by = {r[0]: r for r in rows}
+    for n in [r[0] for r in rows]:
+        c = colors.get(n, "0.65")
+        y = series[f"hoop_surface_max_MPa_{n}"][sel]
+        a1.plot(t, y, color=c, lw=1.4 if n in colors else 0.9, label=n if n in colors else None)
+        r = by[n]
+        if np.isfinite(r[1]):
+            a1.plot([r[1]], [np.interp(r[1], t, y)], "o", color=c, ms=5)
+        a1.plot([r[2]], [np.interp(r[2], t, y)], "^", color=c, ms=5)
+    a1.set_xscale("log")
+    a1.set_xlim(left=2e-3 * float(t[-1]), right=float(t[-1]))
+    a1.set_xlabel("charging time (h, log)")
+    a1.set_ylabel("peak surface hoop stress (MPa)")
+    a1.set_title("first charge, free particles (grey: bottom row); ● onset (θ̄ − 0.05), ▲ current peak",
+                 fontsize=9)
+    a1.legend(frameon=False, fontsize=8)
+    on = np.array([r[1] for r in rows])
+    for k, (col, mk, lab) in enumerate(((7, "o", "hoop stress peak"), (11, "s", "σ1 peak (centre)"),
+                                        (4, "^", "hoop stress at ½ peak"), (2, "x", "current peak"))):
+        a2.plot(on, [r[col] for r in rows], mk, ms=5, mfc="none" if k == 1 else None, label=lab)
+    for r in rows:
+        a2.annotate(r[0], (r[1], r[7]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    lim = [0.0, float(np.nanmax([np.nanmax(on), *[r[7] for r in rows], *[r[11] for r in rows]])) * 1.05]
+    a2.plot(lim, lim, color="0.6", lw=0.8, ls="--")
+    a2.set_xlabel("onset time (h)")
+    a2.set_ylabel("time (h)")
+    a2.set_title(f"stress peaks (θ̄ ≥ {REACTION_THETA:g}) vs onset; dashed: equal", fontsize=9)
+    a2.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "stress_onset.png", dpi=140)
+    P.close(fig)
+    return "stress_onset.png"
+
+
 def figures(study: Study, out: Path):
     base = study.results.get("baseline")
     if base is None or not base.series:
@@ -411,6 +537,17 @@ def main(argv=None):
         write_csv(out / "asynchrony.csv", ["case", "charge", "particle", "onset_h", "q10_mAh_g", "q50_mAh_g"], rows)
         write_csv(out / "asynchrony_summary.csv", SUMMARY_HEADER, summary)
         made = figures(study, out)
+        res = study.results.get("stress")
+        if res is not None and res.series and "hoop_surface_max_MPa" in res.series:
+            names = [c[len("theta_mean_"):] for c in res.series if c.startswith("theta_mean_")]
+            stress_rows = stress_vs_onset(res.series, names)
+            write_csv(out / "stress_onset.csv", STRESS_HEADER, stress_rows)
+            made += ["stress_onset.csv", stress_figure(res.series, stress_rows, out)]
+            for r in stress_rows:
+                study.say(f"{'stress':>12s} {r[0]}: onset {r[1]:.2f} h, current peak {r[2]:.2f} h; hoop stress "
+                          f"{r[5]:.0f} MPa at the onset, fastest rise at {r[3]:.2f} h, peak {r[6]:.0f} MPa at "
+                          f"{r[7]:.2f} h (θ̄ {r[9]:.2f}); σ1 {r[10]:.0f} MPa at {r[11]:.2f} h (r/R {r[12]:.2f}); "
+                          f"charge max σ1 {r[13]:.0f} MPa at {r[14]:.1f} h (θ̄ {r[15]:.2f})")
         for r in summary:
             study.say(f"{r[0]:>12s} charge {r[1]}: {r[3]:6.1f} mAh/g, asynchrony index {r[4]:.3f}, spread of the "
                       f"10 %/50 % points {r[5]:.1f}/{r[6]:.1f} mAh/g, onsets T0 {r[7]:.2f} h … T4 {r[8]:.2f} h "

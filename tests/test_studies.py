@@ -319,8 +319,17 @@ def test_sharma2022_asynchrony_quick(tmp_path):
         summary = json.loads((Path(out) / "cases" / "baseline" / "summary.json").read_text())
         assert summary["max_abs_mass_balance_error"] <= 1e-10
         assert summary["max_abs_charge_balance_error"] <= 1e-10
-        for name in ("fig4d_surface_li.png", "fig1c_slopes.png", "voltage.png", "study.json"):
+        for name in ("fig4d_surface_li.png", "fig1c_slopes.png", "voltage.png", "study.json", "stress_onset.png"):
             assert (Path(out) / name).is_file(), name
+        # the stress case: the same charge with [mechanics] (one-way: the same onsets to round-off), a
+        # tensile surface hoop stress in every particle that reacted
+        onsets = {(r["case"], r["particle"]): float(r["onset_h"]) for r in per if r["charge"] == "1"}
+        for p in ("T0", "T1", "T2", "T3"):
+            assert onsets[("stress", p)] == pytest.approx(onsets[("baseline", p)], rel=1e-9, abs=1e-12), p
+        stress = {r["particle"]: r for r in _rows(Path(out) / "stress_onset.csv")}
+        assert set(stress) >= {"T0", "T1", "T2", "T3", "T4"}
+        for p in ("T0", "T1", "T2", "T3"):
+            assert float(stress[p]["hoop_peak_MPa"]) > 10.0, stress[p]
 
 
 # ----------------------------------------------------------------------------- Study.case: the sweep store

@@ -1,0 +1,419 @@
+"""Stress in the particles of a composite electrode: one-way θ → σ per particle (physics.md §4, §6).
+
+With ``[mechanics]`` on a ``[geometry] shape = "electrode"`` (or ``"electrode_3d"``) run, every
+NMC particle gets its own :class:`~nmcfx.solver.mechanics.ElasticitySolver` on its submesh,
+reading that particle's θ: the particles are **free** (``electrode_bonding = "free"``, the
+default and so far the only choice) — each is traction-free on its whole boundary, NMC|CBD and
+NMC|NMC contacts included, with its rigid-body modes removed. The CBD carries no load. It is the
+limit of a soft, compliant binder (E_CBD ≪ E_NMC); particles bonded to a stiff network would be
+constrained in addition.
+
+:class:`ElectrodeMechanicsObserver` solves all particles after every accepted step and adds to
+each row of ``timeseries.csv``, per particle ``<P>``:
+
+    sigma1_max_MPa_<P>          peak tensile (max principal) stress in the particle
+    sigma1_max_r_over_R_<P>     where: distance from the particle's centroid / its largest radius
+    hoop_surface_max_MPa_<P>    peak surface hoop stress t·σ·t (tangent of the particle's boundary)
+    sigma1_max_MPa, hoop_surface_max_MPa   the largest over all particles
+
+and writes ``particles_stress.csv`` (per charge/discharge step and particle: the onset of
+``particles.csv``, the peak σ1 and hoop stress and when they occur, the peak time minus the onset),
+``particles_stress.png`` (the per-particle traces with the onsets marked), ``stress_maps.png`` (σ1
+and hydrostatic stress over the electrode at the snapshot times) and ``mechanics.json`` (settings,
+material, per-particle DOFs, peaks, cost). Stresses in MPa (tension > 0), times in s (h in the
+per-step table).
+
+Usage (the run path does this for a config with ``[mechanics]``)::
+
+    setup = electrode_mechanics_from_config(cfg, base_dir=".", theta0=0.99)
+    obs = ElectrodeMechanicsObserver(setup, outdir, output_settings, comm)
+    sim = ElectrodeSimulation(model, material, protocol, solver_settings, observers=[obs, outputs])
+
+The observer must come before the :class:`~nmcfx.solver.electrode_outputs.ElectrodeOutputs` in
+the list: it adds its columns to the record the outputs then write.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mpi4py import MPI
+
+from nmcfx.errors import InputError
+
+from .mechanics import ElasticitySolver, MechanicsSetup, SurfaceStress, mechanics_from_config
+from .outputs import _fmt, write_json
+
+#: ``[mechanics]`` keys that only an electrode takes
+ELECTRODE_KEYS = ("electrode_bonding",)
+#: particles free (traction-free on their whole boundary); "bonded" (particles + CBD as one body) is not built
+BONDINGS = ("free",)
+
+#: per-particle columns added to timeseries.csv (``<column>_<particle>``)
+PARTICLE_COLUMNS = ("sigma1_max_MPa", "sigma1_max_r_over_R", "hoop_surface_max_MPa")
+TABLE_COLUMNS = ("step", "description", "particle", "onset_h", "sigma1_peak_MPa", "sigma1_peak_h",
+                 "sigma1_peak_r_over_R", "theta_mean_at_sigma1_peak", "sigma1_peak_minus_onset_h",
+                 "hoop_peak_MPa", "hoop_peak_h", "hoop_peak_minus_onset_h")
+
+
+@dataclass(frozen=True)
+class ElectrodeMechanicsSetup:
+    """A validated ``[mechanics]`` table of an electrode run: the particle setup and the bonding."""
+
+    particle: MechanicsSetup
+    bonding: str = "free"
+
+    def describe(self) -> dict:
+        return self.particle.describe() | {"electrode_bonding": self.bonding}
+
+
+def electrode_mechanics_from_config(cfg: dict, *, base_dir=None, theta0: float | None = None
+                                    ) -> ElectrodeMechanicsSetup | None:
+    """Validate ``[mechanics]`` of an electrode config (None without one): the electrode's own keys
+    here, the rest as for a particle (:func:`~nmcfx.solver.mechanics.mechanics_from_config`; one
+    mechanical material for every particle, that of the run's ``[material]``).
+
+    >>> s = electrode_mechanics_from_config({"geometry": {"shape": "electrode"}, "mechanics": {}}, theta0=0.99)
+    >>> s.bonding, s.particle.theta_ref
+    ('free', 0.99)
+    """
+    table = cfg.get("mechanics")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise InputError("mechanics", f"must be a table ([mechanics]), got {type(table).__name__}")
+    bonding = table.get("electrode_bonding", "free")
+    if bonding == "bonded":
+        raise InputError("mechanics.electrode_bonding", "'bonded' (particles and CBD as one elastic body) is not "
+                                                        "available yet; use 'free' (each particle traction-free)")
+    if bonding not in BONDINGS:
+        raise InputError("mechanics.electrode_bonding", f"must be 'free', got {bonding!r}")
+    if table.get("coupling", "one_way") == "two_way":
+        raise InputError("mechanics.coupling", "'two_way' is available for single particles only; a composite "
+                                               "electrode takes coupling = 'one_way' (θ → σ after every step)")
+    particle_cfg = {k: v for k, v in cfg.items() if k != "geometry"}  # the particle rules, no electrode refusal
+    particle_cfg["mechanics"] = {k: v for k, v in table.items() if k not in ELECTRODE_KEYS}
+    setup = mechanics_from_config(particle_cfg, base_dir=base_dir, theta0=theta0)
+    return ElectrodeMechanicsSetup(setup, bonding)
+
+
+def check_particle_table(cfg: dict) -> None:
+    """A single particle's ``[mechanics]`` must not carry the electrode's keys (one clear line)."""
+    table = cfg.get("mechanics")
+    if isinstance(table, dict):
+        for key in ELECTRODE_KEYS:
+            if key in table:
+                raise InputError(f"mechanics.{key}", "applies to composite electrodes only "
+                                                     "([geometry] shape = 'electrode' or 'electrode_3d')")
+
+
+def electrode_mechanics_observers(run, outdir, comm) -> list:
+    """The observer an electrode run needs for its ``[mechanics]`` table (none without one); the
+    hook of :func:`nmcfx.solver.run.execute`."""
+    setup = electrode_mechanics_from_config(run.config, base_dir=run.base_dir, theta0=run.protocol.initial_theta)
+    if setup is None:
+        return []
+    return [ElectrodeMechanicsObserver(setup, outdir, run.output, comm, title=run.title)]
+
+
+def _max_loc(comm, value: float, payload) -> tuple[float, list]:
+    allv = comm.allgather((value, list(payload)))
+    best = max(range(len(allv)), key=lambda i: (allv[i][0], -i))
+    return allv[best]
+
+
+class ParticleStress:
+    """One particle's elasticity solve and its per-step numbers (σ1 max and where, hoop max)."""
+
+    def __init__(self, name: str, theta_field, setup: MechanicsSetup, index: int):
+        st = setup.settings
+        self.name = name
+        self.solver = ms = ElasticitySolver(theta_field.mesh, theta_field.u, setup.material,
+                                            theta_ref=setup.theta_ref, assumption_2d=st.assumption_2d,
+                                            degree=st.degree, solver=st.solver, petsc_options=st.petsc_options,
+                                            prefix=f"nmcfx_mech_p{index}_")
+        self.surface = SurfaceStress(ms)
+        self.comm = ms.comm
+        c = np.zeros(3)
+        c[: len(ms.centroid)] = ms.centroid
+        self.center = c
+        pts = self.surface.points
+        rmax = float(np.max(np.linalg.norm(pts[:, : ms.tdim] - c[: ms.tdim], axis=1))) if len(pts) else 0.0
+        self.radius = self.comm.allreduce(rmax, op=MPI.MAX)
+        from dolfinx import fem
+
+        self.f_s1 = fem.Function(ms.Ss, name=f"sigma1_MPa_{name}")
+        self.f_h = fem.Function(ms.Ss, name=f"hydrostatic_MPa_{name}")
+        self.n = ms.Ss.dofmap.index_map.size_local
+
+    def solve(self) -> dict:
+        ms, comm, n = self.solver, self.comm, self.n
+        its = ms.solve()
+        X, _ = ms.stress_nodes()
+        inv = ms.invariants()
+        self.f_s1.x.array[:n] = inv["sigma1"]
+        self.f_h.x.array[:n] = inv["hydrostatic"]
+        if n:
+            i = int(np.argmax(inv["sigma1"]))
+            s1, loc = float(inv["sigma1"][i]), X[i]
+        else:
+            s1, loc = -np.inf, np.zeros(3)
+        s1, loc = _max_loc(comm, s1, loc)
+        loc = np.asarray(loc)
+        d = ms.tdim
+        r = float(np.linalg.norm(loc[:d] - self.center[:d]) / self.radius) if self.radius > 0 else math.nan
+        hoop = self.surface.hoop()
+        hx = comm.allreduce(float(hoop.max()) if len(hoop) else -np.inf, op=MPI.MAX)
+        return {"sigma1_max_MPa": s1, "sigma1_max_r_over_R": r, "hoop_surface_max_MPa": hx, "iterations": its}
+
+    def destroy(self):
+        if self.solver is not None:
+            self.solver.destroy()
+            self.solver = None
+
+
+class ElectrodeMechanicsObserver:
+    """Simulation observer: free particles, θ → σ after every accepted step (module docstring)."""
+
+    def __init__(self, setup: ElectrodeMechanicsSetup, outdir, output_settings, comm, *, title: str = ""):
+        self.setup = setup
+        self.outdir = Path(outdir)
+        self.output = output_settings
+        self.comm = comm
+        self.root = comm.rank == 0
+        self.title = title
+        self.particles: list[ParticleStress] = []
+        self.images: list[tuple[float, np.ndarray]] = []  # (t, [σ1, σ_h] on the pixel grid), rank 0
+        self.wall = 0.0
+        self.iterations = 0
+
+    # ------------------------------------------------------------------ observer API
+    def state(self) -> dict:
+        if not self.root:
+            return {}
+        return {"image_times": np.array([t for t, _ in self.images]),
+                "images": np.array([img for _, img in self.images]) if self.images else np.zeros((0,)),
+                "wall": np.array([self.wall, self.iterations], dtype=float)}
+
+    def start(self, sim, restore: list | None = None):
+        m = sim.solver
+        t0 = time.perf_counter()
+        self.names = list(m.names)
+        self.particles = [ParticleStress(n, th, self.setup.particle, i)
+                          for i, (n, th) in enumerate(zip(self.names, m.thetas))]
+        self.setup_time = time.perf_counter() - t0
+        self._probes = []
+        el = m.electrode
+        if self.output.figures and el.dim == 2:
+            W, H = el.info["width_um"], el.info["height_um"]
+            n = min(self.output.image_pixels, 160)
+            nx, ny = (n, max(8, int(n * H / W))) if W >= H else (max(8, int(n * W / H)), n)
+            X, Y = np.meshgrid(np.linspace(0, W, nx), np.linspace(0, H, ny))
+            pts = np.column_stack([X.ravel(), Y.ravel(), np.zeros(X.size)])
+            self.extent, self.grid_shape = (0.0, W, 0.0, H), X.shape
+            from .exports import PointProbe
+
+            self._probes = [PointProbe(p.solver.mesh, pts, allow_outside=True) for p in self.particles]
+            self.outlines = [np.vstack([o, o[:1]]) for o in
+                             (p.outline() for p in (el.layout.particles if el.layout is not None else []))]
+        mine = next((r for r, o in zip(restore or [], sim.observers) if o is self), None)
+        if mine and self.root:
+            if mine["images"].size:
+                self.images = [(float(t), img) for t, img in zip(mine["image_times"], mine["images"])]
+            self.wall, self.iterations = float(mine["wall"][0]), int(mine["wall"][1])
+
+    def record(self, sim, rec):
+        t0 = MPI.Wtime()
+        top = {"sigma1_max_MPa": -np.inf, "hoop_surface_max_MPa": -np.inf}
+        for p in self.particles:
+            r = p.solve()
+            self.iterations += r.pop("iterations")
+            for key, val in r.items():
+                rec[f"{key}_{p.name}"] = val
+            for key in top:
+                top[key] = max(top[key], r[key])
+        rec.update(top)
+        self.wall += self.comm.allreduce(MPI.Wtime() - t0, op=MPI.MAX)
+
+    def snapshot(self, sim, t: float):  # noqa: ARG002
+        if not self._probes:
+            return
+        imgs = np.full((2, len(self._probes[0].points)), np.nan)
+        for p, probe in zip(self.particles, self._probes):
+            for j, f in enumerate((p.f_s1, p.f_h)):
+                f.x.scatter_forward()
+                v = probe.evaluate(f)
+                imgs[j][probe.inside] = v[probe.inside]
+        if self.root:
+            self.images.append((t, imgs.reshape(2, *self.grid_shape)))
+
+    def step_end(self, sim, info):
+        pass
+
+    def finish(self, sim):
+        rows = particle_stress_table(sim)
+        summary = self.summary(sim, rows)
+        cost = [p.solver.counters for p in self.particles]
+        self.release()
+        if not self.root:
+            return
+        summary["cost"]["factorizations"] = int(sum(c.factorizations for c in cost))
+        out = self.outdir
+        with open(out / "particles_stress.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(TABLE_COLUMNS)
+            for r in rows:
+                w.writerow([_fmt(r[c]) if not isinstance(r[c], str) else r[c] for c in TABLE_COLUMNS])
+        write_json(out / "mechanics.json", summary)
+        if self.output.figures and len(sim.history) > 1:
+            particle_stress_figure(sim.history, self.names, sim.step_log, rows, out / "particles_stress.png",
+                                   title=self.title)
+            if self.images:
+                stress_maps(self.images, self.extent, self.outlines, out / "stress_maps.png", title=self.title)
+        if self.output.progress and summary.get("peak"):
+            pk = summary["peak"]
+            print(f"mechanics (free particles, {summary['resolved']['assumption']}): peak tensile stress "
+                  f"{pk['sigma1_max_MPa']:.0f} MPa in {pk['particle']} at t = {pk['time_s'] / 3600:.2f} h; "
+                  f"results in timeseries.csv (sigma1_max_MPa_<P>), particles_stress.csv", flush=True)
+
+    def release(self):
+        """Free every particle's PETSc/MUMPS objects now (collective; idempotent): ``finish`` does, and
+        :func:`nmcfx.solver.run.execute` after a finished run, on every rank together."""
+        for p in self.particles:
+            p.destroy()
+
+    def summary(self, sim, rows) -> dict:
+        first = self.particles[0].solver
+        out = {"description": "one-way chemo-mechanical coupling per particle (θ → σ after every accepted step); "
+                              "free particles: each traction-free on its whole boundary; stresses in MPa, "
+                              "tension > 0",
+               "setup": self.setup.describe(),
+               "resolved": {"assumption": first.assumption, "degree": first.degree,
+                            "stress_degree": first.stress_degree, "solver": first.solver_kind,
+                            "dofs": {p.name: p.solver.num_dofs for p in self.particles},
+                            "setup_time_s": self.setup_time},
+               "cost": {"solves": int(sum(p.solver.counters.solves for p in self.particles)),
+                        "linear_iterations": self.iterations, "observer_time_s": self.wall},
+               "particles_stress": rows}
+        hist = sim.history
+        if len(hist):
+            best = None
+            for p in self.names:
+                s = np.array([r.get(f"sigma1_max_MPa_{p}", np.nan) for r in hist], dtype=float)
+                if np.any(np.isfinite(s)):
+                    i = int(np.nanargmax(s))
+                    if best is None or s[i] > best[0]:
+                        best = (float(s[i]), p, float(hist[i]["time_s"]))
+            if best is not None:
+                out["peak"] = {"sigma1_max_MPa": best[0], "particle": best[1], "time_s": best[2]}
+        return out
+
+
+# ---------------------------------------------------------------------------- analysis
+def particle_stress_table(sim) -> list[dict]:
+    """Per charge/discharge step and particle: the onset of ``particles.csv`` (mean θ moved by
+    ``onset_drop``), the peak σ1 and surface hoop stress in the step and their times (h from the
+    step start), and the peak times minus the onset."""
+    from .electrode_outputs import particle_table
+
+    hist = sim.history
+    onsets = {(r["step"], r["particle"]): r["onset_h"] for r in particle_table(sim)}
+    if len(hist) < 2:
+        return []
+    t = np.array([r["time_s"] for r in hist])
+    step = np.array([r["protocol_step"] for r in hist])
+    rows = []
+    for info in sim.step_log:
+        desc = info["description"]
+        if not desc.startswith(("charge", "discharge")):
+            continue
+        k = info["index"]
+        sel = np.flatnonzero(step == k)
+        if len(sel) < 2:
+            continue
+        sel = np.concatenate([[sel[0] - 1], sel]) if sel[0] > 0 else sel
+        t0 = t[sel][0]
+        for name in sim.names:
+            col = {c: np.array([hist[i].get(f"{c}_{name}", np.nan) for i in sel], dtype=float)
+                   for c in PARTICLE_COLUMNS + ("theta_mean",)}
+            onset = onsets.get((k, name), math.nan)
+            i = int(np.nanargmax(col["sigma1_max_MPa"]))
+            j = int(np.nanargmax(col["hoop_surface_max_MPa"]))
+            ts, th = (t[sel][i] - t0) / 3600.0, (t[sel][j] - t0) / 3600.0
+            rows.append({"step": int(k), "description": desc, "particle": name, "onset_h": onset,
+                         "sigma1_peak_MPa": float(col["sigma1_max_MPa"][i]), "sigma1_peak_h": ts,
+                         "sigma1_peak_r_over_R": float(col["sigma1_max_r_over_R"][i]),
+                         "theta_mean_at_sigma1_peak": float(col["theta_mean"][i]),
+                         "sigma1_peak_minus_onset_h": ts - onset,
+                         "hoop_peak_MPa": float(col["hoop_surface_max_MPa"][j]), "hoop_peak_h": th,
+                         "hoop_peak_minus_onset_h": th - onset})
+    return rows
+
+
+# ---------------------------------------------------------------------------- figures
+def particle_stress_figure(history, names, step_log, rows, path: Path, *, title: str = ""):
+    """Peak σ1 (top) and peak surface hoop stress (bottom) of every particle against time; the
+    onsets of the charge steps are marked on each trace (dots)."""
+    from .figures import _plt, _wrap
+
+    plt = _plt()
+    t = np.array([r["time_s"] for r in history]) / 3600
+    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6.4), sharex=True)
+    fig.subplots_adjust(left=0.09, right=0.8, bottom=0.08, top=0.9, hspace=0.12)
+    starts = {s["index"]: s["start_time_s"] / 3600 for s in step_log}
+    for ax, key, label in ((axes[0], "sigma1_max_MPa", "peak tensile stress σ1 (MPa)"),
+                           (axes[1], "hoop_surface_max_MPa", "peak surface hoop stress (MPa)")):
+        for i, n in enumerate(names):
+            y = np.array([r.get(f"{key}_{n}", np.nan) for r in history], dtype=float)
+            ax.plot(t, y, color=cmap(i % cmap.N), lw=1.2, label=n)
+            for r in rows:
+                if r["particle"] == n and r["description"].startswith("charge") and math.isfinite(r["onset_h"]):
+                    to = starts.get(r["step"], 0.0) + r["onset_h"]
+                    ax.plot([to], [np.interp(to, t, y)], "o", color=cmap(i % cmap.N), ms=4)
+        for s in step_log[:-1]:
+            ax.axvline(s["end_time_s"] / 3600, color="0.7", lw=0.6, ls="--")
+        ax.set_ylabel(label)
+    axes[1].set_xlabel("time (h)")
+    axes[0].legend(frameon=False, fontsize=8, bbox_to_anchor=(1.01, 1.0), loc="upper left")
+    axes[0].set_title("free particles; dots: each particle's onset (mean θ moved by the onset drop)", fontsize=9)
+    if title:
+        fig.suptitle(_wrap(title, 110), fontsize=10)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def stress_maps(images, extent, outlines, path: Path, *, title: str = ""):
+    """σ1 (left) and hydrostatic stress (right) over the electrode at up to four snapshots; one
+    diverging colour scale per column, centred on 0 (MPa)."""
+    from .figures import _plt, _wrap
+
+    plt = _plt()
+    if len(images) > 4:
+        idx = np.unique(np.linspace(0, len(images) - 1, 4).round().astype(int))
+        images = [images[i] for i in idx]
+    fig, axes = plt.subplots(len(images), 2, figsize=(10.5, 2.6 * len(images) + 0.8), squeeze=False)
+    fig.subplots_adjust(left=0.05, right=0.92, bottom=0.05, top=0.9, wspace=0.25, hspace=0.3)
+    for j, label in enumerate(("max. principal σ1 (MPa)", "hydrostatic σ_h (MPa)")):
+        vals = np.concatenate([img[j][np.isfinite(img[j])] for _, img in images])
+        m = max(float(np.abs(vals).max()) if vals.size else 1.0, 1e-9)
+        for i, (t, img) in enumerate(images):
+            ax = axes[i, j]
+            h = ax.imshow(img[j], origin="lower", extent=extent, cmap="RdBu_r", vmin=-m, vmax=m,
+                          interpolation="nearest")
+            for o in outlines:
+                ax.plot(o[:, 0], o[:, 1], color="k", lw=0.4)
+            ax.set_aspect("equal")
+            ax.set_title(f"t = {t / 3600:.2f} h", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        fig.colorbar(h, ax=axes[:, j], label=label, shrink=0.8)
+    if title:
+        fig.suptitle(_wrap(title, 110), fontsize=10)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
