@@ -319,24 +319,14 @@ def particle_stress_table(sim) -> list[dict]:
     """Per charge/discharge step and particle: the onset of ``particles.csv`` (mean θ moved by
     ``onset_drop``), the peak σ1 and surface hoop stress in the step and their times (h from the
     step start), and the peak times minus the onset."""
-    from .electrode_outputs import particle_table
+    from .electrode_outputs import current_steps, particle_table
 
     hist = sim.history
     onsets = {(r["step"], r["particle"]): r["onset_h"] for r in particle_table(sim)}
-    if len(hist) < 2:
-        return []
     t = np.array([r["time_s"] for r in hist])
-    step = np.array([r["protocol_step"] for r in hist])
     rows = []
-    for info in sim.step_log:
-        desc = info["description"]
-        if not desc.startswith(("charge", "discharge")):
-            continue
-        k = info["index"]
-        sel = np.flatnonzero(step == k)
-        if len(sel) < 2:
-            continue
-        sel = np.concatenate([[sel[0] - 1], sel]) if sel[0] > 0 else sel
+    for info, sel in current_steps(sim):
+        desc, k = info["description"], info["index"]
         t0 = t[sel][0]
         for name in sim.names:
             col = {c: np.array([hist[i].get(f"{c}_{name}", np.nan) for i in sel], dtype=float)

@@ -299,6 +299,21 @@ def _outline(p) -> np.ndarray:
     return np.vstack([o, o[:1]])
 
 
+def current_steps(sim):
+    """``(step info, history rows)`` of every charge/discharge step with at least one record; the
+    rows include the state at the step's start (the last record of the step before)."""
+    hist = sim.history
+    if len(hist) < 2:
+        return
+    step = np.array([r["protocol_step"] for r in hist])
+    for info in sim.step_log:
+        if not info["description"].startswith(("charge", "discharge")):
+            continue
+        sel = np.flatnonzero(step == info["index"])
+        if len(sel) >= 2:
+            yield info, (np.concatenate([[sel[0] - 1], sel]) if sel[0] > 0 else sel)
+
+
 def particle_table(sim) -> list[dict]:
     """Per particle and per charge/discharge step: onset (the particle's mean θ has moved by
     ``onset_drop`` from its value at the step start), its capacity in the step, and the peak of the
@@ -308,18 +323,10 @@ def particle_table(sim) -> list[dict]:
         return []
     drop = sim.solver.settings.onset_drop
     t = np.array([r["time_s"] for r in hist])
-    step = np.array([r["protocol_step"] for r in hist])
     cap = np.array([r["capacity_mAh_g"] for r in hist])
     rows = []
-    for info in sim.step_log:
-        desc = info["description"]
-        if not desc.startswith(("charge", "discharge")):
-            continue
-        k = info["index"]
-        sel = np.flatnonzero(step == k)
-        if len(sel) < 2:
-            continue
-        sel = np.concatenate([[sel[0] - 1], sel]) if sel[0] > 0 else sel  # include the step's start state
+    for info, sel in current_steps(sim):
+        desc, k = info["description"], info["index"]
         sign = 1.0 if desc.startswith("charge") else -1.0
         for name in sim.names:
             th = np.array([hist[i][f"theta_mean_{name}"] for i in sel])
@@ -343,4 +350,4 @@ def particle_table(sim) -> list[dict]:
     return rows
 
 
-__all__ = ["ElectrodeOutputs", "particle_table", "reduce_array", "MPI"]
+__all__ = ["ElectrodeOutputs", "current_steps", "particle_table", "reduce_array", "MPI"]
