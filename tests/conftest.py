@@ -48,6 +48,17 @@ def mpiexec_cmd(n: int) -> list[str]:
     return [str(BIN / "mpiexec"), "-n", str(n)]
 
 
+def run_cli(args: list[str], out: Path, ranks: int = 1) -> Path:
+    """``nmcfx run ARGS -o OUT -q`` in a fresh process (under ``mpiexec -n ranks`` when ranks > 1);
+    fails the test with the end of stderr unless it exits 0. Returns ``out``."""
+    import subprocess
+
+    cmd = (mpiexec_cmd(ranks) if ranks > 1 else []) + nmcfx_cmd() + ["run", *args, "-o", str(out), "-q"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _fresh_mesh_cache():
     """Every test meshes afresh (the in-process mesh cache of geometries/_build.py would otherwise

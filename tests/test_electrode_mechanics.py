@@ -9,7 +9,6 @@ import copy
 import csv
 import gc
 import json
-import subprocess
 import textwrap
 
 from mpi4py import MPI
@@ -17,7 +16,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import mpiexec_cmd, nmcfx_cmd
+from conftest import run_cli
 from nmcfx.cli import main
 from nmcfx.errors import InputError
 from nmcfx.solver.run import execute, prepare
@@ -267,9 +266,7 @@ def test_serial_and_two_ranks_agree(tmp_path):
     (tmp_path / "c.toml").write_text(textwrap.dedent(TWO))
     runs = {}
     for n in (1, 2):
-        out = tmp_path / f"np{n}"
-        cmd = (mpiexec_cmd(n) if n > 1 else []) + nmcfx_cmd() + ["run", str(tmp_path / "c.toml"), "-o", str(out), "-q"]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+        out = run_cli([str(tmp_path / "c.toml")], tmp_path / f"np{n}", ranks=n)
         runs[n] = _csv(out / "timeseries.csv")
     a, b = runs[1], runs[2]
     assert len(a["time_s"]) == len(b["time_s"])

@@ -4,7 +4,6 @@ states, conservation, the uniform limit, serial ≡ 2 ranks, bad inputs."""
 from __future__ import annotations
 
 import csv
-import subprocess
 
 import numpy as np
 import pytest
@@ -324,15 +323,12 @@ snapshot_times_min = [1]
 
 
 def test_serial_and_two_ranks_agree(tmp_path):
-    from conftest import mpiexec_cmd, nmcfx_cmd
+    from conftest import run_cli
 
     (tmp_path / "el.toml").write_text(SERIAL_PARALLEL)
     runs = {}
     for n in (1, 2):
-        out = tmp_path / f"np{n}"
-        cmd = (mpiexec_cmd(n) if n > 1 else []) + nmcfx_cmd() + ["run", str(tmp_path / "el.toml"), "-o", str(out), "-q"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = run_cli([str(tmp_path / "el.toml")], tmp_path / f"np{n}", ranks=n)
         with open(out / "timeseries.csv") as fh:
             rows = list(csv.DictReader(fh))
         runs[n] = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}

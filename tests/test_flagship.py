@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 
 import numpy as np
 import pytest
 from mpi4py import MPI
 
-from conftest import mpiexec_cmd, nmcfx_cmd
+from conftest import run_cli
 from nmcfx.config import example_path, load_config
 from nmcfx.solver.run import execute, prepare
 
@@ -107,10 +106,7 @@ def test_serial_and_two_ranks_agree(tmp_path, case):
         source = [str(tmp_path / "bv.toml")]
     runs = {}
     for n in (1, 2):
-        out = tmp_path / f"np{n}"
-        cmd = (mpiexec_cmd(n) if n > 1 else []) + nmcfx_cmd() + ["run", *source, "-o", str(out), "-q"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = run_cli(source, tmp_path / f"np{n}", ranks=n)
         runs[n] = _read_csv(out / "timeseries.csv")
         meta = json.loads((out / "metadata.json").read_text())
         assert meta["mpi_size"] == n

@@ -7,7 +7,6 @@ import gc
 
 import csv
 import json
-import subprocess
 import textwrap
 
 from mpi4py import MPI
@@ -15,7 +14,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import mpiexec_cmd, nmcfx_cmd
+from conftest import run_cli
 from nmcfx.cli import main
 from nmcfx.solver.run import execute, prepare
 
@@ -221,10 +220,7 @@ def test_serial_and_two_ranks_agree(tmp_path):
     (tmp_path / "c.toml").write_text(cfg)
     runs = {}
     for n in (1, 2):
-        out = tmp_path / f"np{n}"
-        cmd = (mpiexec_cmd(n) if n > 1 else []) + nmcfx_cmd() + ["run", str(tmp_path / "c.toml"), "-o", str(out), "-q"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = run_cli([str(tmp_path / "c.toml")], tmp_path / f"np{n}", ranks=n)
         runs[n] = _csv(out / "mechanics.csv")
     a, b = runs[1], runs[2]
     assert len(a["time_s"]) == len(b["time_s"])

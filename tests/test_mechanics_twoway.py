@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import gc
-import subprocess
 import textwrap
 
 from mpi4py import MPI
@@ -20,7 +19,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import mpiexec_cmd, nmcfx_cmd
+from conftest import run_cli
 from nmcfx.cli import main
 from nmcfx.solver.run import execute, prepare
 
@@ -175,10 +174,7 @@ def test_serial_and_two_ranks_agree(tmp_path):
     (tmp_path / "c.toml").write_text(cfg)
     runs = {}
     for n in (1, 2):
-        out = tmp_path / f"np{n}"
-        cmd = (mpiexec_cmd(n) if n > 1 else []) + nmcfx_cmd() + ["run", str(tmp_path / "c.toml"), "-o", str(out), "-q"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+        out = run_cli([str(tmp_path / "c.toml")], tmp_path / f"np{n}", ranks=n)
         runs[n] = (_csv(out / "timeseries.csv"), _csv(out / "mechanics.csv"))
     (t1, m1), (t2, m2) = runs[1], runs[2]
     assert len(t1["time_s"]) == len(t2["time_s"])
