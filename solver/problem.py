@@ -241,6 +241,8 @@ class Problem:
         #: (one field, one rank), else DOLFINx's forms; "forms": always DOLFINx; "nodal": insist
         self.assembly = assembly
         self.assembler = None  # a NodalAssembler when that path is used
+        self._update_tol = None  # see set_update_tolerance
+        self._lag_jacobian = 1
 
     # ------------------------------------------------------------------ building
     def add_field(self, f: Field) -> Field:
@@ -483,6 +485,8 @@ class Problem:
                 counters.assembly_time += clock() - t0
 
             def jacobian(snes_, x, A, P):
+                if me._reuse_jacobian(snes_):
+                    return
                 t0 = clock()
                 # normally the point of the last residual evaluation; refresh the coefficients if not
                 if not np.array_equal(x.array_r[:n], u.x.array[:n]):
@@ -531,6 +535,8 @@ class Problem:
             counters.assembly_time += clock() - t0
 
         def jacobian(snes_, x, A, P):
+            if me._reuse_jacobian(snes_):
+                return
             t0 = clock()
             assign(x, funcs)
             me.update_coefficients()
@@ -540,6 +546,78 @@ class Problem:
 
         snes.setFunction(_guarded(me, residual), self.problem.b)
         snes.setJacobian(_guarded(me, jacobian), self.problem.A, self.problem.P_mat)
+
+    # ------------------------------------------------------------------ Newton stopping
+    def set_update_tolerance(self, tol: float | None) -> bool:
+        """Also stop Newton once the iterate is within ``tol`` (∞-norm, the unknown's units) of the
+        solution, as estimated from the last two updates: |Δu_k|∞ · min(1, |Δu_k|∞ / |Δu_{k-1}|∞)
+        (the last update times the observed contraction; Newton's is quadratic, so this
+        over-estimates), provided the iterate conserves what every full Newton step conserves to
+        round-off (|Σ F| ≤ ``snes_atol``: the Li balance of a step). The time loop sets ``tol`` to
+        a small fraction of its local error tolerance: iterating far below the temporal error
+        buys nothing. With it, the Jacobian is refactorised every second iteration
+        (``snes_lag_jacobian`` 2: the second Newton step reuses the first one's LU, a chord step
+        that keeps the balance exact and contracts by ~|Δu_0|) unless the user chose a lag.
+
+        Only for one unknown field without block tolerances, and not when the user set a Newton
+        tolerance (``snes_rtol``/``snes_atol``/``snes_stol``) in ``petsc_options``: then PETSc's own
+        test stays. ``None`` restores it. Returns whether the criterion is in effect."""
+        user = self._user_options
+        if (tol is None or len(self.unknowns) != 1 or self.block_tolerances is not None
+                or any(k in user for k in ("snes_rtol", "snes_atol", "snes_stol"))):
+            if self._update_tol is not None:
+                self.problem.solver.setConvergenceTest("default")
+                self._update_tol, self._lag_jacobian = None, 1
+            return False
+        if self._update_tol is None:
+            self._install_update_convergence_test()
+            if "snes_lag_jacobian" not in user:  # (PETSc's own lag, if set, acts before our callback)
+                self._lag_jacobian = NEWTON_LAG_JACOBIAN
+        self._update_tol = float(tol)
+        return True
+
+    def _reuse_jacobian(self, snes) -> bool:
+        """Whether this Newton iteration keeps the last Jacobian (and so its factorisation: the matrix
+        state is left unchanged, and PETSc sets the linear solver up again only for a changed one)."""
+        return self._lag_jacobian > 1 and snes.getIterationNumber() % self._lag_jacobian != 0
+
+    def _install_update_convergence_test(self):
+        snes = self.problem.solver
+        opts = self.petsc_options
+        atol, rtol = float(opts["snes_atol"]), float(opts["snes_rtol"])
+        stol = float(opts.get("snes_stol", 0.0))
+        max_it = int(opts.get("snes_max_it", 50))
+        me = weakref.proxy(self)  # (the SNES keeps its callbacks: see _install_callbacks)
+        Reason = PETSc.SNES.ConvergedReason
+        INF = PETSc.NormType.INFINITY
+        state = {"ttol": 0.0, "last": None}
+
+        def test(snes_, it, norms):
+            xnorm, ynorm, fnorm = norms
+            # PETSc's default test first (SNESConvergedDefault)
+            if not np.isfinite(fnorm):
+                return Reason.DIVERGED_FNORM_NAN
+            if it == 0:
+                state["ttol"], state["last"] = max(atol, rtol * fnorm), None
+            if fnorm < atol:
+                return Reason.CONVERGED_FNORM_ABS
+            if it == 0:
+                return Reason.ITERATING
+            if it >= max_it:
+                return Reason.DIVERGED_MAX_IT
+            if fnorm <= state["ttol"]:
+                return Reason.CONVERGED_FNORM_RELATIVE
+            if ynorm < stol * xnorm:
+                return Reason.CONVERGED_SNORM_RELATIVE
+            # the estimated distance to the solution, and the balance of the iterate
+            step = snes_.getSolutionUpdate().norm(INF)
+            last, state["last"] = state["last"], step
+            if last is not None and step * min(1.0, step / last) <= me._update_tol:
+                if abs(snes_.getFunction()[0].sum()) <= atol:
+                    return Reason.CONVERGED_SNORM_RELATIVE
+            return Reason.ITERATING
+
+        snes.setConvergenceTest(test)
 
     # ------------------------------------------------------------------ time stepping
     def set_time_step(self, dt: float, dt_prev: float | None, order: int):
@@ -642,6 +720,10 @@ class Problem:
     def num_dofs(self) -> int:
         return sum(f.num_dofs for f in self.unknowns) if self._initialised else sum(f.num_dofs for f in self.fields)
 
+
+#: The Newton update criterion (:meth:`Problem.set_update_tolerance`) refactorises the Jacobian every
+#: this many iterations.
+NEWTON_LAG_JACOBIAN = 2
 
 # ---------------------------------------------------------------------- linear solver by size
 #: One rank, up to this many unknowns: PETSc's LU with METIS ordering (measured 2-3x faster than
@@ -766,6 +848,8 @@ class _NodalNonlinearProblem:
             counters.assembly_time += clock() - t0
 
         def jacobian(snes_, x, A, P):
+            if me._reuse_jacobian(snes_):
+                return
             t0 = clock()
             # normally the point of the last residual evaluation: its cell terms are reused
             if serial:

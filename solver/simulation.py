@@ -23,6 +23,12 @@ from nmcfx.materials.constants import FARADAY
 from .protocol import Protocol, Step
 
 
+#: Newton's estimated remaining error in θ at which a step's solve stops, as a fraction of
+#: ``theta_tol`` (:meth:`~nmcfx.solver.problem.Problem.set_update_tolerance`): 1 % of the local
+#: error the step is allowed anyway; Newton's quadratic convergence leaves far less in practice.
+NEWTON_ERROR_FRACTION = 1e-2
+
+
 @dataclass(frozen=True)
 class SolverSettings:
     # None: chosen by the run path (solver.run.particle_degree): 2 for 2D particles with a prescribed
@@ -154,6 +160,10 @@ class Simulation:
         self._skip_group = None  # a GITT sequence ended by its stop condition
         self._step_capacity0 = 0.0  # capacity at the start of the current protocol step
         self._setup(center)
+        # Newton stops once its remaining error is a small fraction of the step's error tolerance
+        problem = getattr(solver, "problem", None)
+        if hasattr(problem, "set_update_tolerance"):
+            problem.set_update_tolerance(NEWTON_ERROR_FRACTION * settings.theta_tol)
 
     def _setup(self, center):
         """What the single particle observes: its area, reactive perimeter, blocking, centre probe."""
