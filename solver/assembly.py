@@ -163,39 +163,52 @@ class NodalAssembler:
     def __init__(self, field, problem, *, mass: str, diffusion, loads: list[tuple[np.ndarray, object]]):
         # weakly: the SNES callbacks (C level, invisible to the garbage collector) hold this assembler
         self.field, self.problem = field, weakref.proxy(problem)
-        geo = ElementGeometry(field.V, projection=diffusion.projection_matrix(problem.mesh), owned_only=True)
-        self.geo = geo
-        self.dofs = geo.dofs
-        self.n = geo.n
-        self.pattern = CSRPattern(self.dofs, self.n)
-        self.p1 = geo.degree == 1
-        nc, nd = self.dofs.shape
-        if self.p1:
-            # all K^a are the same (|T|/(d+1) K_T): keep K_T = ∫ P∇φ_e·∇φ_b only
-            self.K = geo.stiffness_tensors()[:, 0] * (geo.tdim + 1)
-        else:
-            K = geo.stiffness_tensors()
-            self.K_ab_e = K.reshape(nc, nd * nd, nd)  # r = K θ as a batched mat-vec
-            self.K_a_be = K.reshape(nc, nd, nd * nd)  # Kc = D K as a batched vec-mat
         if diffusion.scale is not None:
             raise ValueError("nodal assembly does not support a cell-wise diffusivity scale")
+        if mass == "lumped" and field.V.element.basix_element.degree != 1:
+            raise ValueError("lumped mass needs P1")
+        # element tensors, pattern and mass depend on the mesh and the space only: a second solver on the
+        # same (cached) mesh reuses them (the space's cell→DOF map is checked to be the same)
+        projection = diffusion.projection_matrix(problem.mesh)
+        key = ("nodal_assembler", field.V.element.basix_element.degree, mass,
+               None if projection is None else projection.tobytes())
+        dofs = np.asarray(field.V.dofmap.list, dtype=np.int64)
+        static = mesh_static(problem.mesh).get(key)
+        if static is None or not np.array_equal(static["dofs"], dofs[:len(static["dofs"])]):
+            static = self._static(field, mass, projection)
+            mesh_static(problem.mesh)[key] = static
+        self.__dict__.update(static)
         self.diffusion = diffusion
         self.loads = loads
-        if mass == "lumped":
-            if not self.p1:
-                raise ValueError("lumped mass needs P1")
-            self.M_lumped = geo.lumped_mass()
-            self.M = None
-            self.M_vals = np.zeros(self.pattern.nnz)
-            self.M_vals[self.pattern.diagonal] = self.M_lumped
-        else:
-            self.M_lumped = None
-            self.M_vals = self.pattern.scatter(geo.mass_matrices())
-            self.M = True
         self.values = np.zeros(self.pattern.nnz)  # shared with the PETSc matrix (one rank)
         self._cache = None
         self._track_iterate = problem.comm.size > 1  # (several ranks: compare with the ghosted iterate)
         self.last_iterate = None
+
+    @staticmethod
+    def _static(field, mass: str, projection) -> dict:
+        """Geometry, element tensors, CSR pattern and mass values (see the class docstring)."""
+        geo = ElementGeometry(field.V, projection=projection, owned_only=True)
+        out = {"geo": geo, "dofs": geo.dofs, "n": geo.n, "pattern": CSRPattern(geo.dofs, geo.n),
+               "p1": geo.degree == 1}
+        nc, nd = geo.dofs.shape
+        if out["p1"]:
+            # all K^a are the same (|T|/(d+1) K_T): keep K_T = ∫ P∇φ_e·∇φ_b only
+            out["K"] = geo.stiffness_tensors()[:, 0] * (geo.tdim + 1)
+        else:
+            K = geo.stiffness_tensors()
+            out["K_ab_e"] = K.reshape(nc, nd * nd, nd)  # r = K θ as a batched mat-vec
+            out["K_a_be"] = K.reshape(nc, nd, nd * nd)  # Kc = D K as a batched vec-mat
+        if mass == "lumped":
+            out["M_lumped"] = geo.lumped_mass()
+            out["M"] = None
+            out["M_vals"] = np.zeros(out["pattern"].nnz)
+            out["M_vals"][out["pattern"].diagonal] = out["M_lumped"]
+        else:
+            out["M_lumped"] = None
+            out["M_vals"] = out["pattern"].scatter(geo.mass_matrices())
+            out["M"] = True
+        return out
 
     # ------------------------------------------------------------------ PETSc objects
     def create_matrix(self, comm) -> PETSc.Mat:
