@@ -52,8 +52,8 @@ class HermiteTable:
         self.evaluate(np.asarray(theta, dtype=float), v, d)
         return v, d
 
-    def evaluate(self, theta: np.ndarray, value: np.ndarray, derivative: np.ndarray) -> None:
-        """value[:] = p(θ), derivative[:] = p'(θ) (θ clipped to [lo, hi])."""
+    def evaluate(self, theta: np.ndarray, value: np.ndarray | None, derivative: np.ndarray | None) -> None:
+        """value[:] = p(θ), derivative[:] = p'(θ) (θ clipped to [lo, hi]); either may be None (not evaluated)."""
         s = np.clip(theta, self.lo, self.hi)
         s -= self.lo
         s *= self.inv_h
@@ -63,12 +63,15 @@ class HermiteTable:
         c = self.coef[i]
         c0, c1, c2, c3 = c[:, 0], c[:, 1], c[:, 2], c[:, 3]
         # value: Horner; slope: (c1 + u (2 c2 + 3 u c3)) / h
-        np.multiply(u, c3, out=value)
-        value += c2
-        value *= u
-        value += c1
-        value *= u
-        value += c0
+        if value is not None:
+            np.multiply(u, c3, out=value)
+            value += c2
+            value *= u
+            value += c1
+            value *= u
+            value += c0
+        if derivative is None:
+            return
         np.multiply(u, 3.0 * c3, out=derivative)
         derivative += 2.0 * c2
         derivative *= u

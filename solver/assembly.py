@@ -117,6 +117,11 @@ class ElementGeometry:
         pts, wts, phi, _ = self.tabulate(2 * self.degree)
         return np.einsum("q,c,qb,qe->cbe", wts, self.detJ, phi, phi, optimize=True)
 
+    def reference_mass(self) -> np.ndarray:
+        """∫ φ̂_b φ̂_e on the reference cell (nd, nd): ``mass_matrices()`` is |det J_T| times it."""
+        pts, wts, phi, _ = self.tabulate(2 * self.degree)
+        return np.einsum("q,qb,qe->be", wts, phi, phi)
+
     def lumped_mass(self) -> np.ndarray:
         """Vertex-rule (row-sum) mass of P1: |T|/(d+1) to each vertex."""
         w = np.repeat(self.detJ / _factorial(self.tdim) / (self.tdim + 1), self.dofs.shape[1])
@@ -179,6 +184,7 @@ class NodalAssembler:
             mesh_static(problem.mesh)[key] = static
         self.__dict__.update(static)
         self.diffusion = diffusion
+        diffusion.derivative_on_demand = True  # D' only where a Jacobian is built (see jacobian)
         self.loads = loads
         self.values = np.zeros(self.pattern.nnz)  # shared with the PETSc matrix (one rank)
         self._cache = None
@@ -208,6 +214,9 @@ class NodalAssembler:
             out["M_lumped"] = None
             out["M_vals"] = out["pattern"].scatter(geo.mass_matrices())
             out["M"] = True
+            # M_T = |det J_T| M_ref on affine cells: the residual's mass term cell by cell in one product
+            out["M_ref"] = geo.reference_mass()
+            out["detJ_column"] = geo.detJ[:, None]
         return out
 
     # ------------------------------------------------------------------ PETSc objects
@@ -250,11 +259,11 @@ class NodalAssembler:
         else:
             Dc, r = cell
             local = dt * np.einsum("ca,cab->cb", Dc, r)  # Σ_a D_a (K^a θ)_b
+        if self.M_lumped is None:  # consistent mass, cell by cell (M_ref is symmetric)
+            local += (inc[self.dofs] @ self.M_ref) * self.detJ_column
         out[:] = np.bincount(self.dofs.ravel(), weights=local.ravel(), minlength=self.n)
         if self.M_lumped is not None:
             out += self.M_lumped * inc
-        else:
-            out += self.pattern.matvec(self.M_vals, inc)
         for b, q in self.loads:
             qv = float(q.value)
             if qv != 0.0:
@@ -268,7 +277,7 @@ class NodalAssembler:
         dt = float(p.dt.value)
         if self._cache is None:
             self._cache = self._cell_terms(self.field.u.x.array)
-        dD = self.diffusion.D.derivative.x.array[self.dofs]
+        dD = self.diffusion.derivative_values()[self.dofs]
         if self.p1:
             Dbar, r = self._cache
             nd = self.dofs.shape[1]

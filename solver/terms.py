@@ -139,11 +139,31 @@ class NonlinearDiffusion(Term):
         self._lookup = mat.D_chem_lookup(scale=1e12) if type(mat).D_chem is Material.D_chem and isinstance(
             mat, Material) else None
 
+    #: set by an assembler that asks for D' itself (:meth:`derivative_values`) only where it builds a
+    #: Jacobian: :meth:`update` then evaluates D alone (most residual evaluations need no Jacobian)
+    derivative_on_demand = False
+    _derivative_stale = True
+
     def update(self, p: Problem):
+        lazy = self.derivative_on_demand
+        self._derivative_stale = lazy
         if self._lookup is not None:
-            self._lookup.evaluate(self.field.u.x.array, self.D.value.x.array, self.D.derivative.x.array)
+            self._lookup.evaluate(self.field.u.x.array, self.D.value.x.array,
+                                  None if lazy else self.D.derivative.x.array)
+        elif lazy:
+            self.D.value.x.array[:] = self.D.fn(clipped(self.field))
         else:
             self.D.update(clipped(self.field))
+
+    def derivative_values(self) -> np.ndarray:
+        """D'(θ) at the point of the last :meth:`update` (evaluated now if that update skipped it)."""
+        if self._derivative_stale:
+            if self._lookup is not None:
+                self._lookup.evaluate(self.field.u.x.array, None, self.D.derivative.x.array)
+            else:
+                self.D.derivative.x.array[:] = self.D.dfn(clipped(self.field))
+            self._derivative_stale = False
+        return self.D.derivative.x.array
 
     @staticmethod
     def projection_matrix(mesh):
