@@ -676,13 +676,14 @@ class Problem:
         ok = reason > 0
         for f in self.unknowns:
             ok = ok and bool(np.all(np.isfinite(f.u.x.array)))
-        converged = bool(self.comm.allreduce(ok, op=MPI.LAND))
+        one = self.comm.size == 1
+        converged = bool(ok if one else self.comm.allreduce(ok, op=MPI.LAND))
         wall = MPI.Wtime() - t0
         asm = self.counters.assembly_time - a_before
         self.counters.newton_iterations += its
         self.counters.linear_iterations += lits
         self.counters.solve_time += wall - asm
-        self.interrupted = bool(self.comm.allreduce(self.interrupted, op=MPI.LOR))
+        self.interrupted = bool(self.interrupted if one else self.comm.allreduce(self.interrupted, op=MPI.LOR))
         return StepResult(converged, its, lits, reason, asm, wall - asm)
 
     def accept(self):

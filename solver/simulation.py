@@ -329,7 +329,7 @@ class Simulation:
     def _check_interrupt(self, k, t_step_start, dt, obs, snaps):
         """After an accepted step: a Ctrl-C on any rank checkpoints here and stops all ranks."""
         pb = self.solver.problem
-        if bool(pb.comm.allreduce(pb.interrupted, op=_lor())):
+        if bool(pb.interrupted if pb.comm.size == 1 else pb.comm.allreduce(pb.interrupted, op=_lor())):
             if self._checkpoint is not None:
                 self._checkpoint.save(self, k=k, t_step_start=t_step_start, dt=dt, obs=obs, snaps=snaps)
             raise KeyboardInterrupt
@@ -462,12 +462,13 @@ class Simulation:
         if guess is None:
             # first step of a segment: compare with the explicit Euler-free bound |Δθ|/2
             diff = max(np.abs(u.x.array - u_n.x.array).max(initial=0.0) for u, u_n, _ in fields) * 0.5
-            return float(sv.comm.allreduce(diff, op=max_op()))
+            return float(diff if sv.comm.size == 1 else sv.comm.allreduce(diff, op=max_op()))
         # BE: θ_BE − θ_pred ≈ dt (dt + h/2) θ'' and LTE_BE = dt² θ''/2. For BDF2 the same
         # quantity over-estimates the (third-order) local error: a conservative control.
         h = self._dt_prev
         diff = max(np.abs(u.x.array - g).max(initial=0.0) for (u, _, _), g in zip(fields, guess))
-        return float(sv.comm.allreduce(diff * dt / (2 * dt + h), op=max_op()))
+        diff = diff * dt / (2 * dt + h)
+        return float(diff if sv.comm.size == 1 else sv.comm.allreduce(diff, op=max_op()))
 
     def _next_dt(self, dt: float, err: float, order: int) -> float:  # noqa: ARG002
         st = self.settings

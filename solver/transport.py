@@ -291,7 +291,7 @@ class TransportSolver:
         if res.converged:  # occupancies must stay in (0, 1)
             th = self.theta.x.array
             ok = bool(th.min() > 0.0 and th.max() < 1.0)
-            res.converged = bool(self.comm.allreduce(ok, op=MPI.LAND))
+            res.converged = ok if self.comm.size == 1 else bool(self.comm.allreduce(ok, op=MPI.LAND))
         return res
 
     def close(self) -> None:
