@@ -961,6 +961,8 @@ class _NodalNonlinearProblem:
             if fnorm <= ttol:
                 return NewtonOutcome(int(Reason.CONVERGED_FNORM_RELATIVE), k + 1, lits)
         self._x0.copy(x)
+        extras = pb.counters.extras
+        extras["newton_fallbacks"] = extras.get("newton_fallbacks", 0) + 1
         return None
 
     def __del__(self):
