@@ -27,6 +27,8 @@ from .protocol import Protocol, Step
 #: ``theta_tol`` (:meth:`~nmcfx.solver.problem.Problem.set_update_tolerance`): 1 % of the local
 #: error the step is allowed anyway; Newton's quadratic convergence leaves far less in practice.
 NEWTON_ERROR_FRACTION = 1e-2
+#: the largest ``theta_tol`` a config may set
+THETA_TOL_MAX = 0.05
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class SolverSettings:
         out = {}
         # allowed ranges (lower bound excluded): θ tolerances are absolute occupancies in (0, 1)
         ranges = {"dt_initial_s": (0.0, 1e6, "s"), "dt_min_s": (0.0, 1e3, "s"), "dt_max_s": (0.0, 1e6, "s"),
-                  "theta_tol": (0.0, 0.05, ""), "event_tol": (0.0, 0.01, ""), "thickness_um": (0.0, 1e4, "µm"),
+                  "theta_tol": (0.0, THETA_TOL_MAX, ""), "event_tol": (0.0, 0.01, ""),
+                  "thickness_um": (0.0, 1e4, "µm"),
                   "checkpoint_wall_s": (0.0, 1e7, "s")}
         for key, (lo, hi, unit) in ranges.items():
             if key in d:
@@ -163,7 +166,9 @@ class Simulation:
         # Newton stops once its remaining error is a small fraction of the step's error tolerance
         problem = getattr(solver, "problem", None)
         if hasattr(problem, "set_update_tolerance"):
-            problem.set_update_tolerance(NEWTON_ERROR_FRACTION * settings.theta_tol)
+            # (theta_tol beyond its allowed range — code that switches step control off with a huge
+            # tolerance — does not loosen Newton beyond what the largest allowed one would)
+            problem.set_update_tolerance(NEWTON_ERROR_FRACTION * min(settings.theta_tol, THETA_TOL_MAX))
 
     def _setup(self, center):
         """What the single particle observes: its area, reactive perimeter, blocking, centre probe."""
