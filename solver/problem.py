@@ -565,9 +565,10 @@ class Problem:
         over-estimates), provided the iterate conserves what every full Newton step conserves to
         round-off (|Σ F| ≤ ``snes_atol``: the Li balance of a step). The time loop sets ``tol`` to
         a small fraction of its local error tolerance: iterating far below the temporal error
-        buys nothing. With it, the Jacobian is refactorised every second iteration
-        (``snes_lag_jacobian`` 2: the second Newton step reuses the first one's LU, a chord step
-        that keeps the balance exact and contracts by ~|Δu_0|) unless the user chose a lag.
+        buys nothing. With it, the Jacobian is refactorised every :data:`NEWTON_LAG_JACOBIAN`
+        iterations: on the others the callback leaves the matrix untouched, so PETSc keeps its
+        factorisation (a chord step, which keeps the balance exact and contracts by ~|Δu_0|),
+        unless the user set ``snes_lag_jacobian``.
 
         Only for one unknown field without block tolerances, and not when the user set a Newton
         tolerance (``snes_rtol``/``snes_atol``/``snes_stol``) in ``petsc_options``: then PETSc's own
