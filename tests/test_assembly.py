@@ -83,6 +83,10 @@ def test_material_table_reproduces_d_chem():
     assert np.max(np.abs(D - De) / De) < 1e-7
     assert np.max(np.abs(dD - dDe)) < 1e-5 * np.abs(dDe).max()
     assert mat.D_chem_lookup(scale=1.0) is table  # built once per material
+    # and shared by materials with the same data (each run of a sweep loads its config anew), not others
+    assert get_material().D_chem_lookup(scale=1.0) is table
+    other = get_material(scaling_S=2.0).D_chem_lookup(scale=1.0)
+    assert other is not table and np.allclose(other(th[:5])[0] * 2.0, D[:5] * mat.scaling_S, rtol=1e-12)
 
 
 def test_second_run_reuses_the_mesh_and_its_derived_data():
