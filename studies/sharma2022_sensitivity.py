@@ -25,7 +25,8 @@ case digest covers them, so a changed table re-runs its case).
 Outputs (default ``runs/studies/sharma2022_sensitivity/``): ``sensitivity.csv`` (per variant:
 onsets of every particle, spreads, asynchrony index, order, capacity, wall time),
 ``sensitivity_onsets.csv`` (long form: variant, particle, onset and half-reaction times),
-``sensitivity.png`` (onset time of each particle per variant), ``study.json`` (configs,
+``sensitivity.png`` (onset time of each particle per variant), ``sensitivity_traces.png`` (surface Li
+of the top row vs time for a few variants, cf. 004 Fig. 4d), ``study.json`` (configs,
 versions, wall times) and every case's run directory under ``cases/``.
 """
 
@@ -169,12 +170,45 @@ VARIANTS = (
                                                "fully lithiated state' read as 2.8 rather than 1.8 decades"),
     Variant("i0_like_dli", "i0(θ)", "i0 rises on delithiation as D_Li does (1/70 over x = 1.0-0.8, default above x = 0.5): "
                                     "004 'a similar trend holds for the reaction rate constant' (its ref. 37)"),
+    Variant("contact_explicit_0.15", "NMC|NMC contact", "control: the preset rebuilt as an explicit layout "
+                                                        "(neighbours overlap 0.15 µm, contact chord 1.5 µm)"),
+    Variant("contact_narrow_0.03", "NMC|NMC contact", "neighbours overlap 0.03 µm (chord 0.7 µm): the nearest 2D stand-in "
+                                                      "for point-like contacts of secondary particles (the model has no "
+                                                      "contact-resistance key); one surface element across the chord"),
     Variant("combo_sigma", "combination", "sigma_centre_0.75 + sigma_pristine_x0.1: both σ_NMC readings that delay "
                                           "conduction, at once (fixed before running)"),
     Variant("combo_all", "combination", "combo_sigma + dli_low_x0.1 + i0_like_dli + sigma_cbd_1e2 (fixed before "
                                         "running: every literature-range reading listed, at its slow end)"),
+    # added after the runs above, to attribute combo_all's spread (post hoc, labelled so)
+    Variant("combo_sigma_i0", "attribution (post hoc)", "combo_sigma + i0_like_dli"),
+    Variant("combo_sigma_dli", "attribution (post hoc)", "combo_sigma + dli_low_x0.1"),
+    Variant("combo_dli_i0", "attribution (post hoc)", "dli_low_x0.1 + i0_like_dli with the default σ_NMC"),
+    Variant("combo_all_fine", "numerical check", "combo_all on a finer mesh (1.5 µm, surface 0.6 µm; the study's: "
+                                                 "2.0 / 0.8 µm)"),
 )
 VARIANT_KEYS = tuple(v.key for v in VARIANTS)
+
+
+def preset_as_explicit(overlap_um: float) -> dict:
+    """The ``sharma2022`` preset as an explicit ``[geometry]`` layout whose top-row neighbours
+    overlap by ``overlap_um`` (the preset: 0.15 µm); bottom row, strands and coatings unchanged."""
+    from nmcfx.geometries.electrode import sharma2022_layout
+
+    lay = sharma2022_layout()
+    top = [p for p in lay.particles if p.name.startswith("T")]
+    d, x0 = top[0].diameter, top[0].center[0]
+    dx = d - overlap_um
+    particles = []
+    for p in lay.particles:
+        cx = x0 + int(p.name[1:]) * dx if p.name.startswith("T") else p.center[0]
+        particles.append({"shape": "disk", "name": p.name, "center_um": [cx, p.center[1]], "diameter_um": p.diameter})
+    names = [p.name for p in lay.particles]
+    return {"shape": "electrode", "width_um": x0 + 4 * dx + d / 2 + 2.0, "height_um": lay.height,
+            "particles": particles,
+            "strands": [{"points_um": [list(q) for q in s.points], "width_um": s.width} for s in lay.strands],
+            "coatings": [{"particle": names[c.particle], "start_deg": c.start_deg, "end_deg": c.end_deg,
+                          "thickness_um": c.thickness} for c in lay.coatings],
+            "contact_overlap_um": lay.contact_overlap}
 
 
 def first_charge_config(quick: bool) -> dict:
@@ -230,35 +264,56 @@ def _i0_table(tables: Path) -> str:
                         "reaction rate constant of NMC for the surface charge transfer' (its ref. 37)."])
 
 
+#: what each variant is made of: ingredients applied in order to the first-charge config
+RECIPES = {
+    "default": (),
+    "sigma_loglinear": ("sigma:loglinear",),
+    "sigma_centre_0.90": ("sigma:centre_0.90",),
+    "sigma_centre_0.85": ("sigma:centre_0.85",),
+    "sigma_centre_0.75": ("sigma:centre_0.75",),
+    "sigma_pristine_x0.1": ("sigma:pristine_x0.1",),
+    "sigma_pristine_x0.01": ("sigma:pristine_x0.01",),
+    "sigma_cbd_1e2": ("cbd_1e2",),
+    "electrolyte_resolved": ("resolved",),
+    "dli_low_x0.1": ("dli_low",),
+    "i0_like_dli": ("i0_like_dli",),
+    "contact_explicit_0.15": ("contact:0.15",),
+    "contact_narrow_0.03": ("contact:0.03",),
+    "combo_sigma": ("sigma:combo",),
+    "combo_all": ("sigma:combo", "cbd_1e2", "dli_low", "i0_like_dli"),
+    "combo_sigma_i0": ("sigma:combo", "i0_like_dli"),
+    "combo_sigma_dli": ("sigma:combo", "dli_low"),
+    "combo_dli_i0": ("dli_low", "i0_like_dli"),
+    "combo_all_fine": ("sigma:combo", "cbd_1e2", "dli_low", "i0_like_dli", "fine_mesh"),
+}
+#: the finer mesh of the numerical check (the benchmark's 1.5 µm, surface 0.6 µm; the study's 2.0 / 0.8)
+FINE_MESH = {"mesh_size_um": 1.5, "surface_mesh_size_um": 0.6}
+
+
 def variant_config(key: str, quick: bool, tables: Path) -> dict:
     """The first-charge config of variant ``key`` (tables it needs are written into ``tables``)."""
     cfg = first_charge_config(quick)
     el, mat = cfg["electrode"], cfg["material"]
-    if key == "default":
-        pass
-    elif key == "sigma_loglinear":
-        el["nmc_conductivity_csv"] = _sigma_table(tables, "loglinear")
-    elif key.startswith("sigma_centre_"):
-        el["nmc_conductivity_csv"] = _sigma_table(tables, "centre_" + key.rsplit("_", 1)[1])
-    elif key.startswith("sigma_pristine_"):
-        el["nmc_conductivity_csv"] = _sigma_table(tables, "pristine_" + key.rsplit("_", 1)[1])
-    elif key == "sigma_cbd_1e2":
-        el["cbd_conductivity_S_m"] = 1.0e2
-    elif key == "electrolyte_resolved":
-        el["electrolyte"] = "resolved"
-    elif key == "dli_low_x0.1":
-        mat["dli_csv"] = _dli_table(tables)
-    elif key == "i0_like_dli":
-        mat["i0_csv"] = _i0_table(tables)
-    elif key == "combo_sigma":
-        el["nmc_conductivity_csv"] = _sigma_table(tables, "combo")
-    elif key == "combo_all":
-        el["nmc_conductivity_csv"] = _sigma_table(tables, "combo")
-        el["cbd_conductivity_S_m"] = 1.0e2
-        mat["dli_csv"] = _dli_table(tables)
-        mat["i0_csv"] = _i0_table(tables)
-    else:
-        raise KeyError(key)
+    for item in RECIPES[key]:
+        kind, _, arg = item.partition(":")
+        if kind == "sigma":
+            el["nmc_conductivity_csv"] = _sigma_table(tables, arg)
+        elif kind == "cbd_1e2":
+            el["cbd_conductivity_S_m"] = 1.0e2
+        elif kind == "resolved":
+            el["electrolyte"] = "resolved"
+        elif kind == "dli_low":
+            mat["dli_csv"] = _dli_table(tables)
+        elif kind == "i0_like_dli":
+            mat["i0_csv"] = _i0_table(tables)
+        elif kind == "contact":
+            sizes = {k: cfg["geometry"][k] for k in ("mesh_size_um", "surface_mesh_size_um")}
+            cfg["geometry"] = dict(preset_as_explicit(float(arg)), **sizes)
+        elif kind == "fine_mesh":
+            if not quick:
+                cfg["geometry"].update(FINE_MESH)
+        else:
+            raise ValueError(item)
     return cfg
 
 
@@ -332,24 +387,67 @@ def figure(rows: list, longform: list, out: Path) -> str:
             c = colors.get(n, "0.6")
             off = (TOP_ROW.index(n) - 2) * 0.07 if n in colors else -0.22
             if math.isfinite(onset):
-                ax.plot(onset, y + off, "o", color=c, ms=5 if n in colors else 3.5,
-                        label=n if (i == 0 and n in colors) else None)
+                ax.plot(onset, y + off, "o", color=c, ms=5 if n in colors else 3.5)
             if math.isfinite(t50):
                 ax.plot(t50, y + off, "|", color=c, ms=7)
     ax.axvline(PAPER_UNCHANGED_H, color="0.5", ls="--", lw=0.8)
-    ax.text(PAPER_UNCHANGED_H, len(keys) - 0.4, " 004: many unchanged at 13 h", fontsize=7, color="0.4")
+    ax.text(PAPER_UNCHANGED_H, 1.005, " 004: many unchanged at 13 h", fontsize=7, color="0.4",
+            transform=ax.get_xaxis_transform())
     ax.set_yticks(range(len(keys)))
     ax.set_yticklabels([f"{k}  ({r[4]:.2f} h)" if math.isfinite(r[4]) else k for k, r in zip(keys, rows)][::-1],
                        fontsize=8)
     ax.set_xlabel("time into the first charge (h): ● onset (mean θ − 0.05), | half of the particle's change")
     ax.set_title("first-charge onsets per variant (onset spread, all particles, in brackets); grey: bottom row",
                  fontsize=9)
-    ax.legend(frameon=False, fontsize=8, ncol=5, loc="lower right")
+    for n, c in colors.items():  # legend entries even for a particle that never reaches its onset
+        ax.plot([], [], "o", color=c, ms=5, label=n)
+    ax.plot([], [], "o", color="0.6", ms=3.5, label="B0-B3")
+    ax.legend(frameon=False, fontsize=8, ncol=6, loc="lower right")
     ax.set_xlim(left=0.0)
     fig.tight_layout()
     fig.savefig(out / "sensitivity.png", dpi=140)
     P.close(fig)
     return "sensitivity.png"
+
+
+#: variants whose top-row traces are drawn (when present)
+TRACE_VARIANTS = ("default", "sigma_loglinear", "sigma_centre_0.75", "i0_like_dli", "combo_sigma", "combo_sigma_i0")
+
+
+def traces_figure(study: Study, out: Path) -> str | None:
+    """Surface θ of the top row against time in the first charge (cf. 004 Fig. 4d), one panel per
+    variant of :data:`TRACE_VARIANTS`; the bottom row's mean in grey."""
+    keys = [k for k in TRACE_VARIANTS if k in study.results and study.results[k].series]
+    if not keys:
+        return None
+    P = plt()
+    colors = dict(zip(TOP_ROW, ["tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:red"]))
+    ncol = 3
+    nrow = int(math.ceil(len(keys) / ncol))
+    fig, axes = P.subplots(nrow, ncol, figsize=(4.0 * ncol, 2.9 * nrow), squeeze=False, sharex=True, sharey=True)
+    for ax, key in zip(axes.flat, keys):
+        s = study.results[key].series
+        sel = s["protocol_step"].astype(int) == 0
+        t = s["time_s"][sel] / 3600.0
+        for n in [c[len("theta_surface_"):] for c in s if c.startswith("theta_surface_B")]:
+            ax.plot(t, s[f"theta_surface_{n}"][sel], color="0.75", lw=0.8)
+        for n, c in colors.items():
+            ax.plot(t, s[f"theta_surface_{n}"][sel], color=c, lw=1.3, label=n)
+        ax.axvline(PAPER_UNCHANGED_H, color="0.5", ls="--", lw=0.7)
+        ax.set_title(key, fontsize=9)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("charging time (h)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("surface θ")
+    axes[0, 0].legend(frameon=False, fontsize=7)
+    fig.suptitle("first charge: surface Li of the top row (grey: bottom row; dashed: 13 h), cf. Sharma 2022 Fig. 4d",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "sensitivity_traces.png", dpi=130)
+    P.close(fig)
+    return "sensitivity_traces.png"
 
 
 def main(argv=None):
@@ -378,6 +476,7 @@ def main(argv=None):
         write_csv(study.outdir / "sensitivity.csv", HEADER, rows)
         write_csv(study.outdir / "sensitivity_onsets.csv", ["variant", "particle", "onset_h", "t50_h"], longform)
         made = ["sensitivity.csv", "sensitivity_onsets.csv", figure(rows, longform, study.outdir)]
+        made += [f for f in [traces_figure(study, study.outdir)] if f]
         for r in rows:
             study.say(f"{r[0]:>22s}: onsets {r[2]:.2f}-{r[3]:.2f} h (spread {r[4]:.2f} h, T0→T4 {r[5]:.2f} h, largest "
                       f"neighbour gap {r[6]:.2f} h), t50 spread {r[7]:.2f} h, index {r[8]:.3f}, in order {r[10]}, "
