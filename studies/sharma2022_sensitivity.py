@@ -468,13 +468,13 @@ def main(argv=None):
     extra.add_argument("--only", default="", help="comma-separated variant keys (default: all)")
     known, rest = extra.parse_known_args(argv if argv is not None else sys.argv[1:])
     args = parse_args(NAME, __doc__.splitlines()[0], rest)
-    study = Study(NAME, args)
-    keys = [k for k in known.only.split(",") if k] or list(VARIANT_KEYS)
+    keys = [k.strip() for k in known.only.split(",") if k.strip()] or list(VARIANT_KEYS)
     unknown = sorted(set(keys) - set(VARIANT_KEYS))
-    if unknown:
+    if unknown:  # before anything is written
         from nmcfx.errors import InputError
 
         raise InputError("--only", f"unknown variant(s) {unknown}; allowed: {list(VARIANT_KEYS)}")
+    study = Study(NAME, args)
     if study.quick:
         keys = keys[:2] if not known.only else keys
     readings = {v.key: v.reading for v in VARIANTS}
