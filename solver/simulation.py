@@ -372,10 +372,6 @@ class Simulation:
             hit_target = False
             if locating is None and (dt >= remaining or remaining - dt < 0.05 * dt):
                 dt, hit_target = remaining, True
-            elif locating is None and remaining < 2 * dt:
-                # two equal steps to the target, not a full one and then a sliver (after which the
-                # steps would have to grow back from the sliver at ≤ growth_max per step)
-                dt = 0.5 * remaining
             order = 2 if (st.time_scheme == "bdf2" and self._have_prev) else 1
             guess = self._predict(dt)
             # the previous step length whenever there is history (BDF2 needs it; a model may also use it

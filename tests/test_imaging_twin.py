@@ -139,12 +139,8 @@ def test_twin_calibration_center_trace(twin, capsys):
     assert r["A"] == pytest.approx(A_TRUE, rel=0.05)
     assert not r["at_edge_of_S_range"]
     lo, hi = r["S_interval_95"]
-    assert lo < r["S"] < hi
+    assert lo < r["S"] < hi and lo < S_TRUE < hi
     assert 0 < r["S_sigma_rel"] < 0.05
-    # the truth within 3 σ of the noise: a 95 % interval misses it in 1 of 20 noise realisations, and
-    # any change in the simulated θ (even at round-off) draws a new one (the Poisson sampler of the
-    # shot noise takes a θ-dependent number of random numbers)
-    assert abs(r["S"] - S_TRUE) <= 3 * r["S_sigma_rel"] * r["S"]
     assert r["simulations"]["simulated"] == r["simulations"]["evaluated"] >= 8  # 5 grid + Brent
     for name in ("error_map.png", "fit_overlay.png", "error_profile.png", "e_profile.csv", "fit.csv",
                  "error_map.npz", "metadata.json"):

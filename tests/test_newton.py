@@ -111,13 +111,3 @@ def test_own_loop_hands_a_non_decreasing_newton_to_the_snes_and_gets_its_answer(
     assert r_own.newton_iterations == r_snes.newton_iterations
     assert np.array_equal(th_own, th_snes)
 
-
-def test_steps_reach_a_snapshot_without_a_sliver(runs):
-    """Within two steps of a step end or snapshot the time loop takes two equal steps instead of a
-    full one and a sliver (after which the steps would have to grow back at ≤ growth_max each)."""
-    ts = runs["own"][0].timeseries
-    t, dt = ts["time_s"], ts["dt_s"]
-    for target in (240.0, 480.0):
-        i = int(np.argmin(np.abs(t - target)))
-        assert abs(t[i] - target) < 1e-9
-        assert dt[i] >= 0.45 * dt[i - 1]
