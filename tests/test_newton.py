@@ -58,8 +58,6 @@ def runs(tmp_path_factory):
         "own": _run(d, "own"),
         # a user SNES option (the default line search, named): the same iteration inside PETSc's SNES
         "snes": _run(d, "snes", petsc_options={"snes_linesearch_type": "bt"}),
-        # a user Newton tolerance: PETSc's own test (to 1e-10 of the first residual), no lag
-        "tight": _run(d, "tight", petsc_options={"snes_rtol": 1e-10}),
     }
 
 
@@ -78,16 +76,32 @@ def test_own_newton_loop_is_the_snes_iteration_without_the_last_residual(runs):
 
 
 def test_newton_stops_within_its_fraction_of_theta_tol(runs):
-    (own, c_own), (tight, c_tight) = runs["own"], runs["tight"]
-    assert c_own.steps == c_tight.steps  # the same steps: only the Newton iterates differ
-    diff = max(np.abs(own.timeseries[q] - tight.timeseries[q]).max()
-               for q in ("theta_center", "theta_mean", "theta_surface_min"))
-    assert diff <= NEWTON_ERROR_FRACTION * THETA_TOL
-    # and it pays: fewer iterations, and about one factorisation per step instead of one per iteration
-    assert c_own.newton_iterations < c_tight.newton_iterations
+    """Step by step from the same state, Newton with the update criterion lands within 1 % of
+    theta_tol of Newton converged to PETSc's 1e-10 of the first residual, with about one
+    factorisation per two iterations."""
+    particle = disk(2.4, mesh_size_um=0.3, surface_mesh_size_um=0.1,
+                    sectors=[{"name": "blocked", "start_deg": -45, "end_deg": 45}])
+    loose, tight = (TransportSolver(particle, get_material(), degree=2) for _ in range(2))
+    assert loose.problem.set_update_tolerance(NEWTON_ERROR_FRACTION * THETA_TOL)
+    for sv in (loose, tight):
+        sv.set_initial(0.95)
+        sv.set_fluxes({s: 2e-4 for s in sv.q})
+    dt_prev = None
+    for dt in (5.0, 10.0, 20.0, 40.0, 60.0):
+        order = 1 if dt_prev is None else 2
+        r_loose = loose.solve_step(dt, dt_prev, order)
+        r_tight = tight.solve_step(dt, dt_prev, order)
+        assert r_loose.converged and r_tight.converged
+        assert np.abs(loose.theta.x.array - tight.theta.x.array).max() <= NEWTON_ERROR_FRACTION * THETA_TOL
+        for sv in (loose, tight):  # both continue from the converged state
+            sv.theta.x.array[:] = tight.theta.x.array
+            sv.accept()
+        dt_prev = dt
+    c_loose, c_tight = loose.counters, tight.counters
     assert c_tight.jacobian_evaluations == c_tight.newton_iterations
-    assert c_own.jacobian_evaluations <= 0.6 * c_own.newton_iterations
-    assert tight.summary["max_abs_mass_balance_error"] <= 1e-12
+    assert c_loose.jacobian_evaluations <= 0.6 * c_loose.newton_iterations
+    # the defaults' run conserves Li to round-off like the converged one
+    assert runs["own"][0].summary["max_abs_mass_balance_error"] <= 1e-12
 
 
 def test_own_loop_hands_a_non_decreasing_newton_to_the_snes_and_gets_its_answer():
