@@ -20,8 +20,14 @@ charges in all. What the paper reports (Figs. 1–5, S7) and this study measures
    particle's stress peak against its onset — 004 Fig. S4 sees NMC811 particles crack at the
    moment each starts to react.
 
-    python studies/sharma2022_asynchrony.py [-o DIR] [--quick] [--force]
+    python studies/sharma2022_asynchrony.py [-o DIR] [--quick] [--force] [--variant KEY]
     mpiexec -n 2 python studies/sharma2022_asynchrony.py
+
+``--variant KEY`` runs only the three-charge baseline with the inputs of a variant of
+``sharma2022_sensitivity.py`` (e.g. ``irreversible_combo_sigma_i0``: the σ_NMC and i0 tables of
+``combo_sigma_i0`` with ``nmc_conductivity_history = "irreversible"``), into
+``runs/studies/sharma2022_asynchrony/variant_KEY/`` unless ``-o`` is given — a post hoc test, not
+the study's default.
 
 Outputs (default ``runs/studies/sharma2022_asynchrony/``): ``asynchrony.csv`` (per case, charge
 and particle: onset time, capacity, slope peak), ``asynchrony_summary.csv`` (per case and charge:
@@ -523,10 +529,45 @@ def figures(study: Study, out: Path):
     return made + ["voltage.png"]
 
 
+def variant_cases(key: str, quick: bool, outdir: Path) -> list[tuple[str, dict, str]]:
+    """The baseline (three charges) with sensitivity variant ``key``'s inputs (its tables written
+    into ``outdir/tables``); ingredients that only make sense for a first charge are refused."""
+    from sharma2022_sensitivity import RECIPES, VARIANTS, apply_recipe
+
+    items = RECIPES[key]
+    cfg = apply_recipe(base_config(quick), items, quick, outdir / "tables")
+    reading = next(v.reading for v in VARIANTS if v.key == key)
+    return [("baseline", cfg, f"three charges with sensitivity variant '{key}' (post hoc): {reading}")]
+
+
+def _variant_arg(argv):
+    """Split ``--variant KEY`` off the study's arguments; check KEY before anything is written."""
+    import argparse
+
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--variant", default="", help="a sharma2022_sensitivity variant key (three-charge baseline only)")
+    known, rest = extra.parse_known_args(argv if argv is not None else sys.argv[1:])
+    if not known.variant:
+        return "", rest
+    from sharma2022_sensitivity import RECIPES
+
+    allowed = [k for k, items in RECIPES.items() if not any(i.startswith("start:") for i in items)]
+    if known.variant not in allowed:
+        from nmcfx.errors import InputError
+
+        raise InputError("--variant", f"unknown or first-charge-only variant {known.variant!r}; allowed: {allowed}")
+    if not any(a in ("-o", "--output") or a.startswith("--output=") for a in rest):
+        from _common import DEFAULT_ROOT
+
+        rest = [*rest, "-o", str(DEFAULT_ROOT / NAME / f"variant_{known.variant}")]
+    return known.variant, rest
+
+
 def main(argv=None):
+    variant, argv = _variant_arg(argv)
     args = parse_args(NAME, __doc__.splitlines()[0], argv)
     study = Study(NAME, args)
-    todo = cases(study.quick, study.outdir)
+    todo = variant_cases(variant, study.quick, study.outdir) if variant else cases(study.quick, study.outdir)
     study.plan(len(todo))
     for key, cfg, describe in todo:
         study.case(key, cfg, describe=describe, recorder=CapacityMaps() if key == "baseline" else None)
