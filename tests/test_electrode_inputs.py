@@ -332,13 +332,15 @@ BAD = [
     (BASE, "duration_min = 0.5", 'duration_min = 0.5\nuntil = ["theta_center <= 0.5"]', "protocol.steps[0].until",
      "theta_center"),
     (BASE, "[protocol]", '[surface]\nmodel = "flux"\n[protocol]', "surface.model", "Butler"),
+    (BASE, "[protocol]", '[electrode]\nnmc_conductivity_history = "sticky"\n[protocol]',
+     "electrode.nmc_conductivity_history", "'irreversible'"),
 ]
 
 
 @pytest.mark.parametrize("base, old, new, field, words", BAD,
                          ids=["overlap", "outside-box", "lonely-strand", "no-path", "sigma-table-zero",
                               "sigma-cbd-zero", "label-nmc-missing", "label-cbd-missing", "stop-unknown-particle",
-                              "stop-theta-center", "surface-flux"])
+                              "stop-theta-center", "surface-flux", "sigma-history"])
 def test_bad_electrode_input_one_line_nothing_written(tmp_path, capsys, base, old, new, field, words):
     assert old in base
     text = base.replace(old, new, 1)
