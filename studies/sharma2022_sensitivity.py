@@ -15,6 +15,10 @@ hit the target — and two combinations of them fixed in advance:
 * σ_CBD two decades lower; the resolved electrolyte instead of the uniform one;
 * D_Li ten times lower over x = 1.0–0.8; an exchange current that rises on delithiation as D_Li
   does (004: "a similar trend holds for the reaction rate constant").
+* (post hoc) σ_NMC irreversible after the first delithiation (``nmc_conductivity_history =
+  "irreversible"``; Nishizawa et al., Chem. Commun. 1998, 1631, 004's ref. 40), alone and with
+  ``combo_sigma_i0``'s inputs — on a first charge it is inert; its test is the three-charge
+  protocol, ``python studies/sharma2022_asynchrony.py --variant irreversible_combo_sigma_i0``.
 
 The tables are written into ``OUT/tables/`` with their provenance in the comment lines (the
 case digest covers them, so a changed table re-runs its case).
