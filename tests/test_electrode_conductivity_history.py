@@ -8,7 +8,8 @@
   solver assembles is σ(min(θ, θ_min)), σ after the discharge is ≥ σ before it at every node (and
   the reversible run's is lower somewhere, so the option changes something), Li and charge are
   conserved to 1e-10 as before;
-* a resumed irreversible run equals the uninterrupted one (θ_min is checkpointed);
+* a resumed irreversible run equals the uninterrupted one (θ_min is checkpointed); serial ≡
+  ``mpiexec -n 2``;
 * a bad value: one line (tests/test_electrode_inputs.py, ``sigma-history``).
 """
 
@@ -134,3 +135,23 @@ def test_irreversible_resume_equals_the_uninterrupted_run(tmp_path, monkeypatch)
                               files=("timeseries.csv", "steps.csv", "particles.csv"))
     assert resumed["steps"] == full["steps"]
     assert Path(f"{base}/cut-330/checkpoint").is_dir()
+
+
+@pytest.mark.mpi
+def test_irreversible_serial_equals_two_ranks(tmp_path):
+    """θ_min on ghost nodes follows the owners: ``mpiexec -n 2`` ≡ serial to 1e-8."""
+    import csv
+
+    comm = MPI.COMM_WORLD
+    base = comm.bcast(str(tmp_path), root=0)
+    cfg = _with("irreversible")
+    execute(prepare(cfg, comm=comm), f"{base}/par", comm=comm)
+    if comm.rank == 0:
+        _run(cfg, f"{base}/ser")
+        a = list(csv.DictReader(open(f"{base}/par/timeseries.csv")))
+        b = list(csv.DictReader(open(f"{base}/ser/timeseries.csv")))
+        assert len(a) == len(b)
+        cols = [c for c in a[0] if c.startswith(("theta_", "voltage_V", "current_mA_g"))]
+        worst = max(abs(float(x[c]) - float(y[c])) / max(1.0, abs(float(y[c]))) for x, y in zip(a, b) for c in cols)
+        assert worst <= 1e-8, worst
+    comm.Barrier()
