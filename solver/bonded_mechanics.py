@@ -99,7 +99,10 @@ class BondedElasticitySolver(ElasticitySolver):
         nmc = np.zeros(n_cells, dtype=bool)
         nmc[np.asarray(nmc_cells, dtype=np.int64)] = True
         chi.x.array[:] = 0.0
-        chi.x.array[Q0.dofmap.list[:, 0]] = nmc.astype(float)  # DG0: one dof per cell
+        cell_dof = Q0.dofmap.list[:, 0]  # DG0: one dof per cell
+        chi.x.array[cell_dof] = nmc.astype(float)
+        chi.x.scatter_forward()  # the owner's word for ghost cells (callers may pass owned cells only)
+        nmc = chi.x.array[cell_dof] > 0.5
         self.Vth = Vth = fem.functionspace(mesh, ("Discontinuous Lagrange", th_deg))
         self.theta = fem.Function(Vth, name="theta_body")
         dm = Vth.dofmap.list
