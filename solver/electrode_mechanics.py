@@ -233,7 +233,10 @@ class ParticleStress:
         r = float(np.linalg.norm(loc[:d] - self.center[:d]) / self.radius) if self.radius > 0 else math.nan
         hoop = self.surface.hoop()
         hx = comm.allreduce(float(hoop.max()) if len(hoop) else -np.inf, op=MPI.MAX)
-        return {"sigma1_max_MPa": s1, "sigma1_max_r_over_R": r, "hoop_surface_max_MPa": hx, "iterations": its}
+        out = {"sigma1_max_MPa": s1, "sigma1_max_r_over_R": r, "hoop_surface_max_MPa": hx, "iterations": its}
+        if isinstance(ms, ParticleView):  # bonded: how hard the body holds the particle
+            out["sigma_h_mean_MPa"] = ms.mean_hydrostatic()
+        return out
 
     def destroy(self):
         if self.solver is not None:
@@ -254,6 +257,8 @@ class ParticleView:
         from dolfinx import fem
         from petsc4py import PETSc
 
+        import dolfinx.la
+
         self.body = body
         self.mesh = mesh = theta_field.mesh
         self.comm = mesh.comm
@@ -268,6 +273,16 @@ class ParticleView:
         vol = self.comm.allreduce(fem.assemble_scalar(fem.form(one * ufl.dx(domain=mesh))), op=MPI.SUM)
         self.centroid = np.array([self.comm.allreduce(fem.assemble_scalar(fem.form(x[i] * ufl.dx(domain=mesh))),
                                                       op=MPI.SUM) / vol for i in range(mesh.geometry.dim)])
+        vec = fem.assemble_vector(fem.form(ufl.TestFunction(self.Ss) * ufl.dx(domain=mesh)))
+        vec.scatter_reverse(dolfinx.la.InsertMode.add)
+        self._weights = vec.array[: self.Ss.dofmap.index_map.size_local].copy() / vol  # ∫φ_i / |particle|
+
+    def mean_hydrostatic(self) -> float:
+        """Volume mean of the hydrostatic stress over the particle (MPa; exact for the discontinuous
+        stress). Zero for a free particle (a traction-free body's mean stress vanishes); < 0 where the
+        body holds a swelling particle back."""
+        _, s = self.stress_nodes()
+        return self.comm.allreduce(float(self._weights @ (np.trace(s, axis1=1, axis2=2) / 3.0)), op=MPI.SUM)
 
     def solve(self) -> int:
         """Copy the body's last stress onto this particle (the body is solved once per step by the observer)."""
