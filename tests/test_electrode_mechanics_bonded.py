@@ -31,9 +31,9 @@ EMBEDDED = {
                  "strands": [{"points_um": [[6.0, 0.0], [6.0, 3.2]], "width_um": 1.2}],
                  "coatings": [{"particle": "A", "start_deg": -90, "end_deg": 135, "thickness_um": 1.0},
                               {"particle": "A", "start_deg": 90, "end_deg": 315, "thickness_um": 1.0}],
-                 "mesh_size_um": 1.0, "surface_mesh_size_um": 0.5},
+                 "mesh_size_um": 1.5, "surface_mesh_size_um": 0.6},
     "protocol": {"initial_theta": 0.9, "steps": [{"type": "charge", "c_rate": 1.0, "duration_min": 3}]},
-    "solver": {"dt_max_s": 30.0},
+    "solver": {"dt_max_s": 45.0},
     "mechanics": {"electrode_bonding": "bonded", "assumption_2d": "plane_strain"},
     "output": {"fields": "none", "figures": False, "progress": False},
 }
