@@ -235,7 +235,7 @@ class ParticleStress:
         hx = comm.allreduce(float(hoop.max()) if len(hoop) else -np.inf, op=MPI.MAX)
         out = {"sigma1_max_MPa": s1, "sigma1_max_r_over_R": r, "hoop_surface_max_MPa": hx, "iterations": its}
         if isinstance(ms, ParticleView):  # bonded: how hard the body holds the particle
-            out["sigma_h_mean_MPa"] = ms.mean_hydrostatic()
+            out["sigma_mean_MPa"] = ms.mean_stress()
         return out
 
     def destroy(self):
@@ -277,12 +277,15 @@ class ParticleView:
         vec.scatter_reverse(dolfinx.la.InsertMode.add)
         self._weights = vec.array[: self.Ss.dofmap.index_map.size_local].copy() / vol  # ∫φ_i / |particle|
 
-    def mean_hydrostatic(self) -> float:
-        """Volume mean of the hydrostatic stress over the particle (MPa; exact for the discontinuous
-        stress). Zero for a free particle (a traction-free body's mean stress vanishes); < 0 where the
-        body holds a swelling particle back."""
+    def mean_stress(self) -> float:
+        """Volume mean over the particle of the normal stress (MPa; exact for the discontinuous stress):
+        in 2D the in-plane (σ_xx + σ_yy)/2, in 3D tr σ/3. A traction-free body's mean stress vanishes
+        (∫σ dV = ∮ x ⊗ t dS = 0 for the in-plane components), so this is zero for a free particle
+        under any 2D assumption; < 0 where the body squeezes a swelling particle, > 0 where it holds a
+        shrinking one out."""
         _, s = self.stress_nodes()
-        return self.comm.allreduce(float(self._weights @ (np.trace(s, axis1=1, axis2=2) / 3.0)), op=MPI.SUM)
+        m = 0.5 * (s[:, 0, 0] + s[:, 1, 1]) if self.tdim == 2 else np.trace(s, axis1=1, axis2=2) / 3.0
+        return self.comm.allreduce(float(self._weights @ m), op=MPI.SUM)
 
     def solve(self) -> int:
         """Copy the body's last stress onto this particle (the body is solved once per step by the observer)."""

@@ -453,9 +453,9 @@ def _at(series: dict, column: str, t_h: float) -> float:
 
 
 def bonded_figure(free: dict, bonded: dict, out: Path) -> str:
-    """First charge, top row: peak surface hoop stress (left) and the particle's mean (hydrostatic)
-    stress (right) in the bonded body (solid) against the free particles (dashed, hoop only: a free
-    particle's mean stress is zero in the plane); the CBD's peak σ1 (grey, right)."""
+    """First charge, top row: peak surface hoop stress (left) and the particle's mean in-plane stress
+    (right) in the bonded body (solid) against the free particles (dashed, hoop only: a free
+    particle's mean stress is zero); the CBD's peak σ1 (grey, right)."""
     P = plt()
     colors = dict(zip(TOP_ROW, ["tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:red"]))
     fig, (a1, a2) = P.subplots(1, 2, figsize=(11, 4.0))
@@ -466,7 +466,7 @@ def bonded_figure(free: dict, bonded: dict, out: Path) -> str:
             a1.plot(t, series[f"hoop_surface_max_MPa_{n}"][sel], ls=ls, color=c, lw=1.2,
                     label=f"{n} ({lab})" if ls == "-" or n == "T0" else None)
             if lab == "bonded":
-                a2.plot(t, series[f"sigma_h_mean_MPa_{n}"][sel], color=c, lw=1.2, label=n)
+                a2.plot(t, series[f"sigma_mean_MPa_{n}"][sel], color=c, lw=1.2, label=n)
         if lab == "bonded":
             a2.plot(t, series["cbd_sigma1_max_MPa"][sel], color="0.5", lw=1.0, label="CBD peak σ1")
     for a in (a1, a2):
@@ -474,7 +474,7 @@ def bonded_figure(free: dict, bonded: dict, out: Path) -> str:
     a1.set_ylabel("peak surface hoop stress (MPa)")
     a1.set_title("first charge: bonded body (solid) vs free particles (dashed)", fontsize=9)
     a2.set_ylabel("stress (MPa)")
-    a2.set_title("bonded: each particle's mean stress σ_h; the CBD's peak σ1", fontsize=9)
+    a2.set_title("bonded: each particle's mean in-plane stress (σ_xx + σ_yy)/2; the CBD's peak σ1", fontsize=9)
     a1.legend(frameon=False, fontsize=7, ncol=2)
     a2.legend(frameon=False, fontsize=7)
     fig.tight_layout()
@@ -607,7 +607,7 @@ def main(argv=None):
                     study.say(f"{'bonded':>12s} {r[0]}: hoop peak {r[6]:.0f} MPa at {r[7]:.2f} h (free {f[6]:.0f} MPa "
                               f"at {f[7]:.2f} h); σ1 reaction-phase peak {r[10]:.0f} MPa (free {f[10]:.0f}); "
                               f"charge max σ1 {r[13]:.0f} MPa (free {f[13]:.0f}); mean stress at the hoop peak "
-                              f"{_at(bonded.series, f'sigma_h_mean_MPa_{r[0]}', r[7]):.0f} MPa")
+                              f"{_at(bonded.series, f'sigma_mean_MPa_{r[0]}', r[7]):.0f} MPa")
             cbd = bonded.series.get("cbd_sigma1_max_MPa")
             if cbd is not None:
                 k = int(np.argmax(cbd))

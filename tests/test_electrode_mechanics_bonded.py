@@ -49,8 +49,9 @@ def _rest(cfg, minutes=1.0):
 def test_soft_cbd_gives_back_the_free_particle_and_transport_is_unchanged(tmp_path):
     """1C charge for 3 min: the Li-poor rim contracts, hoop tension at the surface. With E_CBD = 1 MPa
     (1.7e5 × softer than NMC) the bonded particle's stress columns equal the free particle's to 0.2 %
-    of their peak at every step; a CBD as stiff as NMC holds the shrinking particle out — more hoop
-    tension (≥ 5 % above the free peak) — so the soft limit is not met by construction. θ, the voltage and the balances are the free run's to
+    of their peak at every step, and its mean stress is zero (to 0.2 %), as a traction-free body's must
+    be; a CBD as stiff as NMC holds the shrinking particle out — mean tension, more hoop tension
+    (≥ 5 % above the free peak) — so the soft limit is not met by construction. θ, the voltage and the balances are the free run's to
     round-off (one-way coupling)."""
     free = copy.deepcopy(EMBEDDED)
     free["mechanics"] = {"electrode_bonding": "free", "assumption_2d": "plane_strain"}
@@ -66,10 +67,14 @@ def test_soft_cbd_gives_back_the_free_particle_and_transport_is_unchanged(tmp_pa
     assert peak > 50.0
     for col in STRESS_COLS:
         assert np.max(np.abs(ts[col] - tf[col])) <= 2e-3 * peak, (col, np.max(np.abs(ts[col] - tf[col])))
+    # a traction-free body's mean stress vanishes (∫σ dV = ∮ x ⊗ σn dS): the nearly free particle's, while
+    # its rim is in tension and its core in compression; the stiff ring holds the shrinking particle out
+    assert np.max(np.abs(ts["sigma_mean_MPa_A"])) <= 2e-3 * peak, np.max(np.abs(ts["sigma_mean_MPa_A"]))
+    assert td["sigma_mean_MPa_A"][-1] > 0.05 * peak, td["sigma_mean_MPa_A"][-1]
     assert np.max(td["hoop_surface_max_MPa_A"]) > 1.05 * peak, (np.max(td["hoop_surface_max_MPa_A"]), peak)
     # the first record is the uniform initial state θ = θ₀ (the stress-free reference): zero stress in the
     # particle and in the (stiff, clamped) CBD
-    for col in STRESS_COLS + ("sigma_h_mean_MPa_A", "cbd_sigma1_max_MPa", "cbd_von_mises_max_MPa"):
+    for col in STRESS_COLS + ("sigma_mean_MPa_A", "cbd_sigma1_max_MPa", "cbd_von_mises_max_MPa"):
         assert abs(td[col][0]) <= 1e-9 * peak, (col, td[col][0])
     for col in ("voltage_V", "theta_mean_A", "theta_surface_A", "mass_balance_error"):
         assert np.max(np.abs(ts[col] - tf[col])) <= 1e-13 * max(1.0, np.max(np.abs(tf[col]))), col
@@ -99,7 +104,7 @@ def test_stiff_cbd_holds_a_swelling_particle_in_compression(tmp_path):
     assert ea[0] > 0
     scale = 170e3 * ea[0]  # MPa: the stress of a fully held basal plane
     # mean stress of the particle: −p of the ring's grip (a free particle's mean stress is zero)
-    assert np.all(ts["sigma_h_mean_MPa_A"] < -0.1 * scale), (ts["sigma_h_mean_MPa_A"], scale)
+    assert np.all(ts["sigma_mean_MPa_A"] < -0.1 * scale), (ts["sigma_mean_MPa_A"], scale)
     assert np.all(ts["hoop_surface_max_MPa_A"] < 0.0), ts["hoop_surface_max_MPa_A"]  # squeezed all round
     assert np.all(ts["cbd_sigma1_max_MPa"] > 0.1 * scale)  # the ring stretched
 
@@ -115,7 +120,7 @@ def test_bonded_serial_and_two_ranks_agree(tmp_path):
         runs[n] = _csv(out / "timeseries.csv")
     a, b = runs[1], runs[2]
     assert len(a["time_s"]) == len(b["time_s"])
-    cols = [c for c in a if c.startswith(("sigma1_max_MPa", "hoop_surface_max_MPa", "sigma_h_mean", "cbd_"))]
+    cols = [c for c in a if c.startswith(("sigma1_max_MPa", "hoop_surface_max_MPa", "sigma_mean", "cbd_"))]
     assert len(cols) == 10
     assert np.max(a["hoop_surface_max_MPa_B"]) > 50.0
     for c in cols:
