@@ -464,7 +464,7 @@ def bonded_figure(free: dict, bonded: dict, out: Path) -> str:
         t = series["time_s"][sel] / 3600
         for n, c in colors.items():
             a1.plot(t, series[f"hoop_surface_max_MPa_{n}"][sel], ls=ls, color=c, lw=1.2,
-                    label=f"{n} ({lab})" if ls == "-" or n == "T0" else None)
+                    label=n if ls == "-" else ("dashed: free" if n == "T0" else None))
             if lab == "bonded":
                 a2.plot(t, series[f"sigma_mean_MPa_{n}"][sel], color=c, lw=1.2, label=n)
         if lab == "bonded":
@@ -474,7 +474,7 @@ def bonded_figure(free: dict, bonded: dict, out: Path) -> str:
     a1.set_ylabel("peak surface hoop stress (MPa)")
     a1.set_title("first charge: bonded body (solid) vs free particles (dashed)", fontsize=9)
     a2.set_ylabel("stress (MPa)")
-    a2.set_title("bonded: each particle's mean in-plane stress (σ_xx + σ_yy)/2; the CBD's peak σ1", fontsize=9)
+    a2.set_title("bonded: mean in-plane stress per particle; CBD peak σ1", fontsize=9)
     a1.legend(frameon=False, fontsize=7, ncol=2)
     a2.legend(frameon=False, fontsize=7)
     fig.tight_layout()
