@@ -35,8 +35,10 @@ import json
 import resource
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 
+import numpy as np
 from petsc4py import PETSc
 
 COMM = MPI.COMM_WORLD
@@ -329,13 +331,33 @@ def fixed_settings(dt: float) -> dict:
     return {"time_scheme": "bdf1", "dt_initial_s": dt, "dt_max_s": dt, "theta_tol": 0.05}
 
 
+#: the fixed-step cases and the blocked arc's η the bare script is given for each
+FIXED_CASE_ETA = {"disk": 1.0, "fig4c": 0.3}
+
+
+def fixed_case_config(case: str, mesh: tuple[float, float]):
+    """The unblocked disk (``disk``: the disk_100mAg example) or Lun 2025 Fig. 4c (``fig4c``: the arc
+    −45°…45° blocked with η = 0.3, as in peer_race.py) at the given mesh sizes, outputs off."""
+    import nmcfx
+
+    if case == "disk":
+        return example_config("disk_100mAg", mesh, "none")
+    from peer_race import FIG4C_TOML
+
+    over = {"geometry.mesh_size_um": mesh[0], "geometry.surface_mesh_size_um": mesh[1]}
+    return nmcfx.load(tomllib.loads(FIG4C_TOML), over)
+
+
 def mode_fixed(args) -> dict:
     """The framework at a fixed step, three depths, to compare with bare_dolfinx_disk.py."""
+    from nmcfx.solver.run import particle_solver
     from nmcfx.solver.simulation import Simulation
-    from nmcfx.solver.transport import TransportSolver
 
     dt = args.dt
-    spec = example_config("disk_100mAg", tuple(args.mesh), "none").with_overrides({"solver": fixed_settings(dt)})
+    # P1: the bare script's discretisation (the framework's 2D default is P2; the ratio measures
+    # overhead at equal arithmetic, so both sides use P1)
+    spec = fixed_case_config(args.case, tuple(args.mesh)).with_overrides(
+        {"solver": fixed_settings(dt) | {"degree": 1}})
     snaps_s = [60.0 * m for m in spec.get("output.snapshot_times_min")]
     work = tmpdir()
 
@@ -350,9 +372,11 @@ def mode_fixed(args) -> dict:
         pr = spec.prepare(COMM)
         t1 = CLOCK()
         st = pr.solver
-        sv = TransportSolver(pr.particle, pr.material, degree=st.degree, time_scheme=st.time_scheme,
-                             mass_lumping=st.mass_lumping, petsc_options=st.petsc_options or None)
-        sim = Simulation(sv, pr.material, pr.protocol, st, snapshot_times_s=snaps_s)
+        sv = particle_solver(pr.particle, pr.material, st, pr.surface)
+        # the solver-core tier probes θ at the origin like the bare script (the framework probes the
+        # mesh centroid, a hair off the origin on the blocked disk's asymmetric mesh)
+        sim = Simulation(sv, pr.material, pr.protocol, st, snapshot_times_s=snaps_s,
+                         center=0.0 * np.asarray(pr.particle.centroid) if core else None)
         t2 = CLOCK()
         if not core:
             sim.run()
@@ -392,7 +416,8 @@ def mode_fixed(args) -> dict:
         import bare_dolfinx_disk
 
         ev0 = petsc_times()
-        r = bare_dolfinx_disk.solve(COMM, h=args.mesh[0], hs=args.mesh[1], dt=dt, lu=lu)
+        r = bare_dolfinx_disk.solve(COMM, h=args.mesh[0], hs=args.mesh[1], dt=dt, lu=lu,
+                                    eta=FIXED_CASE_ETA[args.case])
         ev = {k: v - ev0[k] for k, v in petsc_times().items()}
         t = {"mesh": r["mesh_s"], "setup": r["setup_s"], "loop": r["loop_s"], "wall": r["wall_s"],
              "assembly": r["assembly_s"], "linear_solve": ev["PCSetUp"] + ev["KSPSolve"]}
@@ -416,7 +441,7 @@ def mode_fixed(args) -> dict:
     out = {k: median_runs(v) for k, v in runs.items()}
     for v in out.values():
         v["timings"].setdefault("setup", v["timings"]["wall"] - v["timings"]["mesh"] - v["timings"]["loop"])
-    return {"dt_s": dt, "mesh": args.mesh[0], "surface_mesh": args.mesh[1], "tiers": out}
+    return {"case": args.case, "dt_s": dt, "mesh": args.mesh[0], "surface_mesh": args.mesh[1], "tiers": out}
 
 
 def mode_reference(args) -> dict:
@@ -449,6 +474,7 @@ def main(argv=None):
     p.add_argument("--solver", help="JSON dict merged into [solver]")
     p.add_argument("--variants", help="sweep: JSON list of {label, geometry/solver/output/petsc_options}")
     p.add_argument("--dt", type=float, default=30.0)
+    p.add_argument("--case", choices=tuple(FIXED_CASE_ETA), default="fig4c", help="fixed: the case")
     p.add_argument("--theta-tol", type=float, default=1e-5)
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--warmup", choices=("short", "full"), default="short",

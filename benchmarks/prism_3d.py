@@ -52,7 +52,7 @@ def config(args) -> dict:
     geometry = {
         "shape": "prism", "height_um": args.height, "mesher": args.mesher,
         "mesh_size_um": args.mesh_size, "surface_mesh_size_um": args.surface_mesh_size,
-        "max_cells": 50_000_000,  # the memory-based default assumes gmsh-sized overheads (limits.py)
+        "max_cells": 50_000_000,  # above the default on machines with < 16 GB (limits.py: 1.5 kB per cell)
         "cross_section": {"shape": "disk", "diameter_um": 2.4},
     }
     solver = {}

@@ -13,8 +13,12 @@ Two keys of ``[geometry]``, both optional:
   :data:`MEMORY_FRACTION` of this machine's memory (the smaller of the physical memory
   and a cgroup limit) at :data:`BYTES_PER_CELL` per cell, and at most
   :data:`MAX_CELLS_CAP`. The estimate per cell is measured peak memory of whole runs
-  (mesh, forms, LU factors): 2D P1 1.8 kB, P2 3.9 kB per triangle; 3D P1 1.7 kB per
-  tetrahedron at 170 k cells (LU fill grows with size in 3D).
+  (mesh, forms, solver): 2D P1 1.8 kB, P2 3.9 kB per triangle (LU); 3D P1 tetrahedra with
+  LU 1.7 kB at 170 k cells and 2.7 kB at 330 k (fill grows with size), with GMRES + GAMG —
+  the default from 100 k unknowns, ~0.55 M tetrahedra — 1.35 kB at 0.86 M cells on one rank
+  and 1.19 kB at 5.4 M cells on two (``benchmarks/README.md``, "3D at scale"). A 3D mesh
+  therefore counts :data:`BYTES_PER_CELL` ``[3]`` per cell where the iterative solver takes
+  over, and :data:`LU_BYTES_PER_CELL_3D` when the memory only fits meshes LU solves.
 
 The cell count is estimated from the sizes before gmsh runs and counted again after.
 """
@@ -36,7 +40,12 @@ DEFAULT_MIN_QUALITY = 0.1
 #: (a few slivers where outline pieces meet are tolerated; failed meshing is not).
 MAX_POOR_FRACTION = 0.01
 #: Bytes of peak memory per cell assumed for the default ``max_cells`` (see the module docstring).
-BYTES_PER_CELL = {2: 4.0e3, 3: 1.0e4}
+BYTES_PER_CELL = {2: 4.0e3, 3: 1.5e3}
+#: 3D meshes below :data:`LU_MAX_CELLS_3D` cells are solved by LU, whose fill costs more per cell.
+LU_BYTES_PER_CELL_3D = 3.0e3
+#: P1 tetrahedra at which the 3D solver switches from LU to GMRES + GAMG (~5.5 cells per vertex
+#: times ``ITERATIVE_MIN_DOFS_3D`` = 100 k unknowns in ``solver/problem.py``).
+LU_MAX_CELLS_3D = 550_000
 MEMORY_FRACTION = 0.5
 #: Upper bound of the default ``max_cells`` (gmsh meshes on one rank: beyond this it takes hours).
 MAX_CELLS_CAP = 20_000_000
@@ -57,8 +66,14 @@ def machine_memory_bytes() -> int:
 
 
 def default_max_cells(tdim: int, memory_bytes: int | None = None) -> int:
+    """The largest mesh that fits in :data:`MEMORY_FRACTION` of ``memory_bytes`` (default: this
+    machine's) at the measured bytes per cell (see the module docstring)."""
     mem = machine_memory_bytes() if memory_bytes is None else memory_bytes
-    return int(min(MAX_CELLS_CAP, MEMORY_FRACTION * mem / BYTES_PER_CELL[tdim]))
+    budget = MEMORY_FRACTION * mem
+    n = budget / BYTES_PER_CELL[tdim]
+    if tdim == 3 and n < LU_MAX_CELLS_3D:  # only meshes LU solves fit: count LU's fill
+        n = budget / LU_BYTES_PER_CELL_3D
+    return int(min(MAX_CELLS_CAP, n))
 
 
 @dataclass(frozen=True)
@@ -122,6 +137,7 @@ def mesh_limits(tdim: int, min_quality=None, max_cells=None, *, prefix: str = "g
     if comm is not None and comm.size > 1:
         mem = comm.bcast(mem, root=0)
     n = default_max_cells(tdim, mem)
+    per_cell = BYTES_PER_CELL[tdim] if (tdim == 2 or n >= LU_MAX_CELLS_3D) else LU_BYTES_PER_CELL_3D
     source = (f"default: {MEMORY_FRACTION:.0%} of this machine's {mem / 1e9:.3g} GB at "
-              f"~{BYTES_PER_CELL[tdim] / 1e3:g} kB per cell")
+              f"~{per_cell / 1e3:g} kB per cell")
     return MeshLimits(q, n, source, prefix)

@@ -276,7 +276,10 @@ def test_cell_limit_and_its_override(capsys, tmp_path):
     _one_error_line(capsys, "geometry.mesh_size_um:", "geometry.max_cells = 2e+04")
     # the default fits this machine's memory; a mesh of the right size passes, one cell more does not
     assert 100_000 < default_max_cells(2) <= 20_000_000
-    assert default_max_cells(2, memory_bytes=8e9) == 1_000_000 and default_max_cells(3, memory_bytes=8e9) == 400_000
+    assert default_max_cells(2, memory_bytes=8e9) == 1_000_000
+    # 3D: the iterative solver's 1.5 kB per cell where it takes over; LU's 3 kB if only LU-sized meshes fit
+    assert default_max_cells(3, memory_bytes=8e9) == 2_666_666
+    assert default_max_cells(3, memory_bytes=1e9) == 166_666
     n = disk(1.0, mesh_size_um=0.2).info["num_cells"]
     assert disk(1.0, mesh_size_um=0.2, max_cells=n).info["num_cells"] == n
     with pytest.raises(InputError, match="geometry.max_cells"):
