@@ -42,6 +42,7 @@ from petsc4py import PETSc
 
 import dolfinx
 import dolfinx.fem.petsc
+import dolfinx.la
 from dolfinx import fem
 
 from nmcfx.errors import InputError, SolverError

@@ -1,11 +1,15 @@
 """The bonded body (NMC ∪ CBD as one elastic body, solver/bonded_mechanics.py) against closed forms.
 
-Circular inclusion (radius a, NMC, eigenstrain diag(ε_a, ε_a, ε_c)) bonded in a concentric ring
-(b, CBD, no eigenstrain), plane strain, isotropic materials. Lamé: u = A r in the inclusion,
-u = B r + D/r in the ring; continuity of u and σ_rr at r = a, and either u(b) = 0 (clamped outer
-edge) or σ_rr(b) = 0 (free ring, rigid modes removed). In plane strain σ_rr = 2(λ+μ) ε̄ − 2μ D/r²
-type expressions with the eigenstrain entering as (2λ+2μ) ε_a + λ ε_c in the inclusion. The
-interface pressure p = −σ_rr(a) and the uniform inclusion stress are compared within 1 %.
+Circular inclusion (radius a, NMC, uniform eigenstrain diag(ε_a, ε_a, ε_c)) bonded in a concentric
+ring (outer radius b, CBD, no eigenstrain), plane strain, isotropic materials (Lamé constants λ, μ).
+u_r = A r in the inclusion, u_r = B r + D/r in the ring, so
+
+    σ_rr(inclusion) = 2(λ₁ + μ₁)(A − ε_a) − λ₁ ε_c            (uniform: the interface pressure is −σ_rr)
+    σ_rr, σ_φφ(ring) = 2(λ₂ + μ₂) B ∓ 2 μ₂ D / r²
+
+with u and σ_rr continuous at r = a and either u(b) = 0 (clamped outer edge) or σ_rr(b) = 0 (a free
+ring, rigid modes removed). The inclusion's stress and the ring's hoop and radial stresses are
+compared within 1 %.
 """
 
 from __future__ import annotations
@@ -157,9 +161,9 @@ def test_inclusion_in_a_ring_matches_lame_within_one_percent(clamped):
 
 @pytest.mark.mpi
 def test_reference_theta_everywhere_is_stress_free_and_a_loose_part_is_refused():
-    """θ = θ₀ in the inclusion: zero stress to round-off, clamped or not. A body with two
-    disconnected parts (the inclusion alone, clamped nowhere it touches) is refused by the null-pivot
-    count instead of returning an arbitrary rigid motion."""
+    """θ = θ₀ in the inclusion: zero stress to round-off (clamped ring, stiff CBD). A part that nothing
+    holds (the inclusion alone, expected to have no rigid modes) is refused by the factorisation's
+    null-pivot count instead of returning an arbitrary rigid motion."""
     from dolfinx import fem
 
     from nmcfx.errors import SolverError
@@ -185,8 +189,7 @@ def test_reference_theta_everywhere_is_stress_free_and_a_loose_part_is_refused()
     n_sub = sub.topology.index_map(tdim).size_local + sub.topology.index_map(tdim).num_ghosts
     parent_cells = emap.sub_topology_to_topology(np.arange(n_sub, dtype=np.int32), inverse=False)
     sub_cells = np.arange(n_sub, dtype=np.int32)
-    # clamp one facet of the ring... the submesh has none of them: pass a facet set that is empty here
-    # but non-empty on the parent — emulate a layout whose collector does not reach this part
+    # a free body told it is held (as a clamped body whose clamp does not reach this part would be)
     loose = BondedElasticitySolver(sub, sub_cells, [(theta, parent_cells, sub_cells)], linear_material(),
                                    Stiffness.isotropic(E2, NU2), theta_ref=THETA0, clamped_facets=None,
                                    assumption_2d="plane_strain", prefix="test_loose_")
