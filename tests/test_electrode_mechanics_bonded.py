@@ -21,7 +21,7 @@ from test_electrode_mechanics import GOOD, TWO, _csv, _run
 
 COMM = MPI.COMM_WORLD
 
-#: one 6 µm particle inside a 1 µm CBD ring (two overlapping coatings: one alone would leave a slit)
+#: one 6 µm particle inside a 1 µm CBD ring (two overlapping coatings; a single 0–360° coating closes too)
 #: wired to the collector by a strand: it touches no other particle and not the collector, so only
 #: the CBD holds it
 EMBEDDED = {
