@@ -15,6 +15,10 @@ hit the target — and two combinations of them fixed in advance:
 * σ_CBD two decades lower; the resolved electrolyte instead of the uniform one;
 * D_Li ten times lower over x = 1.0–0.8; an exchange current that rises on delithiation as D_Li
   does (004: "a similar trend holds for the reaction rate constant").
+* (post hoc) σ_NMC irreversible after the first delithiation (``nmc_conductivity_history =
+  "irreversible"``; Nishizawa et al., Chem. Commun. 1998, 1631, 004's ref. 40), alone and with
+  ``combo_sigma_i0``'s inputs — on a first charge it is inert; its test is the three-charge
+  protocol, ``python studies/sharma2022_asynchrony.py --variant irreversible_combo_sigma_i0``.
 
 The tables are written into ``OUT/tables/`` with their provenance in the comment lines (the
 case digest covers them, so a changed table re-runs its case).
@@ -191,6 +195,15 @@ VARIANTS = (
     Variant("default_from_0.90", "later-charge check (post hoc)", "default, charged from a uniform x = 0.90"),
     Variant("sigma_loglinear_from_0.90", "later-charge check (post hoc)", "sigma_loglinear, charged from x = 0.90"),
     Variant("combo_sigma_i0_from_0.90", "later-charge check (post hoc)", "combo_sigma_i0, charged from x = 0.90"),
+    # post hoc (issue 7): σ_NMC that does not fall back on re-lithiation — "Irreversible Conductivity Change of
+    # Li1−xCoO2 on Electrochemical Lithium Insertion/Extraction" (Nishizawa et al., Chem. Commun. 1998, 1631;
+    # 004's ref. 40): [electrode] nmc_conductivity_history = "irreversible", σ of the lowest θ reached so far.
+    # A first charge alone cannot tell it from the reversible σ (θ only falls); the three-charge protocol can:
+    # python studies/sharma2022_asynchrony.py --variant irreversible_combo_sigma_i0
+    Variant("irreversible", "σ_NMC history (post hoc)", "σ_NMC irreversible (Nishizawa et al. 1998, 004 ref. 40) with "
+                                                        "the default σ table"),
+    Variant("irreversible_combo_sigma_i0", "σ_NMC history (post hoc)", "combo_sigma_i0 with σ_NMC irreversible "
+                                                                       "(Nishizawa et al. 1998)"),
 )
 VARIANT_KEYS = tuple(v.key for v in VARIANTS)
 
@@ -294,6 +307,8 @@ RECIPES = {
     "default_from_0.90": ("start:0.90",),
     "sigma_loglinear_from_0.90": ("sigma:loglinear", "start:0.90"),
     "combo_sigma_i0_from_0.90": ("sigma:combo", "i0_like_dli", "start:0.90"),
+    "irreversible": ("irreversible",),
+    "irreversible_combo_sigma_i0": ("sigma:combo", "i0_like_dli", "irreversible"),
 }
 #: the finer mesh of the numerical check (the benchmark's 1.5 µm, surface 0.6 µm; the study's 2.0 / 0.8)
 FINE_MESH = {"mesh_size_um": 1.5, "surface_mesh_size_um": 0.6}
@@ -301,9 +316,14 @@ FINE_MESH = {"mesh_size_um": 1.5, "surface_mesh_size_um": 0.6}
 
 def variant_config(key: str, quick: bool, tables: Path) -> dict:
     """The first-charge config of variant ``key`` (tables it needs are written into ``tables``)."""
-    cfg = first_charge_config(quick)
+    return apply_recipe(first_charge_config(quick), RECIPES[key], quick, tables)
+
+
+def apply_recipe(cfg: dict, items, quick: bool, tables: Path) -> dict:
+    """``cfg`` with the ingredients ``items`` (see :data:`RECIPES`) applied in place; also used by
+    ``sharma2022_asynchrony.py --variant KEY`` on its three-charge config."""
     el, mat = cfg["electrode"], cfg["material"]
-    for item in RECIPES[key]:
+    for item in items:
         kind, _, arg = item.partition(":")
         if kind == "sigma":
             el["nmc_conductivity_csv"] = _sigma_table(tables, arg)
@@ -323,6 +343,8 @@ def variant_config(key: str, quick: bool, tables: Path) -> dict:
         elif kind == "fine_mesh":
             if not quick:
                 cfg["geometry"].update(FINE_MESH)
+        elif kind == "irreversible":
+            el["nmc_conductivity_history"] = "irreversible"
         else:
             raise ValueError(item)
     return cfg

@@ -365,7 +365,8 @@ def test_sharma2022_sensitivity_variants_validate_and_change_one_input(tmp_path)
 
     expected = {"sigma": {"electrode.nmc_conductivity_csv"}, "cbd_1e2": {"electrode.cbd_conductivity_S_m"},
                 "resolved": {"electrode.electrolyte"}, "dli_low": {"material.dli_csv"},
-                "i0_like_dli": {"material.i0_csv"}, "fine_mesh": {"geometry.mesh_size_um", "geometry.surface_mesh_size_um"}}
+                "i0_like_dli": {"material.i0_csv"}, "fine_mesh": {"geometry.mesh_size_um", "geometry.surface_mesh_size_um"},
+                "irreversible": {"electrode.nmc_conductivity_history"}}
     fb = flat(base)
     assert len(base["protocol"]["steps"]) == 1 and base["protocol"]["steps"][0]["type"] == "charge"
     assert set(mod.RECIPES) == set(mod.VARIANT_KEYS)
@@ -399,6 +400,28 @@ def test_sharma2022_sensitivity_variants_validate_and_change_one_input(tmp_path)
     assert np.max(np.abs(np.log10(np.interp(default.theta, th, sigma)) - np.log10(default.sigma))) < 0.01
     th, sigma = mod.transition_sigma(0.75)  # moved: still pristine at x = 0.85, metallic-side by x = 0.7
     assert np.interp(0.85, th, sigma) < 2e-5 and np.interp(0.70, th, sigma) > 5e-2
+
+
+def test_sharma2022_asynchrony_variant_option(tmp_path):
+    """``--variant KEY`` applies a sensitivity variant's inputs to the three-charge baseline (only that
+    case); a first-charge-only or unknown key is refused in one line before anything is written."""
+    from nmcfx.errors import InputError
+
+    mod = _load_study("sharma2022_asynchrony")
+    tables = Path(_outdir(tmp_path, "v"))
+    (key, cfg, _), = mod.variant_cases("irreversible_combo_sigma_i0", False, tables)
+    base = mod.base_config(False)
+    assert key == "baseline" and cfg["protocol"] == base["protocol"]
+    assert sum(s["type"] == "charge" for s in cfg["protocol"]["steps"]) == 3
+    assert cfg["electrode"]["nmc_conductivity_history"] == "irreversible"
+    assert cfg["electrode"]["nmc_conductivity_csv"] and cfg["material"]["i0_csv"]
+    variant, rest = mod._variant_arg(["--variant", "combo_sigma_i0"])
+    assert variant == "combo_sigma_i0" and rest[-1].endswith("variant_combo_sigma_i0")
+    for bad in ("combo_sigma_i0_from_0.90", "nonsense"):
+        out = tmp_path / f"never-{bad}"
+        with pytest.raises(InputError, match="--variant"):
+            mod.main(["--variant", bad, "-o", str(out)])
+        assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- Study.case: the sweep store
