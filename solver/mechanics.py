@@ -372,10 +372,20 @@ class ElasticitySolver:
         w, v = ufl.TrialFunction(V), ufl.TestFunction(V)
         ev = strain3(v, 0.0)  # virtual strain: in-plane only in 2D
         self.a_form = fem.form(ufl.inner(stress(w, zero_eig), ev) * dx)
-        L = -ufl.inner(stress(None, self.eig_t), ev) * dx
-        if extra_rhs is not None:
-            L = L + extra_rhs(self, v)
-        self.L_form = fem.form(L)
+        # the eigenstrain load is linear in the nodal values of ε_a, ε_c: with a constant modulus it is
+        # b = K_a ε_a + K_c ε_c, K assembled once (one compiled form, the selector picks the column)
+        self.linear_load = extra_rhs is None and not self.variable_modulus
+        if self.linear_load:
+            self._eig_sel = fem.Constant(mesh, np.zeros(2, dtype=PETSc.ScalarType))
+            wth = ufl.TrialFunction(Vth)
+            self._K_form = fem.form(-ufl.inner(stress(None, eig(self._eig_sel[0] * wth, self._eig_sel[1] * wth)),
+                                               ev) * dx)
+            self.L_form = None
+        else:
+            L = -ufl.inner(stress(None, self.eig_t), ev) * dx
+            if extra_rhs is not None:
+                L = L + extra_rhs(self, v)
+            self.L_form = fem.form(L)
         self.gps = tdim == 2 and self.assumption == "generalized_plane_strain"
         if self.gps:
             g_sel = sum(self.gsel[k] * g for k, g in enumerate(self.gmodes))
@@ -394,9 +404,23 @@ class ElasticitySolver:
         self.S = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
         self.Ss = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree))
         self.sigma = fem.Function(self.S, name="stress_MPa")
-        self._sigma_expr = fem.Expression(self.sigma_ufl, self.S.element.interpolation_points)
+        # the independent components only (2D sections: σ_xz = σ_yz = 0), evaluated on the owned cells
+        # straight into an array: the full tensor field ``sigma`` is filled from it when asked for
+        planar = tdim == 2 and np.allclose(self.C[3:5, [0, 1, 2, 5]], 0.0) and np.allclose(self.C[[0, 1, 2, 5], 3:5], 0.0)
+        self.components = COMPONENTS_2D if planar else COMPONENTS_3D
+        pts = self.Ss.element.interpolation_points
+        self._comp_expr = fem.Expression(ufl.as_vector([self.sigma_ufl[i, j] for i, j in self.components]), pts)
+        n_cells = mesh.topology.index_map(tdim).size_local
+        self._cells = np.arange(n_cells, dtype=np.int32)
+        self._comp_buffer = np.zeros((n_cells, pts.shape[0], len(self.components)))
+        n_s = self.Ss.dofmap.index_map.size_local
+        order = np.asarray(self.Ss.dofmap.list[:n_cells], dtype=np.int64).ravel()  # (cell, point) → stress node
+        self._node_order = None if np.array_equal(order, np.arange(n_s)) else order
+        self._stress_c = np.zeros((n_s, len(self.components)))
+        self._sigma_synced = True
+        self._theta_copy = fem.Function(Vth)  # θ of the current run, copied here: the Expression outlives runs
         self._theta_on_stress_nodes = fem.Function(self.Ss)
-        self._theta_expr = fem.Expression(theta, self.Ss.element.interpolation_points)
+        self._theta_expr = fem.Expression(self._theta_copy, self.Ss.element.interpolation_points)
         if self.gps:
             # ∫ f g_k dx = f · m_k for any f in the stress space (exact: f g_k is integrated by the form)
             vs = ufl.TestFunction(self.Ss)
@@ -434,11 +458,37 @@ class ElasticitySolver:
         for k in opts:
             del popts[f"{prefix}{k}"]
         self._matrix_ready = False
+        self.K = None
+        if self.linear_load:
+            self.K = []
+            for sel in np.eye(2):
+                self._eig_sel.value = sel
+                K = dolfinx.fem.petsc.assemble_matrix(self._K_form)
+                K.assemble()
+                self.K.append(K)
+            self._eig_vecs = [self.K[0].createVecRight() for _ in range(2)]
+        self._n_theta = Vth.dofmap.index_map.size_local
+        self.cache: dict = {}  # what users derive from this solver's mesh and spaces (kept with a reused solver)
+        self._update_coefficients()
+
+    def _rebind(self, theta: fem.Function, material, theta_ref: float):
+        """Serve a new run (:func:`acquire_solver`): read ``theta`` (same space layout), take the lattice
+        table of ``material`` (same stiffness) and ``theta_ref``; start from u = 0 as a new solver does."""
+        self.theta, self.material, self.theta_ref = theta, material, float(theta_ref)
+        self.counters = MechanicsCounters()
+        self.u.x.array[:] = 0.0
+        if self.gps:
+            self.p.value = np.zeros(3)
+        self._stress_c = np.zeros_like(self._stress_c)
+        self._sigma_synced = False
         self._update_coefficients()
 
     def destroy(self):
-        """Free the PETSc objects now (solver, matrix, vectors, null space): MUMPS and PETSc hold MPI
+        """Free the PETSc objects now (solver, matrices, vectors, null space): MUMPS and PETSc hold MPI
         communicators, of which a process has a limited number. The solver is unusable afterwards."""
+        for obj in (self.K or []) + getattr(self, "_eig_vecs", []):
+            obj.destroy()
+        self.K, self._eig_vecs = [], []
         for name in ("ksp", "A", "b", "x", "nullspace"):
             obj = getattr(self, name, None)
             if obj is not None:
@@ -498,10 +548,17 @@ class ElasticitySolver:
         if self.solver_kind == "iterative":
             with self.x.localForm() as xl:
                 xl.array[:] = target.x.array
-        with self.b.localForm() as bl:
-            bl.set(0.0)
-        dolfinx.fem.petsc.assemble_vector(self.b, L_form)
-        self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        if L_form is None:  # the eigenstrain load: b = K_a ε_a + K_c ε_c (owned entries; ghosts unused)
+            ea, ec = self._eig_vecs
+            ea.array[:] = self.eps_a.x.array[: self._n_theta]
+            ec.array[:] = self.eps_c.x.array[: self._n_theta]
+            self.K[0].mult(ea, self.b)
+            self.K[1].multAdd(ec, self.b, self.b)
+        else:
+            with self.b.localForm() as bl:
+                bl.set(0.0)
+            dolfinx.fem.petsc.assemble_vector(self.b, L_form)
+            self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         self.nullspace.remove(self.b)  # exact equilibrium of the discrete load
         t1 = MPI.Wtime()
         self.ksp.solve(self.b, self.x)
@@ -518,8 +575,12 @@ class ElasticitySolver:
         return self.ksp.getIterationNumber()
 
     # ------------------------------------------------------------------ solve
-    def solve(self) -> int:
-        """Displacement and stress for the current θ; returns the linear iterations."""
+    def solve(self, fields: bool = True) -> int:
+        """Displacement and stress for the current θ; returns the linear iterations.
+
+        ``fields=False`` leaves the tensor field :attr:`sigma` to be filled on demand (:meth:`sync_fields`;
+        :meth:`stress_nodes` does it): the stress components (:meth:`stress_components`), invariants and
+        surface stresses are up to date either way."""
         self._update_coefficients()
         if self.variable_modulus or not self._matrix_ready:
             t0 = MPI.Wtime()
@@ -528,33 +589,63 @@ class ElasticitySolver:
             if self.gps:
                 self._M = None
         its = 0
+        if self.gps and self._M is None:  # responses to unit ε_zz modes: once while C is constant
+            its += self._gps_modes()
+        its += self._solve_into(self.L_form, self.u)
+        t0 = MPI.Wtime()
         if self.gps:
-            if self._M is None:  # responses to unit ε_zz modes: once while C is constant
-                its += self._gps_modes()
             self.p.value = np.zeros(3)
-            its += self._solve_into(self.L_form, self.u)
-            t0 = MPI.Wtime()
-            self.sigma.interpolate(self._sigma_expr)
-            b = self._zz_moments(self.sigma.x.array)
-            p = np.linalg.solve(self._M, -b)
+            sc = self._evaluate_components()
+            p = np.linalg.solve(self._M, -self._zz_moments(sc))
             self.p.value = p
-            self.u.x.array[:] += sum(pk * um.x.array for pk, um in zip(p, self.u_modes))
-            self.sigma.x.array[:] += sum(pk * sk for pk, sk in zip(p, self._mode_sigma))
-            self.counters.post_time += MPI.Wtime() - t0
+            u = self.u.x.array
+            for pk, um, sk in zip(p, self.u_modes, self._mode_sigma):
+                u += pk * um.x.array
+                sc += pk * sk
         else:
-            its += self._solve_into(self.L_form, self.u)
-            t0 = MPI.Wtime()
-            self.sigma.interpolate(self._sigma_expr)
-            self.counters.post_time += MPI.Wtime() - t0
+            sc = self._evaluate_components()
+        self._stress_c = sc
+        self._sigma_synced = False
+        if fields:
+            self.sync_fields()
+        self.counters.post_time += MPI.Wtime() - t0
         self.counters.solves += 1
         self.counters.iterations += its
         return its
 
-    def _zz_moments(self, sigma_array) -> np.ndarray:
-        """∫σ_zz g_k dx, k = 0, 1, 2, of a stress array of the stress space (owned part)."""
-        n = len(self._m[0])
-        szz = sigma_array[: 9 * n].reshape(n, 9)[:, 8]
-        return np.array([self.comm.allreduce(float(szz @ m), op=MPI.SUM) for m in self._m])
+    def _evaluate_components(self) -> np.ndarray:
+        """The stress components (:attr:`components`) of the current u, ε_ch and ε_zz at the owned stress
+        nodes, (n, k) in MPa (a new array)."""
+        vals = self._comp_expr.eval(self.mesh, self._cells, self._comp_buffer).reshape(-1, len(self.components))
+        if self._node_order is None:
+            return vals.copy()
+        out = np.empty_like(vals)
+        out[self._node_order] = vals
+        return out
+
+    def stress_components(self) -> np.ndarray:
+        """Stress at the owned stress nodes as columns (n, k) in MPa, one per entry of :attr:`components`
+        ((i, j) of σ; 2D sections: xx, yy, zz, xy — σ_xz = σ_yz = 0). A view: do not modify."""
+        return self._stress_c
+
+    def sync_fields(self):
+        """Fill the tensor field :attr:`sigma` (owned nodes) from the last solve's stress components."""
+        if self._sigma_synced:
+            return
+        n, sc = len(self._stress_c), self._stress_c
+        s = self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
+        if len(self.components) < 6:
+            s[:] = 0.0
+        for k, (i, j) in enumerate(self.components):
+            s[:, i, j] = sc[:, k]
+            s[:, j, i] = sc[:, k]
+        self._sigma_synced = True
+
+    def _zz_moments(self, comps) -> np.ndarray:
+        """∫σ_zz g_k dx, k = 0, 1, 2, of stress components (owned stress nodes, :attr:`components` columns)."""
+        szz = comps[:, self.components.index((2, 2))]
+        local = np.array([szz @ m for m in self._m])
+        return local if self.comm.size == 1 else self.comm.allreduce(local, op=MPI.SUM)
 
     def _gps_modes(self) -> int:
         """Displacement and stress responses to ε_zz = g_k (no eigenstrain) and the 3×3 matrix of their
@@ -572,8 +663,7 @@ class ElasticitySolver:
         for k, um in enumerate(self.u_modes):
             self.u.x.array[:] = um.x.array
             self.p.value = np.eye(3)[k]
-            self.sigma.interpolate(self._sigma_expr)
-            self._mode_sigma.append(self.sigma.x.array.copy())
+            self._mode_sigma.append(self._evaluate_components())
         self.u.x.array[:] = saved
         self._update_coefficients()
         self._M = np.column_stack([self._zz_moments(sk) for sk in self._mode_sigma])
@@ -590,19 +680,24 @@ class ElasticitySolver:
         return np.array(self.p.value, dtype=float) if self.gps else np.zeros(3)
 
     # ------------------------------------------------------------------ post-processing
+    def stress_node_coordinates(self) -> np.ndarray:
+        """Owned stress-node coordinates (n, 3) in µm (a view, do not modify)."""
+        if not hasattr(self, "_X"):
+            self._X = self.Ss.tabulate_dof_coordinates()[: self.Ss.dofmap.index_map.size_local].copy()
+        return self._X
+
     def stress_nodes(self) -> tuple[np.ndarray, np.ndarray]:
         """Owned stress-node coordinates (n, 3) and stress tensors (n, 3, 3) in MPa (views, do not modify)."""
+        self.sync_fields()
         n = self.S.dofmap.index_map.size_local
-        if not hasattr(self, "_X"):
-            self._X = self.Ss.tabulate_dof_coordinates()[:n].copy()
-        return self._X, self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
+        return self.stress_node_coordinates(), self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
 
     def invariants(self) -> dict[str, np.ndarray]:
         """σ1 ≥ σ2 ≥ σ3 (principal), von Mises and hydrostatic stress at the owned stress nodes (MPa)."""
-        _, s = self.stress_nodes()
-        return stress_invariants(s, planar=self.tdim == 2)
+        return component_invariants(self._stress_c, self.components)
 
     def theta_at_stress_nodes(self) -> np.ndarray:
+        self._theta_copy.x.array[:] = self.theta.x.array
         self._theta_on_stress_nodes.interpolate(self._theta_expr)
         return self._theta_on_stress_nodes.x.array[: self.Ss.dofmap.index_map.size_local].copy()
 
@@ -639,6 +734,67 @@ class ElasticitySolver:
                 "theta_ref": self.theta_ref, "centroid_um": self.centroid.tolist()}
 
 
+# ============================================================================ reuse across runs
+#: Elasticity solvers released by finished runs, kept for the next run on the same mesh (serial only).
+_POOL: list[ElasticitySolver] = []
+#: How many released solvers are kept (each holds its factorisation: ~10 MB at 20k displacement DOFs).
+POOL_SIZE = 2
+
+
+def _pool_key(mesh, theta, material, settings: dict):
+    Vth = theta.function_space
+    el = Vth.element.basix_element
+    return (id(mesh), el.family, el.degree, Vth.dofmap.index_map.size_local, material.modulus is not None,
+            material.stiffness.voigt().tobytes(), tuple(sorted((k, repr(v)) for k, v in settings.items())))
+
+
+def acquire_solver(mesh, theta: fem.Function, material, *, theta_ref: float, **settings) -> ElasticitySolver:
+    """An :class:`ElasticitySolver` for these arguments: one a finished run released
+    (:func:`release_solver`) on the same mesh, θ space, stiffness and settings — its spaces, compiled
+    forms, factorisation, load operator and generalised-plane-strain modes kept, rebound to this ``theta``,
+    ``material`` (lattice table) and ``theta_ref`` — or a new one. A sweep or a calibration runs many
+    times on one (cached) mesh; only ``mesh.comm.size == 1``: parallel PETSc objects must be freed on
+    all ranks together, so they are never kept. Usage::
+
+        ms = acquire_solver(mesh, theta, material, theta_ref=0.95)
+        ...
+        release_solver(ms)      # kept for the next run (serial) or destroyed
+    """
+    if mesh.comm.size == 1 and settings.get("extra_rhs") is None:
+        key = _pool_key(mesh, theta, material, settings)
+        for i, ms in enumerate(_POOL):
+            if ms._pool_key == key and ms.mesh is mesh and np.array_equal(
+                    ms.eps_a.function_space.dofmap.list, theta.function_space.dofmap.list):
+                _POOL.pop(i)
+                ms._rebind(theta, material, theta_ref)
+                return ms
+    ms = ElasticitySolver(mesh, theta, material, theta_ref=theta_ref, **settings)
+    ms._pool_key = (_pool_key(mesh, theta, material, settings)
+                    if mesh.comm.size == 1 and settings.get("extra_rhs") is None else None)
+    return ms
+
+
+def release_solver(ms: ElasticitySolver | None):
+    """Give back a solver of :func:`acquire_solver`: kept for reuse (serial, at most :data:`POOL_SIZE`,
+    the oldest destroyed) or destroyed now (collective on the solver's communicator)."""
+    if ms is None:
+        return
+    if getattr(ms, "_pool_key", None) is None or ms.comm.size != 1 or os.environ.get("NMCFX_MESH_CACHE", "1") == "0":
+        ms.destroy()
+        return
+    if ms in _POOL:
+        return
+    _POOL.insert(0, ms)
+    while len(_POOL) > POOL_SIZE:
+        _POOL.pop().destroy()
+
+
+def clear_solver_pool():
+    """Destroy the solvers kept for reuse."""
+    while _POOL:
+        _POOL.pop().destroy()
+
+
 # ============================================================================ stress invariants (NumPy)
 def principal_stresses(s: np.ndarray) -> np.ndarray:
     """Eigenvalues (descending) of symmetric 3×3 tensors s (n, 3, 3), closed form (trigonometric)."""
@@ -661,6 +817,29 @@ def principal_stresses(s: np.ndarray) -> np.ndarray:
     out = np.stack([e1, e2, e3], axis=1)
     out[~safe] = q[~safe, None]
     return out
+
+
+#: the independent stress components ((i, j) of σ) a solver computes: 2D basal sections (σ_xz = σ_yz = 0)
+COMPONENTS_2D = ((0, 0), (1, 1), (2, 2), (0, 1))
+COMPONENTS_3D = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def component_invariants(c: np.ndarray, components=COMPONENTS_3D) -> dict[str, np.ndarray]:
+    """:func:`stress_invariants` of stresses given as columns (n, k) of the ``components`` (i, j) of σ
+    (missing ones are zero). With σ_xz = σ_yz = 0, σ_zz is principal and the in-plane pair is closed form."""
+    col = {ij: c[:, k] for k, ij in enumerate(components)}
+    sxx, syy, szz, sxy = col[(0, 0)], col[(1, 1)], col[(2, 2)], col[(0, 1)]
+    if (1, 2) in col:
+        s = np.empty((len(c), 3, 3))
+        for (i, j), v in col.items():
+            s[:, i, j] = s[:, j, i] = v
+        return stress_invariants(s)
+    m = 0.5 * (sxx + syy)
+    r = np.hypot(0.5 * (sxx - syy), sxy)
+    a, b = m + r, m - r
+    vm = np.sqrt(0.5 * ((sxx - syy) ** 2 + (syy - szz) ** 2 + (szz - sxx) ** 2) + 3.0 * sxy**2)
+    return {"sigma1": np.maximum(a, szz), "sigma2": np.minimum(np.maximum(szz, b), a), "sigma3": np.minimum(b, szz),
+            "von_mises": vm, "hydrostatic": (sxx + syy + szz) / 3.0}
 
 
 def stress_invariants(s: np.ndarray, planar: bool = False) -> dict[str, np.ndarray]:
@@ -746,8 +925,13 @@ class SurfaceStress:
         """t·σ·t (MPa) at the surface nodes owned by this rank."""
         if not len(self.dofs):
             return np.zeros(0)
-        s = self.solver.sigma.x.array.reshape(-1, 3, 3)[self.dofs]
-        return np.einsum("ni,nij,nj->n", self.t, s, self.t)
+        sv = self.solver
+        c = sv.stress_components()[self.dofs]
+        t = self.t
+        out = np.zeros(len(self.dofs))
+        for k, (i, j) in enumerate(sv.components):
+            out += (t[:, i] * t[:, j] * (1.0 if i == j else 2.0)) * c[:, k]
+        return out
 
 
 # ============================================================================ fracture indicator
@@ -856,6 +1040,7 @@ class StressPotential:
         cc = C[0, 2] + C[1, 2]
         self.kappa[:] = self.scale * mech.material.modulus_factor(mech.theta.x.array) * (
             ca * oa * oa + 2 * cc * oa * oc + C[2, 2] * oc * oc)
+        mech.sync_fields()  # the form reads the tensor field
         with self.b.localForm() as bl:
             bl.set(0.0)
         dolfinx.fem.petsc.assemble_vector(self.b, self.rhs_form)
