@@ -466,7 +466,14 @@ class ElasticitySolver:
                 K = dolfinx.fem.petsc.assemble_matrix(self._K_form)
                 K.assemble()
                 self.K.append(K)
-            self._eig_vecs = [self.K[0].createVecRight() for _ in range(2)]
+            # in-plane loads of 2D sections see one combination of ε_a and ε_c: K_c = α K_a, one product
+            da, dc = (K.getValuesCSR()[2] for K in self.K)
+            dots = self.comm.allreduce(np.array([da @ dc, da @ da, np.abs(dc).max(initial=0.0)]), op=MPI.SUM)
+            self._alpha = dots[0] / dots[1] if dots[1] > 0 else 0.0
+            off = self.comm.allreduce(float(np.abs(dc - self._alpha * da).max(initial=0.0)), op=MPI.MAX)
+            if off <= 1e-13 * max(self.comm.allreduce(float(np.abs(dc).max(initial=0.0)), op=MPI.MAX), 1e-300):
+                self.K.pop().destroy()
+            self._eig_vecs = [self.K[0].createVecRight() for _ in self.K]
         self._n_theta = Vth.dofmap.index_map.size_local
         self.cache: dict = {}  # what users derive from this solver's mesh and spaces (kept with a reused solver)
         self._update_coefficients()
@@ -549,11 +556,18 @@ class ElasticitySolver:
             with self.x.localForm() as xl:
                 xl.array[:] = target.x.array
         if L_form is None:  # the eigenstrain load: b = K_a ε_a + K_c ε_c (owned entries; ghosts unused)
-            ea, ec = self._eig_vecs
-            ea.array[:] = self.eps_a.x.array[: self._n_theta]
-            ec.array[:] = self.eps_c.x.array[: self._n_theta]
-            self.K[0].mult(ea, self.b)
-            self.K[1].multAdd(ec, self.b, self.b)
+            n = self._n_theta
+            if len(self.K) == 1:  # b = K_a (ε_a + α ε_c)
+                q = self._eig_vecs[0]
+                np.multiply(self.eps_c.x.array[:n], self._alpha, out=q.array)
+                q.array[:] += self.eps_a.x.array[:n]
+                self.K[0].mult(q, self.b)
+            else:
+                ea, ec = self._eig_vecs
+                ea.array[:] = self.eps_a.x.array[:n]
+                ec.array[:] = self.eps_c.x.array[:n]
+                self.K[0].mult(ea, self.b)
+                self.K[1].multAdd(ec, self.b, self.b)
         else:
             with self.b.localForm() as bl:
                 bl.set(0.0)
@@ -692,9 +706,10 @@ class ElasticitySolver:
         n = self.S.dofmap.index_map.size_local
         return self.stress_node_coordinates(), self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
 
-    def invariants(self) -> dict[str, np.ndarray]:
-        """σ1 ≥ σ2 ≥ σ3 (principal), von Mises and hydrostatic stress at the owned stress nodes (MPa)."""
-        return component_invariants(self._stress_c, self.components)
+    def invariants(self, principal=("sigma1", "sigma2", "sigma3")) -> dict[str, np.ndarray]:
+        """σ1 ≥ σ2 ≥ σ3 (principal; ``principal`` names those wanted), von Mises and hydrostatic stress at
+        the owned stress nodes (MPa)."""
+        return component_invariants(self._stress_c, self.components, principal)
 
     def theta_at_stress_nodes(self) -> np.ndarray:
         self._theta_copy.x.array[:] = self.theta.x.array
@@ -714,6 +729,23 @@ class ElasticitySolver:
         e[:, 0, 2] = e[:, 2, 0] = 0.5 * ev[:, 4]
         e[:, 0, 1] = e[:, 1, 0] = 0.5 * ev[:, 5]
         return e
+
+    def normal_strains(self, theta_nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ε_xx, ε_yy, ε_zz (total strain, :meth:`strain_from_stress`) at the owned stress nodes, from the
+        last solve's stress components and θ there."""
+        if not hasattr(self, "_compliance"):
+            self._compliance = np.linalg.inv(self.C)
+        voigt = {(0, 0): 0, (1, 1): 1, (2, 2): 2, (1, 2): 3, (0, 2): 4, (0, 1): 5}
+        sc = self._stress_c
+        f = self.material.modulus_factor(theta_nodes)
+        ea, ec = self.material.eigenstrain(theta_nodes, self.theta_ref)
+        out = []
+        for row, eig in ((0, ea), (1, ea), (2, ec)):
+            e = np.zeros(len(sc))
+            for k, ij in enumerate(self.components):
+                e += self._compliance[row, voigt[ij]] * sc[:, k]
+            out.append(e / f + eig)
+        return tuple(out)
 
     def stress_node_weights(self) -> np.ndarray:
         """∫φ_i dx of the scalar stress space (owned nodes): volume weights of the stress nodes."""
@@ -824,9 +856,11 @@ COMPONENTS_2D = ((0, 0), (1, 1), (2, 2), (0, 1))
 COMPONENTS_3D = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 
-def component_invariants(c: np.ndarray, components=COMPONENTS_3D) -> dict[str, np.ndarray]:
+def component_invariants(c: np.ndarray, components=COMPONENTS_3D,
+                         principal=("sigma1", "sigma2", "sigma3")) -> dict[str, np.ndarray]:
     """:func:`stress_invariants` of stresses given as columns (n, k) of the ``components`` (i, j) of σ
-    (missing ones are zero). With σ_xz = σ_yz = 0, σ_zz is principal and the in-plane pair is closed form."""
+    (missing ones are zero). With σ_xz = σ_yz = 0, σ_zz is principal and the in-plane pair is closed form
+    (then only the ``principal`` stresses named are computed)."""
     col = {ij: c[:, k] for k, ij in enumerate(components)}
     sxx, syy, szz, sxy = col[(0, 0)], col[(1, 1)], col[(2, 2)], col[(0, 1)]
     if (1, 2) in col:
@@ -835,11 +869,18 @@ def component_invariants(c: np.ndarray, components=COMPONENTS_3D) -> dict[str, n
             s[:, i, j] = s[:, j, i] = v
         return stress_invariants(s)
     m = 0.5 * (sxx + syy)
-    r = np.hypot(0.5 * (sxx - syy), sxy)
+    d = sxx - syy
+    r = np.hypot(0.5 * d, sxy)
     a, b = m + r, m - r
-    vm = np.sqrt(0.5 * ((sxx - syy) ** 2 + (syy - szz) ** 2 + (szz - sxx) ** 2) + 3.0 * sxy**2)
-    return {"sigma1": np.maximum(a, szz), "sigma2": np.minimum(np.maximum(szz, b), a), "sigma3": np.minimum(b, szz),
-            "von_mises": vm, "hydrostatic": (sxx + syy + szz) / 3.0}
+    vm = np.sqrt(0.5 * (d**2 + (syy - szz) ** 2 + (szz - sxx) ** 2) + 3.0 * sxy**2)
+    out = {"von_mises": vm, "hydrostatic": (sxx + syy + szz) / 3.0}
+    if "sigma1" in principal:
+        out["sigma1"] = np.maximum(a, szz)
+    if "sigma2" in principal:
+        out["sigma2"] = np.minimum(np.maximum(szz, b), a)
+    if "sigma3" in principal:
+        out["sigma3"] = np.minimum(b, szz)
+    return out
 
 
 def stress_invariants(s: np.ndarray, planar: bool = False) -> dict[str, np.ndarray]:

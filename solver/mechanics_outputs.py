@@ -270,7 +270,7 @@ class MechanicsObserver:
         its = ms.solve(fields=False)  # the tensor field is filled at the snapshots
         if self.two_way:
             self._couple(sim.t)
-        inv = ms.invariants()
+        inv = ms.invariants(principal=("sigma1", "sigma3"))
         n = self._n_nodes
         self.f_s1.x.array[:n] = inv["sigma1"]
         self.f_vm.x.array[:n] = inv["von_mises"]
@@ -333,13 +333,12 @@ class MechanicsObserver:
         got = self.comm.gather(prof, root=0)
         # lattice-parameter distribution
         th = ms.theta_at_stress_nodes()
-        _, s = ms.stress_nodes()
-        eps = ms.strain_from_stress(s, th)
+        exx, eyy, ezz = ms.normal_strains(th)
         w = ms.stress_node_weights()
         ref_a = float(ms.material.lattice.a(ms.theta_ref))
         ref_c = float(ms.material.lattice.c(ms.theta_ref))
         data = np.column_stack([th, w, ms.material.lattice.a(th), ms.material.lattice.c(th),
-                                ref_a * (1 + 0.5 * (eps[:, 0, 0] + eps[:, 1, 1])), ref_c * (1 + eps[:, 2, 2])])
+                                ref_a * (1 + 0.5 * (exx + eyy)), ref_c * (1 + ezz)])
         allv = self.comm.gather(data, root=0)
         if self.root:
             prof = np.concatenate(got)
@@ -408,7 +407,8 @@ class MechanicsObserver:
             for name, gi, pi in (("003", 1, 2), ("110", 3, 4)):
                 if self.xrd:
                     block = np.column_stack([self.xrd[0][gi]] + [x[pi] for x in self.xrd])
-                    fh.writelines(f"{name}," + ",".join(f"{v:.6g}" for v in row) + "\n" for row in block)
+                    fmt = f"{name}," + ",".join(["%.6g"] * block.shape[1]) + "\n"
+                    fh.writelines(fmt % tuple(row) for row in block.tolist())
         write_json(out / "mechanics.json", summary)
         if self.output.figures and self.rows:
             from . import mechanics_figures as figs
@@ -532,9 +532,10 @@ def theta_modes(theta, weights, bandwidth: float = 0.01, prominence: float = 0.1
 
 
 def _wquantile(x, w, q):
+    """Weighted quantile(s) ``q`` of x (one sort for all of them)."""
     o = np.argsort(x)
     cw = np.cumsum(w[o])
-    return float(np.interp(q * cw[-1], cw, x[o]))
+    return np.interp(np.asarray(q) * cw[-1], cw, x[o])
 
 
 def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict:
@@ -543,7 +544,7 @@ def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict
     two = sorted(modes[:2])
     mean = lambda v: float(np.sum(w * v))  # noqa: E731
     std = lambda v: float(np.sqrt(max(np.sum(w * (v - mean(v)) ** 2), 0.0)))  # noqa: E731
-    p05, p50, p95 = (_wquantile(theta, w, q) for q in (0.05, 0.5, 0.95))
+    p05, p50, p95 = (float(v) for v in _wquantile(theta, w, (0.05, 0.5, 0.95)))
     return {"theta_mean": mean(theta), "theta_p05": p05, "theta_p50": p50, "theta_p95": p95,
             "theta_spread_p95_p05": p95 - p05, "theta_modes": len(modes),
             "theta_mode_low": two[0] if len(two) == 2 else math.nan,
@@ -557,9 +558,12 @@ def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict
 
 def _write_table(path, header, data: np.ndarray):
     """A float table as CSV (NaN written as 'nan')."""
+    data = np.asarray(data, dtype=float).reshape(-1, len(header))
+    data = np.where(np.isfinite(data), data, np.nan)  # ±inf written as nan too
+    fmt = ",".join(["%r"] * len(header)) + "\n"
     with open(path, "w") as fh:
         fh.write(",".join(header) + "\n")
-        fh.writelines(",".join(repr(float(v)) if np.isfinite(v) else "nan" for v in row) + "\n" for row in data)
+        fh.writelines(fmt % tuple(row) for row in data.tolist())
 
 
 def _fmt(v):
