@@ -384,6 +384,10 @@ class ElasticitySolver:
         # the eigenstrain load is linear in the nodal values of ε_a, ε_c: with a constant modulus it is
         # b = K_a ε_a + K_c ε_c, K assembled once (one compiled form, the selector picks the column)
         self.linear_load = extra_rhs is None and not self.variable_modulus
+        L = -ufl.inner(stress(None, self.eig_t), ev) * dx
+        if extra_rhs is not None:
+            L = L + extra_rhs(self, v)
+        self.L_ufl = L  # the load as a UFL form (compiled as ``L_form`` where it is assembled as a form)
         if self.linear_load:
             self._eig_sel = fem.Constant(mesh, np.zeros(2, dtype=PETSc.ScalarType))
             wth = ufl.TrialFunction(Vth)
@@ -391,9 +395,6 @@ class ElasticitySolver:
                                                ev) * dx)
             self.L_form = None
         else:
-            L = -ufl.inner(stress(None, self.eig_t), ev) * dx
-            if extra_rhs is not None:
-                L = L + extra_rhs(self, v)
             self.L_form = fem.form(L)
         self.gps = tdim == 2 and self.assumption == "generalized_plane_strain"
         if self.gps:
