@@ -10,9 +10,16 @@ Units: µm (mesh), MPa (stress), so u is in µm.
 The surface is traction-free, so u is defined up to a rigid motion: the load is
 self-equilibrated, the rigid-body modes are the null space of the stiffness matrix and
 are removed from the solution (the displacement written out has no component along the
-Euclidean-orthonormalised rigid modes). Linear solvers: MUMPS Cholesky with null-pivot detection
-(2D default; the factorisation is reused while C does not change) or CG + GAMG with the
-rigid modes as near-null space (3D default).
+Euclidean-orthonormalised rigid modes). Linear solvers (2D default: direct, factorised once while C
+does not change): on one rank PETSc's sparse Cholesky with the rigid modes pinned at three DOFs,
+on several MUMPS Cholesky with null-pivot detection; or CG + GAMG with the rigid modes as
+near-null space (3D default).
+
+One-way with a constant modulus, a step is cheap: the eigenstrain load is linear in the nodal
+ε_a, ε_c, so b = K (ε_a + α ε_c) with K assembled once; the independent stress components are
+evaluated straight into an array (:meth:`ElasticitySolver.stress_components`) and the tensor field
+``sigma`` is filled only when asked for (:meth:`ElasticitySolver.sync_fields`). A run's solver can
+be kept for the next run on the same mesh (:func:`acquire_solver`, :func:`release_solver`).
 
 2D meshes are basal-plane (a–b) cross-sections; the out-of-plane strain ε_zz is set by
 ``assumption_2d``:
