@@ -651,10 +651,8 @@ class ElasticitySolver:
             sc = self._evaluate_components()
             p = np.linalg.solve(self._M, -self._zz_moments(sc))
             self.p.value = p
-            u = self.u.x.array
-            for pk, um, sk in zip(p, self.u_modes, self._mode_sigma):
-                u += pk * um.x.array
-                sc += pk * sk
+            self.u.x.array[:] += self._mode_u @ p  # superposition of the ε_zz mode responses
+            sc += (self._mode_stack @ p).reshape(sc.shape)
         else:
             sc = self._evaluate_components()
         self._stress_c = sc
@@ -720,6 +718,8 @@ class ElasticitySolver:
         self.u.x.array[:] = saved
         self._update_coefficients()
         self._M = np.column_stack([self._zz_moments(sk) for sk in self._mode_sigma])
+        self._mode_u = np.column_stack([um.x.array for um in self.u_modes])
+        self._mode_stack = np.stack([sk.ravel() for sk in self._mode_sigma], axis=1)
         return its
 
     def stress_of(self, w, ezz=None):
