@@ -596,8 +596,9 @@ class ElasticitySolver:
             n = self._n_theta
             if len(self.K) == 1:  # b = K_a (ε_a + α ε_c)
                 q = self._eig_vecs[0]
-                np.multiply(self.eps_c.x.array[:n], self._alpha, out=q.array)
-                q.array[:] += self.eps_a.x.array[:n]
+                qa = q.array
+                np.multiply(self.eps_c.x.array[:n], self._alpha, out=qa)
+                qa += self.eps_a.x.array[:n]
                 self.K[0].mult(q, self.b)
             else:
                 ea, ec = self._eig_vecs
@@ -620,9 +621,12 @@ class ElasticitySolver:
             raise SolverError(f"mechanics: linear solver failed (KSP reason {reason}, "
                               f"{self.ksp.getIterationNumber()} iterations)")
         self.nullspace.remove(self.x)  # no rigid motion in the displacement
-        self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
-        with self.x.localForm() as xl:
-            target.x.array[:] = xl.array_r
+        if self.comm.size == 1:
+            target.x.array[:] = self.x.array_r
+        else:
+            self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+            with self.x.localForm() as xl:
+                target.x.array[:] = xl.array_r
         self.counters.assembly_time += t1 - t0
         self.counters.solve_time += MPI.Wtime() - t1
         return self.ksp.getIterationNumber()
