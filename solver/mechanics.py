@@ -15,7 +15,7 @@ does not change): on one rank PETSc's sparse Cholesky with the rigid modes pinne
 on several MUMPS Cholesky with null-pivot detection; or CG + GAMG with the rigid modes as
 near-null space (3D default).
 
-One-way with a constant modulus, a step is cheap: the eigenstrain load is linear in the nodal
+One-way in 2D with a constant modulus, a step is cheap: the eigenstrain load is linear in the nodal
 ε_a, ε_c, so b = K (ε_a + α ε_c) with K assembled once; the independent stress components are
 evaluated straight into an array (:meth:`ElasticitySolver.stress_components`) and the tensor field
 ``sigma`` is filled only when asked for (:meth:`ElasticitySolver.sync_fields`). A run's solver can
@@ -410,8 +410,9 @@ class ElasticitySolver:
         ev = strain3(v, 0.0)  # virtual strain: in-plane only in 2D
         self.a_form = fem.form(ufl.inner(stress(w, zero_eig), ev) * dx)
         # the eigenstrain load is linear in the nodal values of ε_a, ε_c: with a constant modulus it is
-        # b = K_a ε_a + K_c ε_c, K assembled once (one compiled form, the selector picks the column)
-        self.linear_load = extra_rhs is None and not self.variable_modulus
+        # b = K_a ε_a + K_c ε_c, K assembled once (one compiled form, the selector picks the column). 2D
+        # only: in 3D a step costs a CG solve, and the two matrices would hold ~60 nonzeros per DOF
+        self.linear_load = extra_rhs is None and not self.variable_modulus and tdim == 2
         L = -ufl.inner(stress(None, self.eig_t), ev) * dx
         if extra_rhs is not None:
             L = L + extra_rhs(self, v)
