@@ -538,6 +538,8 @@ class ElasticitySolver:
     def destroy(self):
         """Free the PETSc objects now (solver, matrices, vectors, null space): MUMPS and PETSc hold MPI
         communicators, of which a process has a limited number. The solver is unusable afterwards."""
+        if self in _POOL:  # (destroyed by its user while kept for reuse: never hand it out again)
+            _POOL.remove(self)
         for obj in (self.K or []) + getattr(self, "_eig_vecs", []):
             obj.destroy()
         self.K, self._eig_vecs = [], []
@@ -883,13 +885,13 @@ def release_solver(ms: ElasticitySolver | None):
         return
     _POOL.insert(0, ms)
     while len(_POOL) > POOL_SIZE:
-        _POOL.pop().destroy()
+        _POOL[-1].destroy()
 
 
 def clear_solver_pool():
     """Destroy the solvers kept for reuse."""
     while _POOL:
-        _POOL.pop().destroy()
+        _POOL[-1].destroy()
 
 
 # ============================================================================ stress invariants (NumPy)

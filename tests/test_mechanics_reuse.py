@@ -103,3 +103,13 @@ def test_second_run_on_the_same_mesh_reuses_the_solver(tmp_path):
     for col in a.dtype.names:
         if col not in ("solve_time_s", "linear_iterations"):  # (the first run solves the ε_zz modes)
             assert np.allclose(a[col], b[col], rtol=1e-12, atol=1e-12, equal_nan=True), col
+    # a kept solver its user destroys is never handed out again
+    from nmcfx.solver import mechanics
+
+    kept = list(mechanics._POOL)
+    assert kept
+    for ms in kept:
+        ms.destroy()
+    assert not mechanics._POOL
+    execute(prepare(cfg, comm=COMM), tmp_path / "c", comm=COMM)
+    assert json.loads((tmp_path / "c" / "mechanics.json").read_text())["cost"]["factorizations"] == 1
