@@ -146,7 +146,7 @@ class ElectrodeLayout:
     def cbd_shapes(self) -> list[np.ndarray]:
         """Every CBD piece as a polygon (µm)."""
         out = [_strand_polygon(s) for s in self.strands]
-        out += [_coating_polygon(self.particles[c.particle], c) for c in self.coatings]
+        out += [poly for c in self.coatings for poly in _coating_polygons(self.particles[c.particle], c)]
         out += [np.asarray(p, dtype=float) for p in self.cbd_polygons]
         return out
 
@@ -986,6 +986,21 @@ def _strand_polygon(s: Strand) -> np.ndarray:
     normals /= np.maximum(np.einsum("ij,ij->i", normals, np.vstack([nrm[:1], nrm]))[:, None], 0.2)
     left, right = p + h * normals, p - h * normals
     return np.vstack([left, right[::-1]])
+
+
+#: a coating spanning at least this angle (°) closes around its particle
+FULL_COATING_DEG = 359.0
+
+
+def _coating_polygons(p: ParticleSpec, c: Coating) -> list[np.ndarray]:
+    """The CBD band(s) of a coating. A band that closes around its particle is drawn as two halves
+    overlapping by 10° (gmsh fuses them into one ring): a single band from start to end would
+    leave a slit at its seam — invisible to φ_s, but a crack to the bonded elastic body."""
+    if c.end_deg - c.start_deg < FULL_COATING_DEG:
+        return [_coating_polygon(p, c)]
+    a = c.start_deg
+    return [_coating_polygon(p, Coating(c.particle, a, a + 190.0, c.thickness)),
+            _coating_polygon(p, Coating(c.particle, a + 180.0, a + 370.0, c.thickness))]
 
 
 def _coating_polygon(p: ParticleSpec, c: Coating) -> np.ndarray:

@@ -43,6 +43,26 @@ DEFAULT_E_GPA = 170.0
 DEFAULT_NU = 0.275
 STIFFNESS_SOURCE = ("midpoints of E = 140-200 GPa, nu = 0.25-0.3 (de Vasconcelos et al., JMPS 144, 104102 "
                     "(2020); Xu et al., JMPS 129, 160 (2019); refs. 8, 11 of Sharma et al., Nano Lett. 2022)")
+#: The carbon-binder network (CBD: carbon black + PVDF, electrolyte-filled) of a composite electrode,
+#: used when particles and CBD are one elastic body (``[mechanics] electrode_bonding = "bonded"``).
+#: An order-of-magnitude default between the swollen, porous phase and the dense dry binder; the
+#: range, the sources and why 1 GPa are in data/README-mechanics.md (Sharma 2022's own values are
+#: not in the seed).
+DEFAULT_CBD_E_GPA = 1.0
+DEFAULT_CBD_NU = 0.3
+CBD_SOURCE = ("order-of-magnitude default for an electrolyte-swollen, porous carbon-black/PVDF phase "
+              "(dense PVDF ~1-3 GPa; see materials/data/README-mechanics.md)")
+
+
+def default_cbd_stiffness() -> "Stiffness":
+    """Isotropic stiffness of the carbon-binder network (defaults above).
+
+    >>> default_cbd_stiffness().summary()
+    'isotropic, E = 1 GPa, nu = 0.3'
+    """
+    return Stiffness.isotropic(DEFAULT_CBD_E_GPA, DEFAULT_CBD_NU, source=CBD_SOURCE)
+
+
 STIFFNESS_KINDS = ("isotropic", "transversely_isotropic")
 TI_KEYS = ("C11_GPa", "C12_GPa", "C13_GPa", "C33_GPa", "C44_GPa")
 
@@ -371,4 +391,8 @@ def format_mechanics_table(mech: MechanicalMaterial, thetas, theta_ref: float = 
     C = mech.stiffness.voigt()
     lines += ["", "  stiffness (Voigt, GPa; 11 22 33 23 13 12):"]
     lines += ["    " + " ".join(f"{v:8.2f}" for v in row) for row in C]
+    cbd = default_cbd_stiffness()
+    lines += ["", f"  carbon-binder network (electrode_bonding = 'bonded'): {cbd.summary()}",
+              f"                     source: {cbd.source}",
+              "                     set with [mechanics] cbd_youngs_modulus_GPa, cbd_poisson_ratio"]
     return "\n".join(lines)

@@ -56,6 +56,10 @@ from .terms import (
 )
 
 ELECTROLYTE_MODELS = ("uniform", "resolved")
+#: σ_NMC history: "reversible" σ(θ) of the local θ now; "irreversible" σ(min θ reached so far) — the
+#: metallic state of the first delithiation is kept on re-lithiation (Nishizawa et al., Chem. Commun.
+#: 1998, 1631, on Li1−xCoO2; 004's ref. 40)
+CONDUCTIVITY_HISTORIES = ("reversible", "irreversible")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class ElectrodeSettings:
     nmc_conductivity_csv: str | None = None  # σ_NMC(θ) table (default: materials/data/nmc_conductivity_default.csv)
     near_surface_depth_um: float = 0.5  # depth of the near-surface mean θ (the optical proxy)
     onset_drop: float = 0.05  # a particle's reaction onset: its mean θ has dropped this much in a charge
+    # σ_NMC of the local θ ("reversible") or of the lowest θ each node has reached ("irreversible")
+    nmc_conductivity_history: str = "reversible"
     # resolved electrolyte (solver/electrolyte.py; defaults and provenance there and in materials/data/README.md)
     electrolyte_concentration_mol_m3: float = 1000.0  # initial = reference c_l (i0_ref applies there)
     cbd_porosity: float = 0.5  # electrolyte volume fraction of the CBD
@@ -90,6 +96,11 @@ class ElectrodeSettings:
                 raise InputError("electrode.electrolyte", f"must be one of {list(ELECTROLYTE_MODELS)}, "
                                                           f"got {d['electrolyte']!r}")
             out["electrolyte"] = d["electrolyte"]
+        if "nmc_conductivity_history" in d:
+            if d["nmc_conductivity_history"] not in CONDUCTIVITY_HISTORIES:
+                raise InputError("electrode.nmc_conductivity_history", f"must be one of {list(CONDUCTIVITY_HISTORIES)}, "
+                                                                       f"got {d['nmc_conductivity_history']!r}")
+            out["nmc_conductivity_history"] = d["nmc_conductivity_history"]
         for key, lo, hi in (("cbd_conductivity_S_m", 0.0, 1e9), ("near_surface_depth_um", 0.0, 100.0),
                             ("onset_drop", 0.0, 0.5)):
             if key in d:
@@ -205,6 +216,11 @@ class _BatchedNodalUpdate(Term):
             values = {"D": mat.D_chem(th) * 1e12, "dD": mat.dD_chem(th) * 1e12, "U": mat.ocv(th),
                       "dU": mat.docv(th), "i0": mat.i0(th_i0, cr), "di0": mat.di0(th_i0, cr),
                       "s": m.sigma(th), "ds": m.sigma.derivative(th)}
+            if m.theta_min is not None:  # irreversible: σ(min(θ, θ_min)), σ' only where θ is below θ_min
+                lowest = np.clip(np.concatenate([m.theta_min[i].x.array for i in idx]), THETA_CLIP, 1.0 - THETA_CLIP)
+                below = th < lowest
+                values["s"] = m.sigma(np.minimum(th, lowest))
+                values["ds"] = np.where(below, values["ds"], 0.0)
             for j, i in enumerate(idx):
                 sl = slice(sizes[j], sizes[j + 1])
                 d, r = m.diffusions[i], m.reactions[i]
@@ -240,6 +256,7 @@ class ElectrodeModel:
             raise ValueError("one material per particle")
         self.material = self.materials[0]
         self.sigma = conductivity or load_conductivity_table(settings.nmc_conductivity_csv)
+        self.theta_min = None  # irreversible σ history: per particle, the lowest θ each node has reached
         self.kinetics = True
         tags = electrode.particle_tags
         self.names = [p["name"] for p in electrode.particles]
@@ -293,6 +310,11 @@ class ElectrodeModel:
         if self.electrolyte is not None:
             self.electrolyte.add_transport()  # salt and charge in the pores, δφ_l = 0 at the separator
         self.conduction = next(t for t in pb.terms if isinstance(t, Conduction))
+        if settings.nmc_conductivity_history == "irreversible":
+            self.theta_min = [fem.Function(th.V, name=f"theta_min_{n}") for th, n in zip(self.thetas, self.names)]
+            for th, low in zip(self.thetas, self.theta_min):
+                low.x.array[:] = 1.0
+                pb.extra_state[low.name] = low  # checkpointed with the fields
         pb.add_term(_BatchedNodalUpdate(self))
         pb.initialise()
         self.petsc_options = pb.petsc_options
@@ -401,6 +423,9 @@ class ElectrodeModel:
                     f.interpolate(theta0)
                 else:
                     f.x.array[:] = float(theta0)
+        if self.theta_min is not None:  # the history starts at the initial state
+            for th, low in zip(self.thetas, self.theta_min):
+                low.x.array[:] = th.u.x.array
         self.problem.update_coefficients()
         v = self.voltage_at_rest()
         self.phi_s.u.x.array[:] = 0.0
@@ -439,9 +464,20 @@ class ElectrodeModel:
         self.problem.close()
 
     def accept(self):
+        """After an accepted step (never inside Newton): shift the histories; with the irreversible
+        σ history, lower each node's θ_min to its new θ."""
+        if self.theta_min is not None:
+            for th, low in zip(self.thetas, self.theta_min):
+                np.minimum(low.x.array, th.u.x.array, out=low.x.array)
         self.problem.accept()
 
     # ------------------------------------------------------------------ observables
+    def conductivity_theta(self, i: int) -> np.ndarray:
+        """The θ (local DOF array) at which particle ``i``'s σ_NMC is evaluated: θ itself, or
+        min(θ, θ_min) with the irreversible history."""
+        u = self.thetas[i].u.x.array
+        return u if self.theta_min is None else np.minimum(u, self.theta_min[i].x.array)
+
     def integral_theta(self) -> float:
         """Σ_p ∫θ_p dx (µm^d): the Li in all particles, in site units."""
         return float(sum(I() for I in self._integrals))

@@ -176,9 +176,9 @@ class ElectrodeOutputs:
 
     def _update_current_density(self):
         m = self._model
-        for th, solid_cells, th_cells in self._particle_cells:
+        for i, (th, solid_cells, th_cells) in enumerate(self._particle_cells):
             dofs = th.V.dofmap.list[th_cells]
-            self._sigma[solid_cells] = m.sigma(th.u.x.array[dofs].mean(axis=1))
+            self._sigma[solid_cells] = m.sigma(m.conductivity_theta(i)[dofs].mean(axis=1))
         self._grad_abs.interpolate(self._grad_expr)
         self._current.x.array[:] = self._sigma * self._grad_abs.x.array * 1e6  # V/µm → V/m
 

@@ -241,6 +241,9 @@ class Problem:
         #: (one field, one rank), else DOLFINx's forms; "forms": always DOLFINx; "nodal": insist
         self.assembly = assembly
         self.assembler = None  # a NodalAssembler when that path is used
+        #: other per-DOF state a checkpoint must carry (name → Function; e.g. the electrode's
+        #: lowest θ reached, ``nmc_conductivity_history = "irreversible"``)
+        self.extra_state: dict[str, fem.Function] = {}
 
     # ------------------------------------------------------------------ building
     def add_field(self, f: Field) -> Field:
@@ -625,6 +628,8 @@ class Problem:
             for which, fn in f.history().items():
                 out[f"{f.name}:{which}"] = fn.x.array[:n].copy()
             out[f"{f.name}:u"] = f.u.x.array[:n].copy()
+        for name, fn in self.extra_state.items():
+            out[f"extra:{name}"] = fn.x.array[: fn.function_space.dofmap.index_map.size_local].copy()
         return out
 
     def load_state_arrays(self, data) -> None:
@@ -637,6 +642,13 @@ class Problem:
                     raise ValueError(f"{f.name}:{which} has {arr.shape} values, expected ({n},)")
                 fn.x.array[:n] = arr
                 fn.x.scatter_forward()
+        for name, fn in self.extra_state.items():
+            n = fn.function_space.dofmap.index_map.size_local
+            arr = np.asarray(data[f"extra:{name}"])
+            if arr.shape != (n,):
+                raise ValueError(f"extra:{name} has {arr.shape} values, expected ({n},)")
+            fn.x.array[:n] = arr
+            fn.x.scatter_forward()
 
     @property
     def num_dofs(self) -> int:

@@ -25,7 +25,12 @@ from nmcfx.parallel import collective_errors
 
 from .checkpoint import Checkpointer
 from .consistency import check_snapshots_within_protocol, check_tables_together, check_voltage_not_met_at_start
-from .electrode_mechanics import check_particle_table, electrode_mechanics_from_config, electrode_mechanics_observers
+from .electrode_mechanics import (
+    check_bonded_layout,
+    check_particle_table,
+    electrode_mechanics_from_config,
+    electrode_mechanics_observers,
+)
 from .mechanics import mechanics_from_config
 from .mechanics_outputs import coupling_terms, mechanics_observers
 from .outputs import OutputSettings, RunOutputs, write_json
@@ -175,6 +180,7 @@ def _prepare_electrode(cfg, material, protocol, surface, solver, output, title, 
     load_conductivity_table(settings.nmc_conductivity_csv, base_dir=base_dir)  # validated before meshing
     check_snapshots_within_protocol(output, protocol)
     electrode = electrode_from_config(cfg.get("geometry", {}), comm=comm, base_dir=base_dir)
+    check_bonded_layout(cfg, electrode)  # [mechanics] electrode_bonding = "bonded": every particle held
     if settings.electrolyte == "resolved":  # properties, geometry and [surface] checks (solver/electrolyte.py)
         from .electrolyte import check_run
 

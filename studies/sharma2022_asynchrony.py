@@ -18,10 +18,18 @@ charges in all. What the paper reports (Figs. 1–5, S7) and this study measures
 5. the rate constant k (i0) changes little at C/20 (Fig. S7): i0 × 0.1 and × 10;
 6. stress (case ``stress``, the first charge with ``[mechanics]``, free particles, one-way): each
    particle's stress peak against its onset — 004 Fig. S4 sees NMC811 particles crack at the
-   moment each starts to react.
+   moment each starts to react; case ``stress_bonded``: the same charge with the particles and
+   the carbon-binder network as one elastic body (``electrode_bonding = "bonded"``: bonded NMC|NMC
+   and NMC|CBD contacts, collector clamped, default CBD E = 1 GPa, plane strain).
 
-    python studies/sharma2022_asynchrony.py [-o DIR] [--quick] [--force]
+    python studies/sharma2022_asynchrony.py [-o DIR] [--quick] [--force] [--variant KEY]
     mpiexec -n 2 python studies/sharma2022_asynchrony.py
+
+``--variant KEY`` runs only the three-charge baseline with the inputs of a variant of
+``sharma2022_sensitivity.py`` (e.g. ``irreversible_combo_sigma_i0``: the σ_NMC and i0 tables of
+``combo_sigma_i0`` with ``nmc_conductivity_history = "irreversible"``), into
+``runs/studies/sharma2022_asynchrony/variant_KEY/`` unless ``-o`` is given — a post hoc test, not
+the study's default.
 
 Outputs (default ``runs/studies/sharma2022_asynchrony/``): ``asynchrony.csv`` (per case, charge
 and particle: onset time, capacity, slope peak), ``asynchrony_summary.csv`` (per case and charge:
@@ -29,8 +37,10 @@ onset spread, order of the top row, first-cycle loss), figures ``fig4d_surface_l
 Li of the top particles vs time, first charge), ``fig1c_slopes.png`` (slope of the optical proxy
 against capacity, charges 1–3), ``fig5_maps.png`` (θ maps at capacities i–iv of charges 1–3),
 ``voltage.png``, ``stress_onset.csv`` and ``stress_onset.png`` (per particle: onset, current peak,
-the rise and reaction-phase peak of its surface hoop stress and of σ1, the largest σ1 of the charge)
-and ``study.json``; every case's run directory under ``cases/`` (the stress case's with
+the rise and reaction-phase peak of its surface hoop stress and of σ1, the largest σ1 of the charge),
+``stress_onset_bonded.csv`` (the same for the bonded body) and ``stress_bonded_vs_free.png``
+(each top-row particle's peak hoop stress and mean stress, free vs bonded; the CBD's peak σ1)
+and ``study.json``; every case's run directory under ``cases/`` (the stress cases' with
 ``particles_stress.png`` and ``stress_maps.png``).
 """
 
@@ -157,6 +167,8 @@ def cases(quick: bool, outdir: Path | None = None) -> list[tuple[str, dict, str]
         out = out[:1]
     out.append(("stress", stress_config(base, first, quick), "first charge with [mechanics]: each particle's "
                                                               "stress peak against its onset"))
+    out.append(("stress_bonded", stress_config(base, first, quick, bonding="bonded"),
+                "first charge with [mechanics], particles and CBD one elastic body (collector clamped)"))
     return out
 
 
@@ -165,14 +177,16 @@ def cases(quick: bool, outdir: Path | None = None) -> list[tuple[str, dict, str]
 STRESS_SNAPSHOTS_MIN = (60.0, 100.0, 310.0, 540.0)
 
 
-def stress_config(base: dict, first_charge: dict, quick: bool) -> dict:
+def stress_config(base: dict, first_charge: dict, quick: bool, bonding: str = "free") -> dict:
     """The first charge with one-way mechanics: free particles (each traction-free), the default
     mechanical data (constructed a(θ), c(θ) of Ni-rich NMC, E = 170 GPa, ν = 0.275), generalised
     plane strain, stress-free at the pristine θ₀. One-way coupling: θ is that of the baseline's
-    first charge."""
+    first charge. ``bonding = "bonded"``: particles and CBD one body (default CBD E = 1 GPa, ν = 0.3),
+    the collector clamped, plane strain (the bonded default: the coating is held by the foil)."""
     cfg = copy.deepcopy(base)
     cfg["protocol"] = copy.deepcopy(first_charge)
-    cfg["mechanics"] = {"electrode_bonding": "free", "assumption_2d": "generalized_plane_strain"}
+    cfg["mechanics"] = ({"electrode_bonding": "free", "assumption_2d": "generalized_plane_strain"}
+                        if bonding == "free" else {"electrode_bonding": "bonded"})
     cfg["output"] = dict(cfg["output"], figures=True,
                          snapshot_times_min=[] if quick else list(STRESS_SNAPSHOTS_MIN))
     return cfg
@@ -438,6 +452,43 @@ def stress_figure(series: dict, rows: list, out: Path) -> str:
     return "stress_onset.png"
 
 
+def _at(series: dict, column: str, t_h: float) -> float:
+    """A first-charge column at time t (h from the start), linearly interpolated."""
+    sel = series["protocol_step"].astype(int) == 0
+    return float(np.interp(t_h, series["time_s"][sel] / 3600.0, series[column][sel]))
+
+
+def bonded_figure(free: dict, bonded: dict, out: Path) -> str:
+    """First charge, top row: peak surface hoop stress (left) and the particle's mean in-plane stress
+    (right) in the bonded body (solid) against the free particles (dashed, hoop only: a free
+    particle's mean stress is zero); the CBD's peak σ1 (grey, right)."""
+    P = plt()
+    colors = dict(zip(TOP_ROW, ["tab:orange", "tab:blue", "tab:green", "tab:purple", "tab:red"]))
+    fig, (a1, a2) = P.subplots(1, 2, figsize=(11, 4.0))
+    for series, ls, lab in ((free, "--", "free"), (bonded, "-", "bonded")):
+        sel = series["protocol_step"].astype(int) == 0
+        t = series["time_s"][sel] / 3600
+        for n, c in colors.items():
+            a1.plot(t, series[f"hoop_surface_max_MPa_{n}"][sel], ls=ls, color=c, lw=1.2,
+                    label=n if ls == "-" else ("dashed: free" if n == "T0" else None))
+            if lab == "bonded":
+                a2.plot(t, series[f"sigma_mean_MPa_{n}"][sel], color=c, lw=1.2, label=n)
+        if lab == "bonded":
+            a2.plot(t, series["cbd_sigma1_max_MPa"][sel], color="0.5", lw=1.0, label="CBD peak σ1")
+    for a in (a1, a2):
+        a.set_xlabel("charging time (h)")
+    a1.set_ylabel("peak surface hoop stress (MPa)")
+    a1.set_title("first charge: bonded body (solid) vs free particles (dashed)", fontsize=9)
+    a2.set_ylabel("stress (MPa)")
+    a2.set_title("bonded: mean in-plane stress per particle; CBD peak σ1", fontsize=9)
+    a1.legend(frameon=False, fontsize=7, ncol=2)
+    a2.legend(frameon=False, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "stress_bonded_vs_free.png", dpi=140)
+    P.close(fig)
+    return "stress_bonded_vs_free.png"
+
+
 def figures(study: Study, out: Path):
     base = study.results.get("baseline")
     if base is None or not base.series:
@@ -523,10 +574,45 @@ def figures(study: Study, out: Path):
     return made + ["voltage.png"]
 
 
+def variant_cases(key: str, quick: bool, outdir: Path) -> list[tuple[str, dict, str]]:
+    """The baseline (three charges) with sensitivity variant ``key``'s inputs (its tables written
+    into ``outdir/tables``); ingredients that only make sense for a first charge are refused."""
+    from sharma2022_sensitivity import RECIPES, VARIANTS, apply_recipe
+
+    items = RECIPES[key]
+    cfg = apply_recipe(base_config(quick), items, quick, outdir / "tables")
+    reading = next(v.reading for v in VARIANTS if v.key == key)
+    return [("baseline", cfg, f"three charges with sensitivity variant '{key}' (post hoc): {reading}")]
+
+
+def _variant_arg(argv):
+    """Split ``--variant KEY`` off the study's arguments; check KEY before anything is written."""
+    import argparse
+
+    extra = argparse.ArgumentParser(add_help=False)
+    extra.add_argument("--variant", default="", help="a sharma2022_sensitivity variant key (three-charge baseline only)")
+    known, rest = extra.parse_known_args(argv if argv is not None else sys.argv[1:])
+    if not known.variant:
+        return "", rest
+    from sharma2022_sensitivity import RECIPES
+
+    allowed = [k for k, items in RECIPES.items() if not any(i.startswith("start:") for i in items)]
+    if known.variant not in allowed:
+        from nmcfx.errors import InputError
+
+        raise InputError("--variant", f"unknown or first-charge-only variant {known.variant!r}; allowed: {allowed}")
+    if not any(a in ("-o", "--output") or a.startswith("--output=") for a in rest):
+        from _common import DEFAULT_ROOT
+
+        rest = [*rest, "-o", str(DEFAULT_ROOT / NAME / f"variant_{known.variant}")]
+    return known.variant, rest
+
+
 def main(argv=None):
+    variant, argv = _variant_arg(argv)
     args = parse_args(NAME, __doc__.splitlines()[0], argv)
     study = Study(NAME, args)
-    todo = cases(study.quick, study.outdir)
+    todo = variant_cases(variant, study.quick, study.outdir) if variant else cases(study.quick, study.outdir)
     study.plan(len(todo))
     for key, cfg, describe in todo:
         study.case(key, cfg, describe=describe, recorder=CapacityMaps() if key == "baseline" else None)
@@ -548,6 +634,26 @@ def main(argv=None):
                           f"{r[5]:.0f} MPa at the onset, fastest rise at {r[3]:.2f} h, peak {r[6]:.0f} MPa at "
                           f"{r[7]:.2f} h (θ̄ {r[9]:.2f}); σ1 {r[10]:.0f} MPa at {r[11]:.2f} h (r/R {r[12]:.2f}); "
                           f"charge max σ1 {r[13]:.0f} MPa at {r[14]:.1f} h (θ̄ {r[15]:.2f})")
+        bonded = study.results.get("stress_bonded")
+        if bonded is not None and bonded.series and "hoop_surface_max_MPa" in bonded.series:
+            names = [c[len("theta_mean_"):] for c in bonded.series if c.startswith("theta_mean_")]
+            brows = stress_vs_onset(bonded.series, names)
+            write_csv(out / "stress_onset_bonded.csv", STRESS_HEADER, brows)
+            made.append("stress_onset_bonded.csv")
+            if res is not None and res.series and "hoop_surface_max_MPa" in res.series:
+                made.append(bonded_figure(res.series, bonded.series, out))
+                free_rows = {r[0]: r for r in stress_vs_onset(res.series, names)}
+                for r in brows:
+                    f = free_rows[r[0]]
+                    study.say(f"{'bonded':>12s} {r[0]}: hoop peak {r[6]:.0f} MPa at {r[7]:.2f} h (free {f[6]:.0f} MPa "
+                              f"at {f[7]:.2f} h); σ1 reaction-phase peak {r[10]:.0f} MPa (free {f[10]:.0f}); "
+                              f"charge max σ1 {r[13]:.0f} MPa (free {f[13]:.0f}); mean stress at the hoop peak "
+                              f"{_at(bonded.series, f'sigma_mean_MPa_{r[0]}', r[7]):.0f} MPa")
+            cbd = bonded.series.get("cbd_sigma1_max_MPa")
+            if cbd is not None:
+                k = int(np.argmax(cbd))
+                study.say(f"{'bonded':>12s} CBD: peak σ1 {cbd[k]:.1f} MPa at {bonded.series['time_s'][k] / 3600:.2f} h, "
+                          f"peak von Mises {np.max(bonded.series['cbd_von_mises_max_MPa']):.1f} MPa")
         for r in summary:
             study.say(f"{r[0]:>12s} charge {r[1]}: {r[3]:6.1f} mAh/g, asynchrony index {r[4]:.3f}, spread of the "
                       f"10 %/50 % points {r[5]:.1f}/{r[6]:.1f} mAh/g, onsets T0 {r[7]:.2f} h … T4 {r[8]:.2f} h "

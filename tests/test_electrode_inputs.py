@@ -332,13 +332,15 @@ BAD = [
     (BASE, "duration_min = 0.5", 'duration_min = 0.5\nuntil = ["theta_center <= 0.5"]', "protocol.steps[0].until",
      "theta_center"),
     (BASE, "[protocol]", '[surface]\nmodel = "flux"\n[protocol]', "surface.model", "Butler"),
+    (BASE, "[protocol]", '[electrode]\nnmc_conductivity_history = "sticky"\n[protocol]',
+     "electrode.nmc_conductivity_history", "'irreversible'"),
 ]
 
 
 @pytest.mark.parametrize("base, old, new, field, words", BAD,
                          ids=["overlap", "outside-box", "lonely-strand", "no-path", "sigma-table-zero",
                               "sigma-cbd-zero", "label-nmc-missing", "label-cbd-missing", "stop-unknown-particle",
-                              "stop-theta-center", "surface-flux"])
+                              "stop-theta-center", "surface-flux", "sigma-history"])
 def test_bad_electrode_input_one_line_nothing_written(tmp_path, capsys, base, old, new, field, words):
     assert old in base
     text = base.replace(old, new, 1)
@@ -372,3 +374,22 @@ def test_unconnected_warn_runs_and_reports(tmp_path, capsys):
     assert max(abs(float(r["current_mA_g_B"])) for r in rows) < 1e-8 * 210
     areas = [p["area"] for p in meta["resolved"]["geometry"]["particles"]]
     assert float(rows[-1]["current_mA_g_A"]) == pytest.approx(210 * sum(areas) / areas[0], rel=1e-2)
+
+
+def test_a_full_coating_is_a_closed_ring():
+    """A coating over 0…360° is one closed CBD ring: its outer boundary is the circle of radius
+    r + thickness (a single band from start to end would leave a slit at its seam — two extra
+    edges of the thickness's length on the CBD|electrolyte interface, a crack to the bonded elastic
+    body), and the particle is fully covered."""
+    r, t = 3.0, 1.0
+    cfg = {"shape": "electrode", "width_um": 12.0, "height_um": 12.0,
+           "particles": [{"shape": "disk", "center_um": [6.0, 7.0], "diameter_um": 2 * r, "name": "A"}],
+           "strands": [{"points_um": [[6.0, 0.0], [6.0, 3.2]], "width_um": 1.2}],
+           "coatings": [{"particle": "A", "start_deg": 0, "end_deg": 360, "thickness_um": t}],
+           "mesh_size_um": 1.5, "surface_mesh_size_um": 0.6}
+    el = electrode_from_config(cfg, MPI.COMM_WORLD)
+    info = el.info
+    outer = 2 * math.pi * (r + t) - 2 * (r + t) * math.asin(0.6 / (r + t))  # minus where the strand joins
+    strand_sides = 2 * (7.0 - r - t)  # the strand's two sides, from the collector up to the ring
+    assert info["interface_measure"]["cbd|electrolyte"] == pytest.approx(outer + strand_sides, abs=0.3)  # no slit
+    assert el.particles[0]["coverage"] == pytest.approx(1.0, abs=1e-3)

@@ -222,7 +222,7 @@ progress = false
 
 BAD = [
     ('electrode_bonding = "free"', 'electrode_bonding = "glued"', "mechanics.electrode_bonding"),
-    ('electrode_bonding = "free"', 'electrode_bonding = "bonded"', "mechanics.electrode_bonding"),
+    ('electrode_bonding = "free"', 'cbd_poisson_ratio = 0.3', "mechanics.cbd_poisson_ratio"),
     ('electrode_bonding = "free"', 'electrode_bonding = 1', "mechanics.electrode_bonding"),
     ('electrode_bonding = "free"', 'nu = 0.5', "mechanics.nu"),
     ('electrode_bonding = "free"', 'assumption_2d = "plane"', "mechanics.assumption_2d"),

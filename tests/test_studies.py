@@ -332,6 +332,98 @@ def test_sharma2022_asynchrony_quick(tmp_path):
             assert float(stress[p]["hoop_peak_MPa"]) > 10.0, stress[p]
 
 
+def _load_study(name):
+    import importlib.util
+    import sys
+
+    folder = Path(__file__).resolve().parents[1] / "studies"
+    if str(folder) not in sys.path:  # the study imports its sibling sharma2022_asynchrony
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # (dataclasses look their module up)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_sharma2022_sensitivity_variants_validate_and_change_one_input(tmp_path):
+    """Every variant of the sensitivity study builds a config that validates (its tables load), the
+    single-input variants differ from the first-charge baseline in exactly the input they name, and the
+    σ_NMC construction the shape variants share reproduces the shipped default table at x = 0.95."""
+    from nmcfx.materials.conductivity import load_conductivity_table
+    from nmcfx.spec import RunSpec
+
+    mod = _load_study("sharma2022_sensitivity")
+    tables = Path(_outdir(tmp_path, "tables"))
+    base = mod.variant_config("default", False, tables)
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    expected = {"sigma": {"electrode.nmc_conductivity_csv"}, "cbd_1e2": {"electrode.cbd_conductivity_S_m"},
+                "resolved": {"electrode.electrolyte"}, "dli_low": {"material.dli_csv"},
+                "i0_like_dli": {"material.i0_csv"}, "fine_mesh": {"geometry.mesh_size_um", "geometry.surface_mesh_size_um"},
+                "irreversible": {"electrode.nmc_conductivity_history"}}
+    fb = flat(base)
+    assert len(base["protocol"]["steps"]) == 1 and base["protocol"]["steps"][0]["type"] == "charge"
+    assert set(mod.RECIPES) == set(mod.VARIANT_KEYS)
+    for key in mod.VARIANT_KEYS:
+        cfg = mod.variant_config(key, False, tables)
+        RunSpec(cfg, base_dir=".", name=key)  # validates every room, loads every table; raises InputError if not
+        fc = flat(cfg)
+        changed = {k for k in fb.keys() | fc.keys() if fb.get(k) != fc.get(k)}
+        kinds = [item.partition(":")[0] for item in mod.RECIPES[key]]
+        if "start" in kinds:  # a later charge: the same step from another uniform θ0
+            assert cfg["protocol"]["steps"] == base["protocol"]["steps"] and cfg["protocol"]["initial_theta"] < 0.95
+            changed -= {"protocol.initial_theta"}
+            kinds.remove("start")
+        else:
+            assert cfg["protocol"] == base["protocol"], key
+        if "contact" in kinds:  # an explicit layout replaces the preset: only [geometry] changes
+            assert changed and all(k.startswith("geometry.") for k in changed), key
+        else:
+            assert changed == set().union(set(), *[expected[k] for k in kinds]), key
+    # the explicit rebuild of the preset keeps its particles (names, sizes) and its CBD
+    from nmcfx.geometries.electrode import layout_from_config, sharma2022_layout
+
+    rebuilt = layout_from_config(dict(mod.preset_as_explicit(0.15), mesh_size_um=2.0))
+    rebuilt = rebuilt[0]  # (layout, mesh sizes, unconnected, verbose)
+    preset = sharma2022_layout()
+    assert [(p.name, p.center, p.diameter) for p in rebuilt.particles] == \
+        [(p.name, tuple(p.center), p.diameter) for p in preset.particles]
+    assert rebuilt.cbd_shapes() and len(rebuilt.cbd_shapes()) == len(preset.cbd_shapes())
+    default = load_conductivity_table()
+    th, sigma = mod.transition_sigma(0.95)
+    assert np.max(np.abs(np.log10(np.interp(default.theta, th, sigma)) - np.log10(default.sigma))) < 0.01
+    th, sigma = mod.transition_sigma(0.75)  # moved: still pristine at x = 0.85, metallic-side by x = 0.7
+    assert np.interp(0.85, th, sigma) < 2e-5 and np.interp(0.70, th, sigma) > 5e-2
+
+
+def test_sharma2022_asynchrony_variant_option(tmp_path):
+    """``--variant KEY`` applies a sensitivity variant's inputs to the three-charge baseline (only that
+    case); a first-charge-only or unknown key is refused in one line before anything is written."""
+    from nmcfx.errors import InputError
+
+    mod = _load_study("sharma2022_asynchrony")
+    tables = Path(_outdir(tmp_path, "v"))
+    (key, cfg, _), = mod.variant_cases("irreversible_combo_sigma_i0", False, tables)
+    base = mod.base_config(False)
+    assert key == "baseline" and cfg["protocol"] == base["protocol"]
+    assert sum(s["type"] == "charge" for s in cfg["protocol"]["steps"]) == 3
+    assert cfg["electrode"]["nmc_conductivity_history"] == "irreversible"
+    assert cfg["electrode"]["nmc_conductivity_csv"] and cfg["material"]["i0_csv"]
+    variant, rest = mod._variant_arg(["--variant", "combo_sigma_i0"])
+    assert variant == "combo_sigma_i0" and rest[-1].endswith("variant_combo_sigma_i0")
+    for bad in ("combo_sigma_i0_from_0.90", "nonsense"):
+        out = tmp_path / f"never-{bad}"
+        with pytest.raises(InputError, match="--variant"):
+            mod.main(["--variant", bad, "-o", str(out)])
+        assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- Study.case: the sweep store
 def test_study_case_reruns_when_a_table_it_reads_changes(tmp_path, capsys):
     """A study case is keyed by its RunSpec digest (config + the bytes of the files it reads) and

@@ -1,0 +1,339 @@
+"""One elastic body of several materials: NMC particles bonded to the carbon-binder network (CBD).
+
+    ∇·σ = 0 on NMC ∪ CBD,   σ = f(θ) C_NMC : (ε(u) − ε_ch(θ)) in NMC,   σ = C_CBD : ε(u) in CBD,
+
+u continuous across every NMC|CBD and NMC|NMC facet (a perfect bond), u = 0 on the clamped facets
+(an electrode's current collector), traction-free elsewhere (the pores: the electrolyte carries no
+load). Without clamped facets the body is free and its rigid-body modes are removed, as for a free
+particle. The NMC eigenstrain is that of :class:`~nmcfx.solver.mechanics.ElasticitySolver`
+(crystal frame, c ∥ z); the CBD has none. The stiffness is piecewise: a cell indicator χ (DG0, 1 in
+NMC) blends two constant 6×6 matrices, C = χ C_NMC + (1 − χ) C_CBD, so one compiled form serves
+every layout and material.
+
+θ lives on each particle's own mesh (a submesh of the electrode); it is copied cell by cell into a
+discontinuous field of θ's degree on the body's mesh (exact: the same element on the same cells),
+so the eigenstrain may jump across an NMC|NMC contact, as θ does between two particles.
+
+The solve, generalised plane strain, stresses and invariants are those of ``ElasticitySolver``
+(this class reuses them); what differs is the set-up (cell-wise stiffness, θ from several meshes),
+the Dirichlet condition and the null space. A part of the body that neither touches the clamped
+facets nor is bonded to a part that does would be free to move: the direct solver's null-pivot count
+detects it at the first factorisation (a :class:`SolverError` naming the count); runs refuse such
+layouts before meshing anything else (:func:`nmcfx.solver.electrode_mechanics.check_bonded_layout`).
+
+Usage (a disk inclusion with eigenstrain in a clamped ring; ``tags``: 1 inclusion, 2 ring)::
+
+    theta = fem.Function(fem.functionspace(mesh, ("DG", 0)))   # any θ field; here on the body's mesh
+    theta.x.array[:] = 0.9
+    cells = np.arange(n_local_cells, dtype=np.int32)
+    body = BondedElasticitySolver(mesh, tags.find(1), [(theta, cells, cells)], default_mechanics(),
+                                  Stiffness.isotropic(1.0, 0.3), theta_ref=0.95, clamped_facets=outer)
+    body.solve()
+    s = body.invariants()          # σ1, von Mises, hydrostatic at the stress nodes (MPa)
+    body.destroy()
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ufl
+from mpi4py import MPI
+from petsc4py import PETSc
+
+import dolfinx
+import dolfinx.fem.petsc
+import dolfinx.la
+from dolfinx import fem
+
+from nmcfx.errors import InputError, SolverError
+
+from .mechanics import (
+    ASSUMPTIONS_2D,
+    DIRECT_OPTIONS,
+    ITERATIVE_OPTIONS,
+    ElasticitySolver,
+    MechanicsCounters,
+    _tensor,
+    _voigt,
+)
+
+
+class BondedElasticitySolver(ElasticitySolver):
+    """Elasticity of a body of NMC and CBD cells with the NMC's chemical eigenstrain (module docstring).
+
+    Parameters: ``mesh`` (the body, µm), ``nmc_cells`` (local cell indices of the NMC cells, ghosts
+    may be included; every other cell is CBD), ``theta_sources`` (a list of ``(theta, source_cells,
+    body_cells)``: a scalar Lagrange θ Function on some mesh, and matching cells of that mesh and of
+    the body — the same parent cells), ``material`` (the NMC's
+    :class:`~nmcfx.materials.mechanics.MechanicalMaterial`), ``cbd`` (a
+    :class:`~nmcfx.materials.mechanics.Stiffness`, isotropic), ``theta_ref``, ``clamped_facets``
+    (facets of ``mesh`` with u = 0; empty on every rank: a free body). The rest as for
+    :class:`ElasticitySolver`.
+
+    After :meth:`solve`: ``u``, ``sigma`` (3×3, MPa, discontinuous), ``invariants()``, and
+    ``nmc_stress_dofs`` / ``cbd_stress_dofs`` (owned scalar stress-space DOFs of each material).
+    """
+
+    def __init__(self, mesh, nmc_cells, theta_sources, material, cbd, *, theta_ref: float,
+                 clamped_facets=None, assumption_2d: str = "plane_strain", degree: int = 2, solver: str = "auto",
+                 petsc_options: dict | None = None, prefix: str = "nmcfx_bonded_"):
+        if assumption_2d not in ASSUMPTIONS_2D:
+            raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, got {assumption_2d!r}")
+        if cbd.kind != "isotropic":
+            raise ValueError("the CBD stiffness must be isotropic")
+        self.mesh = mesh
+        self.comm = mesh.comm
+        self.material = material
+        self.cbd = cbd
+        self.theta_ref = float(theta_ref)
+        self.tdim = tdim = mesh.topology.dim
+        self.assumption = assumption_2d if tdim == 2 else "3d"
+        self.degree = degree
+        self.counters = MechanicsCounters()
+        self.sources = list(theta_sources)
+        th_deg = max(th.function_space.element.basix_element.degree for th, _, _ in self.sources)
+        n_cells = mesh.topology.index_map(tdim).size_local + mesh.topology.index_map(tdim).num_ghosts
+
+        # ---- regions: χ = 1 in NMC cells (DG0); θ copied into a DG field of θ's degree
+        Q0 = fem.functionspace(mesh, ("Discontinuous Lagrange", 0))
+        self.chi = chi = fem.Function(Q0, name="nmc_indicator")
+        nmc = np.zeros(n_cells, dtype=bool)
+        nmc[np.asarray(nmc_cells, dtype=np.int64)] = True
+        chi.x.array[:] = 0.0
+        cell_dof = Q0.dofmap.list[:, 0]  # DG0: one dof per cell
+        chi.x.array[cell_dof] = nmc.astype(float)
+        chi.x.scatter_forward()  # the owner's word for ghost cells (callers may pass owned cells only)
+        nmc = chi.x.array[cell_dof] > 0.5
+        self.Vth = Vth = fem.functionspace(mesh, ("Discontinuous Lagrange", th_deg))
+        self.theta = fem.Function(Vth, name="theta_body")
+        dm = Vth.dofmap.list
+        n_owned_cells = mesh.topology.index_map(tdim).size_local
+        self._nmc_theta_dofs = np.unique(dm[np.flatnonzero(nmc)].ravel())
+        self.eps_a = fem.Function(Vth, name="eps_a")
+        self.eps_c = fem.Function(Vth, name="eps_c")
+        self.variable_modulus = material.modulus is not None
+        self.fmod = fem.Function(Vth, name="modulus_factor") if self.variable_modulus else None
+        if self.fmod is not None:
+            self.fmod.x.array[:] = 1.0
+        self._owned_source_cells = []
+        for th, src, dst in self.sources:
+            src, dst = np.asarray(src, dtype=np.int32), np.asarray(dst, dtype=np.int32)
+            own = dst < n_owned_cells
+            self._owned_source_cells.append((th, src[own], dst[own]))
+
+        self.C = material.stiffness.voigt() * 1e3  # GPa → MPa (NMC, crystal frame)
+        self.C_cbd = cbd.voigt() * 1e3
+        Cn = fem.Constant(mesh, PETSc.ScalarType(1.0) * self.C)
+        Cc = fem.Constant(mesh, PETSc.ScalarType(1.0) * self.C_cbd)
+        Cm = chi * Cn + (1.0 - chi) * Cc
+        x = ufl.SpatialCoordinate(mesh)
+        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
+        vol = self.comm.allreduce(fem.assemble_scalar(fem.form(one * ufl.dx(domain=mesh))), op=MPI.SUM)
+        self.volume = vol
+        self.centroid = np.array([self.comm.allreduce(fem.assemble_scalar(fem.form(x[i] * ufl.dx(domain=mesh))),
+                                                      op=MPI.SUM) / vol for i in range(mesh.geometry.dim)])
+        qdeg = max(2 * (degree - 1), th_deg + degree - 1, degree) + (th_deg if self.variable_modulus else 0)
+        self.dx = dx = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": qdeg})
+        f = (chi * self.fmod + (1.0 - chi)) if self.variable_modulus else 1.0
+
+        self.p = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))
+        self.gsel = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))
+        if tdim == 2:
+            xc = fem.Constant(mesh, np.asarray(self.centroid[:2], dtype=PETSc.ScalarType))
+            self.gmodes = [one, x[0] - xc[0], x[1] - xc[1]]
+        else:
+            self.gmodes = []
+
+        def strain3(w, ezz=0.0):
+            e = ufl.sym(ufl.grad(w)) if w is not None else ufl.as_matrix([[0.0] * tdim] * tdim)
+            if tdim == 3:
+                return e
+            return ufl.as_matrix([[e[0, 0], e[0, 1], 0.0], [e[1, 0], e[1, 1], 0.0], [0.0, 0.0, ezz]])
+
+        def eig(ea, ec):
+            return ufl.as_matrix([[ea, 0.0, 0.0], [0.0, ea, 0.0], [0.0, 0.0, ec]])
+
+        plane_stress = tdim == 2 and self.assumption == "plane_stress"
+
+        def stress(w, eig_t, ezz=None):
+            if plane_stress:
+                d = _voigt(strain3(w, 0.0) - eig_t)
+                ezz_el = -(Cm[2, 0] * d[0] + Cm[2, 1] * d[1] + Cm[2, 5] * d[5]) / Cm[2, 2]
+                e3 = strain3(w, ezz_el + eig_t[2, 2])
+            else:
+                e3 = strain3(w, 0.0 if ezz is None else ezz)
+            return f * _tensor(ufl.dot(Cm, _voigt(e3 - eig_t)))
+
+        self._stress = stress
+        self._strain3 = strain3
+        zero_eig = eig(0.0, 0.0)
+        self.eig_t = eig(self.eps_a, self.eps_c)
+        self.V = V = fem.functionspace(mesh, ("Lagrange", degree, (tdim,)))
+        self.u = fem.Function(V, name="displacement_um")
+        w, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+        ev = strain3(v, 0.0)
+        self.a_form = fem.form(ufl.inner(stress(w, zero_eig), ev) * dx)
+        self.L_form = fem.form(-ufl.inner(stress(None, self.eig_t), ev) * dx)
+        self.gps = tdim == 2 and self.assumption == "generalized_plane_strain"
+        if self.gps:
+            g_sel = sum(self.gsel[k] * g for k, g in enumerate(self.gmodes))
+            self.L_mode = fem.form(-ufl.inner(stress(None, zero_eig, g_sel), ev) * dx)
+            self.u_modes = [fem.Function(V) for _ in self.gmodes]
+            self._M = None
+        ezz_total = sum(self.p[k] * g for k, g in enumerate(self.gmodes)) if self.gps else 0.0
+        self.sigma_ufl = stress(self.u, self.eig_t, ezz_total)
+        self.strain_ufl = strain3(self.u, ezz_total)
+
+        # ---- stress space (as ElasticitySolver: exact for the eigenstrain's degree)
+        self.stress_degree = degree - 1 if th_deg == 1 else max(degree - 1, th_deg)
+        self.S = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
+        self.Ss = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree))
+        self.sigma = fem.Function(self.S, name="stress_MPa")
+        self._sigma_expr = fem.Expression(self.sigma_ufl, self.S.element.interpolation_points)
+        n_s = self.Ss.dofmap.index_map.size_local
+        sdm = self.Ss.dofmap.list[:n_owned_cells]
+        owned_nmc = nmc[:n_owned_cells]
+        self.nmc_stress_dofs = np.unique(sdm[owned_nmc].ravel())
+        self.cbd_stress_dofs = np.unique(sdm[~owned_nmc].ravel())
+        self.nmc_stress_dofs = self.nmc_stress_dofs[self.nmc_stress_dofs < n_s]
+        self.cbd_stress_dofs = self.cbd_stress_dofs[self.cbd_stress_dofs < n_s]
+        if self.gps:
+            vs = ufl.TestFunction(self.Ss)
+            m_form = fem.form(g_sel * vs * dx)
+            self._m = []
+            for k in range(3):
+                self.gsel.value = np.eye(3)[k]
+                vec = fem.assemble_vector(m_form)
+                vec.scatter_reverse(dolfinx.la.InsertMode.add)
+                self._m.append(vec.array[:n_s].copy())
+            self.gsel.value = np.zeros(3)
+            self._mode_sigma = None
+
+        # ---- boundary condition and null space
+        facets = np.zeros(0, dtype=np.int32) if clamped_facets is None else np.asarray(clamped_facets, np.int32)
+        self.clamped = self.comm.allreduce(len(facets), op=MPI.SUM) > 0
+        mesh.topology.create_connectivity(tdim - 1, tdim)
+        dofs = fem.locate_dofs_topological(V, tdim - 1, facets)
+        self.bcs = [fem.dirichletbc(np.zeros(tdim, dtype=PETSc.ScalarType), dofs, V)] if self.clamped else []
+        self.A = dolfinx.fem.petsc.create_matrix(self.a_form)
+        self.b = dolfinx.fem.petsc.create_vector(V)
+        self.x = dolfinx.fem.petsc.create_vector(V)
+        self.nullspace_vectors = self._rigid_body_modes()
+        self.near_nullspace = PETSc.NullSpace().create(vectors=self.nullspace_vectors, comm=self.comm)
+        # clamped: no null space (the collector holds the body); free: the rigid modes, removed
+        self.nullspace = None if self.clamped else self.near_nullspace
+        self.expected_null_pivots = 0 if self.clamped else len(self.nullspace_vectors)
+
+        kind = solver if solver != "auto" else ("direct" if tdim == 2 else "iterative")
+        if kind not in ("direct", "iterative"):
+            raise InputError("mechanics.solver", f"must be 'auto', 'direct' or 'iterative', got {solver!r}")
+        self.solver_kind = kind
+        opts = dict(DIRECT_OPTIONS if kind == "direct" else ITERATIVE_OPTIONS)
+        opts.update({str(k): v for k, v in (petsc_options or {}).items()})
+        self.petsc_options = opts
+        self.ksp = PETSc.KSP().create(self.comm)
+        self.ksp.setOptionsPrefix(prefix)
+        popts = PETSc.Options()
+        for k, val in opts.items():
+            popts[f"{prefix}{k}"] = val
+        self.ksp.setFromOptions()
+        if kind == "iterative":
+            self.ksp.setInitialGuessNonzero(True)
+        for k in opts:
+            del popts[f"{prefix}{k}"]
+        self._matrix_ready = False
+        self._update_coefficients()
+
+    def destroy(self):
+        """Free the PETSc objects now (collective; the solver is unusable afterwards)."""
+        for name in ("ksp", "A", "b", "x", "near_nullspace"):
+            obj = getattr(self, name, None)
+            if obj is not None:
+                obj.destroy()
+        for v in getattr(self, "nullspace_vectors", ()):
+            v.destroy()
+        self.nullspace_vectors = []
+        self.nullspace = None
+
+    # ------------------------------------------------------------------ overrides
+    def _update_coefficients(self):
+        """θ of every source → the body's DG θ (owned cells, then the ghosts), then ε_a, ε_c (and f) at the
+        NMC nodes; zero eigenstrain (and f = 1) in the CBD."""
+        for th, src, dst in self._owned_source_cells:
+            self.theta.interpolate(th, cells0=src, cells1=dst)
+        self.theta.x.scatter_forward()
+        idx = self._nmc_theta_dofs
+        th = np.clip(self.theta.x.array[idx], 0.0, 1.0)
+        ea, ec = self.material.eigenstrain(th, self.theta_ref)
+        self.eps_a.x.array[:] = 0.0
+        self.eps_c.x.array[:] = 0.0
+        self.eps_a.x.array[idx] = ea
+        self.eps_c.x.array[idx] = ec
+        if self.variable_modulus:
+            self.fmod.x.array[idx] = self.material.modulus_factor(th)
+
+    def _assemble_matrix(self):
+        self.A.zeroEntries()
+        dolfinx.fem.petsc.assemble_matrix(self.A, self.a_form, bcs=self.bcs)
+        self.A.assemble()
+        if self.nullspace is not None:
+            self.A.setNullSpace(self.nullspace)
+        self.A.setNearNullSpace(self.near_nullspace)
+        self.ksp.setOperators(self.A)
+        self.counters.factorizations += 1
+        self._matrix_ready = True
+        if self.solver_kind == "direct":
+            self._check_null_pivots()
+
+    def _check_null_pivots(self):
+        """A part of the body free to move shows as extra null pivots of the factorisation (MUMPS
+        INFOG(28) with ICNTL(24) = 1): refuse it rather than return an arbitrary rigid motion. (ICNTL
+        options are set on the factor matrix itself: the prefixed options are gone by the time the
+        factorisation is set up.)"""
+        pc = self.ksp.getPC()
+        if self.petsc_options.get("pc_factor_mat_solver_type") != "mumps" or pc.getType() not in ("lu", "cholesky"):
+            return
+        pc.setFactorSetUpSolverType()
+        F = pc.getFactorMatrix()
+        F.setMumpsIcntl(24, 1)  # detect null pivots
+        F.setMumpsIcntl(25, 0)  # one solution of a consistent singular system (the free body)
+        self.ksp.setUp()
+        n_null = int(F.getMumpsInfog(28))
+        if n_null > self.expected_null_pivots:
+            raise SolverError(f"mechanics (bonded): the elastic body has {n_null - self.expected_null_pivots} "
+                              f"rigid-body mode(s) more than expected: a particle or a CBD piece is not bonded to "
+                              f"the {'clamped collector' if self.clamped else 'rest of the body'}")
+
+    def _solve_into(self, L_form, target: fem.Function) -> int:
+        t0 = MPI.Wtime()
+        if self.solver_kind == "iterative":
+            with self.x.localForm() as xl:
+                xl.array[:] = target.x.array
+        with self.b.localForm() as bl:
+            bl.set(0.0)
+        dolfinx.fem.petsc.assemble_vector(self.b, L_form)
+        self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        if self.bcs:
+            dolfinx.fem.petsc.set_bc(self.b, self.bcs)  # u = 0: no lifting needed
+        if self.nullspace is not None:
+            self.nullspace.remove(self.b)
+        t1 = MPI.Wtime()
+        self.ksp.solve(self.b, self.x)
+        reason = self.ksp.getConvergedReason()
+        if reason < 0:
+            raise SolverError(f"mechanics (bonded): linear solver failed (KSP reason {reason}, "
+                              f"{self.ksp.getIterationNumber()} iterations)")
+        if self.nullspace is not None:
+            self.nullspace.remove(self.x)
+        self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+        with self.x.localForm() as xl:
+            target.x.array[:] = xl.array_r
+        self.counters.assembly_time += t1 - t0
+        self.counters.solve_time += MPI.Wtime() - t1
+        return self.ksp.getIterationNumber()
+
+    def theta_at_stress_nodes(self) -> np.ndarray:  # pragma: no cover - not used for a bonded body
+        raise NotImplementedError("the bonded body's θ lives on the particles' meshes")
+
+    def describe(self) -> dict:
+        return super().describe() | {"clamped": self.clamped, "cbd": self.cbd.describe()}
