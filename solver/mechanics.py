@@ -443,20 +443,7 @@ class ElasticitySolver:
         self.S = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
         self.Ss = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree))
         self.sigma = fem.Function(self.S, name="stress_MPa")
-        # the independent components only (2D sections: σ_xz = σ_yz = 0), evaluated on the owned cells
-        # straight into an array: the full tensor field ``sigma`` is filled from it when asked for
-        planar = tdim == 2 and np.allclose(self.C[3:5, [0, 1, 2, 5]], 0.0) and np.allclose(self.C[[0, 1, 2, 5], 3:5], 0.0)
-        self.components = COMPONENTS_2D if planar else COMPONENTS_3D
-        pts = self.Ss.element.interpolation_points
-        self._comp_expr = fem.Expression(ufl.as_vector([self.sigma_ufl[i, j] for i, j in self.components]), pts)
-        n_cells = mesh.topology.index_map(tdim).size_local
-        self._cells = np.arange(n_cells, dtype=np.int32)
-        self._comp_buffer = np.zeros((n_cells, pts.shape[0], len(self.components)))
-        n_s = self.Ss.dofmap.index_map.size_local
-        order = np.asarray(self.Ss.dofmap.list[:n_cells], dtype=np.int64).ravel()  # (cell, point) → stress node
-        self._node_order = None if np.array_equal(order, np.arange(n_s)) else order
-        self._stress_c = np.zeros((n_s, len(self.components)))
-        self._sigma_synced = True
+        self._compact_setup()
         self._theta_copy = fem.Function(Vth)  # θ of the current run, copied here: the Expression outlives runs
         self._theta_on_stress_nodes = fem.Function(self.Ss)
         self._theta_expr = fem.Expression(self._theta_copy, self.Ss.element.interpolation_points)
@@ -692,9 +679,34 @@ class ElasticitySolver:
         self.counters.iterations += its
         return its
 
+    def _compact_setup(self):
+        """The evaluation of the independent stress components (2D sections: σ_xz = σ_yz = 0) straight
+        into an array, on every local cell (ghosts too: the tensor field's ghost values are filled as an
+        interpolation would); the tensor field ``sigma`` is filled from it when asked for. (Called by
+        ``__init__``; subclasses that build their own spaces get it at their first solve.)"""
+        tdim, mesh, C = self.tdim, self.mesh, getattr(self, "C", None)
+        planar = tdim == 2 and (C is None or (np.allclose(C[3:5, [0, 1, 2, 5]], 0.0)
+                                              and np.allclose(C[[0, 1, 2, 5], 3:5], 0.0)))
+        self.components = COMPONENTS_2D if planar else COMPONENTS_3D
+        pts = self.Ss.element.interpolation_points
+        self._comp_expr = fem.Expression(ufl.as_vector([self.sigma_ufl[i, j] for i, j in self.components]), pts)
+        imap = mesh.topology.index_map(tdim)
+        n_cells = imap.size_local + imap.num_ghosts
+        self._cells = np.arange(n_cells, dtype=np.int32)
+        self._comp_buffer = np.zeros((n_cells, pts.shape[0], len(self.components)))
+        smap = self.Ss.dofmap.index_map
+        n_all = smap.size_local + smap.num_ghosts
+        self._n_stress = smap.size_local
+        order = np.asarray(self.Ss.dofmap.list[:n_cells], dtype=np.int64).ravel()  # (cell, point) → stress node
+        self._node_order = None if np.array_equal(order, np.arange(n_all)) else order
+        self._stress_c = np.zeros((n_all, len(self.components)))
+        self._sigma_synced = True
+
     def _evaluate_components(self) -> np.ndarray:
-        """The stress components (:attr:`components`) of the current u, ε_ch and ε_zz at the owned stress
-        nodes, (n, k) in MPa (a new array)."""
+        """The stress components (:attr:`components`) of the current u, ε_ch and ε_zz at the local (owned,
+        then ghost) stress nodes, (n, k) in MPa (a new array)."""
+        if not hasattr(self, "_comp_expr"):
+            self._compact_setup()
         vals = self._comp_expr.eval(self.mesh, self._cells, self._comp_buffer).reshape(-1, len(self.components))
         if self._node_order is None:
             return vals.copy()
@@ -705,13 +717,13 @@ class ElasticitySolver:
     def stress_components(self) -> np.ndarray:
         """Stress at the owned stress nodes as columns (n, k) in MPa, one per entry of :attr:`components`
         ((i, j) of σ; 2D sections: xx, yy, zz, xy — σ_xz = σ_yz = 0). A view: do not modify."""
-        return self._stress_c
+        return self._stress_c[: self._n_stress]
 
     def sync_fields(self):
         """Fill the tensor field :attr:`sigma` (owned nodes) from the last solve's stress components."""
         if self._sigma_synced:
             return
-        n, sc = len(self._stress_c), self._stress_c
+        n, sc = len(self._stress_c), self._stress_c  # owned and ghost nodes
         s = self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
         if len(self.components) < 6:
             s[:] = 0.0
@@ -722,7 +734,7 @@ class ElasticitySolver:
 
     def _zz_moments(self, comps) -> np.ndarray:
         """∫σ_zz g_k dx, k = 0, 1, 2, of stress components (owned stress nodes, :attr:`components` columns)."""
-        szz = comps[:, self.components.index((2, 2))]
+        szz = comps[: self._n_stress, self.components.index((2, 2))]
         local = np.array([szz @ m for m in self._m])
         return local if self.comm.size == 1 else self.comm.allreduce(local, op=MPI.SUM)
 
@@ -769,14 +781,20 @@ class ElasticitySolver:
 
     def stress_nodes(self) -> tuple[np.ndarray, np.ndarray]:
         """Owned stress-node coordinates (n, 3) and stress tensors (n, 3, 3) in MPa (views, do not modify)."""
-        self.sync_fields()
+        if hasattr(self, "_sigma_synced"):  # (also serves objects that fill ``sigma`` themselves)
+            self.sync_fields()
         n = self.S.dofmap.index_map.size_local
-        return self.stress_node_coordinates(), self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
+        if not hasattr(self, "_X"):
+            self._X = self.Ss.tabulate_dof_coordinates()[:n].copy()
+        return self._X, self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
 
     def invariants(self, principal=("sigma1", "sigma2", "sigma3")) -> dict[str, np.ndarray]:
         """σ1 ≥ σ2 ≥ σ3 (principal; ``principal`` names those wanted), von Mises and hydrostatic stress at
         the owned stress nodes (MPa)."""
-        return component_invariants(self._stress_c, self.components, principal)
+        if not hasattr(self, "_stress_c"):  # not solved yet, or an object that fills ``sigma`` itself
+            _, s = self.stress_nodes()
+            return stress_invariants(s, planar=self.tdim == 2)
+        return component_invariants(self.stress_components(), self.components, principal)
 
     def theta_at_stress_nodes(self) -> np.ndarray:
         self._theta_copy.x.array[:] = self.theta.x.array
@@ -803,7 +821,7 @@ class ElasticitySolver:
         if not hasattr(self, "_compliance"):
             self._compliance = np.linalg.inv(self.C)
         voigt = {(0, 0): 0, (1, 1): 1, (2, 2): 2, (1, 2): 3, (0, 2): 4, (0, 1): 5}
-        sc = self._stress_c
+        sc = self.stress_components()
         f = self.material.modulus_factor(theta_nodes)
         ea, ec = self.material.eigenstrain(theta_nodes, self.theta_ref)
         out = []
@@ -1034,6 +1052,9 @@ class SurfaceStress:
         if not len(self.dofs):
             return np.zeros(0)
         sv = self.solver
+        if not hasattr(sv, "_stress_c"):  # an object that fills the tensor field ``sigma`` itself
+            s = sv.sigma.x.array.reshape(-1, 3, 3)[self.dofs]
+            return np.einsum("ni,nij,nj->n", self.t, s, self.t)
         c = sv.stress_components()[self.dofs]
         t = self.t
         out = np.zeros(len(self.dofs))
