@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,11 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The Ctrl-C tests play a user at a terminal, where SIGINT raises KeyboardInterrupt. A test run
+# started in the background (`cmd &` in a script, nohup) inherits SIGINT *ignored* — and so would
+# every run it starts — which nmcfx rightly respects; give the tests a terminal's disposition.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
