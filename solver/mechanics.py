@@ -595,8 +595,23 @@ class ElasticitySolver:
             self.A.setNullSpace(self.nullspace)
         self.A.setNearNullSpace(self.nullspace)
         self.ksp.setOperators(self.A)
+        self._mumps_controls()
         self.counters.factorizations += 1
         self._matrix_ready = True
+
+    def _mumps_controls(self):
+        """Hand the ``mat_mumps_icntl_*`` options (null-pivot detection, …) to MUMPS' factor matrix:
+        the prefixed options are gone from the database by the time the factorisation is set up."""
+        icntl = {int(k.rsplit("_", 1)[1]): int(v) for k, v in self.petsc_options.items()
+                 if str(k).startswith("mat_mumps_icntl_")}
+        pc = self.ksp.getPC()
+        if (not icntl or self.petsc_options.get("pc_factor_mat_solver_type") != "mumps"
+                or pc.getType() not in ("lu", "cholesky")):
+            return
+        pc.setFactorSetUpSolverType()
+        F = pc.getFactorMatrix()
+        for k, v in icntl.items():
+            F.setMumpsIcntl(k, v)
 
     def _solve_into(self, L_form, target: fem.Function) -> int:
         t0 = MPI.Wtime()
