@@ -10,9 +10,16 @@ Units: µm (mesh), MPa (stress), so u is in µm.
 The surface is traction-free, so u is defined up to a rigid motion: the load is
 self-equilibrated, the rigid-body modes are the null space of the stiffness matrix and
 are removed from the solution (the displacement written out has no component along the
-Euclidean-orthonormalised rigid modes). Linear solvers: MUMPS Cholesky with null-pivot detection
-(2D default; the factorisation is reused while C does not change) or CG + GAMG with the
-rigid modes as near-null space (3D default).
+Euclidean-orthonormalised rigid modes). Linear solvers (2D default: direct, factorised once while C
+does not change): on one rank PETSc's sparse Cholesky with the rigid modes pinned at three DOFs,
+on several MUMPS Cholesky with null-pivot detection; or CG + GAMG with the rigid modes as
+near-null space (3D default).
+
+One-way in 2D with a constant modulus, a step is cheap: the eigenstrain load is linear in the nodal
+ε_a, ε_c, so b = K (ε_a + α ε_c) with K assembled once; the independent stress components are
+evaluated straight into an array (:meth:`ElasticitySolver.stress_components`) and the tensor field
+``sigma`` is filled only when asked for (:meth:`ElasticitySolver.sync_fields`). A run's solver can
+be kept for the next run on the same mesh (:func:`acquire_solver`, :func:`release_solver`).
 
 2D meshes are basal-plane (a–b) cross-sections; the out-of-plane strain ε_zz is set by
 ``assumption_2d``:
@@ -69,6 +76,36 @@ DIRECT_OPTIONS = {
     "mat_mumps_icntl_24": 1,  # detect the null pivots (rigid modes)
     "mat_mumps_icntl_25": 0,  # return one solution of the consistent singular system
 }
+#: 2D on one rank: PETSc's own sparse Cholesky (METIS nested-dissection ordering where PETSc has METIS,
+#: else its own) of the stiffness with the rigid modes pinned (three DOFs held at zero; the rigid part is
+#: removed from the solution afterwards): its back-solve is ~40 % cheaper than MUMPS' at 7-24k DOFs (a
+#: run does one per step), its factorisation 2× dearer (once per run, or once for runs reusing the solver).
+PINNED_OPTIONS = {
+    "ksp_type": "preonly",
+    "pc_type": "cholesky",
+    "pc_factor_mat_solver_type": "petsc",
+    "pc_factor_mat_ordering_type": "metisnd",
+}
+
+
+def _pinned_options() -> dict:
+    """:data:`PINNED_OPTIONS`, with PETSc's own nested dissection if this PETSc has no METIS ordering."""
+    global _ORDERING
+    if _ORDERING is None:
+        m = PETSc.Mat().createAIJ(size=(2, 2), nnz=2, comm=PETSc.COMM_SELF)
+        m.setValues([0, 1], [0, 1], np.eye(2))
+        m.assemble()
+        try:
+            _ORDERING = "metisnd"
+            m.getOrdering("metisnd")
+        except PETSc.Error:
+            _ORDERING = "nd"
+        finally:
+            m.destroy()
+    return PINNED_OPTIONS | {"pc_factor_mat_ordering_type": _ORDERING}
+
+
+_ORDERING = None
 #: 3D: CG + smoothed-aggregation AMG with the rigid-body modes as near-null space.
 ITERATIVE_OPTIONS = {
     "ksp_type": "cg",
@@ -372,10 +409,22 @@ class ElasticitySolver:
         w, v = ufl.TrialFunction(V), ufl.TestFunction(V)
         ev = strain3(v, 0.0)  # virtual strain: in-plane only in 2D
         self.a_form = fem.form(ufl.inner(stress(w, zero_eig), ev) * dx)
+        # the eigenstrain load is linear in the nodal values of ε_a, ε_c: with a constant modulus it is
+        # b = K_a ε_a + K_c ε_c, K assembled once (one compiled form, the selector picks the column). 2D
+        # only: in 3D a step costs a CG solve, and the two matrices would hold ~60 nonzeros per DOF
+        self.linear_load = extra_rhs is None and not self.variable_modulus and tdim == 2
         L = -ufl.inner(stress(None, self.eig_t), ev) * dx
         if extra_rhs is not None:
             L = L + extra_rhs(self, v)
-        self.L_form = fem.form(L)
+        self.L_ufl = L  # the load as a UFL form (compiled as ``L_form`` where it is assembled as a form)
+        if self.linear_load:
+            self._eig_sel = fem.Constant(mesh, np.zeros(2, dtype=PETSc.ScalarType))
+            wth = ufl.TrialFunction(Vth)
+            self._K_form = fem.form(-ufl.inner(stress(None, eig(self._eig_sel[0] * wth, self._eig_sel[1] * wth)),
+                                               ev) * dx)
+            self.L_form = None
+        else:
+            self.L_form = fem.form(L)
         self.gps = tdim == 2 and self.assumption == "generalized_plane_strain"
         if self.gps:
             g_sel = sum(self.gsel[k] * g for k, g in enumerate(self.gmodes))
@@ -394,9 +443,10 @@ class ElasticitySolver:
         self.S = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
         self.Ss = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree))
         self.sigma = fem.Function(self.S, name="stress_MPa")
-        self._sigma_expr = fem.Expression(self.sigma_ufl, self.S.element.interpolation_points)
+        self._compact_setup()
+        self._theta_copy = fem.Function(Vth)  # θ of the current run, copied here: the Expression outlives runs
         self._theta_on_stress_nodes = fem.Function(self.Ss)
-        self._theta_expr = fem.Expression(theta, self.Ss.element.interpolation_points)
+        self._theta_expr = fem.Expression(self._theta_copy, self.Ss.element.interpolation_points)
         if self.gps:
             # ∫ f g_k dx = f · m_k for any f in the stress space (exact: f g_k is integrated by the form)
             vs = ufl.TestFunction(self.Ss)
@@ -420,7 +470,13 @@ class ElasticitySolver:
         if kind not in ("direct", "iterative"):
             raise InputError("mechanics.solver", f"must be 'auto', 'direct' or 'iterative', got {solver!r}")
         self.solver_kind = kind
-        opts = dict(DIRECT_OPTIONS if kind == "direct" else ITERATIVE_OPTIONS)
+        # one rank, 2D, no user choice of the factorisation: the pinned PETSc Cholesky
+        self._pins = None
+        if kind == "direct" and self.comm.size == 1 and tdim == 2 and not any(
+                str(k).startswith(("pc_", "mat_")) for k in (petsc_options or {})):
+            self._pins = self._pinned_dofs()
+        opts = dict(ITERATIVE_OPTIONS if kind == "iterative" else
+                    DIRECT_OPTIONS if self._pins is None else _pinned_options())
         opts.update({str(k): v for k, v in (petsc_options or {}).items()})
         self.petsc_options = opts
         self.ksp = PETSc.KSP().create(self.comm)
@@ -434,11 +490,46 @@ class ElasticitySolver:
         for k in opts:
             del popts[f"{prefix}{k}"]
         self._matrix_ready = False
+        self.K = None
+        if self.linear_load:
+            self.K = []
+            for sel in np.eye(2):
+                self._eig_sel.value = sel
+                K = dolfinx.fem.petsc.assemble_matrix(self._K_form)
+                K.assemble()
+                self.K.append(K)
+            # in-plane loads of 2D sections see one combination of ε_a and ε_c: K_c = α K_a, one product
+            da, dc = (K.getValuesCSR()[2] for K in self.K)
+            dots = self.comm.allreduce(np.array([da @ dc, da @ da, np.abs(dc).max(initial=0.0)]), op=MPI.SUM)
+            self._alpha = dots[0] / dots[1] if dots[1] > 0 else 0.0
+            off = self.comm.allreduce(float(np.abs(dc - self._alpha * da).max(initial=0.0)), op=MPI.MAX)
+            if off <= 1e-13 * max(self.comm.allreduce(float(np.abs(dc).max(initial=0.0)), op=MPI.MAX), 1e-300):
+                self.K.pop().destroy()
+            self._eig_vecs = [self.K[0].createVecRight() for _ in self.K]
+        self._n_theta = Vth.dofmap.index_map.size_local
+        self.cache: dict = {}  # what users derive from this solver's mesh and spaces (kept with a reused solver)
+        self._update_coefficients()
+
+    def _rebind(self, theta: fem.Function, material, theta_ref: float):
+        """Serve a new run (:func:`acquire_solver`): read ``theta`` (same space layout), take the lattice
+        table of ``material`` (same stiffness) and ``theta_ref``; start from u = 0 as a new solver does."""
+        self.theta, self.material, self.theta_ref = theta, material, float(theta_ref)
+        self.counters = MechanicsCounters()
+        self.u.x.array[:] = 0.0
+        if self.gps:
+            self.p.value = np.zeros(3)
+        self._stress_c = np.zeros_like(self._stress_c)
+        self._sigma_synced = False
         self._update_coefficients()
 
     def destroy(self):
-        """Free the PETSc objects now (solver, matrix, vectors, null space): MUMPS and PETSc hold MPI
+        """Free the PETSc objects now (solver, matrices, vectors, null space): MUMPS and PETSc hold MPI
         communicators, of which a process has a limited number. The solver is unusable afterwards."""
+        if self in _POOL:  # (destroyed by its user while kept for reuse: never hand it out again)
+            _POOL.remove(self)
+        for obj in (self.K or []) + getattr(self, "_eig_vecs", []):
+            obj.destroy()
+        self.K, self._eig_vecs = [], []
         for name in ("ksp", "A", "b", "x", "nullspace"):
             obj = getattr(self, name, None)
             if obj is not None:
@@ -483,26 +574,72 @@ class ElasticitySolver:
         if self.variable_modulus:
             self.fmod.x.array[:] = self.material.modulus_factor(th)
 
+    def _pinned_dofs(self) -> np.ndarray:
+        """Three DOFs that fix the rigid motion of a 2D body (serial): both components at the node
+        farthest from the centroid and, at the node farthest from that one, the component across the
+        line joining them."""
+        n = self.V.dofmap.index_map.size_local
+        X = self.V.tabulate_dof_coordinates()[:n, :2]
+        i = int(np.argmax(np.linalg.norm(X - self.centroid[:2], axis=1)))
+        j = int(np.argmax(np.linalg.norm(X - X[i], axis=1)))
+        d = X[j] - X[i]
+        return np.array([2 * i, 2 * i + 1, 2 * j + (1 if abs(d[0]) >= abs(d[1]) else 0)], dtype=PETSc.IntType)
+
     def _assemble_matrix(self):
         self.A.zeroEntries()
         dolfinx.fem.petsc.assemble_matrix(self.A, self.a_form)
         self.A.assemble()
-        self.A.setNullSpace(self.nullspace)
+        if self._pins is not None:  # rows and columns of the pinned DOFs → identity: regular, still symmetric
+            self.A.zeroRowsColumns(self._pins, 1.0)
+        else:
+            self.A.setNullSpace(self.nullspace)
         self.A.setNearNullSpace(self.nullspace)
         self.ksp.setOperators(self.A)
+        self._mumps_controls()
         self.counters.factorizations += 1
         self._matrix_ready = True
+
+    def _mumps_controls(self):
+        """Hand the ``mat_mumps_icntl_*`` options (null-pivot detection, …) to MUMPS' factor matrix:
+        the prefixed options are gone from the database by the time the factorisation is set up."""
+        icntl = {int(k.rsplit("_", 1)[1]): int(v) for k, v in self.petsc_options.items()
+                 if str(k).startswith("mat_mumps_icntl_")}
+        pc = self.ksp.getPC()
+        if (not icntl or self.petsc_options.get("pc_factor_mat_solver_type") != "mumps"
+                or pc.getType() not in ("lu", "cholesky")):
+            return
+        pc.setFactorSetUpSolverType()
+        F = pc.getFactorMatrix()
+        for k, v in icntl.items():
+            F.setMumpsIcntl(k, v)
 
     def _solve_into(self, L_form, target: fem.Function) -> int:
         t0 = MPI.Wtime()
         if self.solver_kind == "iterative":
             with self.x.localForm() as xl:
                 xl.array[:] = target.x.array
-        with self.b.localForm() as bl:
-            bl.set(0.0)
-        dolfinx.fem.petsc.assemble_vector(self.b, L_form)
-        self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
+        if L_form is None:  # the eigenstrain load: b = K_a ε_a + K_c ε_c (owned entries; ghosts unused)
+            n = self._n_theta
+            if len(self.K) == 1:  # b = K_a (ε_a + α ε_c)
+                q = self._eig_vecs[0]
+                qa = q.array
+                np.multiply(self.eps_c.x.array[:n], self._alpha, out=qa)
+                qa += self.eps_a.x.array[:n]
+                self.K[0].mult(q, self.b)
+            else:
+                ea, ec = self._eig_vecs
+                ea.array[:] = self.eps_a.x.array[:n]
+                ec.array[:] = self.eps_c.x.array[:n]
+                self.K[0].mult(ea, self.b)
+                self.K[1].multAdd(ec, self.b, self.b)
+        else:
+            with self.b.localForm() as bl:
+                bl.set(0.0)
+            dolfinx.fem.petsc.assemble_vector(self.b, L_form)
+            self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         self.nullspace.remove(self.b)  # exact equilibrium of the discrete load
+        if self._pins is not None:  # (a load without rigid-mode part is met at the pins too)
+            self.b.array[self._pins] = 0.0
         t1 = MPI.Wtime()
         self.ksp.solve(self.b, self.x)
         reason = self.ksp.getConvergedReason()
@@ -510,16 +647,23 @@ class ElasticitySolver:
             raise SolverError(f"mechanics: linear solver failed (KSP reason {reason}, "
                               f"{self.ksp.getIterationNumber()} iterations)")
         self.nullspace.remove(self.x)  # no rigid motion in the displacement
-        self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
-        with self.x.localForm() as xl:
-            target.x.array[:] = xl.array_r
+        if self.comm.size == 1:
+            target.x.array[:] = self.x.array_r
+        else:
+            self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
+            with self.x.localForm() as xl:
+                target.x.array[:] = xl.array_r
         self.counters.assembly_time += t1 - t0
         self.counters.solve_time += MPI.Wtime() - t1
         return self.ksp.getIterationNumber()
 
     # ------------------------------------------------------------------ solve
-    def solve(self) -> int:
-        """Displacement and stress for the current θ; returns the linear iterations."""
+    def solve(self, fields: bool = True) -> int:
+        """Displacement and stress for the current θ; returns the linear iterations.
+
+        ``fields=False`` leaves the tensor field :attr:`sigma` to be filled on demand (:meth:`sync_fields`;
+        :meth:`stress_nodes` does it): the stress components (:meth:`stress_components`), invariants and
+        surface stresses are up to date either way."""
         self._update_coefficients()
         if self.variable_modulus or not self._matrix_ready:
             t0 = MPI.Wtime()
@@ -528,33 +672,86 @@ class ElasticitySolver:
             if self.gps:
                 self._M = None
         its = 0
+        if self.gps and self._M is None:  # responses to unit ε_zz modes: once while C is constant
+            its += self._gps_modes()
+        its += self._solve_into(self.L_form, self.u)
+        t0 = MPI.Wtime()
         if self.gps:
-            if self._M is None:  # responses to unit ε_zz modes: once while C is constant
-                its += self._gps_modes()
             self.p.value = np.zeros(3)
-            its += self._solve_into(self.L_form, self.u)
-            t0 = MPI.Wtime()
-            self.sigma.interpolate(self._sigma_expr)
-            b = self._zz_moments(self.sigma.x.array)
-            p = np.linalg.solve(self._M, -b)
+            sc = self._evaluate_components()
+            p = np.linalg.solve(self._M, -self._zz_moments(sc))
             self.p.value = p
-            self.u.x.array[:] += sum(pk * um.x.array for pk, um in zip(p, self.u_modes))
-            self.sigma.x.array[:] += sum(pk * sk for pk, sk in zip(p, self._mode_sigma))
-            self.counters.post_time += MPI.Wtime() - t0
+            self.u.x.array[:] += self._mode_u @ p  # superposition of the ε_zz mode responses
+            sc += (self._mode_stack @ p).reshape(sc.shape)
         else:
-            its += self._solve_into(self.L_form, self.u)
-            t0 = MPI.Wtime()
-            self.sigma.interpolate(self._sigma_expr)
-            self.counters.post_time += MPI.Wtime() - t0
+            sc = self._evaluate_components()
+        self._stress_c = sc
+        self._sigma_synced = False
+        if fields:
+            self.sync_fields()
+        self.counters.post_time += MPI.Wtime() - t0
         self.counters.solves += 1
         self.counters.iterations += its
         return its
 
-    def _zz_moments(self, sigma_array) -> np.ndarray:
-        """∫σ_zz g_k dx, k = 0, 1, 2, of a stress array of the stress space (owned part)."""
-        n = len(self._m[0])
-        szz = sigma_array[: 9 * n].reshape(n, 9)[:, 8]
-        return np.array([self.comm.allreduce(float(szz @ m), op=MPI.SUM) for m in self._m])
+    def _compact_setup(self):
+        """The evaluation of the independent stress components (2D sections: σ_xz = σ_yz = 0) straight
+        into an array, on every local cell (ghosts too: the tensor field's ghost values are filled as an
+        interpolation would); the tensor field ``sigma`` is filled from it when asked for. (Called by
+        ``__init__``; subclasses that build their own spaces get it at their first solve.)"""
+        tdim, mesh, C = self.tdim, self.mesh, getattr(self, "C", None)
+        planar = tdim == 2 and (C is None or (np.allclose(C[3:5, [0, 1, 2, 5]], 0.0)
+                                              and np.allclose(C[[0, 1, 2, 5], 3:5], 0.0)))
+        self.components = COMPONENTS_2D if planar else COMPONENTS_3D
+        pts = self.Ss.element.interpolation_points
+        self._comp_expr = fem.Expression(ufl.as_vector([self.sigma_ufl[i, j] for i, j in self.components]), pts)
+        imap = mesh.topology.index_map(tdim)
+        n_cells = imap.size_local + imap.num_ghosts
+        self._cells = np.arange(n_cells, dtype=np.int32)
+        self._comp_buffer = np.zeros((n_cells, pts.shape[0], len(self.components)))
+        smap = self.Ss.dofmap.index_map
+        n_all = smap.size_local + smap.num_ghosts
+        self._n_stress = smap.size_local
+        order = np.asarray(self.Ss.dofmap.list[:n_cells], dtype=np.int64).ravel()  # (cell, point) → stress node
+        self._node_order = None if np.array_equal(order, np.arange(n_all)) else order
+        self._stress_c = np.zeros((n_all, len(self.components)))
+        self._sigma_synced = True
+
+    def _evaluate_components(self) -> np.ndarray:
+        """The stress components (:attr:`components`) of the current u, ε_ch and ε_zz at the local (owned,
+        then ghost) stress nodes, (n, k) in MPa (a new array)."""
+        if not hasattr(self, "_comp_expr"):
+            self._compact_setup()
+        vals = self._comp_expr.eval(self.mesh, self._cells, self._comp_buffer).reshape(-1, len(self.components))
+        if self._node_order is None:
+            return vals.copy()
+        out = np.empty_like(vals)
+        out[self._node_order] = vals
+        return out
+
+    def stress_components(self) -> np.ndarray:
+        """Stress at the owned stress nodes as columns (n, k) in MPa, one per entry of :attr:`components`
+        ((i, j) of σ; 2D sections: xx, yy, zz, xy — σ_xz = σ_yz = 0). A view: do not modify."""
+        return self._stress_c[: self._n_stress]
+
+    def sync_fields(self):
+        """Fill the tensor field :attr:`sigma` (owned nodes) from the last solve's stress components."""
+        if self._sigma_synced:
+            return
+        n, sc = len(self._stress_c), self._stress_c  # owned and ghost nodes
+        s = self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
+        if len(self.components) < 6:
+            s[:] = 0.0
+        for k, (i, j) in enumerate(self.components):
+            s[:, i, j] = sc[:, k]
+            s[:, j, i] = sc[:, k]
+        self._sigma_synced = True
+
+    def _zz_moments(self, comps) -> np.ndarray:
+        """∫σ_zz g_k dx, k = 0, 1, 2, of stress components (owned stress nodes, :attr:`components` columns)."""
+        szz = comps[: self._n_stress, self.components.index((2, 2))]
+        local = np.array([szz @ m for m in self._m])
+        return local if self.comm.size == 1 else self.comm.allreduce(local, op=MPI.SUM)
 
     def _gps_modes(self) -> int:
         """Displacement and stress responses to ε_zz = g_k (no eigenstrain) and the 3×3 matrix of their
@@ -572,11 +769,12 @@ class ElasticitySolver:
         for k, um in enumerate(self.u_modes):
             self.u.x.array[:] = um.x.array
             self.p.value = np.eye(3)[k]
-            self.sigma.interpolate(self._sigma_expr)
-            self._mode_sigma.append(self.sigma.x.array.copy())
+            self._mode_sigma.append(self._evaluate_components())
         self.u.x.array[:] = saved
         self._update_coefficients()
         self._M = np.column_stack([self._zz_moments(sk) for sk in self._mode_sigma])
+        self._mode_u = np.column_stack([um.x.array for um in self.u_modes])
+        self._mode_stack = np.stack([sk.ravel() for sk in self._mode_sigma], axis=1)
         return its
 
     def stress_of(self, w, ezz=None):
@@ -590,19 +788,31 @@ class ElasticitySolver:
         return np.array(self.p.value, dtype=float) if self.gps else np.zeros(3)
 
     # ------------------------------------------------------------------ post-processing
+    def stress_node_coordinates(self) -> np.ndarray:
+        """Owned stress-node coordinates (n, 3) in µm (a view, do not modify)."""
+        if not hasattr(self, "_X"):
+            self._X = self.Ss.tabulate_dof_coordinates()[: self.Ss.dofmap.index_map.size_local].copy()
+        return self._X
+
     def stress_nodes(self) -> tuple[np.ndarray, np.ndarray]:
         """Owned stress-node coordinates (n, 3) and stress tensors (n, 3, 3) in MPa (views, do not modify)."""
+        if hasattr(self, "_sigma_synced"):  # (also serves objects that fill ``sigma`` themselves)
+            self.sync_fields()
         n = self.S.dofmap.index_map.size_local
         if not hasattr(self, "_X"):
             self._X = self.Ss.tabulate_dof_coordinates()[:n].copy()
         return self._X, self.sigma.x.array[: 9 * n].reshape(n, 3, 3)
 
-    def invariants(self) -> dict[str, np.ndarray]:
-        """σ1 ≥ σ2 ≥ σ3 (principal), von Mises and hydrostatic stress at the owned stress nodes (MPa)."""
-        _, s = self.stress_nodes()
-        return stress_invariants(s, planar=self.tdim == 2)
+    def invariants(self, principal=("sigma1", "sigma2", "sigma3")) -> dict[str, np.ndarray]:
+        """σ1 ≥ σ2 ≥ σ3 (principal; ``principal`` names those wanted), von Mises and hydrostatic stress at
+        the owned stress nodes (MPa)."""
+        if not hasattr(self, "_stress_c"):  # not solved yet, or an object that fills ``sigma`` itself
+            _, s = self.stress_nodes()
+            return stress_invariants(s, planar=self.tdim == 2)
+        return component_invariants(self.stress_components(), self.components, principal)
 
     def theta_at_stress_nodes(self) -> np.ndarray:
+        self._theta_copy.x.array[:] = self.theta.x.array
         self._theta_on_stress_nodes.interpolate(self._theta_expr)
         return self._theta_on_stress_nodes.x.array[: self.Ss.dofmap.index_map.size_local].copy()
 
@@ -619,6 +829,23 @@ class ElasticitySolver:
         e[:, 0, 2] = e[:, 2, 0] = 0.5 * ev[:, 4]
         e[:, 0, 1] = e[:, 1, 0] = 0.5 * ev[:, 5]
         return e
+
+    def normal_strains(self, theta_nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """ε_xx, ε_yy, ε_zz (total strain, :meth:`strain_from_stress`) at the owned stress nodes, from the
+        last solve's stress components and θ there."""
+        if not hasattr(self, "_compliance"):
+            self._compliance = np.linalg.inv(self.C)
+        voigt = {(0, 0): 0, (1, 1): 1, (2, 2): 2, (1, 2): 3, (0, 2): 4, (0, 1): 5}
+        sc = self.stress_components()
+        f = self.material.modulus_factor(theta_nodes)
+        ea, ec = self.material.eigenstrain(theta_nodes, self.theta_ref)
+        out = []
+        for row, eig in ((0, ea), (1, ea), (2, ec)):
+            e = np.zeros(len(sc))
+            for k, ij in enumerate(self.components):
+                e += self._compliance[row, voigt[ij]] * sc[:, k]
+            out.append(e / f + eig)
+        return tuple(out)
 
     def stress_node_weights(self) -> np.ndarray:
         """∫φ_i dx of the scalar stress space (owned nodes): volume weights of the stress nodes."""
@@ -637,6 +864,67 @@ class ElasticitySolver:
         return {"assumption": self.assumption, "degree": self.degree, "stress_degree": self.stress_degree,
                 "dofs": self.num_dofs, "solver": self.solver_kind, "petsc_options": self.petsc_options,
                 "theta_ref": self.theta_ref, "centroid_um": self.centroid.tolist()}
+
+
+# ============================================================================ reuse across runs
+#: Elasticity solvers released by finished runs, kept for the next run on the same mesh (serial only).
+_POOL: list[ElasticitySolver] = []
+#: How many released solvers are kept (each holds its factorisation: ~10 MB at 20k displacement DOFs).
+POOL_SIZE = 2
+
+
+def _pool_key(mesh, theta, material, settings: dict):
+    Vth = theta.function_space
+    el = Vth.element.basix_element
+    return (id(mesh), el.family, el.degree, Vth.dofmap.index_map.size_local, material.modulus is not None,
+            material.stiffness.voigt().tobytes(), tuple(sorted((k, repr(v)) for k, v in settings.items())))
+
+
+def acquire_solver(mesh, theta: fem.Function, material, *, theta_ref: float, **settings) -> ElasticitySolver:
+    """An :class:`ElasticitySolver` for these arguments: one a finished run released
+    (:func:`release_solver`) on the same mesh, θ space, stiffness and settings — its spaces, compiled
+    forms, factorisation, load operator and generalised-plane-strain modes kept, rebound to this ``theta``,
+    ``material`` (lattice table) and ``theta_ref`` — or a new one. A sweep or a calibration runs many
+    times on one (cached) mesh; only ``mesh.comm.size == 1``: parallel PETSc objects must be freed on
+    all ranks together, so they are never kept. Usage::
+
+        ms = acquire_solver(mesh, theta, material, theta_ref=0.95)
+        ...
+        release_solver(ms)      # kept for the next run (serial) or destroyed
+    """
+    if mesh.comm.size == 1 and settings.get("extra_rhs") is None:
+        key = _pool_key(mesh, theta, material, settings)
+        for i, ms in enumerate(_POOL):
+            if ms._pool_key == key and ms.mesh is mesh and np.array_equal(
+                    ms.eps_a.function_space.dofmap.list, theta.function_space.dofmap.list):
+                _POOL.pop(i)
+                ms._rebind(theta, material, theta_ref)
+                return ms
+    ms = ElasticitySolver(mesh, theta, material, theta_ref=theta_ref, **settings)
+    ms._pool_key = (_pool_key(mesh, theta, material, settings)
+                    if mesh.comm.size == 1 and settings.get("extra_rhs") is None else None)
+    return ms
+
+
+def release_solver(ms: ElasticitySolver | None):
+    """Give back a solver of :func:`acquire_solver`: kept for reuse (serial, at most :data:`POOL_SIZE`,
+    the oldest destroyed) or destroyed now (collective on the solver's communicator)."""
+    if ms is None:
+        return
+    if getattr(ms, "_pool_key", None) is None or ms.comm.size != 1 or os.environ.get("NMCFX_MESH_CACHE", "1") == "0":
+        ms.destroy()
+        return
+    if ms in _POOL:
+        return
+    _POOL.insert(0, ms)
+    while len(_POOL) > POOL_SIZE:
+        _POOL[-1].destroy()
+
+
+def clear_solver_pool():
+    """Destroy the solvers kept for reuse."""
+    while _POOL:
+        _POOL[-1].destroy()
 
 
 # ============================================================================ stress invariants (NumPy)
@@ -660,6 +948,38 @@ def principal_stresses(s: np.ndarray) -> np.ndarray:
     e2 = 3 * q - e1 - e3
     out = np.stack([e1, e2, e3], axis=1)
     out[~safe] = q[~safe, None]
+    return out
+
+
+#: the independent stress components ((i, j) of σ) a solver computes: 2D basal sections (σ_xz = σ_yz = 0)
+COMPONENTS_2D = ((0, 0), (1, 1), (2, 2), (0, 1))
+COMPONENTS_3D = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def component_invariants(c: np.ndarray, components=COMPONENTS_3D,
+                         principal=("sigma1", "sigma2", "sigma3")) -> dict[str, np.ndarray]:
+    """:func:`stress_invariants` of stresses given as columns (n, k) of the ``components`` (i, j) of σ
+    (missing ones are zero). With σ_xz = σ_yz = 0, σ_zz is principal and the in-plane pair is closed form
+    (then only the ``principal`` stresses named are computed)."""
+    col = {ij: c[:, k] for k, ij in enumerate(components)}
+    sxx, syy, szz, sxy = col[(0, 0)], col[(1, 1)], col[(2, 2)], col[(0, 1)]
+    if (1, 2) in col:
+        s = np.empty((len(c), 3, 3))
+        for (i, j), v in col.items():
+            s[:, i, j] = s[:, j, i] = v
+        return stress_invariants(s)
+    m = 0.5 * (sxx + syy)
+    d = sxx - syy
+    r = np.hypot(0.5 * d, sxy)
+    a, b = m + r, m - r
+    vm = np.sqrt(0.5 * (d**2 + (syy - szz) ** 2 + (szz - sxx) ** 2) + 3.0 * sxy**2)
+    out = {"von_mises": vm, "hydrostatic": (sxx + syy + szz) / 3.0}
+    if "sigma1" in principal:
+        out["sigma1"] = np.maximum(a, szz)
+    if "sigma2" in principal:
+        out["sigma2"] = np.minimum(np.maximum(szz, b), a)
+    if "sigma3" in principal:
+        out["sigma3"] = np.minimum(b, szz)
     return out
 
 
@@ -746,8 +1066,16 @@ class SurfaceStress:
         """t·σ·t (MPa) at the surface nodes owned by this rank."""
         if not len(self.dofs):
             return np.zeros(0)
-        s = self.solver.sigma.x.array.reshape(-1, 3, 3)[self.dofs]
-        return np.einsum("ni,nij,nj->n", self.t, s, self.t)
+        sv = self.solver
+        if not hasattr(sv, "_stress_c"):  # an object that fills the tensor field ``sigma`` itself
+            s = sv.sigma.x.array.reshape(-1, 3, 3)[self.dofs]
+            return np.einsum("ni,nij,nj->n", self.t, s, self.t)
+        c = sv.stress_components()[self.dofs]
+        t = self.t
+        out = np.zeros(len(self.dofs))
+        for k, (i, j) in enumerate(sv.components):
+            out += (t[:, i] * t[:, j] * (1.0 if i == j else 2.0)) * c[:, k]
+        return out
 
 
 # ============================================================================ fracture indicator
@@ -856,6 +1184,7 @@ class StressPotential:
         cc = C[0, 2] + C[1, 2]
         self.kappa[:] = self.scale * mech.material.modulus_factor(mech.theta.x.array) * (
             ca * oa * oa + 2 * cc * oa * oc + C[2, 2] * oc * oc)
+        mech.sync_fields()  # the form reads the tensor field
         with self.b.localForm() as bl:
             bl.set(0.0)
         dolfinx.fem.petsc.assemble_vector(self.b, self.rhs_form)

@@ -35,8 +35,11 @@ def _pick(items, n):
 
 def stress_maps(images, extent, path: Path, *, title: str = ""):
     """Rows = snapshots (at most 4, evenly picked), columns = σ1, hydrostatic, von Mises (MPa);
-    one colour scale per column (diverging, centred on 0, for σ1 and σ_h)."""
+    one colour scale per column (diverging, centred on 0, for σ1 and σ_h). The panels are coloured
+    here and drawn as one image in one axes (a dozen axes would cost more than the run's mechanics)."""
     import matplotlib
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
 
     images = _pick(images, MAX_MAP_ROWS)
     nrow = len(images)
@@ -48,25 +51,36 @@ def stress_maps(images, extent, path: Path, *, title: str = ""):
     names = [("max. principal σ1 (MPa)", "RdBu_r", True), ("hydrostatic σ_h (MPa)", "RdBu_r", True),
              ("von Mises (MPa)", "magma", False)]
     top = 1 - 0.75 / height
+    # each panel as an equal-aspect image of width panel − 0.12 in, centred in a box panel·aspect high
+    ny, nx = images[0][1][0].shape
+    hinch, vinch = (panel - 0.12) / nx, (panel - 0.12) * aspect / ny  # inches per map pixel
+    gx, gy = round(0.12 / hinch), round((0.28 + 0.12 * aspect) / vinch)  # gaps between panels, in map pixels
+    canvas = np.zeros((nrow * ny + (nrow - 1) * gy, 3 * nx + 2 * gx, 4))  # transparent
+    scales = []
     for j, (label, cmap, centred) in enumerate(names):
         vals = np.concatenate([img[j][np.isfinite(img[j])] for _, img in images])
         lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (-1.0, 1.0)
         if centred:
             m = max(abs(lo), abs(hi), 1e-9)
             lo, hi = -m, m
+        cm, norm = matplotlib.colormaps[cmap], Normalize(lo, hi)
+        scales.append((label, cm, norm))
+        for i, (t, img) in enumerate(images):  # the first snapshot on top (maps are drawn origin = lower)
+            r0 = (nrow - 1 - i) * (ny + gy)
+            canvas[r0: r0 + ny, j * (nx + gx): j * (nx + gx) + nx] = cm(norm(np.ma.masked_invalid(img[j])))
+    y_top = top - 0.06 * aspect / height
+    h = canvas.shape[0] * vinch / height
+    ax = fig.add_axes((0.6 / width, y_top - h, canvas.shape[1] * hinch / width, h))
+    ax.imshow(canvas, origin="lower", interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for i, (t, _) in enumerate(images):
+        yc = y_top - (i * (ny + gy) + 0.5 * ny) * vinch / height
+        fig.text((0.6 - 0.04 * (panel - 0.12)) / width, yc, f"{t / 60:.1f} min", rotation=90, ha="right",
+                 va="center", fontsize=8)
+    for j, (label, cm, norm) in enumerate(scales):
         x0 = (0.6 + j * panel) / width
-        handle = None
-        for i, (t, img) in enumerate(images):
-            y1 = top - i * (panel * aspect + 0.28) / height
-            ax = fig.add_axes((x0, y1 - panel * aspect / height, (panel - 0.12) / width, panel * aspect / height))
-            handle = ax.imshow(img[j], origin="lower", extent=extent, cmap=matplotlib.colormaps[cmap], vmin=lo,
-                               vmax=hi, interpolation="nearest")
-            ax.set_axis_off()
-            if j == 0:
-                ax.text(-0.04, 0.5, f"{t / 60:.1f} min", transform=ax.transAxes, rotation=90, ha="right",
-                        va="center", fontsize=8)
         cax = fig.add_axes((x0, top + 0.12 / height, (panel - 0.12) / width, 0.1 / height))
-        cb = fig.colorbar(handle, cax=cax, orientation="horizontal")
+        cb = fig.colorbar(ScalarMappable(norm=norm, cmap=cm), cax=cax, orientation="horizontal")
         cb.ax.tick_params(labelsize=7)
         cb.ax.xaxis.set_label_position("top")
         cb.set_label(label, fontsize=8)

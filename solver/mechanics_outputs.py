@@ -41,11 +41,12 @@ import numpy as np
 from mpi4py import MPI
 
 from .mechanics import (
-    ElasticitySolver,
     MechanicsSetup,
     StressPotential,
     SurfaceStress,
+    acquire_solver,
     mechanics_from_config,
+    release_solver,
     surface_flaw_indicator,
 )
 from .outputs import write_json
@@ -84,13 +85,6 @@ def coupling_terms(observers) -> list:
     return [o.coupling_term for o in observers if isinstance(o, MechanicsObserver) and o.two_way]
 
 
-def _max_loc(comm, value: float, payload) -> tuple[float, list]:
-    """Global maximum of ``value`` and the payload of the rank that holds it (ties: lowest rank)."""
-    allv = comm.allgather((value, list(payload)))
-    best = max(range(len(allv)), key=lambda i: (allv[i][0], -i))
-    return allv[best]
-
-
 class MechanicsObserver:
     """Simulation observer: one-way coupling θ → σ and the mechanics outputs (module docstring)."""
 
@@ -111,6 +105,7 @@ class MechanicsObserver:
         self._csv = None
         self._writers = []
         self.solver = None
+        self._released = False
         self.two_way = self.settings.coupling == "two_way"
         self.flux_term = None  # two-way: the StressDrivenFlux of the θ equation (coupling_term)
         self.potential = None
@@ -143,9 +138,10 @@ class MechanicsObserver:
         sv = sim.solver
         st = self.settings
         t0 = time.perf_counter()
-        self.solver = ElasticitySolver(sv.mesh, sv.theta, self.setup.material, theta_ref=self.setup.theta_ref,
-                                       assumption_2d=st.assumption_2d, degree=st.degree, solver=st.solver,
-                                       petsc_options=st.petsc_options)
+        # (a solver released by an earlier run on this mesh is reused: spaces, forms, factorisation)
+        self.solver = acquire_solver(sv.mesh, sv.theta, self.setup.material, theta_ref=self.setup.theta_ref,
+                                     assumption_2d=st.assumption_2d, degree=st.degree, solver=st.solver,
+                                     petsc_options=st.petsc_options)
         ms = self.solver
         if self.two_way:
             if self.flux_term is None or self.flux_term.field.u is not sv.theta:
@@ -155,47 +151,40 @@ class MechanicsObserver:
             if restore is not None:  # a resumed run: the stress-driven loads of the last two accepted states
                 self._resume_coupling(sim)
         self.setup_time = time.perf_counter() - t0
-        self.surface = SurfaceStress(ms)
         self.dim = sv.mesh.topology.dim
-        from dolfinx import fem
+        # what derives from the mesh alone is kept with the solver (reused with it)
+        cache = ms.cache
+        if "surface" not in cache:
+            from dolfinx import fem
 
-        self.f_s1 = fem.Function(ms.Ss, name="sigma1_MPa")
-        self.f_vm = fem.Function(ms.Ss, name="von_mises_MPa")
-        self.f_h = fem.Function(ms.Ss, name="hydrostatic_MPa")
+            from .exports import PointProbe
+
+            surface = SurfaceStress(ms)
+            c = ms.centroid
+            pad = np.zeros(3)
+            pad[: len(c)] = c
+            # characteristic radius for r/R: the largest distance of a surface node from the centroid
+            rmax = float(np.max(np.linalg.norm(surface.points[:, :2] - pad[:2], axis=1))) if len(
+                surface.points) else 0.0
+            cache.update(surface=surface, center=pad, radius=self.comm.allreduce(rmax, op=MPI.MAX),
+                         fields=[fem.Function(ms.Ss, name=n) for n in ("sigma1_MPa", "von_mises_MPa",
+                                                                        "hydrostatic_MPa")],
+                         center_probe=PointProbe(sv.mesh, pad[None, :], allow_outside=True))
+        self.surface, self.center, self.radius = cache["surface"], cache["center"], cache["radius"]
+        self.f_s1, self.f_vm, self.f_h = cache["fields"]
+        self._center_probe = cache["center_probe"]
         self._n_nodes = ms.Ss.dofmap.index_map.size_local
-        self.X = ms.Ss.tabulate_dof_coordinates()[: self._n_nodes]
-        c = ms.centroid
-        pad = np.zeros(3)
-        pad[: len(c)] = c
-        self.center = pad
-        # characteristic radius for r/R: the largest distance of a surface node from the centroid
-        rmax = float(np.max(np.linalg.norm(self.surface.points[:, :2] - pad[:2], axis=1))) if len(
-            self.surface.points) else 0.0
-        self.radius = self.comm.allreduce(rmax, op=MPI.MAX)
+        self.X = ms.stress_node_coordinates()
+        pad = self.center
         E_b, nu_b = self.setup.material.stiffness.basal_modulus()
         self.E_prime = E_b / (1.0 - nu_b**2)
-        from .exports import PointProbe
-
-        self._center_probe = PointProbe(sv.mesh, pad[None, :], allow_outside=True)
         # pixel grid for the maps (plane z = centroid in 3D)
         self._image_probe = None
         if self.output.figures:
-            x = sv.mesh.geometry.x
-            lo = np.array([self.comm.allreduce(float(x[:, i].min()) if len(x) else np.inf, op=MPI.MIN)
-                           for i in range(2)])
-            hi = np.array([self.comm.allreduce(float(x[:, i].max()) if len(x) else -np.inf, op=MPI.MAX)
-                           for i in range(2)])
             n = min(self.output.image_pixels, 100)
-            span = hi - lo
-            pad_ = 0.04 * span.max()
-            nx = n if span[0] >= span[1] else max(8, int(n * span[0] / span[1]))
-            ny = n if span[1] >= span[0] else max(8, int(n * span[1] / span[0]))
-            gx, gy = np.linspace(lo[0] - pad_, hi[0] + pad_, nx), np.linspace(lo[1] - pad_, hi[1] + pad_, ny)
-            GX, GY = np.meshgrid(gx, gy)
-            pts = np.column_stack([GX.ravel(), GY.ravel(), np.full(GX.size, pad[2])])
-            self._image_probe = PointProbe(sv.mesh, pts, allow_outside=True)
-            self.extent = (gx[0], gx[-1], gy[0], gy[-1])
-            self.grid_shape = GX.shape
+            if ("image", n) not in cache:
+                cache[("image", n)] = self._image_grid(sv.mesh, pad, n)
+            self._image_probe, self.extent, self.grid_shape = cache[("image", n)]
         mine = next((r for r, o in zip(restore or [], sim.observers) if o is self), None)
         if mine:
             self._restore(mine)
@@ -220,6 +209,24 @@ class MechanicsObserver:
             self._csv.writerow(COLUMNS)
             for row in self.rows:  # a resumed run: what the checkpoint holds
                 self._csv.writerow([_fmt(v) for v in row])
+
+    def _image_grid(self, mesh, pad, n):
+        """Pixel grid of the stress maps: (probe, extent, shape)."""
+        from .exports import PointProbe
+
+        x = mesh.geometry.x
+        lo = np.array([self.comm.allreduce(float(x[:, i].min()) if len(x) else np.inf, op=MPI.MIN)
+                       for i in range(2)])
+        hi = np.array([self.comm.allreduce(float(x[:, i].max()) if len(x) else -np.inf, op=MPI.MAX)
+                       for i in range(2)])
+        span = hi - lo
+        pad_ = 0.04 * span.max()
+        nx = n if span[0] >= span[1] else max(8, int(n * span[0] / span[1]))
+        ny = n if span[1] >= span[0] else max(8, int(n * span[1] / span[0]))
+        gx, gy = np.linspace(lo[0] - pad_, hi[0] + pad_, nx), np.linspace(lo[1] - pad_, hi[1] + pad_, ny)
+        GX, GY = np.meshgrid(gx, gy)
+        pts = np.column_stack([GX.ravel(), GY.ravel(), np.full(GX.size, pad[2])])
+        return PointProbe(mesh, pts, allow_outside=True), (gx[0], gx[-1], gy[0], gy[-1]), GX.shape
 
     def _couple(self, t: float):
         """Two-way: χ = Ω:σ/(N_L R T) of this solve (state at time t) → the θ equation's stress-driven flux."""
@@ -260,38 +267,33 @@ class MechanicsObserver:
     def record(self, sim, rec):
         ms = self.solver
         t0 = MPI.Wtime()
-        its = ms.solve()
+        its = ms.solve(fields=False)  # the tensor field is filled at the snapshots
         if self.two_way:
             self._couple(sim.t)
-        X, s = ms.stress_nodes()
-        inv = ms.invariants()
+        inv = ms.invariants(principal=("sigma1", "sigma3"))
         n = self._n_nodes
         self.f_s1.x.array[:n] = inv["sigma1"]
         self.f_vm.x.array[:n] = inv["von_mises"]
         self.f_h.x.array[:n] = inv["hydrostatic"]
         comm = self.comm
+        # this rank's extremes: σ1 max and where, σ3 min, von Mises max, hydrostatic max/min, hoop max/min and where
+        mine = np.array([-np.inf, 0.0, 0.0, 0.0, np.inf, -np.inf, -np.inf, np.inf, -np.inf, np.nan, -np.inf, np.nan])
         if n:
             i = int(np.argmax(inv["sigma1"]))
-            s1, loc = float(inv["sigma1"][i]), X[i]
-        else:
-            s1, loc = -np.inf, np.zeros(3)
-        s1, loc = _max_loc(comm, s1, loc)
-        loc = np.asarray(loc)
-        r_over_R = float(np.linalg.norm(loc[:2] - self.center[:2]) / self.radius) if self.radius > 0 else math.nan
-        s3 = comm.allreduce(float(inv["sigma3"].min()) if n else np.inf, op=MPI.MIN)
-        vm = comm.allreduce(float(inv["von_mises"].max()) if n else -np.inf, op=MPI.MAX)
-        hmax = comm.allreduce(float(inv["hydrostatic"].max()) if n else -np.inf, op=MPI.MAX)
-        hmin = comm.allreduce(float(inv["hydrostatic"].min()) if n else np.inf, op=MPI.MIN)
+            mine[:8] = (inv["sigma1"][i], *self.X[i], inv["sigma3"].min(), inv["von_mises"].max(),
+                        inv["hydrostatic"].max(), inv["hydrostatic"].min())
         hoop = self.surface.hoop()
         if len(hoop):
             j, k = int(np.argmax(hoop)), int(np.argmin(hoop))
-            hx, ha = float(hoop[j]), [self.surface.angle_deg[j]]
-            hn, hna = -float(hoop[k]), [self.surface.angle_deg[k]]
-        else:
-            hx, ha, hn, hna = -np.inf, [math.nan], -np.inf, [math.nan]
-        hx, ha = _max_loc(comm, hx, ha)
-        hn, hna = _max_loc(comm, hn, hna)
-        hn = -hn
+            mine[8:] = (hoop[j], self.surface.angle_deg[j], -hoop[k], self.surface.angle_deg[k])
+        if comm.size > 1:  # one collective; a maximum's location comes from the lowest rank holding it
+            allv = np.array(comm.allgather(mine))
+            i, j, k = (int(np.argmax(allv[:, c])) for c in (0, 8, 10))
+            mine = np.array([*allv[i, :4], allv[:, 4].min(), allv[:, 5].max(), allv[:, 6].max(), allv[:, 7].min(),
+                             *allv[j, 8:10], *allv[k, 10:12]])
+        s1, loc, (s3, vm, hmax, hmin) = float(mine[0]), mine[1:4], mine[4:8]
+        hx, ha, hn, hna = float(mine[8]), mine[9], -float(mine[10]), mine[11]
+        r_over_R = float(np.linalg.norm(loc[:2] - self.center[:2]) / self.radius) if self.radius > 0 else math.nan
         cs1, ch = self._center_probe.evaluate(self.f_s1)[0], self._center_probe.evaluate(self.f_h)[0]
         if not self._center_probe.inside[0]:
             cs1 = ch = math.nan
@@ -299,9 +301,11 @@ class MechanicsObserver:
         st = self.settings
         frs = surface_flaw_indicator(hx, st.flaw_size_um, self.E_prime, st.toughness_MPa_sqrt_m)
         fri = surface_flaw_indicator(s1, st.flaw_size_um, self.E_prime, st.toughness_MPa_sqrt_m, geometry_factor=1.0)
-        wall = comm.allreduce(MPI.Wtime() - t0, op=MPI.MAX)
-        row = [sim.t, rec.protocol_step, rec.theta_mean, s1, *loc[:3], r_over_R, s3, vm, hmax, hmin, hx, ha[0], hn,
-               hna[0], cs1, ch, e[0], e[1], e[2], frs["K_I_MPa_sqrt_m"], frs["G_J_m2"], frs["fracture_index"],
+        wall = MPI.Wtime() - t0
+        if comm.size > 1:
+            wall = comm.allreduce(wall, op=MPI.MAX)
+        row = [sim.t, rec.protocol_step, rec.theta_mean, s1, *loc[:3], r_over_R, s3, vm, hmax, hmin, hx, ha, hn,
+               hna, cs1, ch, e[0], e[1], e[2], frs["K_I_MPa_sqrt_m"], frs["G_J_m2"], frs["fracture_index"],
                fri["K_I_MPa_sqrt_m"], fri["fracture_index"], its, wall]
         if self.root:
             self.rows.append([float(v) for v in row])
@@ -310,6 +314,7 @@ class MechanicsObserver:
 
     def snapshot(self, sim, t: float):
         ms = self.solver
+        ms.sync_fields()
         for f in (ms.sigma, self.f_s1, self.f_vm, self.f_h, ms.u):
             f.x.scatter_forward()
         for w in self._writers:
@@ -328,13 +333,12 @@ class MechanicsObserver:
         got = self.comm.gather(prof, root=0)
         # lattice-parameter distribution
         th = ms.theta_at_stress_nodes()
-        _, s = ms.stress_nodes()
-        eps = ms.strain_from_stress(s, th)
+        exx, eyy, ezz = ms.normal_strains(th)
         w = ms.stress_node_weights()
         ref_a = float(ms.material.lattice.a(ms.theta_ref))
         ref_c = float(ms.material.lattice.c(ms.theta_ref))
         data = np.column_stack([th, w, ms.material.lattice.a(th), ms.material.lattice.c(th),
-                                ref_a * (1 + 0.5 * (eps[:, 0, 0] + eps[:, 1, 1])), ref_c * (1 + eps[:, 2, 2])])
+                                ref_a * (1 + 0.5 * (exx + eyy)), ref_c * (1 + ezz)])
         allv = self.comm.gather(data, root=0)
         if self.root:
             prof = np.concatenate(got)
@@ -374,9 +378,12 @@ class MechanicsObserver:
         """Free the elasticity solver's PETSc/MUMPS objects now (collective; idempotent): they hold
         MPI communicators, and left to the garbage collector they would go at a different moment
         on each rank."""
-        for obj in (self.solver, self.potential):
-            if obj is not None:
-                obj.destroy()
+        if self.potential is not None:
+            self.potential.destroy()
+            self.potential = None
+        if not self._released:
+            self._released = True
+            release_solver(self.solver)  # serial: kept for the next run on this mesh
 
     def finish(self, sim):
         for w in self._writers:
@@ -400,7 +407,8 @@ class MechanicsObserver:
             for name, gi, pi in (("003", 1, 2), ("110", 3, 4)):
                 if self.xrd:
                     block = np.column_stack([self.xrd[0][gi]] + [x[pi] for x in self.xrd])
-                    fh.writelines(f"{name}," + ",".join(f"{v:.6g}" for v in row) + "\n" for row in block)
+                    fmt = f"{name}," + ",".join(["%.6g"] * block.shape[1]) + "\n"
+                    fh.writelines(fmt % tuple(row) for row in block.tolist())
         write_json(out / "mechanics.json", summary)
         if self.output.figures and self.rows:
             from . import mechanics_figures as figs
@@ -524,9 +532,10 @@ def theta_modes(theta, weights, bandwidth: float = 0.01, prominence: float = 0.1
 
 
 def _wquantile(x, w, q):
+    """Weighted quantile(s) ``q`` of x (one sort for all of them)."""
     o = np.argsort(x)
     cw = np.cumsum(w[o])
-    return float(np.interp(q * cw[-1], cw, x[o]))
+    return np.interp(np.asarray(q) * cw[-1], cw, x[o])
 
 
 def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict:
@@ -535,7 +544,7 @@ def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict
     two = sorted(modes[:2])
     mean = lambda v: float(np.sum(w * v))  # noqa: E731
     std = lambda v: float(np.sqrt(max(np.sum(w * (v - mean(v)) ** 2), 0.0)))  # noqa: E731
-    p05, p50, p95 = (_wquantile(theta, w, q) for q in (0.05, 0.5, 0.95))
+    p05, p50, p95 = (float(v) for v in _wquantile(theta, w, (0.05, 0.5, 0.95)))
     return {"theta_mean": mean(theta), "theta_p05": p05, "theta_p50": p50, "theta_p95": p95,
             "theta_spread_p95_p05": p95 - p05, "theta_modes": len(modes),
             "theta_mode_low": two[0] if len(two) == 2 else math.nan,
@@ -549,9 +558,12 @@ def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict
 
 def _write_table(path, header, data: np.ndarray):
     """A float table as CSV (NaN written as 'nan')."""
+    data = np.asarray(data, dtype=float).reshape(-1, len(header))
+    data = np.where(np.isfinite(data), data, np.nan)  # ±inf written as nan too
+    fmt = ",".join(["%r"] * len(header)) + "\n"
     with open(path, "w") as fh:
         fh.write(",".join(header) + "\n")
-        fh.writelines(",".join(repr(float(v)) if np.isfinite(v) else "nan" for v in row) + "\n" for row in data)
+        fh.writelines(fmt % tuple(row) for row in data.tolist())
 
 
 def _fmt(v):

@@ -70,8 +70,10 @@ def _fresh_mesh_cache():
     """Every test meshes afresh (the in-process mesh cache of geometries/_build.py would otherwise
     hand one test the mesh of another, e.g. past a monkeypatched mesher)."""
     from nmcfx.geometries._build import clear_mesh_cache
+    from nmcfx.solver.mechanics import clear_solver_pool
 
     clear_mesh_cache()
+    clear_solver_pool()  # (elasticity solvers kept for reuse on those meshes; serial only)
     yield
 
 
