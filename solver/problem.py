@@ -347,29 +347,44 @@ class Problem:
         self.J_ufl = J
         return J
 
-    def _auto_linear_solver(self, f: Field) -> dict:
-        """Linear solver by size (single-field problems), unless the user chose one: direct LU with
-        PETSc's own factorisation and METIS nested dissection on one rank up to
-        :data:`SMALL_LU_DOFS` unknowns (several times faster than MUMPS there), GMRES with
-        algebraic multigrid (GAMG) for 3D problems from :data:`ITERATIVE_MIN_DOFS_3D` unknowns,
-        MUMPS LU otherwise. The choice is kept in :attr:`linear_solver`."""
+    def _auto_linear_solver(self, unknowns: list[Field]) -> dict:
+        """Linear solver by size, unless the user chose one: direct LU with PETSc's own
+        factorisation and METIS nested dissection for one field up to :data:`SMALL_LU_DOFS` unknowns
+        (several times faster than MUMPS there; sequential MUMPS for several fields); on several
+        ranks every rank factorises the whole gathered matrix so (``pc_type = redundant``), which
+        keeps parallel runs bit-reproducible (see :data:`SMALL_LU_DOFS`); GMRES with algebraic
+        multigrid (GAMG) for single-field 3D problems from :data:`ITERATIVE_MIN_DOFS_3D` unknowns;
+        MUMPS LU otherwise. The choice is kept in
+        :attr:`linear_solver`."""
         user = self._user_options
         self.linear_solver = "lu (mumps)"
         if any(k in user for k in ("ksp_type", "pc_type", "pc_factor_mat_solver_type")):
             self.linear_solver = "user: " + ", ".join(f"{k}={user[k]}" for k in ("ksp_type", "pc_type",
                                                       "pc_factor_mat_solver_type") if k in user)
             return {}
-        n = f.num_dofs
-        if f.mesh.topology.dim == 3 and n >= ITERATIVE_MIN_DOFS_3D:
+        n = sum(f.num_dofs for f in unknowns)
+        if len(unknowns) == 1 and unknowns[0].mesh.topology.dim == 3 and n >= ITERATIVE_MIN_DOFS_3D:
             self.linear_solver = "gmres + gamg"
             self.petsc_options.pop("pc_factor_mat_solver_type", None)  # (LU's; unused by GAMG)
             # tied to Newton: a linear solve need not go below a tenth of the Newton tolerance
             return dict(ITERATIVE_OPTIONS, ksp_atol=0.1 * float(self.petsc_options["snes_atol"]))
-        if self.comm.size == 1 and n <= SMALL_LU_DOFS:
+        if n > SMALL_LU_DOFS:
+            return {}
+        # one field: PETSc's LU (no pivoting: fine for the diffusion Jacobian); several (an electrode's
+        # saddle-like blocks, a real unknown): MUMPS, which pivots
+        if len(unknowns) == 1:
             ordering = "metisnd" if _ordering_available("metisnd") else "nd"
-            self.linear_solver = f"lu (petsc, {ordering})"
-            return {"pc_factor_mat_solver_type": "petsc", "pc_factor_mat_ordering_type": ordering}
-        return {}
+            lu, inner = f"lu (petsc, {ordering})", {"pc_factor_mat_solver_type": "petsc",
+                                                    "pc_factor_mat_ordering_type": ordering}
+        else:
+            lu, inner = "lu (mumps)", {"pc_factor_mat_solver_type": "mumps"}
+        if self.comm.size == 1:
+            self.linear_solver = lu
+            return inner
+        self.linear_solver = f"{lu}, redundant on {self.comm.size} ranks"
+        self.petsc_options.pop("pc_factor_mat_solver_type", None)  # (the outer PC is not LU)
+        return {"pc_type": "redundant", "redundant_ksp_type": "preonly", "redundant_pc_type": "lu"} | {
+            f"redundant_{k}": v for k, v in inner.items()}
 
     def nodal_assembly_spec(self) -> dict | None:
         """The terms' contributions to :class:`~.assembly.NodalAssembler`, or None if some term
@@ -393,8 +408,7 @@ class Problem:
 
     def create_solver(self):
         unknowns = self.unknowns
-        if len(unknowns) == 1:
-            self.petsc_options.update(self._auto_linear_solver(unknowns[0]))
+        self.petsc_options.update(self._auto_linear_solver(unknowns))
         if self.assembly != "forms":
             spec = self.nodal_assembly_spec()
             if spec is None and self.assembly == "nodal":
@@ -756,8 +770,13 @@ class Problem:
 NEWTON_LAG_JACOBIAN = 2
 
 # ---------------------------------------------------------------------- linear solver by size
-#: One rank, up to this many unknowns: PETSc's LU with METIS ordering (measured 2-3x faster than
-#: MUMPS on 2D particle meshes of 400-3000 unknowns, equal at ~8000; benchmarks/README.md).
+#: Up to this many unknowns: PETSc's LU with METIS ordering (one rank: measured 2-3x faster than
+#: MUMPS on 2D particle meshes of 400-3000 unknowns, equal at ~8000; benchmarks/README.md). On several
+#: ranks each rank factorises the whole gathered matrix (``pc_type = redundant``): MUMPS in parallel
+#: is not reproducible from run to run — its dynamic scheduling reorders floating-point sums, and of
+#: 300 refactorisations of one 2-rank matrix 12-350 came out different in the last digits (more
+#: under load), so neither two parallel runs nor a resumed one would agree bit for bit; the
+#: redundant LU never differed and took 0.85x MUMPS' time at 3.7 k unknowns, 1.3x at 15 k.
 SMALL_LU_DOFS = 20_000
 #: 3D problems from this many unknowns: GMRES + GAMG instead of LU (fill and factorisation time
 #: grow much faster than the unknowns in 3D; LU does not scale across ranks). GMRES, not CG: the

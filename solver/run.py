@@ -460,7 +460,8 @@ def metadata(run: PreparedRun, sv, comm) -> dict:
                if run.is_electrode else {}),
             "protocol": {"initial_theta": run.protocol.initial_theta,
                          "steps": [s.describe() for s in run.protocol.steps]},
-            "solver": run.solver.to_dict() | {"petsc_options": sv.petsc_options, "dofs": sv.num_dofs},
+            "solver": run.solver.to_dict() | {"petsc_options": sv.petsc_options, "dofs": sv.num_dofs,
+                                              "linear_solver": getattr(sv.problem, "linear_solver", None)},
             "output": run.output.to_dict(),
         },
     }
