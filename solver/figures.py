@@ -44,7 +44,7 @@ def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=N
     im_handle = None
     for ax, (t, img) in zip(axes.flat, images):
         im_handle = ax.imshow(img, origin="lower", extent=extent, cmap="viridis", vmin=vmin, vmax=vmax,
-                              interpolation="nearest")
+                              interpolation="nearest", interpolation_stage="data")
         for line in outlines or ():
             ax.plot(line[0], line[1], color="crimson", lw=2.5)
         ax.set_title(f"t = {t / 60:.1f} min", fontsize=10)
@@ -99,7 +99,7 @@ def kymograph(s_um, times_s, profiles, path: Path, *, title: str = ""):
         w = ((tg - times_s[idx]) / (times_s[idx + 1] - times_s[idx]))[:, None]
         grid = ((1 - w) * profiles[idx] + w * profiles[idx + 1]).T
         m = ax.imshow(grid, origin="lower", aspect="auto", cmap="viridis", interpolation="nearest",
-                      extent=(tg[0] / 60.0, tg[-1] / 60.0, s_um[0], s_um[-1]))
+                      interpolation_stage="data", extent=(tg[0] / 60.0, tg[-1] / 60.0, s_um[0], s_um[-1]))
         fig.colorbar(m, ax=ax, label="Li occupancy θ")
     ax.set_xlabel("time (min)")
     ax.set_ylabel("position along line (µm)")
