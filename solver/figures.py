@@ -1,6 +1,11 @@
 """Figures of a run (matplotlib, Agg): θ maps, centre trace, line-cut kymograph.
 
 Pure plotting on NumPy arrays gathered by :mod:`nmcfx.solver.outputs`; rank 0 only.
+Figures are drawn on an Agg canvas without pyplot (no global figure registry, nothing to close)
+and matplotlib is imported at the first figure, so a run without figures never loads it. The
+images are resampled to the screen before colour-mapping (``interpolation_stage="data"``): with
+nearest-neighbour sampling the pixels are the same, at half the peak memory (benchmarks/README.md,
+issue 10 target 6).
 """
 
 from __future__ import annotations
@@ -16,7 +21,22 @@ def _wrap(title: str, width: int = 70) -> str:
     return "\n".join(textwrap.wrap(title, width)) if title else ""
 
 
+def _figure(width_in: float, height_in: float):
+    """An empty matplotlib figure on its own Agg canvas (``fig.savefig`` writes PNG, PDF, SVG).
+
+    >>> fig = _figure(6.0, 3.8)
+    >>> ax = fig.subplots()
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in))
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _plt():
+    """pyplot on the Agg backend, for callers that still use it (``_figure`` needs no pyplot)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -30,7 +50,6 @@ def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=N
 
     ``outlines``: optional list of (x, y) polylines (µm) drawn on every panel, e.g. blocked arcs.
     """
-    plt = _plt()
     n = len(images)
     ncol = min(n, 4)
     nrow = int(np.ceil(n / ncol))
@@ -39,7 +58,8 @@ def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=N
     vmax = float(finite.max()) if vmax is None else vmax
     if vmax - vmin < 1e-3:
         vmin, vmax = vmin - 5e-4, vmax + 5e-4
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.6 * ncol + 0.8, 2.5 * nrow + 0.4), squeeze=False)
+    fig = _figure(2.6 * ncol + 0.8, 2.5 * nrow + 0.4)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     fig.subplots_adjust(left=0.08, right=0.86, bottom=0.1, top=0.86, wspace=0.35, hspace=0.45)
     im_handle = None
     for ax, (t, img) in zip(axes.flat, images):
@@ -60,14 +80,13 @@ def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=N
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def center_trace(hist: dict, path: Path, *, title: str = "", step_ends=()):
     """θ at the centre, mean θ and the surface range against time (002 Fig. 3C-like)."""
-    plt = _plt()
     t = hist["time_s"] / 60.0
-    fig, ax = plt.subplots(figsize=(6.0, 3.8))
+    fig = _figure(6.0, 3.8)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.88)
     ax.fill_between(t, hist["theta_surface_min"], hist["theta_surface_max"], color="tab:orange", alpha=0.25,
                     label="surface (min–max)")
@@ -82,15 +101,14 @@ def center_trace(hist: dict, path: Path, *, title: str = "", step_ends=()):
     if title:
         ax.set_title(_wrap(title), fontsize=9)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def kymograph(s_um, times_s, profiles, path: Path, *, title: str = ""):
     """θ along the line cut (vertical) against time (horizontal), as in 002 Fig. 3D."""
-    plt = _plt()
     times_s = np.asarray(times_s)
     profiles = np.asarray(profiles)
-    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    fig = _figure(6.0, 3.6)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.12, right=0.95, bottom=0.14, top=0.86)
     if len(times_s) >= 2:
         # resample on a uniform time grid (steps are adaptive) and draw as an image
@@ -106,4 +124,3 @@ def kymograph(s_um, times_s, profiles, path: Path, *, title: str = ""):
     if title:
         ax.set_title(_wrap(title), fontsize=9)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
