@@ -14,11 +14,14 @@ import math
 import numpy as np
 
 from nmcfx.errors import InputError
+from nmcfx.materials._roots import brentq as brent_root
 
+from ._elliptic import ellipe, ellipeinc
 from .sectors import Layout
 
 
-# SciPy is imported on first use: a disk needs none of it (import ~0.5 s, ~45 MB; benchmarks/README.md)
+# SciPy is imported on first use, by contours only: disks and ellipses need none of it (import ~0.5 s,
+# ~45 MB; benchmarks/README.md)
 def splev(*args, **kwargs):  # noqa: D103
     from scipy.interpolate import splev as f
 
@@ -43,16 +46,6 @@ def cKDTree(*args, **kwargs):  # noqa: D103
     return f(*args, **kwargs)
 
 
-def ellipe(*args, **kwargs):  # noqa: D103
-    from scipy.special import ellipe as f
-
-    return f(*args, **kwargs)
-
-
-def ellipeinc(*args, **kwargs):  # noqa: D103
-    from scipy.special import ellipeinc as f
-
-    return f(*args, **kwargs)
 
 TWO_PI = 2.0 * math.pi
 # Contours are handed to gmsh as cubic splines with at most this many knot spans.
@@ -121,7 +114,7 @@ class EllipseOutline:
         if s <= 0.0:
             return self.psi0
         target = self.L0 + s * self.perimeter
-        return brentq(lambda p: self._arclength(p) - target, self.psi0, self.psi0 + TWO_PI, xtol=1e-14, rtol=1e-15)
+        return brent_root(lambda p: self._arclength(p) - target, self.psi0, self.psi0 + TWO_PI, xtol=1e-14)
 
     def s_at_angle(self, theta_deg: float, field: str) -> float:
         return self._s_of_psi(self._psi_of_polar(math.radians(theta_deg)))

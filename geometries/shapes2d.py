@@ -18,8 +18,10 @@ import numpy as np
 from mpi4py import MPI
 
 from nmcfx.errors import InputError, MeshError
+from nmcfx.materials._roots import brentq
 
 from . import _gmsh
+from ._elliptic import ellipe
 from ._build import build_particle
 from ._outline import CircleOutline, ContourOutline, EllipseOutline, clean_contour_points, polygon_area
 from ._validate import in_range, number, optional_positive, positive, positive_pair
@@ -28,17 +30,6 @@ from .particle import ParticleMesh
 from .sectors import POSITION_TOL, Arc, Layout, Sector, check_overlaps, make_layout, parse_sectors
 
 
-# SciPy is imported on first use: a disk needs none of it (import ~0.5 s, ~45 MB; benchmarks/README.md)
-def brentq(*args, **kwargs):  # noqa: D103
-    from scipy.optimize import brentq as f
-
-    return f(*args, **kwargs)
-
-
-def ellipe(*args, **kwargs):  # noqa: D103
-    from scipy.special import ellipe as f
-
-    return f(*args, **kwargs)
 
 
 #: Xu et al., Joule 2022: the particle's measured cross-section.
@@ -62,7 +53,7 @@ def xu2022_semi_axes_um() -> tuple[float, float]:
         a = math.sqrt(A / (math.pi * ratio))
         return ellipse_perimeter(a, ratio * a) - P
 
-    ratio = brentq(mismatch, 1e-3, 1.0, xtol=1e-15, rtol=1e-15)
+    ratio = brentq(mismatch, 1e-3, 1.0, xtol=1e-15)
     a = math.sqrt(A / (math.pi * ratio))
     return a, ratio * a
 
