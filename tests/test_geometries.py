@@ -94,6 +94,35 @@ def test_reference_particle_xu2022_area_and_perimeter():
 # ----------------------------------------------------------------------------- sectors
 
 
+def test_elliptic_integrals_match_scipy():
+    """The SciPy-free E(m) and E(φ|m) of the ellipse outlines agree with scipy.special to round-off,
+    across the quasi-period (any real φ) and up to very flat ellipses."""
+    from scipy import special
+
+    from nmcfx.geometries._elliptic import carlson_rd, carlson_rf, ellipe, ellipeinc
+
+    rng = np.random.default_rng(7)
+    for m in np.concatenate([[0.0, 1e-12, 0.5, 0.99, 1.0], rng.uniform(0.0, 1.0, 200)]):
+        assert ellipe(m) == pytest.approx(special.ellipe(m), rel=2e-15, abs=0)
+    for phi, m in zip(rng.uniform(-20.0, 20.0, 400), rng.uniform(0.0, 0.999, 400)):
+        assert ellipeinc(phi, m) == pytest.approx(special.ellipeinc(phi, m), rel=1e-14, abs=1e-15)
+    for x, y, z in rng.uniform(0.0, 3.0, (200, 3)):
+        assert carlson_rf(x, y, z) == pytest.approx(special.elliprf(x, y, z), rel=2e-15)
+        assert carlson_rd(0.0, y, z) == pytest.approx(special.elliprd(0.0, y, z), rel=2e-15)
+
+
+def test_ellipse_outline_needs_no_scipy():
+    """Ellipses (and the Xu 2022 particle) are laid out without importing SciPy (~40 MB of a run's
+    peak memory; benchmarks/README.md): checked in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    code = ("import sys, mpi4py.MPI; from nmcfx.geometries import _outline, shapes2d; "
+            "e = _outline.EllipseOutline(*shapes2d.xu2022_semi_axes_um(), 30.0); e.s_at_angle(45.0, 'f'); "
+            "e._psi_of_s(0.3); sys.exit(int('scipy' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
 @pytest.mark.mpi
 def test_quarter_sector_of_disk_and_surface_remainder():
     d = 5.0
