@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import _plt, _wrap
+from .figures import _figure, _wrap
 
 
 def _charge_spans(step_log):
@@ -16,9 +16,9 @@ def _charge_spans(step_log):
 
 
 def voltage(hist: dict, step_log, path: Path, *, title: str = ""):
-    plt = _plt()
     t = hist["time_s"] / 3600
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = _figure(10, 3.8)
+    a1, a2 = fig.subplots(1, 2)
     fig.subplots_adjust(left=0.08, right=0.97, bottom=0.14, top=0.84, wspace=0.3)
     a1.plot(t, hist["voltage_V"], color="k", lw=1.5)
     a1.set_xlabel("time (h)")
@@ -37,16 +37,17 @@ def voltage(hist: dict, step_log, path: Path, *, title: str = ""):
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def particles(hist: dict, names, step_log, path: Path, *, title: str = ""):
     """Top: each particle's near-surface θ (the optical proxy) against time; bottom: its slope
     against cell capacity, per charge/discharge step (one sharp peak each = asynchronous)."""
-    plt = _plt()
+    from matplotlib import colormaps
+
     t = hist["time_s"] / 3600
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 6.4), sharex=False)
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    fig = _figure(9, 6.4)
+    a1, a2 = fig.subplots(2, 1, sharex=False)
     fig.subplots_adjust(left=0.09, right=0.8, bottom=0.08, top=0.9, hspace=0.35)
     for i, n in enumerate(names):
         a1.plot(t, hist[f"theta_near_{n}"], color=cmap(i % cmap.N), lw=1.3, label=n)
@@ -78,7 +79,6 @@ def particles(hist: dict, names, step_log, path: Path, *, title: str = ""):
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def _panels(n):
@@ -88,10 +88,10 @@ def _panels(n):
 
 def maps(images, extent, outlines, path: Path, *, title: str = ""):
     """θ at the snapshot times, particles outlined (Sharma 2022 Fig. 5)."""
-    plt = _plt()
     n = len(images)
     nrow, ncol = _panels(n)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol + 0.8, 2.9 * nrow + 0.5), squeeze=False)
+    fig = _figure(4.2 * ncol + 0.8, 2.9 * nrow + 0.5)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.88, bottom=0.08, top=0.88, wspace=0.25, hspace=0.4)
     finite = np.concatenate([img["theta"][np.isfinite(img["theta"])] for _, img in images]) if n else np.zeros(1)
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -113,17 +113,16 @@ def maps(images, extent, outlines, path: Path, *, title: str = ""):
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def potential_maps(images, extent, outlines, path: Path, *, title: str = ""):
     """φ_s (top row) and the electronic current density |σ∇φ_s| (bottom row, log scale) at the
     first and last snapshot: where the electrons flow."""
-    plt = _plt()
     from matplotlib.colors import LogNorm
 
     pick = [images[0], images[-1]] if len(images) > 1 else images[:1]
-    fig, axes = plt.subplots(2, len(pick), figsize=(4.6 * len(pick) + 0.6, 6.0), squeeze=False)
+    fig = _figure(4.6 * len(pick) + 0.6, 6.0)
+    axes = fig.subplots(2, len(pick), squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.9, bottom=0.07, top=0.88, wspace=0.3, hspace=0.35)
     for j, (t, img) in enumerate(pick):
         h1 = axes[0, j].imshow(img["phi_s"] * 1e3, origin="lower", extent=extent, cmap="magma",
@@ -143,15 +142,14 @@ def potential_maps(images, extent, outlines, path: Path, *, title: str = ""):
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def electrolyte_maps(images, extent, outlines, path: Path, *, title: str = ""):
     """Resolved electrolyte: c_l (top row) and φ_l − φ_l(separator) (bottom row) at the first and last
     snapshot, particles outlined."""
-    plt = _plt()
     pick = [images[0], images[-1]] if len(images) > 1 else images[:1]
-    fig, axes = plt.subplots(2, len(pick), figsize=(4.6 * len(pick) + 0.6, 6.0), squeeze=False)
+    fig = _figure(4.6 * len(pick) + 0.6, 6.0)
+    axes = fig.subplots(2, len(pick), squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.9, bottom=0.07, top=0.88, wspace=0.3, hspace=0.35)
     for j, (t, img) in enumerate(pick):
         for i, (key, label, scale, cmap) in enumerate((("c_l", "c_l (mol m⁻³)", 1.0, "cividis"),
@@ -171,4 +169,3 @@ def electrolyte_maps(images, extent, outlines, path: Path, *, title: str = ""):
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
