@@ -572,9 +572,9 @@ def write_analysis(result: AnalysisResult, outdir, *, command=None) -> list[str]
 
 
 def _reference_figure(r: AnalysisResult, path):
-    plt = figures._plt()
     ref = r.reference_image
-    fig, ax = plt.subplots(figsize=(4.8, 4.6))
+    fig = figures._figure(4.8, 4.6)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92)
     ax.imshow(ref, cmap="gray", interpolation="nearest")
     o = r.outline.points_um / r.pixel_size_um

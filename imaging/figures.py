@@ -16,21 +16,20 @@ import numpy as np
 CMAP = "RdBu_r"
 
 
-def _plt():
-    import matplotlib
+def _figure(width_in: float, height_in: float):
+    """An empty figure on its own Agg canvas: no pyplot, no global figure registry to close."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width_in, height_in))
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _save(fig, path, dpi=130):
-    plt = _plt()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
     os.replace(tmp, path)
     return path
 
@@ -69,7 +68,6 @@ def robust_limit(values, mask=None, pct=99.0, smooth_px=1.0) -> float:
 def contrast_maps(contrast, mask, times_s, indices, path, *, pixel_size_um, title="", lines=()):
     """Total-contrast maps (masked, zero-centred diverging scale) of the frames ``indices``;
     give arrays cropped around the particle. Times: since the current start."""
-    plt = _plt()
     from matplotlib.colors import TwoSlopeNorm
 
     idx = list(indices)
@@ -78,7 +76,8 @@ def contrast_maps(contrast, mask, times_s, indices, path, *, pixel_size_um, titl
     nrow = int(np.ceil(n / ncol))
     lim = robust_limit(np.where(mask[None], contrast[idx], 0.0), mask)
     norm = TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(2.5 * ncol + 0.9, 2.5 * nrow + 0.5), squeeze=False)
+    fig = _figure(2.5 * ncol + 0.9, 2.5 * nrow + 0.5)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     fig.subplots_adjust(left=0.03, right=0.86, bottom=0.04, top=0.86, wspace=0.08, hspace=0.25)
     handle = None
     for ax, k in zip(axes.flat, idx):
@@ -102,13 +101,13 @@ def contrast_maps(contrast, mask, times_s, indices, path, *, pixel_size_um, titl
 def kymograph(kymo, path, *, capacity_mAh_g=None, title="", model=None):
     """Contrast along the line cut: position (x) against time or capacity (y), as in 000 Fig. 5c.
     ``model``: optional predicted kymograph (same shape) drawn as contours."""
-    plt = _plt()
     from matplotlib.colors import TwoSlopeNorm
 
     vals = np.where(kymo.inside[None], kymo.values, 0.0)
     lim = robust_limit(vals[None], smooth_px=0.0)
     ycoord = capacity_mAh_g if capacity_mAh_g is not None else kymo.times_s / 60.0
-    fig, ax = plt.subplots(figsize=(5.2, 4.2))
+    fig = _figure(5.2, 4.2)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.14, right=0.88, bottom=0.13, top=0.9)
     m = ax.pcolormesh(kymo.positions_um, ycoord, vals, cmap=CMAP, norm=TwoSlopeNorm(vmin=-lim, vcenter=0, vmax=lim),
                       shading="nearest")
@@ -129,8 +128,8 @@ def asymmetry(trace, path, *, classification=None, field_d_um=None, title="", af
 
     Frames the classification uses (after the current start, ``after``, with a Li-rich core
     of the rule's size) are filled; the others are drawn hollow and grey."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig = _figure(5.6, 3.6)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.13, right=0.86, bottom=0.14, top=0.86)
     t = trace.times_s / 60.0
     used = np.isfinite(trace.d_um) & (np.ones(t.size, bool) if after is None else np.asarray(after, bool))
@@ -164,8 +163,8 @@ def asymmetry(trace, path, *, classification=None, field_d_um=None, title="", af
 
 def intensity(times_s, series: dict, path, *, title="", xlabel="time since the current (min)", x=None):
     """Normalised intensity change and other traces against time."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig = _figure(5.6, 3.6)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.88)
     xx = np.asarray(times_s) / 60.0 if x is None else x
     for label, (y, style) in series.items():
@@ -184,8 +183,8 @@ def intensity(times_s, series: dict, path, *, title="", xlabel="time since the c
 
 def drift(trace, path, *, pixel_size_um, title="", t0_s=0.0):
     """Drift against the time since the current start (``t0_s``: the current start in file time)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig = _figure(5.6, 3.4)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.15, top=0.86)
     t = (trace.times_s - t0_s) / 60.0
     if t.min() < 0:
@@ -211,10 +210,10 @@ def error_levels(e_min: float, e_max: float, n: int = 14) -> np.ndarray:
 def error_map(S_values, A_grid, E, best, path, *, title="", S_interval=None, A_interval=None):
     """Contour map of e(S, A) (Xu 2022 Fig. S2B) on log-spaced levels above the minimum, with
     the best fit and its 95 % interval (white cross) and the evaluated S (ticks on top)."""
-    plt = _plt()
     from matplotlib.colors import BoundaryNorm
 
-    fig, ax = plt.subplots(figsize=(5.4, 4.3))
+    fig = _figure(5.4, 4.3)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.13, right=0.9, bottom=0.13, top=0.86)
     S = np.asarray(S_values, dtype=float)
     order = np.argsort(S)
@@ -246,8 +245,8 @@ def error_map(S_values, A_grid, E, best, path, *, title="", S_interval=None, A_i
 
 def fit_overlay(times_s, measured, predicted, path, *, label="", title="", model_label="model A(θ₀ − θ)"):
     """Measured vs predicted total contrast (Xu 2022 Fig. S2C)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    fig = _figure(5.6, 3.6)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.88)
     t = np.asarray(times_s) / 60.0
     ax.plot(t, measured, "o", ms=3.5, mfc="none", color="k", label=f"measured{(' ' + label) if label else ''}")
@@ -265,8 +264,8 @@ def error_profile(S_values, e_values, best_S, interval, path, *, title="", dense
                   resampled_S=None):
     """Profile min over A (and B) of e against S: evaluated S (dots), the interpolated profile
     (``dense`` = (S, e)), the 68 % (and 95 %) interval, and the S of the noise resamples."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.4, 3.6))
+    fig = _figure(5.4, 3.6)
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.86)
     order = np.argsort(S_values)
     if dense is not None:
@@ -301,7 +300,6 @@ def error_profile(S_values, e_values, best_S, interval, path, *, title="", dense
 
 def model_vs_measured_maps(measured, model, region, times_s, path, *, title=""):
     """Measured (top) and model (bottom) contrast on the compared pixels, same zero-centred scale."""
-    plt = _plt()
     from matplotlib.colors import TwoSlopeNorm
 
     n = len(times_s)
@@ -309,7 +307,8 @@ def model_vs_measured_maps(measured, model, region, times_s, path, *, title=""):
     h, w = region.shape
     lim = max(_sym_limit(model), robust_limit(_region_maps(measured, region, idx), region))
     norm = TwoSlopeNorm(vmin=-lim, vcenter=0.0, vmax=lim)
-    fig, axes = plt.subplots(2, len(idx), figsize=(2.4 * len(idx) + 0.9, 5.2), squeeze=False)
+    fig = _figure(2.4 * len(idx) + 0.9, 5.2)
+    axes = fig.subplots(2, len(idx), squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.86, bottom=0.04, top=0.86, wspace=0.08, hspace=0.2)
     handle = None
     for j, k in enumerate(idx):
