@@ -43,16 +43,9 @@ import dolfinx
 import dolfinx.fem.petsc
 from dolfinx import fem
 
-from nmcfx.errors import InputError, SolverError
+from nmcfx.errors import SolverError
 
-from .mechanics import (
-    ASSUMPTIONS_2D,
-    DIRECT_OPTIONS,
-    ITERATIVE_OPTIONS,
-    ElasticitySolver,
-    MechanicsCounters,
-    _solver_kind,
-)
+from .mechanics import DIRECT_OPTIONS, ITERATIVE_OPTIONS, ElasticitySolver, _solver_kind
 
 
 class BondedElasticitySolver(ElasticitySolver):
@@ -74,19 +67,11 @@ class BondedElasticitySolver(ElasticitySolver):
     def __init__(self, mesh, nmc_cells, theta_sources, material, cbd, *, theta_ref: float,
                  clamped_facets=None, assumption_2d: str = "plane_strain", degree: int = 2, solver: str = "auto",
                  petsc_options: dict | None = None, prefix: str = "nmcfx_bonded_"):
-        if assumption_2d not in ASSUMPTIONS_2D:
-            raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, got {assumption_2d!r}")
+        self._body(mesh, material, theta_ref, assumption_2d, degree)
         if cbd.kind != "isotropic":
             raise ValueError("the CBD stiffness must be isotropic")
-        self.mesh = mesh
-        self.comm = mesh.comm
-        self.material = material
+        tdim = self.tdim
         self.cbd = cbd
-        self.theta_ref = float(theta_ref)
-        self.tdim = tdim = mesh.topology.dim
-        self.assumption = assumption_2d if tdim == 2 else "3d"
-        self.degree = degree
-        self.counters = MechanicsCounters()
         self.sources = list(theta_sources)
         th_deg = max(th.function_space.element.basix_element.degree for th, _, _ in self.sources)
         n_cells = mesh.topology.index_map(tdim).size_local + mesh.topology.index_map(tdim).num_ghosts

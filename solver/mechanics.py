@@ -368,17 +368,9 @@ class ElasticitySolver:
     def __init__(self, mesh, theta: fem.Function, material, *, theta_ref: float,
                  assumption_2d: str = "generalized_plane_strain", degree: int = 2, solver: str = "auto",
                  petsc_options: dict | None = None, extra_rhs=None, prefix: str = "nmcfx_mech_"):
-        if assumption_2d not in ASSUMPTIONS_2D:
-            raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, got {assumption_2d!r}")
-        self.mesh = mesh
-        self.comm = mesh.comm
+        self._body(mesh, material, theta_ref, assumption_2d, degree)
+        tdim = self.tdim
         self.theta = theta
-        self.material = material
-        self.theta_ref = float(theta_ref)
-        self.tdim = tdim = mesh.topology.dim
-        self.assumption = assumption_2d if tdim == 2 else "3d"
-        self.degree = degree
-        self.counters = MechanicsCounters()
         Vth = theta.function_space
         self.eps_a = fem.Function(Vth, name="eps_a")
         self.eps_c = fem.Function(Vth, name="eps_c")
@@ -451,6 +443,17 @@ class ElasticitySolver:
         self._update_coefficients()
 
     # ------------------------------------------------------------------ set-up shared with subclasses
+    def _body(self, mesh, material, theta_ref: float, assumption_2d: str, degree: int):
+        """The body's mesh, material, stress-free θ, 2D assumption (checked) and displacement degree."""
+        if assumption_2d not in ASSUMPTIONS_2D:
+            raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, got {assumption_2d!r}")
+        self.mesh, self.comm, self.material = mesh, mesh.comm, material
+        self.theta_ref = float(theta_ref)
+        self.tdim = mesh.topology.dim
+        self.assumption = assumption_2d if self.tdim == 2 else "3d"
+        self.degree = degree
+        self.counters = MechanicsCounters()
+
     def _body_geometry(self, th_deg: int):
         """Volume, centroid, the ε_zz modes g_k (2D: 1, x − x_c, y − y_c), their coefficients ``p`` and
         selector ``gsel``, and the integration measure (returned): exact for the bilinear form
