@@ -210,7 +210,7 @@ class BondedElasticitySolver(ElasticitySolver):
         if self.bcs:
             dolfinx.fem.petsc.set_bc(self.b, self.bcs)  # u = 0: no lifting needed
         if self.nullspace is not None:
-            self.nullspace.remove(self.b)
+            self._remove_rigid_modes(self.b)
         t1 = MPI.Wtime()
         self.ksp.solve(self.b, self.x)
         reason = self.ksp.getConvergedReason()
@@ -218,7 +218,7 @@ class BondedElasticitySolver(ElasticitySolver):
             raise SolverError(f"mechanics (bonded): linear solver failed (KSP reason {reason}, "
                               f"{self.ksp.getIterationNumber()} iterations)")
         if self.nullspace is not None:
-            self.nullspace.remove(self.x)
+            self._remove_rigid_modes(self.x)
         self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
         with self.x.localForm() as xl:
             target.x.array[:] = xl.array_r

@@ -612,6 +612,21 @@ class ElasticitySolver:
             basis.append(v)
         return basis
 
+    def _remove_rigid_modes(self, vec):
+        """vec −= Σ_k (vec · n_k) n_k over the orthonormal rigid-body modes, with sums in a fixed order
+        (NumPy's pairwise summation, one allreduce). PETSc's ``MatNullSpaceRemove`` does the same with
+        BLAS kernels whose rounding depends on where the vectors lie in memory: two identical runs
+        differed in the last digits of every stress."""
+        modes = self.__dict__.get("_rigid_arrays")
+        if modes is None:
+            modes = self._rigid_arrays = [v.getArray(readonly=True).copy() for v in self.nullspace_vectors]
+        arr = vec.getArray()
+        dots = np.array([np.multiply(arr, q).sum() for q in modes])
+        if self.comm.size > 1:
+            dots = self.comm.allreduce(dots, op=MPI.SUM)
+        for d, q in zip(dots, modes):
+            arr -= d * q
+
     def _update_coefficients(self):
         th = np.clip(self.theta.x.array, 0.0, 1.0)
         ea, ec = self.material.eigenstrain(th, self.theta_ref)
@@ -683,7 +698,7 @@ class ElasticitySolver:
                 bl.set(0.0)
             dolfinx.fem.petsc.assemble_vector(self.b, L_form)
             self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-        self.nullspace.remove(self.b)  # exact equilibrium of the discrete load
+        self._remove_rigid_modes(self.b)  # exact equilibrium of the discrete load
         if self._pins is not None:  # (a load without rigid-mode part is met at the pins too)
             self.b.array[self._pins] = 0.0
         t1 = MPI.Wtime()
@@ -692,7 +707,7 @@ class ElasticitySolver:
         if reason < 0:
             raise SolverError(f"mechanics: linear solver failed (KSP reason {reason}, "
                               f"{self.ksp.getIterationNumber()} iterations)")
-        self.nullspace.remove(self.x)  # no rigid motion in the displacement
+        self._remove_rigid_modes(self.x)  # no rigid motion in the displacement
         if self.comm.size == 1:
             target.x.array[:] = self.x.array_r
         else:
