@@ -67,7 +67,8 @@ ASSUMPTIONS_2D = ("generalized_plane_strain", "plane_strain", "plane_stress")
 COUPLINGS = ("one_way", "two_way")
 MODELS = ("linear_elastic",)
 
-#: 2D: direct Cholesky (MUMPS) with null-pivot detection for the singular (traction-free) stiffness.
+#: Direct Cholesky (MUMPS) with null-pivot detection for the singular (traction-free) stiffness: 2D beyond
+#: PINNED_MAX_DOFS, or with the user's own factorisation options.
 DIRECT_OPTIONS = {
     "ksp_type": "preonly",
     "pc_type": "cholesky",  # symmetric: ~10 % faster than LU here
@@ -75,6 +76,11 @@ DIRECT_OPTIONS = {
     "mat_mumps_icntl_24": 1,  # detect the null pivots (rigid modes)
     "mat_mumps_icntl_25": 0,  # return one solution of the consistent singular system
 }
+#: On several ranks the same, every rank factorising the whole gathered matrix (``pc_type = redundant``),
+#: up to this many displacement DOFs (beyond: MUMPS). Parallel MUMPS orders its sums differently from run
+#: to run (dynamic scheduling), so stresses differed in the last digits between identical runs; the
+#: gathered factorisation gives the same bits every time.
+PINNED_MAX_DOFS = 50_000
 #: 2D on one rank: PETSc's own sparse Cholesky (METIS nested-dissection ordering where PETSc has METIS,
 #: else its own) of the stiffness with the rigid modes pinned (three DOFs held at zero; the rigid part is
 #: removed from the solution afterwards): its back-solve is ~40 % cheaper than MUMPS' at 7-24k DOFs (a
@@ -87,8 +93,9 @@ PINNED_OPTIONS = {
 }
 
 
-def _pinned_options() -> dict:
-    """:data:`PINNED_OPTIONS`, with PETSc's own nested dissection if this PETSc has no METIS ordering."""
+def _pinned_options(ranks: int = 1) -> dict:
+    """:data:`PINNED_OPTIONS`, with PETSc's own nested dissection if this PETSc has no METIS ordering; on
+    several ranks for the gathered matrix on every rank (``pc_type = redundant``)."""
     global _ORDERING
     if _ORDERING is None:
         m = PETSc.Mat().createAIJ(size=(2, 2), nnz=2, comm=PETSc.COMM_SELF)
@@ -101,7 +108,10 @@ def _pinned_options() -> dict:
             _ORDERING = "nd"
         finally:
             m.destroy()
-    return PINNED_OPTIONS | {"pc_factor_mat_ordering_type": _ORDERING}
+    opts = PINNED_OPTIONS | {"pc_factor_mat_ordering_type": _ORDERING}
+    if ranks == 1:
+        return opts
+    return {"ksp_type": "preonly", "pc_type": "redundant"} | {f"redundant_{k}": v for k, v in opts.items()}
 
 
 _ORDERING = None
@@ -415,13 +425,14 @@ class ElasticitySolver:
         self.nullspace_vectors = self._rigid_body_modes()
         self.nullspace = PETSc.NullSpace().create(vectors=self.nullspace_vectors, comm=self.comm)
         kind = _solver_kind(solver, tdim)
-        # one rank, 2D, no user choice of the factorisation: the pinned PETSc Cholesky
-        self._pins = None
-        if kind == "direct" and self.comm.size == 1 and tdim == 2 and not any(
+        # 2D up to PINNED_MAX_DOFS, no user choice of the factorisation: the pinned PETSc Cholesky (on
+        # several ranks of the gathered matrix, on every rank)
+        self._pins = self._pins_owned = None
+        if kind == "direct" and tdim == 2 and 2 * V.dofmap.index_map.size_global <= PINNED_MAX_DOFS and not any(
                 str(k).startswith(("pc_", "mat_")) for k in (petsc_options or {})):
-            self._pins = self._pinned_dofs()
-        self._create_ksp(kind, ITERATIVE_OPTIONS if kind == "iterative" else
-                         DIRECT_OPTIONS if self._pins is None else _pinned_options(), petsc_options, prefix)
+            self._pins, self._pins_owned = self._pinned_dofs()
+        self._create_ksp(kind, ITERATIVE_OPTIONS if kind == "iterative" else DIRECT_OPTIONS if self._pins is None
+                         else _pinned_options(self.comm.size), petsc_options, prefix)
         self.K = None
         if self.linear_load:
             self.K = []
@@ -552,8 +563,11 @@ class ElasticitySolver:
         self.ksp.setFromOptions()
         if kind == "iterative":  # θ changes little between time steps: start from the last solution
             self.ksp.setInitialGuessNonzero(True)
+        # the inner solver of pc_type = redundant reads its options at the first set-up: kept till then
+        self._setup_options = [f"{prefix}{k}" for k in opts if str(k).startswith("redundant_")]
         for k in opts:
-            del popts[f"{prefix}{k}"]
+            if f"{prefix}{k}" not in self._setup_options:
+                del popts[f"{prefix}{k}"]
         self._matrix_ready = False
 
     def _rebind(self, theta: fem.Function, material, theta_ref: float):
@@ -635,16 +649,28 @@ class ElasticitySolver:
         if self.variable_modulus:
             self.fmod.x.array[:] = self.material.modulus_factor(th)
 
-    def _pinned_dofs(self) -> np.ndarray:
-        """Three DOFs that fix the rigid motion of a 2D body (serial): both components at the node
-        farthest from the centroid and, at the node farthest from that one, the component across the
-        line joining them."""
-        n = self.V.dofmap.index_map.size_local
+    def _pinned_dofs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Three DOFs that fix the rigid motion of a 2D body: both components at the node farthest from
+        the centroid and, at the node farthest from that one, the component across the line joining
+        them (ties: the lowest global node). Returns those of them this rank owns, as global and as
+        local indices."""
+        im = self.V.dofmap.index_map
+        n, start = im.size_local, im.local_range[0]
         X = self.V.tabulate_dof_coordinates()[:n, :2]
-        i = int(np.argmax(np.linalg.norm(X - self.centroid[:2], axis=1)))
-        j = int(np.argmax(np.linalg.norm(X - X[i], axis=1)))
-        d = X[j] - X[i]
-        return np.array([2 * i, 2 * i + 1, 2 * j + (1 if abs(d[0]) >= abs(d[1]) else 0)], dtype=PETSc.IntType)
+
+        def farthest(p):
+            d = np.linalg.norm(X - p, axis=1)
+            k = int(np.argmax(d)) if n else -1
+            mine = (float(d[k]), -(start + k), *X[k]) if n else (-1.0, 0, 0.0, 0.0)
+            best = max(self.comm.allgather(mine)) if self.comm.size > 1 else mine
+            return -int(best[1]), np.array(best[2:])
+
+        i, xi = farthest(self.centroid[:2])
+        j, xj = farthest(xi)
+        d = xj - xi
+        pins = np.array([2 * i, 2 * i + 1, 2 * j + (1 if abs(d[0]) >= abs(d[1]) else 0)], dtype=PETSc.IntType)
+        owned = pins[(pins >= 2 * start) & (pins < 2 * (start + n))]
+        return owned, owned - 2 * start
 
     def _assemble_matrix(self):
         self.A.zeroEntries()
@@ -657,6 +683,12 @@ class ElasticitySolver:
         self.A.setNearNullSpace(self.nullspace)
         self.ksp.setOperators(self.A)
         self._mumps_controls()
+        if self._setup_options:
+            self.ksp.setUp()
+            popts = PETSc.Options()
+            for k in self._setup_options:
+                del popts[k]
+            self._setup_options = []
         self.counters.factorizations += 1
         self._matrix_ready = True
 
@@ -700,7 +732,7 @@ class ElasticitySolver:
             self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         self._remove_rigid_modes(self.b)  # exact equilibrium of the discrete load
         if self._pins is not None:  # (a load without rigid-mode part is met at the pins too)
-            self.b.array[self._pins] = 0.0
+            self.b.array[self._pins_owned] = 0.0
         t1 = MPI.Wtime()
         self.ksp.solve(self.b, self.x)
         reason = self.ksp.getConvergedReason()
