@@ -14,7 +14,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_run
+from conftest import assert_run_refused, run_cli, tiny_run
 from nmcfx.cli import main
 from nmcfx.solver.run import execute, prepare
 
@@ -306,15 +306,7 @@ BAD = [
 def test_bad_mechanics_input_one_line_nothing_written(tmp_path, capsys, old, new, field):
     # a lattice table that covers θ in [0.1, 0.6] only: not the initial θ₀ = 0.95
     (tmp_path / "short.csv").write_text("theta,a_A,c_A\n0.1,2.82,14.0\n0.6,2.85,14.4\n")
-    cfg = tmp_path / "case.toml"
-    cfg.write_text(textwrap.dedent(GOOD.replace(old, new, 1)))
-    out = tmp_path / "out"
-    code = main(["run", str(cfg), "-o", str(out), "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1, err
-    assert err[0].startswith(f"nmcfx: error: {field}:"), err[0]
-    assert not out.exists()
+    assert_run_refused(tmp_path, capsys, GOOD.replace(old, new, 1), field)
 
 
 def test_materials_show_lists_mechanical_data(capsys):
