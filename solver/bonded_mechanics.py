@@ -144,17 +144,6 @@ class BondedElasticitySolver(ElasticitySolver):
         self._create_ksp(kind, DIRECT_OPTIONS if kind == "direct" else ITERATIVE_OPTIONS, petsc_options, prefix)
         self._update_coefficients()
 
-    def destroy(self):
-        """Free the PETSc objects now (collective; the solver is unusable afterwards)."""
-        for name in ("ksp", "A", "b", "x", "near_nullspace"):
-            obj = getattr(self, name, None)
-            if obj is not None:
-                obj.destroy()
-        for v in getattr(self, "nullspace_vectors", ()):
-            v.destroy()
-        self.nullspace_vectors = []
-        self.nullspace = None
-
     # ------------------------------------------------------------------ overrides
     def _update_coefficients(self):
         """θ of every source → the body's DG θ (owned cells, then the ghosts), then ε_a, ε_c (and f) at the

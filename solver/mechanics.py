@@ -587,10 +587,10 @@ class ElasticitySolver:
         communicators, of which a process has a limited number. The solver is unusable afterwards."""
         if self in _POOL:  # (destroyed by its user while kept for reuse: never hand it out again)
             _POOL.remove(self)
-        for obj in (self.K or []) + getattr(self, "_eig_vecs", []):
+        for obj in (getattr(self, "K", None) or []) + getattr(self, "_eig_vecs", []):
             obj.destroy()
         self.K, self._eig_vecs = [], []
-        for name in ("ksp", "A", "b", "x", "nullspace"):
+        for name in ("ksp", "A", "b", "x", "nullspace", "near_nullspace"):  # (subclasses: near_nullspace)
             obj = getattr(self, name, None)
             if obj is not None:
                 obj.destroy()
