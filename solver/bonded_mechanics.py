@@ -36,26 +36,16 @@ Usage (a disk inclusion with eigenstrain in a clamped ring; ``tags``: 1 inclusio
 from __future__ import annotations
 
 import numpy as np
-import ufl
 from mpi4py import MPI
 from petsc4py import PETSc
 
 import dolfinx
 import dolfinx.fem.petsc
-import dolfinx.la
 from dolfinx import fem
 
-from nmcfx.errors import InputError, SolverError
+from nmcfx.errors import SolverError
 
-from .mechanics import (
-    ASSUMPTIONS_2D,
-    DIRECT_OPTIONS,
-    ITERATIVE_OPTIONS,
-    ElasticitySolver,
-    MechanicsCounters,
-    _tensor,
-    _voigt,
-)
+from .mechanics import DIRECT_OPTIONS, ITERATIVE_OPTIONS, ElasticitySolver, _solver_kind
 
 
 class BondedElasticitySolver(ElasticitySolver):
@@ -77,19 +67,11 @@ class BondedElasticitySolver(ElasticitySolver):
     def __init__(self, mesh, nmc_cells, theta_sources, material, cbd, *, theta_ref: float,
                  clamped_facets=None, assumption_2d: str = "plane_strain", degree: int = 2, solver: str = "auto",
                  petsc_options: dict | None = None, prefix: str = "nmcfx_bonded_"):
-        if assumption_2d not in ASSUMPTIONS_2D:
-            raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, got {assumption_2d!r}")
+        self._body(mesh, material, theta_ref, assumption_2d, degree)
         if cbd.kind != "isotropic":
             raise ValueError("the CBD stiffness must be isotropic")
-        self.mesh = mesh
-        self.comm = mesh.comm
-        self.material = material
+        tdim = self.tdim
         self.cbd = cbd
-        self.theta_ref = float(theta_ref)
-        self.tdim = tdim = mesh.topology.dim
-        self.assumption = assumption_2d if tdim == 2 else "3d"
-        self.degree = degree
-        self.counters = MechanicsCounters()
         self.sources = list(theta_sources)
         th_deg = max(th.function_space.element.basix_element.degree for th, _, _ in self.sources)
         n_cells = mesh.topology.index_map(tdim).size_local + mesh.topology.index_map(tdim).num_ghosts
@@ -125,70 +107,14 @@ class BondedElasticitySolver(ElasticitySolver):
         self.C_cbd = cbd.voigt() * 1e3
         Cn = fem.Constant(mesh, PETSc.ScalarType(1.0) * self.C)
         Cc = fem.Constant(mesh, PETSc.ScalarType(1.0) * self.C_cbd)
-        Cm = chi * Cn + (1.0 - chi) * Cc
-        x = ufl.SpatialCoordinate(mesh)
-        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
-        vol = self.comm.allreduce(fem.assemble_scalar(fem.form(one * ufl.dx(domain=mesh))), op=MPI.SUM)
-        self.volume = vol
-        self.centroid = np.array([self.comm.allreduce(fem.assemble_scalar(fem.form(x[i] * ufl.dx(domain=mesh))),
-                                                      op=MPI.SUM) / vol for i in range(mesh.geometry.dim)])
-        qdeg = max(2 * (degree - 1), th_deg + degree - 1, degree) + (th_deg if self.variable_modulus else 0)
-        self.dx = dx = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": qdeg})
+        self._body_geometry(th_deg)
         f = (chi * self.fmod + (1.0 - chi)) if self.variable_modulus else 1.0
-
-        self.p = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))
-        self.gsel = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))
-        if tdim == 2:
-            xc = fem.Constant(mesh, np.asarray(self.centroid[:2], dtype=PETSc.ScalarType))
-            self.gmodes = [one, x[0] - xc[0], x[1] - xc[1]]
-        else:
-            self.gmodes = []
-
-        def strain3(w, ezz=0.0):
-            e = ufl.sym(ufl.grad(w)) if w is not None else ufl.as_matrix([[0.0] * tdim] * tdim)
-            if tdim == 3:
-                return e
-            return ufl.as_matrix([[e[0, 0], e[0, 1], 0.0], [e[1, 0], e[1, 1], 0.0], [0.0, 0.0, ezz]])
-
-        def eig(ea, ec):
-            return ufl.as_matrix([[ea, 0.0, 0.0], [0.0, ea, 0.0], [0.0, 0.0, ec]])
-
-        plane_stress = tdim == 2 and self.assumption == "plane_stress"
-
-        def stress(w, eig_t, ezz=None):
-            if plane_stress:
-                d = _voigt(strain3(w, 0.0) - eig_t)
-                ezz_el = -(Cm[2, 0] * d[0] + Cm[2, 1] * d[1] + Cm[2, 5] * d[5]) / Cm[2, 2]
-                e3 = strain3(w, ezz_el + eig_t[2, 2])
-            else:
-                e3 = strain3(w, 0.0 if ezz is None else ezz)
-            return f * _tensor(ufl.dot(Cm, _voigt(e3 - eig_t)))
-
-        self._stress = stress
-        self._strain3 = strain3
-        zero_eig = eig(0.0, 0.0)
-        self.eig_t = eig(self.eps_a, self.eps_c)
-        self.V = V = fem.functionspace(mesh, ("Lagrange", degree, (tdim,)))
-        self.u = fem.Function(V, name="displacement_um")
-        w, v = ufl.TrialFunction(V), ufl.TestFunction(V)
-        ev = strain3(v, 0.0)
-        self.a_form = fem.form(ufl.inner(stress(w, zero_eig), ev) * dx)
-        self.L_form = fem.form(-ufl.inner(stress(None, self.eig_t), ev) * dx)
-        self.gps = tdim == 2 and self.assumption == "generalized_plane_strain"
-        if self.gps:
-            g_sel = sum(self.gsel[k] * g for k, g in enumerate(self.gmodes))
-            self.L_mode = fem.form(-ufl.inner(stress(None, zero_eig, g_sel), ev) * dx)
-            self.u_modes = [fem.Function(V) for _ in self.gmodes]
-            self._M = None
-        ezz_total = sum(self.p[k] * g for k, g in enumerate(self.gmodes)) if self.gps else 0.0
-        self.sigma_ufl = stress(self.u, self.eig_t, ezz_total)
-        self.strain_ufl = strain3(self.u, ezz_total)
+        stress, strain3, eig = self._constitutive_law(chi * Cn + (1.0 - chi) * Cc, f)
+        self._displacement_forms(stress, strain3, eig, eigenstrain_load=True)
+        V = self.V
 
         # ---- stress space (as ElasticitySolver: exact for the eigenstrain's degree)
-        self.stress_degree = degree - 1 if th_deg == 1 else max(degree - 1, th_deg)
-        self.S = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
-        self.Ss = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree))
-        self.sigma = fem.Function(self.S, name="stress_MPa")
+        self._stress_spaces(th_deg)
         self._sigma_expr = fem.Expression(self.sigma_ufl, self.S.element.interpolation_points)
         n_s = self.Ss.dofmap.index_map.size_local
         sdm = self.Ss.dofmap.list[:n_owned_cells]
@@ -197,17 +123,7 @@ class BondedElasticitySolver(ElasticitySolver):
         self.cbd_stress_dofs = np.unique(sdm[~owned_nmc].ravel())
         self.nmc_stress_dofs = self.nmc_stress_dofs[self.nmc_stress_dofs < n_s]
         self.cbd_stress_dofs = self.cbd_stress_dofs[self.cbd_stress_dofs < n_s]
-        if self.gps:
-            vs = ufl.TestFunction(self.Ss)
-            m_form = fem.form(g_sel * vs * dx)
-            self._m = []
-            for k in range(3):
-                self.gsel.value = np.eye(3)[k]
-                vec = fem.assemble_vector(m_form)
-                vec.scatter_reverse(dolfinx.la.InsertMode.add)
-                self._m.append(vec.array[:n_s].copy())
-            self.gsel.value = np.zeros(3)
-            self._mode_sigma = None
+        self._zz_moment_vectors()
 
         # ---- boundary condition and null space
         facets = np.zeros(0, dtype=np.int32) if clamped_facets is None else np.asarray(clamped_facets, np.int32)
@@ -224,36 +140,9 @@ class BondedElasticitySolver(ElasticitySolver):
         self.nullspace = None if self.clamped else self.near_nullspace
         self.expected_null_pivots = 0 if self.clamped else len(self.nullspace_vectors)
 
-        kind = solver if solver != "auto" else ("direct" if tdim == 2 else "iterative")
-        if kind not in ("direct", "iterative"):
-            raise InputError("mechanics.solver", f"must be 'auto', 'direct' or 'iterative', got {solver!r}")
-        self.solver_kind = kind
-        opts = dict(DIRECT_OPTIONS if kind == "direct" else ITERATIVE_OPTIONS)
-        opts.update({str(k): v for k, v in (petsc_options or {}).items()})
-        self.petsc_options = opts
-        self.ksp = PETSc.KSP().create(self.comm)
-        self.ksp.setOptionsPrefix(prefix)
-        popts = PETSc.Options()
-        for k, val in opts.items():
-            popts[f"{prefix}{k}"] = val
-        self.ksp.setFromOptions()
-        if kind == "iterative":
-            self.ksp.setInitialGuessNonzero(True)
-        for k in opts:
-            del popts[f"{prefix}{k}"]
-        self._matrix_ready = False
+        kind = _solver_kind(solver, tdim)
+        self._create_ksp(kind, DIRECT_OPTIONS if kind == "direct" else ITERATIVE_OPTIONS, petsc_options, prefix)
         self._update_coefficients()
-
-    def destroy(self):
-        """Free the PETSc objects now (collective; the solver is unusable afterwards)."""
-        for name in ("ksp", "A", "b", "x", "near_nullspace"):
-            obj = getattr(self, name, None)
-            if obj is not None:
-                obj.destroy()
-        for v in getattr(self, "nullspace_vectors", ()):
-            v.destroy()
-        self.nullspace_vectors = []
-        self.nullspace = None
 
     # ------------------------------------------------------------------ overrides
     def _update_coefficients(self):
@@ -287,18 +176,12 @@ class BondedElasticitySolver(ElasticitySolver):
 
     def _check_null_pivots(self):
         """A part of the body free to move shows as extra null pivots of the factorisation (MUMPS
-        INFOG(28) with ICNTL(24) = 1): refuse it rather than return an arbitrary rigid motion. (ICNTL
-        options are set on the factor matrix itself: the prefixed options are gone by the time the
-        factorisation is set up.)"""
-        pc = self.ksp.getPC()
-        if self.petsc_options.get("pc_factor_mat_solver_type") != "mumps" or pc.getType() not in ("lu", "cholesky"):
+        INFOG(28) with ICNTL(24) = 1, :data:`DIRECT_OPTIONS`): refuse it rather than return an arbitrary
+        rigid motion."""
+        if not self._mumps_controls():
             return
-        pc.setFactorSetUpSolverType()
-        F = pc.getFactorMatrix()
-        F.setMumpsIcntl(24, 1)  # detect null pivots
-        F.setMumpsIcntl(25, 0)  # one solution of a consistent singular system (the free body)
         self.ksp.setUp()
-        n_null = int(F.getMumpsInfog(28))
+        n_null = int(self.ksp.getPC().getFactorMatrix().getMumpsInfog(28))
         if n_null > self.expected_null_pivots:
             raise SolverError(f"mechanics (bonded): the elastic body has {n_null - self.expected_null_pivots} "
                               f"rigid-body mode(s) more than expected: a particle or a CBD piece is not bonded to "
@@ -316,7 +199,7 @@ class BondedElasticitySolver(ElasticitySolver):
         if self.bcs:
             dolfinx.fem.petsc.set_bc(self.b, self.bcs)  # u = 0: no lifting needed
         if self.nullspace is not None:
-            self.nullspace.remove(self.b)
+            self._remove_rigid_modes(self.b)
         t1 = MPI.Wtime()
         self.ksp.solve(self.b, self.x)
         reason = self.ksp.getConvergedReason()
@@ -324,7 +207,7 @@ class BondedElasticitySolver(ElasticitySolver):
             raise SolverError(f"mechanics (bonded): linear solver failed (KSP reason {reason}, "
                               f"{self.ksp.getIterationNumber()} iterations)")
         if self.nullspace is not None:
-            self.nullspace.remove(self.x)
+            self._remove_rigid_modes(self.x)
         self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
         with self.x.localForm() as xl:
             target.x.array[:] = xl.array_r

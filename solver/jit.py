@@ -51,8 +51,39 @@ def configure() -> Path:
     opts = dolfinx.jit.DOLFINX_DEFAULT_JIT_OPTIONS
     path = cache_directory()
     opts["cache_dir"] = (path, opts["cache_dir"][1])
+    _load_compiled_forms_by_path()
     configure._done = path
     return path
+
+
+def _load_compiled_forms_by_path():
+    """FFCx loads a compiled form from the cache through an import finder that lists the whole cache
+    directory on every load (2 ms with ~2000 files: 18 ms of a 56 ms elasticity set-up). A form whose
+    compilation is finished (its ``.c.cached`` marker exists) is loaded here straight from its file;
+    everything else (compiling, waiting for another process's compilation) stays FFCx's."""
+    import importlib.machinery
+    import importlib.util
+
+    import ffcx.codegeneration.jit as ffcx_jit
+
+    original = ffcx_jit.get_cached_module
+    if getattr(original, "_nmcfx", False):
+        return
+
+    def get_cached_module(module_name, object_names, cache_dir, timeout):
+        cache_dir = Path(cache_dir)
+        if (cache_dir / f"{module_name}.c.cached").exists():
+            for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+                so = cache_dir / f"{module_name}{suffix}"
+                if so.exists():
+                    spec = importlib.util.spec_from_file_location(module_name, so)
+                    module = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(module)
+                    return [getattr(module.lib, name) for name in object_names], module
+        return original(module_name, object_names, cache_dir, timeout)
+
+    get_cached_module._nmcfx = True
+    ffcx_jit.get_cached_module = get_cached_module
 
 
 def warm(examples=None, verbose: bool = True) -> int:

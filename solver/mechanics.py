@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -68,7 +67,8 @@ ASSUMPTIONS_2D = ("generalized_plane_strain", "plane_strain", "plane_stress")
 COUPLINGS = ("one_way", "two_way")
 MODELS = ("linear_elastic",)
 
-#: 2D: direct Cholesky (MUMPS) with null-pivot detection for the singular (traction-free) stiffness.
+#: Direct Cholesky (MUMPS) with null-pivot detection for the singular (traction-free) stiffness: 2D beyond
+#: PINNED_MAX_DOFS, or with the user's own factorisation options.
 DIRECT_OPTIONS = {
     "ksp_type": "preonly",
     "pc_type": "cholesky",  # symmetric: ~10 % faster than LU here
@@ -76,6 +76,11 @@ DIRECT_OPTIONS = {
     "mat_mumps_icntl_24": 1,  # detect the null pivots (rigid modes)
     "mat_mumps_icntl_25": 0,  # return one solution of the consistent singular system
 }
+#: On several ranks the same, every rank factorising the whole gathered matrix (``pc_type = redundant``),
+#: up to this many displacement DOFs (beyond: MUMPS). Parallel MUMPS orders its sums differently from run
+#: to run (dynamic scheduling), so stresses differed in the last digits between identical runs; the
+#: gathered factorisation gives the same bits every time.
+PINNED_MAX_DOFS = 50_000
 #: 2D on one rank: PETSc's own sparse Cholesky (METIS nested-dissection ordering where PETSc has METIS,
 #: else its own) of the stiffness with the rigid modes pinned (three DOFs held at zero; the rigid part is
 #: removed from the solution afterwards): its back-solve is ~40 % cheaper than MUMPS' at 7-24k DOFs (a
@@ -88,8 +93,9 @@ PINNED_OPTIONS = {
 }
 
 
-def _pinned_options() -> dict:
-    """:data:`PINNED_OPTIONS`, with PETSc's own nested dissection if this PETSc has no METIS ordering."""
+def _pinned_options(ranks: int = 1) -> dict:
+    """:data:`PINNED_OPTIONS`, with PETSc's own nested dissection if this PETSc has no METIS ordering; on
+    several ranks for the gathered matrix on every rank (``pc_type = redundant``)."""
     global _ORDERING
     if _ORDERING is None:
         m = PETSc.Mat().createAIJ(size=(2, 2), nnz=2, comm=PETSc.COMM_SELF)
@@ -102,7 +108,10 @@ def _pinned_options() -> dict:
             _ORDERING = "nd"
         finally:
             m.destroy()
-    return PINNED_OPTIONS | {"pc_factor_mat_ordering_type": _ORDERING}
+    opts = PINNED_OPTIONS | {"pc_factor_mat_ordering_type": _ORDERING}
+    if ranks == 1:
+        return opts
+    return {"ksp_type": "preonly", "pc_type": "redundant"} | {f"redundant_{k}": v for k, v in opts.items()}
 
 
 _ORDERING = None
@@ -317,6 +326,42 @@ def _tensor(s):
     return ufl.as_matrix([[s[0], s[5], s[4]], [s[5], s[1], s[3]], [s[4], s[3], s[2]]])
 
 
+def _solver_kind(solver: str, tdim: int) -> str:
+    kind = solver if solver != "auto" else ("direct" if tdim == 2 else "iterative")
+    if kind not in ("direct", "iterative"):
+        raise InputError("mechanics.solver", f"must be 'auto', 'direct' or 'iterative', got {solver!r}")
+    return kind
+
+
+def _constitutive_law(tdim: int, assumption: str, Cm, f):
+    """``(stress, strain3, eig)`` as UFL builders: ``strain3(w, ezz)`` the 3×3 strain of w (None: zero
+    displacement) with the out-of-plane strain ezz (2D), ``eig(ea, ec)`` the crystal-frame eigenstrain
+    tensor, ``stress(w, eig_t, ezz)`` = f Cm : (strain3(w, ezz) − eig_t); plane stress: ezz follows from
+    σ_zz = 0 (ezz=None). (Closures of locals only, never of a solver: no reference cycle keeps a solver's
+    communicators alive after its last use; MPI has a limited number of them.)"""
+    plane_stress = tdim == 2 and assumption == "plane_stress"
+
+    def strain3(w, ezz=0.0):
+        e = ufl.sym(ufl.grad(w)) if w is not None else ufl.as_matrix([[0.0] * tdim] * tdim)
+        if tdim == 3:
+            return e
+        return ufl.as_matrix([[e[0, 0], e[0, 1], 0.0], [e[1, 0], e[1, 1], 0.0], [0.0, 0.0, ezz]])
+
+    def eig(ea, ec):
+        return ufl.as_matrix([[ea, 0.0, 0.0], [0.0, ea, 0.0], [0.0, 0.0, ec]])
+
+    def stress(w, eig_t, ezz=None):
+        if plane_stress:
+            d = _voigt(strain3(w, 0.0) - eig_t)
+            ezz_el = -(Cm[2, 0] * d[0] + Cm[2, 1] * d[1] + Cm[2, 5] * d[5]) / Cm[2, 2]  # ε_zz − ε*_zz
+            e3 = strain3(w, ezz_el + eig_t[2, 2])
+        else:
+            e3 = strain3(w, 0.0 if ezz is None else ezz)
+        return f * _tensor(ufl.dot(Cm, _voigt(e3 - eig_t)))
+
+    return stress, strain3, eig
+
+
 class ElasticitySolver:
     """Quasi-static elasticity with the chemical eigenstrain of a θ field (see module docstring).
 
@@ -333,19 +378,9 @@ class ElasticitySolver:
     def __init__(self, mesh, theta: fem.Function, material, *, theta_ref: float,
                  assumption_2d: str = "generalized_plane_strain", degree: int = 2, solver: str = "auto",
                  petsc_options: dict | None = None, extra_rhs=None, prefix: str = "nmcfx_mech_"):
-        if assumption_2d not in ASSUMPTIONS_2D:
-            raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, got {assumption_2d!r}")
-        self.mesh = mesh
-        self.comm = mesh.comm
+        self._body(mesh, material, theta_ref, assumption_2d, degree)
+        tdim = self.tdim
         self.theta = theta
-        self.material = material
-        self.theta_ref = float(theta_ref)
-        self.tdim = tdim = mesh.topology.dim
-        self.assumption = assumption_2d if tdim == 2 else "3d"
-        self.degree = degree
-        self.counters = MechanicsCounters()
-        self.V = V = fem.functionspace(mesh, ("Lagrange", degree, (tdim,)))
-        self.u = fem.Function(V, name="displacement_um")
         Vth = theta.function_space
         self.eps_a = fem.Function(Vth, name="eps_a")
         self.eps_c = fem.Function(Vth, name="eps_c")
@@ -354,68 +389,18 @@ class ElasticitySolver:
         self.C = material.stiffness.voigt() * 1e3  # GPa → MPa
         # material and geometry enter as Constants: one compiled form serves every mesh and material
         Cm = fem.Constant(mesh, PETSc.ScalarType(1.0) * self.C)
-        x = ufl.SpatialCoordinate(mesh)
-        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
-        vol = self.comm.allreduce(fem.assemble_scalar(fem.form(one * ufl.dx(domain=mesh))), op=MPI.SUM)
-        self.volume = vol
-        self.centroid = np.array([self.comm.allreduce(fem.assemble_scalar(fem.form(x[i] * ufl.dx(domain=mesh))),
-                                                      op=MPI.SUM) / vol for i in range(mesh.geometry.dim)])
         th_deg = Vth.element.basix_element.degree
-        # exact for the bilinear form (ε(w):ε(v)), the eigenstrain load (θ-degree × ε(v)) and ∫σ_zz g
-        qdeg = max(2 * (degree - 1), th_deg + degree - 1, degree) + (th_deg if self.variable_modulus else 0)
-        self.dx = dx = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": qdeg})
-        f = self.fmod if self.variable_modulus else 1.0
-
-        # ---- out-of-plane strain modes (generalised plane strain): ε_zz = Σ p_k g_k
-        self.p = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))  # coefficients of the solution
-        self.gsel = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))  # selects one mode in set-up forms
-        if tdim == 2:
-            xc = fem.Constant(mesh, np.asarray(self.centroid[:2], dtype=PETSc.ScalarType))
-            self.gmodes = [one, x[0] - xc[0], x[1] - xc[1]]
-        else:
-            self.gmodes = []
-
-        def strain3(w, ezz=0.0):
-            """3×3 strain of w (None: zero displacement) with the out-of-plane strain ezz (2D)."""
-            e = ufl.sym(ufl.grad(w)) if w is not None else ufl.as_matrix([[0.0] * tdim] * tdim)
-            if tdim == 3:
-                return e
-            return ufl.as_matrix([[e[0, 0], e[0, 1], 0.0], [e[1, 0], e[1, 1], 0.0], [0.0, 0.0, ezz]])
-
-        def eig(ea, ec):
-            return ufl.as_matrix([[ea, 0.0, 0.0], [0.0, ea, 0.0], [0.0, 0.0, ec]])
-
-        C = Cm
-        plane_stress = tdim == 2 and self.assumption == "plane_stress"
-
-        # (the closures capture locals only, never ``self``: no reference cycle keeps the solver's
-        # communicators alive after its last use; MPI has a limited number of them)
-        def stress(w, eig_t, ezz=None):
-            """σ for displacement w, eigenstrain tensor eig_t and (2D) out-of-plane strain ezz.
-            Plane stress: ezz follows from σ_zz = 0 (ezz=None)."""
-            if plane_stress:
-                e_in = strain3(w, 0.0)
-                d = _voigt(e_in - eig_t)
-                ezz_el = -(C[2, 0] * d[0] + C[2, 1] * d[1] + C[2, 5] * d[5]) / C[2, 2]  # ε_zz − ε*_zz
-                e3 = strain3(w, ezz_el + eig_t[2, 2])
-            else:
-                e3 = strain3(w, 0.0 if ezz is None else ezz)
-            return f * _tensor(ufl.dot(Cm, _voigt(e3 - eig_t)))
-
-        self._stress = stress
-        self._strain3 = strain3
-        zero_eig = eig(0.0, 0.0)
-        self.eig_t = eig(self.eps_a, self.eps_c)
-        w, v = ufl.TrialFunction(V), ufl.TestFunction(V)
-        ev = strain3(v, 0.0)  # virtual strain: in-plane only in 2D
-        self.a_form = fem.form(ufl.inner(stress(w, zero_eig), ev) * dx)
+        dx = self._body_geometry(th_deg)
+        stress, strain3, eig = self._constitutive_law(Cm, self.fmod if self.variable_modulus else 1.0)
+        ev = self._displacement_forms(stress, strain3, eig, eigenstrain_load=False)
+        V = self.V
         # the eigenstrain load is linear in the nodal values of ε_a, ε_c: with a constant modulus it is
         # b = K_a ε_a + K_c ε_c, K assembled once (one compiled form, the selector picks the column). 2D
         # only: in 3D a step costs a CG solve, and the two matrices would hold ~60 nonzeros per DOF
         self.linear_load = extra_rhs is None and not self.variable_modulus and tdim == 2
         L = -ufl.inner(stress(None, self.eig_t), ev) * dx
         if extra_rhs is not None:
-            L = L + extra_rhs(self, v)
+            L = L + extra_rhs(self, ufl.TestFunction(V))
         self.L_ufl = L  # the load as a UFL form (compiled as ``L_form`` where it is assembled as a form)
         if self.linear_load:
             self._eig_sel = fem.Constant(mesh, np.zeros(2, dtype=PETSc.ScalarType))
@@ -425,40 +410,13 @@ class ElasticitySolver:
             self.L_form = None
         else:
             self.L_form = fem.form(L)
-        self.gps = tdim == 2 and self.assumption == "generalized_plane_strain"
-        if self.gps:
-            g_sel = sum(self.gsel[k] * g for k, g in enumerate(self.gmodes))
-            self.L_mode = fem.form(-ufl.inner(stress(None, zero_eig, g_sel), ev) * dx)
-            self.u_modes = [fem.Function(V) for _ in self.gmodes]
-            self._M = None
-        ezz_total = sum(self.p[k] * g for k, g in enumerate(self.gmodes)) if self.gps else 0.0
-        self.sigma_ufl = stress(self.u, self.eig_t, ezz_total)
-        self.strain_ufl = strain3(self.u, ezz_total)
 
-        # ---- stress space: discontinuous. With P1 θ, one degree below u: for P1 u the stress is
-        # cell-wise constant and sampled at the cell midpoint, where ε_ch(θ) equals its cell mean —
-        # the consistent value; for P2 u it is linear and DG1 is exact. With P2 θ (the default of
-        # 2D flux particles) the eigenstrain is quadratic: DG of θ's degree holds it exactly.
-        self.stress_degree = degree - 1 if th_deg == 1 else max(degree - 1, th_deg)
-        self.S = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
-        self.Ss = fem.functionspace(mesh, ("Discontinuous Lagrange", self.stress_degree))
-        self.sigma = fem.Function(self.S, name="stress_MPa")
+        self._stress_spaces(th_deg)
         self._compact_setup()
         self._theta_copy = fem.Function(Vth)  # θ of the current run, copied here: the Expression outlives runs
         self._theta_on_stress_nodes = fem.Function(self.Ss)
         self._theta_expr = fem.Expression(self._theta_copy, self.Ss.element.interpolation_points)
-        if self.gps:
-            # ∫ f g_k dx = f · m_k for any f in the stress space (exact: f g_k is integrated by the form)
-            vs = ufl.TestFunction(self.Ss)
-            m_form = fem.form(g_sel * vs * dx)
-            n_s = self.Ss.dofmap.index_map.size_local
-            self._m = []
-            for k in range(3):
-                self.gsel.value = np.eye(3)[k]
-                vec = fem.assemble_vector(m_form)
-                vec.scatter_reverse(dolfinx.la.InsertMode.add)
-                self._m.append(vec.array[:n_s].copy())
-            self._mode_sigma = None
+        self._zz_moment_vectors()
 
         # ---- linear algebra
         self.A = dolfinx.fem.petsc.create_matrix(self.a_form)
@@ -466,30 +424,15 @@ class ElasticitySolver:
         self.x = dolfinx.fem.petsc.create_vector(V)
         self.nullspace_vectors = self._rigid_body_modes()
         self.nullspace = PETSc.NullSpace().create(vectors=self.nullspace_vectors, comm=self.comm)
-        kind = solver if solver != "auto" else ("direct" if tdim == 2 else "iterative")
-        if kind not in ("direct", "iterative"):
-            raise InputError("mechanics.solver", f"must be 'auto', 'direct' or 'iterative', got {solver!r}")
-        self.solver_kind = kind
-        # one rank, 2D, no user choice of the factorisation: the pinned PETSc Cholesky
-        self._pins = None
-        if kind == "direct" and self.comm.size == 1 and tdim == 2 and not any(
+        kind = _solver_kind(solver, tdim)
+        # 2D up to PINNED_MAX_DOFS, no user choice of the factorisation: the pinned PETSc Cholesky (on
+        # several ranks of the gathered matrix, on every rank)
+        self._pins = self._pins_owned = None
+        if kind == "direct" and tdim == 2 and 2 * V.dofmap.index_map.size_global <= PINNED_MAX_DOFS and not any(
                 str(k).startswith(("pc_", "mat_")) for k in (petsc_options or {})):
-            self._pins = self._pinned_dofs()
-        opts = dict(ITERATIVE_OPTIONS if kind == "iterative" else
-                    DIRECT_OPTIONS if self._pins is None else _pinned_options())
-        opts.update({str(k): v for k, v in (petsc_options or {}).items()})
-        self.petsc_options = opts
-        self.ksp = PETSc.KSP().create(self.comm)
-        self.ksp.setOptionsPrefix(prefix)
-        popts = PETSc.Options()
-        for k, val in opts.items():
-            popts[f"{prefix}{k}"] = val
-        self.ksp.setFromOptions()
-        if kind == "iterative":  # θ changes little between time steps: start from the last solution
-            self.ksp.setInitialGuessNonzero(True)
-        for k in opts:
-            del popts[f"{prefix}{k}"]
-        self._matrix_ready = False
+            self._pins, self._pins_owned = self._pinned_dofs()
+        self._create_ksp(kind, ITERATIVE_OPTIONS if kind == "iterative" else DIRECT_OPTIONS if self._pins is None
+                         else _pinned_options(self.comm.size), petsc_options, prefix)
         self.K = None
         if self.linear_load:
             self.K = []
@@ -510,6 +453,123 @@ class ElasticitySolver:
         self.cache: dict = {}  # what users derive from this solver's mesh and spaces (kept with a reused solver)
         self._update_coefficients()
 
+    # ------------------------------------------------------------------ set-up shared with subclasses
+    def _body(self, mesh, material, theta_ref: float, assumption_2d: str, degree: int):
+        """The body's mesh, material, stress-free θ, 2D assumption (checked) and displacement degree."""
+        if assumption_2d not in ASSUMPTIONS_2D:
+            raise InputError("mechanics.assumption_2d", f"must be one of {list(ASSUMPTIONS_2D)}, got {assumption_2d!r}")
+        self.mesh, self.comm, self.material = mesh, mesh.comm, material
+        self.theta_ref = float(theta_ref)
+        self.tdim = mesh.topology.dim
+        self.assumption = assumption_2d if self.tdim == 2 else "3d"
+        self.degree = degree
+        self.counters = MechanicsCounters()
+
+    def _body_geometry(self, th_deg: int):
+        """Volume, centroid, the ε_zz modes g_k (2D: 1, x − x_c, y − y_c), their coefficients ``p`` and
+        selector ``gsel``, and the integration measure (returned): exact for the bilinear form
+        (ε(w):ε(v)), the eigenstrain load (θ-degree × ε(v)) and ∫σ_zz g."""
+        mesh, comm, degree = self.mesh, self.comm, self.degree
+        x = ufl.SpatialCoordinate(mesh)
+        one = fem.Constant(mesh, PETSc.ScalarType(1.0))
+        vol = comm.allreduce(fem.assemble_scalar(fem.form(one * ufl.dx(domain=mesh))), op=MPI.SUM)
+        self.volume = vol
+        self.centroid = np.array([comm.allreduce(fem.assemble_scalar(fem.form(x[i] * ufl.dx(domain=mesh))),
+                                                 op=MPI.SUM) / vol for i in range(mesh.geometry.dim)])
+        # ---- out-of-plane strain modes (generalised plane strain): ε_zz = Σ p_k g_k
+        self.p = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))  # coefficients of the solution
+        self.gsel = fem.Constant(mesh, np.zeros(3, dtype=PETSc.ScalarType))  # selects one mode in set-up forms
+        if self.tdim == 2:
+            xc = fem.Constant(mesh, np.asarray(self.centroid[:2], dtype=PETSc.ScalarType))
+            self.gmodes = [one, x[0] - xc[0], x[1] - xc[1]]
+        else:
+            self.gmodes = []
+        qdeg = max(2 * (degree - 1), th_deg + degree - 1, degree) + (th_deg if self.variable_modulus else 0)
+        self.dx = ufl.Measure("dx", domain=mesh, metadata={"quadrature_degree": qdeg})
+        return self.dx
+
+    def _constitutive_law(self, Cm, f):
+        """σ(w, ε*, ε_zz) = f C : (ε(w, ε_zz) − ε*) for this body's 2D assumption (``Cm``: the 6×6 Voigt
+        stiffness, a Constant or a UFL expression; ``f``: the modulus factor); returns
+        ``(stress, strain3, eig)`` and keeps the first two."""
+        stress, strain3, eig = _constitutive_law(self.tdim, self.assumption, Cm, f)
+        self._stress, self._strain3 = stress, strain3
+        return stress, strain3, eig
+
+    def _displacement_forms(self, stress, strain3, eig, *, eigenstrain_load: bool):
+        """Displacement space and ``u``, the stiffness form, the ε_zz mode loads (generalised plane strain),
+        the stress and strain of the solution as UFL; with ``eigenstrain_load`` also ``L_form``. Returns the
+        virtual strain ε(v) (in-plane only in 2D)."""
+        mesh, dx = self.mesh, self.dx
+        self.V = V = fem.functionspace(mesh, ("Lagrange", self.degree, (self.tdim,)))
+        self.u = fem.Function(V, name="displacement_um")
+        zero_eig = eig(0.0, 0.0)
+        self.eig_t = eig(self.eps_a, self.eps_c)
+        w, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+        ev = strain3(v, 0.0)
+        self.a_form = fem.form(ufl.inner(stress(w, zero_eig), ev) * dx)
+        if eigenstrain_load:
+            self.L_form = fem.form(-ufl.inner(stress(None, self.eig_t), ev) * dx)
+        self.gps = self.tdim == 2 and self.assumption == "generalized_plane_strain"
+        self._g_sel = None
+        if self.gps:
+            self._g_sel = g_sel = sum(self.gsel[k] * g for k, g in enumerate(self.gmodes))
+            self.L_mode = fem.form(-ufl.inner(stress(None, zero_eig, g_sel), ev) * dx)
+            self.u_modes = [fem.Function(V) for _ in self.gmodes]
+            self._M = None
+        ezz_total = sum(self.p[k] * g for k, g in enumerate(self.gmodes)) if self.gps else 0.0
+        self.sigma_ufl = stress(self.u, self.eig_t, ezz_total)
+        self.strain_ufl = strain3(self.u, ezz_total)
+        return ev
+
+    def _stress_spaces(self, th_deg: int):
+        """The discontinuous stress spaces and ``sigma``. With P1 θ, one degree below u: for P1 u the stress
+        is cell-wise constant and sampled at the cell midpoint, where ε_ch(θ) equals its cell mean — the
+        consistent value; for P2 u it is linear and DG1 is exact. With P2 θ (the default of 2D flux
+        particles) the eigenstrain is quadratic: DG of θ's degree holds it exactly."""
+        self.stress_degree = self.degree - 1 if th_deg == 1 else max(self.degree - 1, th_deg)
+        self.S = fem.functionspace(self.mesh, ("Discontinuous Lagrange", self.stress_degree, (3, 3)))
+        self.Ss = fem.functionspace(self.mesh, ("Discontinuous Lagrange", self.stress_degree))
+        self.sigma = fem.Function(self.S, name="stress_MPa")
+
+    def _zz_moment_vectors(self):
+        """Generalised plane strain: ∫ f g_k dx = f · m_k for any f in the stress space (exact: f g_k is
+        integrated by the form)."""
+        if not self.gps:
+            return
+        m_form = fem.form(self._g_sel * ufl.TestFunction(self.Ss) * self.dx)
+        n_s = self.Ss.dofmap.index_map.size_local
+        self._m = []
+        for k in range(3):
+            self.gsel.value = np.eye(3)[k]
+            vec = fem.assemble_vector(m_form)
+            vec.scatter_reverse(dolfinx.la.InsertMode.add)
+            self._m.append(vec.array[:n_s].copy())
+        self.gsel.value = np.zeros(3)
+        self._mode_sigma = None
+
+    def _create_ksp(self, kind: str, defaults: dict, petsc_options: dict | None, prefix: str):
+        """The linear solver: ``defaults`` overridden by the user's ``petsc_options`` (kept in
+        :attr:`petsc_options`), set through ``prefix`` and removed from PETSc's database again."""
+        self.solver_kind = kind
+        opts = dict(defaults)
+        opts.update({str(k): v for k, v in (petsc_options or {}).items()})
+        self.petsc_options = opts
+        self.ksp = PETSc.KSP().create(self.comm)
+        self.ksp.setOptionsPrefix(prefix)
+        popts = PETSc.Options()
+        for k, val in opts.items():
+            popts[f"{prefix}{k}"] = val
+        self.ksp.setFromOptions()
+        if kind == "iterative":  # θ changes little between time steps: start from the last solution
+            self.ksp.setInitialGuessNonzero(True)
+        # the inner solver of pc_type = redundant reads its options at the first set-up: kept till then
+        self._setup_options = [f"{prefix}{k}" for k in opts if str(k).startswith("redundant_")]
+        for k in opts:
+            if f"{prefix}{k}" not in self._setup_options:
+                del popts[f"{prefix}{k}"]
+        self._matrix_ready = False
+
     def _rebind(self, theta: fem.Function, material, theta_ref: float):
         """Serve a new run (:func:`acquire_solver`): read ``theta`` (same space layout), take the lattice
         table of ``material`` (same stiffness) and ``theta_ref``; start from u = 0 as a new solver does."""
@@ -527,10 +587,10 @@ class ElasticitySolver:
         communicators, of which a process has a limited number. The solver is unusable afterwards."""
         if self in _POOL:  # (destroyed by its user while kept for reuse: never hand it out again)
             _POOL.remove(self)
-        for obj in (self.K or []) + getattr(self, "_eig_vecs", []):
+        for obj in (getattr(self, "K", None) or []) + getattr(self, "_eig_vecs", []):
             obj.destroy()
         self.K, self._eig_vecs = [], []
-        for name in ("ksp", "A", "b", "x", "nullspace"):
+        for name in ("ksp", "A", "b", "x", "nullspace", "near_nullspace"):  # (subclasses: near_nullspace)
             obj = getattr(self, name, None)
             if obj is not None:
                 obj.destroy()
@@ -566,6 +626,21 @@ class ElasticitySolver:
             basis.append(v)
         return basis
 
+    def _remove_rigid_modes(self, vec):
+        """vec −= Σ_k (vec · n_k) n_k over the orthonormal rigid-body modes, with sums in a fixed order
+        (NumPy's pairwise summation, one allreduce). PETSc's ``MatNullSpaceRemove`` does the same with
+        BLAS kernels whose rounding depends on where the vectors lie in memory: two identical runs
+        differed in the last digits of every stress."""
+        modes = self.__dict__.get("_rigid_arrays")
+        if modes is None:
+            modes = self._rigid_arrays = [v.getArray(readonly=True).copy() for v in self.nullspace_vectors]
+        arr = vec.getArray()
+        dots = np.array([np.multiply(arr, q).sum() for q in modes])
+        if self.comm.size > 1:
+            dots = self.comm.allreduce(dots, op=MPI.SUM)
+        for d, q in zip(dots, modes):
+            arr -= d * q
+
     def _update_coefficients(self):
         th = np.clip(self.theta.x.array, 0.0, 1.0)
         ea, ec = self.material.eigenstrain(th, self.theta_ref)
@@ -574,16 +649,28 @@ class ElasticitySolver:
         if self.variable_modulus:
             self.fmod.x.array[:] = self.material.modulus_factor(th)
 
-    def _pinned_dofs(self) -> np.ndarray:
-        """Three DOFs that fix the rigid motion of a 2D body (serial): both components at the node
-        farthest from the centroid and, at the node farthest from that one, the component across the
-        line joining them."""
-        n = self.V.dofmap.index_map.size_local
+    def _pinned_dofs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Three DOFs that fix the rigid motion of a 2D body: both components at the node farthest from
+        the centroid and, at the node farthest from that one, the component across the line joining
+        them (ties: the lowest global node). Returns those of them this rank owns, as global and as
+        local indices."""
+        im = self.V.dofmap.index_map
+        n, start = im.size_local, im.local_range[0]
         X = self.V.tabulate_dof_coordinates()[:n, :2]
-        i = int(np.argmax(np.linalg.norm(X - self.centroid[:2], axis=1)))
-        j = int(np.argmax(np.linalg.norm(X - X[i], axis=1)))
-        d = X[j] - X[i]
-        return np.array([2 * i, 2 * i + 1, 2 * j + (1 if abs(d[0]) >= abs(d[1]) else 0)], dtype=PETSc.IntType)
+
+        def farthest(p):
+            d = np.linalg.norm(X - p, axis=1)
+            k = int(np.argmax(d)) if n else -1
+            mine = (float(d[k]), -(start + k), *X[k]) if n else (-1.0, 0, 0.0, 0.0)
+            best = max(self.comm.allgather(mine)) if self.comm.size > 1 else mine
+            return -int(best[1]), np.array(best[2:])
+
+        i, xi = farthest(self.centroid[:2])
+        j, xj = farthest(xi)
+        d = xj - xi
+        pins = np.array([2 * i, 2 * i + 1, 2 * j + (1 if abs(d[0]) >= abs(d[1]) else 0)], dtype=PETSc.IntType)
+        owned = pins[(pins >= 2 * start) & (pins < 2 * (start + n))]
+        return owned, owned - 2 * start
 
     def _assemble_matrix(self):
         self.A.zeroEntries()
@@ -596,22 +683,28 @@ class ElasticitySolver:
         self.A.setNearNullSpace(self.nullspace)
         self.ksp.setOperators(self.A)
         self._mumps_controls()
+        if self._setup_options:
+            self.ksp.setUp()
+            popts = PETSc.Options()
+            for k in self._setup_options:
+                del popts[k]
+            self._setup_options = []
         self.counters.factorizations += 1
         self._matrix_ready = True
 
-    def _mumps_controls(self):
+    def _mumps_controls(self) -> bool:
         """Hand the ``mat_mumps_icntl_*`` options (null-pivot detection, …) to MUMPS' factor matrix:
-        the prefixed options are gone from the database by the time the factorisation is set up."""
-        icntl = {int(k.rsplit("_", 1)[1]): int(v) for k, v in self.petsc_options.items()
-                 if str(k).startswith("mat_mumps_icntl_")}
+        the prefixed options are gone from the database by the time the factorisation is set up.
+        Returns whether the factorisation is MUMPS'."""
         pc = self.ksp.getPC()
-        if (not icntl or self.petsc_options.get("pc_factor_mat_solver_type") != "mumps"
-                or pc.getType() not in ("lu", "cholesky")):
-            return
+        if self.petsc_options.get("pc_factor_mat_solver_type") != "mumps" or pc.getType() not in ("lu", "cholesky"):
+            return False
         pc.setFactorSetUpSolverType()
         F = pc.getFactorMatrix()
-        for k, v in icntl.items():
-            F.setMumpsIcntl(k, v)
+        for k, v in self.petsc_options.items():
+            if str(k).startswith("mat_mumps_icntl_"):
+                F.setMumpsIcntl(int(k.rsplit("_", 1)[1]), int(v))
+        return True
 
     def _solve_into(self, L_form, target: fem.Function) -> int:
         t0 = MPI.Wtime()
@@ -637,16 +730,16 @@ class ElasticitySolver:
                 bl.set(0.0)
             dolfinx.fem.petsc.assemble_vector(self.b, L_form)
             self.b.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
-        self.nullspace.remove(self.b)  # exact equilibrium of the discrete load
+        self._remove_rigid_modes(self.b)  # exact equilibrium of the discrete load
         if self._pins is not None:  # (a load without rigid-mode part is met at the pins too)
-            self.b.array[self._pins] = 0.0
+            self.b.array[self._pins_owned] = 0.0
         t1 = MPI.Wtime()
         self.ksp.solve(self.b, self.x)
         reason = self.ksp.getConvergedReason()
         if reason < 0:
             raise SolverError(f"mechanics: linear solver failed (KSP reason {reason}, "
                               f"{self.ksp.getIterationNumber()} iterations)")
-        self.nullspace.remove(self.x)  # no rigid motion in the displacement
+        self._remove_rigid_modes(self.x)  # no rigid motion in the displacement
         if self.comm.size == 1:
             target.x.array[:] = self.x.array_r
         else:

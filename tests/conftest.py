@@ -41,6 +41,50 @@ class ConstantDiffusivity:
         return np.zeros_like(np.asarray(theta, dtype=float))
 
 
+#: The smallest useful run (a 1 µm disk charged for a minute, no outputs): what the bad-input and
+#: fault tests edit one line of.
+TINY_RUN = """
+title = "ok"
+[geometry]
+shape = "disk"
+diameter_um = 1.0
+mesh_size_um = 0.2
+[protocol]
+[[protocol.steps]]
+type = "charge"
+c_rate = 1.0
+duration_min = 1
+[output]
+figures = false
+fields = "none"
+progress = false
+"""
+
+
+def tiny_run(*tables: str) -> str:
+    """:data:`TINY_RUN` with more tables (TOML text, e.g. ``'[mechanics]\ncoupling = "two_way"'``)
+    before its ``[output]``."""
+    return TINY_RUN.replace("[output]", "".join(t.strip("\n") + "\n" for t in tables) + "[output]", 1)
+
+
+def assert_run_refused(tmp_path: Path, capsys, config_text: str, field: str):
+    """``nmcfx run`` of ``config_text`` exits with status 2 and one line naming ``field``, and writes
+    nothing (the bad-input promise)."""
+    import textwrap
+
+    from nmcfx.cli import main
+
+    cfg = tmp_path / "case.toml"
+    cfg.write_text(textwrap.dedent(config_text))
+    out = tmp_path / "out"
+    code = main(["run", str(cfg), "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert err[0].startswith(f"nmcfx: error: {field}:"), err[0]
+    assert not out.exists()
+
+
 @pytest.fixture
 def comm():
     return MPI.COMM_WORLD

@@ -5,25 +5,11 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from conftest import TINY_RUN
 
 from nmcfx.cli import main
 
-GOOD = """
-title = "ok"
-[geometry]
-shape = "disk"
-diameter_um = 1.0
-mesh_size_um = 0.2
-[protocol]
-[[protocol.steps]]
-type = "charge"
-c_rate = 1.0
-duration_min = 1
-[output]
-figures = false
-fields = "none"
-progress = false
-"""
+GOOD = TINY_RUN
 
 CASES = [
     # (what to replace in GOOD, replacement, field expected in the message)

@@ -16,8 +16,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import run_cli
-from nmcfx.cli import main
+from conftest import assert_run_refused, run_cli
 from nmcfx.errors import InputError
 from nmcfx.solver.run import execute, prepare
 
@@ -233,15 +232,7 @@ BAD = [
 
 @pytest.mark.parametrize("old, new, field", BAD)
 def test_bad_electrode_mechanics_input_one_line_nothing_written(tmp_path, capsys, old, new, field):
-    cfg = tmp_path / "case.toml"
-    cfg.write_text(textwrap.dedent(GOOD.replace(old, new, 1)))
-    out = tmp_path / "out"
-    code = main(["run", str(cfg), "-o", str(out), "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1, err
-    assert err[0].startswith(f"nmcfx: error: {field}:"), err[0]
-    assert not out.exists()
+    assert_run_refused(tmp_path, capsys, GOOD.replace(old, new, 1), field)
 
 
 def test_electrode_key_on_a_single_particle_is_refused():

@@ -15,7 +15,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import assert_run_refused, run_cli
 from nmcfx.cli import main
 from test_electrode_mechanics import GOOD, TWO, _csv, _run
 
@@ -153,15 +153,7 @@ BAD = [
 
 @pytest.mark.parametrize("old, new, field", BAD)
 def test_bad_bonded_input_one_line_nothing_written(tmp_path, capsys, old, new, field):
-    cfg = tmp_path / "case.toml"
-    cfg.write_text(textwrap.dedent(GOOD.replace(old, new, 1)))
-    out = tmp_path / "out"
-    code = main(["run", str(cfg), "-o", str(out), "--quiet"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2
-    assert len(err) == 1, err
-    assert err[0].startswith(f"nmcfx: error: {field}:"), err[0]
-    assert not out.exists()
+    assert_run_refused(tmp_path, capsys, GOOD.replace(old, new, 1), field)
 
 
 def test_a_loose_particle_is_refused_by_name_before_anything_is_written(tmp_path, capsys):

@@ -27,28 +27,13 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from conftest import mpiexec_cmd, nmcfx_cmd
+from conftest import TINY_RUN, mpiexec_cmd, nmcfx_cmd
 
 from nmcfx.cli import main
 from nmcfx.errors import InputError, NmcfxError
 from nmcfx.solver.checkpoint import Checkpointer
 
-GOOD = """
-title = "ok"
-[geometry]
-shape = "disk"
-diameter_um = 1.0
-mesh_size_um = 0.2
-[protocol]
-[[protocol.steps]]
-type = "charge"
-c_rate = 1.0
-duration_min = 1
-[output]
-figures = false
-fields = "none"
-progress = false
-"""
+GOOD = TINY_RUN
 #: two steps, so the finished run leaves a checkpoint (saved at the end of step 0)
 TWO_STEPS = GOOD.replace("duration_min = 1\n",
                          'duration_min = 1\n[[protocol.steps]]\ntype = "rest"\nduration_min = 1\n')

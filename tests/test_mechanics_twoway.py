@@ -19,7 +19,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, tiny_run
 from nmcfx.cli import main
 from nmcfx.solver.run import execute, prepare
 
@@ -191,24 +191,7 @@ def _csv(path) -> dict:
     return {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
 
 
-GOOD = """
-title = "ok"
-[geometry]
-shape = "disk"
-diameter_um = 1.0
-mesh_size_um = 0.2
-[protocol]
-[[protocol.steps]]
-type = "charge"
-c_rate = 1.0
-duration_min = 1
-[mechanics]
-coupling = "two_way"
-[output]
-figures = false
-fields = "none"
-progress = false
-"""
+GOOD = tiny_run('[mechanics]\ncoupling = "two_way"')
 
 
 @pytest.mark.parametrize("value", ['"three_way"', '"Two_Way"', "2"])
