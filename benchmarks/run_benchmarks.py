@@ -11,6 +11,8 @@ What runs (each case in its own process, so peak RSS is per case; 2-rank cases u
     the disk - with outputs off;
   * the disk at a fixed backward-Euler step through the framework and through the bare
     DOLFINx script ``bare_dolfinx_disk.py``: the framework's overhead at equal steps;
+  * whole ``nmcfx run`` processes of the disk, Fig. 4c and the flagship with their default outputs
+    (``memory_2d.py``): peak RSS, anonymous and file-backed (issue 10 target 6, < 200 MB);
   * a converged reference of the disk (fine mesh, tight ``theta_tol``; cached in
     ``benchmarks/.cache``) against which θ_center, θ_mean and θ_surface_min at 5/10/15/20 min
     are compared.
@@ -293,13 +295,20 @@ def main(argv=None) -> int:
             pr = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True)
             cli = time.perf_counter() - t0 if pr.returncode == 0 else None
             print(f" {cli:.1f} s" if cli else " FAILED", file=sys.stderr)
+    # peak memory of whole 2D processes with their default outputs (figures included): issue 10 target 6
+    memory = None
+    if 1 in ranks:
+        from memory_2d import run_cases, summarise
 
-    report(args, ref, cases, fixed, sweep, cli, load0, time.perf_counter() - t_start)
+        memory = summarise(run_cases(["disk_100mAg", "fig4c", "fig4c_off"] + ([] if args.skip_flagship else ["flagship"]),
+                                     1, Path(sys.executable).parent / "nmcfx"))
+
+    report(args, ref, cases, fixed, sweep, cli, load0, time.perf_counter() - t_start, memory)
     sys.stdout.flush()
     return 0
 
 
-def report(args, ref, cases, fixed, sweep, cli, load0, elapsed):
+def report(args, ref, cases, fixed, sweep, cli, load0, elapsed, memory=None):
     now = datetime.datetime.now().astimezone()
     load1 = os.getloadavg()[0]
     print()
@@ -428,6 +437,17 @@ def report(args, ref, cases, fixed, sweep, cli, load0, elapsed):
                      f" {first:.2f} s\n     + interpreter start/exit and CLI {cli - imp - first:.2f} s")
         print(f"    (for comparison, the CLI process `nmcfx run --example disk_100mAg -q`, JIT cache filled:"
               f" {cli:.2f} s{extra})")
+    if memory:
+        from memory_2d import TARGET_MB
+
+        targets["memory_2d"] = memory
+        print(f"  peak RSS of whole 2D `nmcfx run` processes (default outputs, figures included) vs < {TARGET_MB:.0f} MB:")
+        for name, m in memory.items():
+            if "error" in m:
+                print(f"    {name:<12} FAILED")
+                continue
+            print(f"    {name:<12} {m['peak_mb']:6.1f} MB (anonymous {m['anon_mb']:.1f}, file-backed {m['file_mb']:.1f})"
+                  f"  ->  {'MET' if m['under_target'] else 'MISSED'}{'  (outputs off)' if name.endswith('_off') else ''}")
     f1 = next((f for f in fixed if f["case"] == "fig4c" and f["ranks"] == 1 and f["mesh"] == MESHES["disk_100mAg"][0][0]
                and "ratios" in f), None)
     if f1:
@@ -467,7 +487,7 @@ def report(args, ref, cases, fixed, sweep, cli, load0, elapsed):
         "date": now.isoformat(timespec="seconds"), "host": platform.node(), "cpu_count": os.cpu_count(),
         "load_avg": [load0, load1], "elapsed_s": elapsed, "argv": sys.argv[1:], "git_revision": _git_rev(),
         "targets": targets, "reference": ref, "cases": cases, "fixed_step_comparison": fixed, "sweep": sweep,
-        "cli_process_wall_s": cli,
+        "cli_process_wall_s": cli, "memory_2d": memory,
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
