@@ -448,6 +448,8 @@ def report(args, ref, cases, fixed, sweep, cli, load0, elapsed, memory=None):
                 continue
             print(f"    {name:<12} {m['peak_mb']:6.1f} MB (anonymous {m['anon_mb']:.1f}, file-backed {m['file_mb']:.1f})"
                   f"  ->  {'MET' if m['under_target'] else 'MISSED'}{'  (outputs off)' if name.endswith('_off') else ''}")
+        print("    (file-backed pages depend on the page cache: the same libraries map 30-60 MB more in a venv set up"
+              " within the\n     last hour or so; the anonymous part does not - benchmarks/README.md, target 6)")
     f1 = next((f for f in fixed if f["case"] == "fig4c" and f["ranks"] == 1 and f["mesh"] == MESHES["disk_100mAg"][0][0]
                and "ratios" in f), None)
     if f1:
