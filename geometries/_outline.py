@@ -46,7 +46,6 @@ def cKDTree(*args, **kwargs):  # noqa: D103
     return f(*args, **kwargs)
 
 
-
 TWO_PI = 2.0 * math.pi
 # Contours are handed to gmsh as cubic splines with at most this many knot spans.
 MAX_SPANS = 300
