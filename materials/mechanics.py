@@ -33,6 +33,8 @@ import numpy as np
 
 from nmcfx.errors import InputError
 
+from ._pchip import pchip
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_LATTICE_CSV = DATA_DIR / "nmc_lattice_ni_rich_default.csv"
 
@@ -139,10 +141,9 @@ class LatticeTable:
             v = np.asarray(getattr(self, name), dtype=float)
             if v.shape != th.shape or np.any(v <= 0) or not np.all(np.isfinite(v)):
                 raise InputError("mechanics.lattice_csv", f"column {name} must hold positive lattice parameters (Å)")
-        from scipy.interpolate import PchipInterpolator  # (lazy: SciPy costs 44 MB and 0.6 s to import)
-
-        object.__setattr__(self, "_a", PchipInterpolator(th, np.asarray(self.a_A, float), extrapolate=False))
-        object.__setattr__(self, "_c", PchipInterpolator(th, np.asarray(self.c_A, float), extrapolate=False))
+        # (NumPy's PCHIP, the same interpolant as SciPy's: importing SciPy costs a run 44 MB and 0.6 s)
+        object.__setattr__(self, "_a", pchip(th, np.asarray(self.a_A, float)))
+        object.__setattr__(self, "_c", pchip(th, np.asarray(self.c_A, float)))
 
     @property
     def theta_min(self) -> float:
@@ -298,10 +299,8 @@ class ModulusTable:
     provenance: tuple[str, ...] = ()
 
     def __call__(self, theta):
-        from scipy.interpolate import PchipInterpolator
-
         th = np.clip(np.asarray(theta, dtype=float), self.theta[0], self.theta[-1])
-        return np.asarray(PchipInterpolator(self.theta, self.factor)(th), dtype=float)
+        return np.asarray(pchip(np.asarray(self.theta, float), np.asarray(self.factor, float))(th), dtype=float)
 
 
 def load_modulus_table(path, stiffness: Stiffness, field_name: str = "mechanics.modulus_csv") -> ModulusTable:

@@ -517,8 +517,6 @@ def profile_fwhm(grid, prof) -> float:
 def theta_modes(theta, weights, bandwidth: float = 0.01, prominence: float = 0.1) -> list[float]:
     """Occupancies of the modes of the volume distribution of θ (Gaussian kernel estimate),
     most prominent first; a mode counts if its prominence is ≥ ``prominence`` × the highest."""
-    from scipy.signal import find_peaks
-
     grid = np.linspace(0.0, 1.0, 1001)
     h = grid[1] - grid[0]
     idx = np.clip(np.rint(np.asarray(theta) / h).astype(int), 0, len(grid) - 1)
@@ -526,9 +524,40 @@ def theta_modes(theta, weights, bandwidth: float = 0.01, prominence: float = 0.1
     k = np.arange(-int(5 * bandwidth / h), int(5 * bandwidth / h) + 1) * h
     dens = np.convolve(binned, np.exp(-0.5 * (k / bandwidth) ** 2), mode="same")
     padded = np.concatenate([[0.0], dens, [0.0]])
-    peaks, props = find_peaks(padded, prominence=prominence * dens.max())
-    order = np.argsort(-props["prominences"])
+    peaks, prom = peak_prominences(padded)
+    keep = prom >= prominence * dens.max()
+    peaks, prom = peaks[keep], prom[keep]
+    order = np.argsort(-prom)
     return [float(grid[peaks[i] - 1]) for i in order]
+
+
+def peak_prominences(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The local maxima of ``x`` (a flat top counts once, at its middle, rounded down) and their
+    topographic prominences: the height above the higher of the two lowest points between the peak
+    and the nearest higher sample on either side (or the end). The definitions of SciPy's
+    ``find_peaks``/``peak_prominences``, without importing SciPy (44 MB and 0.6 s for a run)."""
+    x = np.asarray(x, dtype=float)
+    peaks, prom = [], []
+    i, n = 1, len(x)
+    while i < n - 1:
+        if x[i - 1] < x[i]:
+            j = i + 1
+            while j < n - 1 and x[j] == x[i]:
+                j += 1
+            if x[j] < x[i]:
+                p = (i + j - 1) // 2
+                left = x[:i][::-1]  # from the peak outwards
+                stop = np.flatnonzero(left > x[p])
+                left_min = min(x[p], left[: stop[0] if stop.size else None].min(initial=x[p]))
+                right = x[j:]
+                stop = np.flatnonzero(right > x[p])
+                right_min = min(x[p], right[: stop[0] if stop.size else None].min(initial=x[p]))
+                peaks.append(p)
+                prom.append(x[p] - max(left_min, right_min))
+                i = j
+                continue
+        i += 1
+    return np.array(peaks, dtype=int), np.array(prom, dtype=float)
 
 
 def _wquantile(x, w, q):

@@ -91,3 +91,40 @@ def test_modulus_table(tmp_path):
     assert float(m(1.0)) == pytest.approx(1.0) and float(m(0.2)) == pytest.approx(0.75)
     with pytest.raises(InputError, match="factor"):
         load_modulus_table(p, Stiffness.transversely_isotropic(230, 90, 60, 160, 45))
+
+
+def test_lattice_and_mode_finding_match_scipy_without_importing_it():
+    """The lattice table's PCHIP and the θ-mode finder are NumPy versions of SciPy's
+    PchipInterpolator and find_peaks(prominence=…): the same values to round-off, the same peaks and
+    prominences; a mechanics run's materials and statistics import no SciPy (44 MB, 0.6 s)."""
+    import subprocess
+    import sys
+
+    from scipy.interpolate import PchipInterpolator
+    from scipy.signal import find_peaks
+
+    from nmcfx.materials.mechanics import default_mechanics
+    from nmcfx.solver.mechanics_outputs import peak_prominences
+
+    lat = default_mechanics().lattice
+    th = np.linspace(lat.theta_min, lat.theta_max, 2001)
+    for ours, col in ((lat.a, lat.a_A), (lat.c, lat.c_A)):
+        ref = PchipInterpolator(lat.theta, col)(th)
+        assert np.max(np.abs(ours(th) - ref)) <= 1e-13 * np.max(np.abs(ref))
+    rng = np.random.default_rng(7)
+    for trial in range(200):  # plateaus (rounded values), smooth densities, noise
+        n = int(rng.integers(5, 300))
+        x = np.round(rng.random(n) * rng.integers(1, 6), 1) if trial % 2 else np.convolve(
+            rng.random(n), np.ones(7) / 7, mode="same")
+        x = np.concatenate([[0.0], x, [0.0]])
+        peaks, props = find_peaks(x, prominence=0.0)
+        ours, prom = peak_prominences(x)
+        assert np.array_equal(ours, peaks) and np.array_equal(prom, props["prominences"]), x
+    code = ("import sys, numpy as np\n"
+            "from nmcfx.materials.mechanics import default_mechanics\n"
+            "from nmcfx.solver.mechanics_outputs import theta_modes\n"
+            "m = default_mechanics(); m.eigenstrain(np.linspace(0.2, 1, 50), 0.95)\n"
+            "theta_modes(np.r_[np.full(50, 0.3), np.full(50, 0.8)], np.ones(100))\n"
+            "print(any(k == 'scipy' or k.startswith('scipy.') for k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
