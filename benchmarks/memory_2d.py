@@ -25,30 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from peer_race import FIG4C_BASE
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TARGET_MB = 200.0
 
 #: Lun 2025 Fig. 4c at the defaults (the configuration of peer_race.py) with its default outputs
-FIG4C_TOML = """
-title = "Lun 2025 Fig. 4c: 2.4 µm disk, ¼ of the surface blocked (η = 0.3), 100 mA/g, 20 min, defaults"
-
-[geometry]
-shape = "disk"
-diameter_um = 2.4
-sectors = [{ name = "blocked", start_deg = -45, end_deg = 45 }]
-
-[surface]
-model = "flux"
-blocking = { blocked = 0.3 }
-
-[protocol]
-initial_theta = 0.95
-steps = [{ type = "charge", current_mA_g = 100, duration_min = 20 }]
-
-[output]
-snapshot_times_min = [5, 10, 15, 20]
-"""
+FIG4C_TOML = FIG4C_BASE
 OUTPUTS_OFF = '\nfields = "none"\nfigures = false\n'
 
 #: case -> (what it is, `nmcfx run` arguments before -o; "{fig4c}" / "{fig4c_off}": the configs above)
