@@ -438,18 +438,11 @@ def report(args, ref, cases, fixed, sweep, cli, load0, elapsed, memory=None):
         print(f"    (for comparison, the CLI process `nmcfx run --example disk_100mAg -q`, JIT cache filled:"
               f" {cli:.2f} s{extra})")
     if memory:
-        from memory_2d import TARGET_MB
+        from memory_2d import TARGET_MB, print_table
 
         targets["memory_2d"] = memory
         print(f"  peak RSS of whole 2D `nmcfx run` processes (default outputs, figures included) vs < {TARGET_MB:.0f} MB:")
-        for name, m in memory.items():
-            if "error" in m:
-                print(f"    {name:<12} FAILED")
-                continue
-            print(f"    {name:<12} {m['peak_mb']:6.1f} MB (anonymous {m['anon_mb']:.1f}, file-backed {m['file_mb']:.1f})"
-                  f"  ->  {'MET' if m['under_target'] else 'MISSED'}{'  (outputs off)' if name.endswith('_off') else ''}")
-        print("    (file-backed pages depend on the page cache: the same libraries map 30-60 MB more in a venv set up"
-              " within the\n     last hour or so; the anonymous part does not - benchmarks/README.md, target 6)")
+        print_table(memory)
     f1 = next((f for f in fixed if f["case"] == "fig4c" and f["ranks"] == 1 and f["mesh"] == MESHES["disk_100mAg"][0][0]
                and "ratios" in f), None)
     if f1:
