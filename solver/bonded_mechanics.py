@@ -64,6 +64,8 @@ class BondedElasticitySolver(ElasticitySolver):
     ``nmc_stress_dofs`` / ``cbd_stress_dofs`` (owned scalar stress-space DOFs of each material).
     """
 
+    LABEL = "mechanics (bonded)"
+
     def __init__(self, mesh, nmc_cells, theta_sources, material, cbd, *, theta_ref: float,
                  clamped_facets=None, assumption_2d: str = "plane_strain", degree: int = 2, solver: str = "auto",
                  petsc_options: dict | None = None, prefix: str = "nmcfx_bonded_"):
@@ -200,20 +202,7 @@ class BondedElasticitySolver(ElasticitySolver):
             dolfinx.fem.petsc.set_bc(self.b, self.bcs)  # u = 0: no lifting needed
         if self.nullspace is not None:
             self._remove_rigid_modes(self.b)
-        t1 = MPI.Wtime()
-        self.ksp.solve(self.b, self.x)
-        reason = self.ksp.getConvergedReason()
-        if reason < 0:
-            raise SolverError(f"mechanics (bonded): linear solver failed (KSP reason {reason}, "
-                              f"{self.ksp.getIterationNumber()} iterations)")
-        if self.nullspace is not None:
-            self._remove_rigid_modes(self.x)
-        self.x.ghostUpdate(addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
-        with self.x.localForm() as xl:
-            target.x.array[:] = xl.array_r
-        self.counters.assembly_time += t1 - t0
-        self.counters.solve_time += MPI.Wtime() - t1
-        return self.ksp.getIterationNumber()
+        return self._solve_load_into(target, t0)
 
     def theta_at_stress_nodes(self) -> np.ndarray:  # pragma: no cover - not used for a bonded body
         raise NotImplementedError("the bonded body's θ lives on the particles' meshes")

@@ -375,6 +375,8 @@ class ElasticitySolver:
     (generalised plane strain), and :meth:`invariants` at the stress nodes.
     """
 
+    LABEL = "mechanics"  # (error messages)
+
     def __init__(self, mesh, theta: fem.Function, material, *, theta_ref: float,
                  assumption_2d: str = "generalized_plane_strain", degree: int = 2, solver: str = "auto",
                  petsc_options: dict | None = None, extra_rhs=None, prefix: str = "nmcfx_mech_"):
@@ -733,13 +735,19 @@ class ElasticitySolver:
         self._remove_rigid_modes(self.b)  # exact equilibrium of the discrete load
         if self._pins is not None:  # (a load without rigid-mode part is met at the pins too)
             self.b.array[self._pins_owned] = 0.0
+        return self._solve_load_into(target, t0)
+
+    def _solve_load_into(self, target: fem.Function, t0: float) -> int:
+        """Solve for the load in ``b`` (assembled since ``t0``), without rigid motion where the body is
+        free, into ``target``; returns the linear iterations."""
         t1 = MPI.Wtime()
         self.ksp.solve(self.b, self.x)
         reason = self.ksp.getConvergedReason()
         if reason < 0:
-            raise SolverError(f"mechanics: linear solver failed (KSP reason {reason}, "
+            raise SolverError(f"{self.LABEL}: linear solver failed (KSP reason {reason}, "
                               f"{self.ksp.getIterationNumber()} iterations)")
-        self._remove_rigid_modes(self.x)  # no rigid motion in the displacement
+        if self.nullspace is not None:
+            self._remove_rigid_modes(self.x)  # no rigid motion in the displacement
         if self.comm.size == 1:
             target.x.array[:] = self.x.array_r
         else:
