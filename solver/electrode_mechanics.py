@@ -60,6 +60,7 @@ from nmcfx.errors import InputError
 
 from .mechanics import ElasticitySolver, MechanicsSetup, SurfaceStress, mechanics_from_config
 from .outputs import _fmt, write_json
+from .rundir import resumed_part
 
 #: ``[mechanics]`` keys that only an electrode takes
 ELECTRODE_KEYS = ("electrode_bonding", "cbd_youngs_modulus_GPa", "cbd_poisson_ratio")
@@ -421,12 +422,7 @@ class ElectrodeMechanicsObserver:
         if self.bonded is not None and self.output.fields != "none":
             import dolfinx.io
 
-            part = ""
-            if restore is not None:
-                k = 2
-                while (self.outdir / f"stress_body-part{k}.bp").exists():
-                    k += 1
-                part = f"-part{k}"
+            part = resumed_part(self.outdir, "stress_body", restore is not None, (".bp",))
             b = self.bonded
             self._writers = [
                 dolfinx.io.VTXWriter(self.comm, str(self.outdir / f"displacement_body{part}.bp"), [b.body.u],

@@ -36,6 +36,7 @@ from dolfinx import fem
 
 from .exports import PointProbe, reduce_array
 from .outputs import _fmt
+from .rundir import resumed_part
 
 
 class ElectrodeOutputs:
@@ -134,12 +135,7 @@ class ElectrodeOutputs:
         for f in list(m.thetas) + [m.phi_s]:
             cells = np.sort(np.concatenate([m.electrode.cell_tags.find(t) for t in f.tags])).astype(np.int32)
             self._maps.append((f, cells, f.entity_map.sub_topology_to_topology(cells, inverse=True)))
-        stem = "fields"
-        if resumed:
-            part = 2
-            while (self.outdir / f"fields-part{part}.bp").exists() or (self.outdir / f"fields-part{part}.xdmf").exists():
-                part += 1
-            stem = f"fields-part{part}"
+        stem = "fields" + resumed_part(self.outdir, "fields", resumed)
         self._pore_dg = []  # resolved electrolyte: (DG1 target, field, its cells, parent cells, name)
         if m.electrolyte is not None:
             el = m.electrolyte

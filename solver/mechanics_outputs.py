@@ -50,6 +50,7 @@ from .mechanics import (
     surface_flaw_indicator,
 )
 from .outputs import write_json
+from .rundir import resumed_part
 
 COLUMNS = (
     "time_s", "protocol_step", "theta_mean",
@@ -191,12 +192,7 @@ class MechanicsObserver:
         if self.output.fields != "none":
             import dolfinx.io
 
-            part = ""
-            if restore is not None:
-                k = 2
-                while (self.outdir / f"stress-part{k}.bp").exists():
-                    k += 1
-                part = f"-part{k}"
+            part = resumed_part(self.outdir, "stress", restore is not None, (".bp",))
             out_u = ms.u
             self._writers = [
                 dolfinx.io.VTXWriter(self.comm, str(self.outdir / f"displacement{part}.bp"), [out_u], engine="BP4"),

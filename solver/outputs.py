@@ -24,6 +24,7 @@ import numpy as np
 from nmcfx.errors import InputError
 
 from .simulation import StepRecord
+from .rundir import resumed_part
 from .transport import PointProbe, reduce_array
 
 
@@ -159,12 +160,7 @@ class RunOutputs:
             self.profile_times = [float(t) for t in mine["profile_times"]]
             self.profiles = list(mine["profiles"])
         # field files cannot be appended to: a resumed run writes its snapshots to a new file
-        stem = "theta"
-        if restore is not None:
-            part = 2
-            while (self.outdir / f"theta-part{part}.bp").exists() or (self.outdir / f"theta-part{part}.xdmf").exists():
-                part += 1
-            stem = f"theta-part{part}"
+        stem = "theta" + resumed_part(self.outdir, "theta", restore is not None)
         if self.settings.fields == "vtx":
             import dolfinx.io
 

@@ -43,6 +43,17 @@ RESULT_PATTERNS = tuple(f"{stem}{part}.{ext}" for stem in ("theta", "fields") fo
 FIELD = "--output"
 
 
+def resumed_part(outdir: Path, stem: str, resumed: bool, suffixes=(".bp", ".xdmf")) -> str:
+    """The suffix of a field file's name: "" for a new run; for a resumed one "-partK", the first K ≥ 2
+    with no ``stem-partK`` file yet (VTX/XDMF files cannot be continued: a resume writes a new one)."""
+    if not resumed:
+        return ""
+    k = 2
+    while any((Path(outdir) / f"{stem}-part{k}{suf}").exists() for suf in suffixes):
+        k += 1
+    return f"-part{k}"
+
+
 def earlier_results(outdir: Path) -> list[str]:
     """Names of an earlier run's files in ``outdir`` (sorted; empty if none or no directory)."""
     outdir = Path(outdir)

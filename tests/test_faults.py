@@ -1062,3 +1062,17 @@ def test_electrode_limits_across_tables(change, field, words):
     with pytest.raises(InputError) as exc:
         prepare(cfg, comm=MPI.COMM_WORLD)
     assert str(exc.value).startswith(field + ":") and words in str(exc.value), str(exc.value)
+
+
+def test_a_resume_writes_its_fields_to_the_next_free_part(tmp_path):
+    """VTX/XDMF files cannot be continued: each resume names its field files ``stem-partK``, the first K
+    that no earlier resume (either format, or the formats given) has taken."""
+    from nmcfx.solver.rundir import resumed_part
+
+    assert resumed_part(tmp_path, "theta", False) == ""
+    assert resumed_part(tmp_path, "theta", True) == "-part2"
+    (tmp_path / "theta-part2.bp").mkdir()
+    (tmp_path / "theta-part3.xdmf").write_text("")
+    assert resumed_part(tmp_path, "theta", True) == "-part4"
+    assert resumed_part(tmp_path, "theta", True, (".bp",)) == "-part3"
+    assert resumed_part(tmp_path, "stress", True, (".bp",)) == "-part2"
