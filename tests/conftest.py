@@ -109,6 +109,15 @@ def run_cli(args: list[str], out: Path, ranks: int = 1) -> Path:
     return out
 
 
+def run_on_one_and_two_ranks(tmp_path: Path, config_text: str) -> tuple[Path, Path]:
+    """``nmcfx run`` of ``config_text`` in a fresh process on 1 and on 2 ranks; their output directories."""
+    import textwrap
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(textwrap.dedent(config_text))
+    return tuple(run_cli([str(cfg)], tmp_path / f"np{n}", ranks=n) for n in (1, 2))
+
+
 @pytest.fixture(autouse=True)
 def _fresh_mesh_cache():
     """Every test meshes afresh (the in-process mesh cache of geometries/_build.py would otherwise

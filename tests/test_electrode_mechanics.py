@@ -9,14 +9,13 @@ import copy
 import csv
 import gc
 import json
-import textwrap
 
 from mpi4py import MPI
 
 import numpy as np
 import pytest
 
-from conftest import assert_run_refused, run_cli
+from conftest import assert_run_refused, run_on_one_and_two_ranks
 from nmcfx.errors import InputError
 from nmcfx.solver.run import execute, prepare
 
@@ -254,12 +253,7 @@ name = "B"
 def test_serial_and_two_ranks_agree(tmp_path):
     """Two touching particles charged at 1C: the per-particle stress columns of `nmcfx run` on 1 and 2
     ranks agree to 1e-8 of the stress scale (each particle's submesh split over the ranks)."""
-    (tmp_path / "c.toml").write_text(textwrap.dedent(TWO))
-    runs = {}
-    for n in (1, 2):
-        out = run_cli([str(tmp_path / "c.toml")], tmp_path / f"np{n}", ranks=n)
-        runs[n] = _csv(out / "timeseries.csv")
-    a, b = runs[1], runs[2]
+    a, b = (_csv(out / "timeseries.csv") for out in run_on_one_and_two_ranks(tmp_path, TWO))
     assert len(a["time_s"]) == len(b["time_s"])
     cols = [c for c in a if c.startswith(("sigma1_max_MPa", "hoop_surface_max_MPa"))]
     assert len(cols) == 6

@@ -15,7 +15,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import assert_run_refused, run_cli
+from conftest import assert_run_refused, run_on_one_and_two_ranks
 from nmcfx.cli import main
 from test_electrode_mechanics import GOOD, TWO, _csv, _run
 
@@ -113,12 +113,7 @@ def test_bonded_serial_and_two_ranks_agree(tmp_path):
     """Two touching particles (B held only through its NMC|NMC contact with A) charged at 1C, bonded:
     the stress columns of `nmcfx run` on 1 and 2 ranks agree to 1e-8 of their scale."""
     cfg = TWO.replace('electrode_bonding = "free"', 'electrode_bonding = "bonded"')
-    (tmp_path / "c.toml").write_text(textwrap.dedent(cfg))
-    runs = {}
-    for n in (1, 2):
-        out = run_cli([str(tmp_path / "c.toml")], tmp_path / f"np{n}", ranks=n)
-        runs[n] = _csv(out / "timeseries.csv")
-    a, b = runs[1], runs[2]
+    a, b = (_csv(out / "timeseries.csv") for out in run_on_one_and_two_ranks(tmp_path, cfg))
     assert len(a["time_s"]) == len(b["time_s"])
     cols = [c for c in a if c.startswith(("sigma1_max_MPa", "hoop_surface_max_MPa", "sigma_mean", "cbd_"))]
     assert len(cols) == 10

@@ -14,7 +14,7 @@ from mpi4py import MPI
 import numpy as np
 import pytest
 
-from conftest import assert_run_refused, run_cli, tiny_run
+from conftest import assert_run_refused, run_on_one_and_two_ranks, tiny_run
 from nmcfx.cli import main
 from nmcfx.solver.run import execute, prepare
 
@@ -217,12 +217,7 @@ def test_serial_and_two_ranks_agree(tmp_path):
         fields = "none"
         figures = false
         """)
-    (tmp_path / "c.toml").write_text(cfg)
-    runs = {}
-    for n in (1, 2):
-        out = run_cli([str(tmp_path / "c.toml")], tmp_path / f"np{n}", ranks=n)
-        runs[n] = _csv(out / "mechanics.csv")
-    a, b = runs[1], runs[2]
+    a, b = (_csv(out / "mechanics.csv") for out in run_on_one_and_two_ranks(tmp_path, cfg))
     assert len(a["time_s"]) == len(b["time_s"])
     scale = np.abs(a["sigma1_max_MPa"]).max()
     for col in ("sigma1_max_MPa", "sigma3_min_MPa", "von_mises_max_MPa", "hydrostatic_max_MPa",
