@@ -572,6 +572,12 @@ class ElasticitySolver:
                 del popts[f"{prefix}{k}"]
         self._matrix_ready = False
 
+    def _drop_setup_options(self):
+        popts = PETSc.Options()
+        for k in getattr(self, "_setup_options", ()):
+            del popts[k]
+        self._setup_options = []
+
     def _rebind(self, theta: fem.Function, material, theta_ref: float):
         """Serve a new run (:func:`acquire_solver`): read ``theta`` (same space layout), take the lattice
         table of ``material`` (same stiffness) and ``theta_ref``; start from u = 0 as a new solver does."""
@@ -589,6 +595,7 @@ class ElasticitySolver:
         communicators, of which a process has a limited number. The solver is unusable afterwards."""
         if self in _POOL:  # (destroyed by its user while kept for reuse: never hand it out again)
             _POOL.remove(self)
+        self._drop_setup_options()  # (destroyed before its first set-up)
         for obj in (getattr(self, "K", None) or []) + getattr(self, "_eig_vecs", []):
             obj.destroy()
         self.K, self._eig_vecs = [], []
@@ -687,10 +694,7 @@ class ElasticitySolver:
         self._mumps_controls()
         if self._setup_options:
             self.ksp.setUp()
-            popts = PETSc.Options()
-            for k in self._setup_options:
-                del popts[k]
-            self._setup_options = []
+            self._drop_setup_options()
         self.counters.factorizations += 1
         self._matrix_ready = True
 
