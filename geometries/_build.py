@@ -40,6 +40,10 @@ def mesh_and_distribute(
 ):
     """Run ``mesh_on_root(gmsh.model)`` on rank 0 and distribute the mesh with DOLFINx.
 
+    gmsh runs in a forked child process of rank 0 (:mod:`._mesh_process`; ``NMCFX_MESH_PROCESS=0``:
+    in this process), so ``mesh_on_root`` must not change state outside the gmsh model that the
+    caller needs afterwards: only its returned dict comes back.
+
     ``ghost_shared_facets``: ghost the cells across partition facets (needed when forms
     integrate over interfaces between regions, e.g. electrodes).
 
@@ -48,39 +52,55 @@ def mesh_and_distribute(
     MeshError, gmsh exceptions) are re-raised on every rank. Returns that dict and the
     DOLFINx ``MeshData`` (mesh, cell_tags, facet_tags).
     """
+    from . import _mesh_process
+
     status: tuple | None = None
     session: GmshModel | None = None
+    forked = _mesh_process.enabled()
     if comm.rank == 0:
-        try:
-            session = GmshModel(verbose)
-            model = session.open()
-            status = ("ok", mesh_on_root(model))
-        except InputError as exc:
-            status = ("input", exc.field, _raw_message(exc))
-        except NmcfxError as exc:
-            status = ("mesh", str(exc))
-        except Exception as exc:  # gmsh raises plain Exception
-            status = ("mesh", f"gmsh failed on the {what}: {exc}")
-        if status[0] != "ok" and session is not None:
-            session.close()
-            session = None
+        if forked:  # gmsh runs in a child process; a KeyboardInterrupt there ends this rank like here
+            try:
+                status = _mesh_process.mesh_in_child(mesh_on_root, what, verbose)
+            except MeshError as exc:
+                status = ("mesh", str(exc))
+        else:
+            try:
+                session = GmshModel(verbose)
+                model = session.open()
+                status = ("ok", mesh_on_root(model))
+            except InputError as exc:
+                status = ("input", exc.field, _raw_message(exc))
+            except NmcfxError as exc:
+                status = ("mesh", str(exc))
+            except Exception as exc:  # gmsh raises plain Exception
+                status = ("mesh", f"gmsh failed on the {what}: {exc}")
+            if status[0] != "ok" and session is not None:
+                session.close()
+                session = None
     try:
-        status = comm.bcast(status, root=0)
+        calls = status[2] if forked and comm.rank == 0 and status[0] == "ok" else None
+        status = comm.bcast(status[:2] if calls is not None else status, root=0)
         if status[0] == "input":
             raise InputError(status[1], status[2])
         if status[0] == "mesh":
             raise MeshError(status[1])
         from dolfinx.io.gmsh import model_to_mesh
 
-        import gmsh
+        if comm.rank != 0:
+            model = None
+        elif calls is not None:
+            model = _mesh_process.RecordedModel(calls)
+        else:
+            import gmsh
 
+            model = gmsh.model
         try:
             partitioner = None
             if ghost_shared_facets and comm.size > 1:
                 from dolfinx.mesh import GhostMode, create_cell_partitioner
 
                 partitioner = create_cell_partitioner(GhostMode.shared_facet, 2)
-            data = model_to_mesh(gmsh.model if comm.rank == 0 else None, comm, 0, gdim=tdim, partitioner=partitioner)
+            data = model_to_mesh(model, comm, 0, gdim=tdim, partitioner=partitioner)
         except Exception as exc:
             raise MeshError(f"could not convert the gmsh mesh of the {what} to DOLFINx: {exc}") from None
     finally:
