@@ -145,7 +145,9 @@ def mesh_in_child(mesh_on_root: Callable[[object], dict], what: str, verbose: bo
     :func:`~nmcfx.geometries._build.mesh_and_distribute` — ``("ok", meta, calls)`` with the recorded
     model calls, ``("input", field, message)`` or ``("mesh", message)``; raises ``KeyboardInterrupt``
     if the child was interrupted."""
-    import dolfinx.io.gmsh  # noqa: F401 - imported here, before the fork: the child must not import it
+    import importlib
+
+    importlib.import_module("dolfinx.io.gmsh")  # imported before the fork: the child must not import it
 
     sys.stdout.flush()
     sys.stderr.flush()
