@@ -407,7 +407,11 @@ class MechanicsObserver:
                     fh.writelines(fmt % tuple(row) for row in block.tolist())
         write_json(out / "mechanics.json", summary)
         if self.output.figures and self.rows:
+            import gc
+
             from . import mechanics_figures as figs
+
+            gc.collect()  # the transport's figures are cycles of artists: freed now, not after the peak
 
             rows = np.array(self.rows)
             series = {c: rows[:, i] for i, c in enumerate(COLUMNS)}

@@ -309,3 +309,24 @@ def test_materials_show_lists_mechanical_data(capsys):
     out = capsys.readouterr().out
     assert "Mechanical data of NMC-Ni87" in out and "a [A]" in out and "c [A]" in out
     assert "E = 170 GPa" in out and "stiffness (Voigt, GPa" in out
+
+
+def test_stress_map_panels_are_drawn_pixel_for_pixel_the_right_way_up(tmp_path):
+    """The maps reach the PNG as coloured, unresampled bytes: a 2 × 3 canvas whose first row is red fills
+    the lower half of its box (first row at the bottom, as imshow(origin="lower") drew it)."""
+    from PIL import Image
+
+    from nmcfx.solver.mechanics_figures import _figure, _PixelImage
+
+    canvas = np.zeros((2, 3, 4), dtype=np.uint8)
+    canvas[0] = (255, 0, 0, 255)
+    canvas[1, :, 2:] = 255  # blue
+    canvas[1, 2] = (0, 255, 0, 255)  # one green map pixel: the top right
+    fig = _figure(3.0, 2.0)
+    fig.add_artist(_PixelImage(canvas, (0.0, 0.0, 1.0, 1.0)))
+    fig.savefig(tmp_path / "p.png", dpi=100)
+    png = np.asarray(Image.open(tmp_path / "p.png").convert("RGBA"))
+    assert png.shape[:2] == (200, 300)
+    assert np.all(png[100:, :, :3] == (255, 0, 0))  # PNG rows run downwards: the bottom half is red
+    assert np.all(png[:100, :200, :3] == (0, 0, 255))
+    assert np.all(png[:100, 200:, :3] == (0, 255, 0))
