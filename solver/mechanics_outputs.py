@@ -420,6 +420,7 @@ class MechanicsObserver:
                                 toughness=self.settings.toughness_MPa_sqrt_m,
                                 wavelength_A=self.settings.xrd_wavelength_A)
             if self.images:
+                gc.collect()
                 figs.stress_maps(self.images, self.extent, out / "stress_maps.png", title=self.title)
         if self.output.progress:
             p = summary["peak"]
