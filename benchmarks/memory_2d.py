@@ -8,8 +8,8 @@ peak resident set size comes from the kernel (``wait4``'s ``ru_maxrss``); the pa
 ``/proc/PID/status`` every millisecond and reports, at the largest sample, how much of it is the
 process's own memory (``RssAnon``) and how much are pages of shared libraries and fonts mapped
 from files (``RssFile``). The file-backed part depends on the page cache (the same libraries map
-~26 MB more in a venv installed minutes earlier; 60 MB more while gmsh was loaded by the run), the anonymous part does not: compare RSS within
-one venv, and anonymous memory across venvs. Numbers are printed next to the 200 MB target,
+~26 MB more in a venv installed minutes earlier; 60 MB more while the run loaded gmsh itself),
+the anonymous part does not: compare RSS within one venv, and anonymous memory across venvs. Numbers are printed next to the 200 MB target,
 never asserted.
 """
 
