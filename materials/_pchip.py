@@ -35,7 +35,11 @@ class PiecewiseCubic:
         t = np.asarray(t, dtype=float)
         tc = np.clip(t, self.x[0], self.x[-1])
         k = self._interval(tc)
-        s = tc - self.x[k]
+        return self.on_interval(k, tc - self.x[k])
+
+    def on_interval(self, k: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """p at t = x[k] + s (k from :meth:`_interval`): for several interpolants on the same nodes,
+        the interval search once."""
         out = self.c[0, k]
         for m in range(1, self.c.shape[0]):
             out = out * s + self.c[m, k]

@@ -144,6 +144,7 @@ class LatticeTable:
         # (NumPy's PCHIP, the same interpolant as SciPy's: importing SciPy costs a run 44 MB and 0.6 s)
         object.__setattr__(self, "_a", pchip(th, np.asarray(self.a_A, float)))
         object.__setattr__(self, "_c", pchip(th, np.asarray(self.c_A, float)))
+        object.__setattr__(self, "_refs", {})  # θ_ref → (a, c) there
 
     @property
     def theta_min(self) -> float:
@@ -169,8 +170,17 @@ class LatticeTable:
         return self._eval(self._c, theta)
 
     def strains(self, theta, theta_ref: float):
-        """(ε_a, ε_c) = (a(θ)/a(θ_ref) − 1, c(θ)/c(θ_ref) − 1)."""
-        return self.a(theta) / float(self.a(theta_ref)) - 1.0, self.c(theta) / float(self.c(theta_ref)) - 1.0
+        """(ε_a, ε_c) = (a(θ)/a(θ_ref) − 1, c(θ)/c(θ_ref) − 1). (The mechanics evaluates this at every
+        node after every step: one interval search for both tables, the references kept.)"""
+        ref = self._refs.get(theta_ref)
+        if ref is None:
+            if len(self._refs) > 8:
+                self._refs.clear()
+            ref = self._refs[theta_ref] = (float(self.a(theta_ref)), float(self.c(theta_ref)))
+        th = np.clip(np.asarray(theta, dtype=float), self.theta_min, self.theta_max)
+        k = self._a._interval(th)  # a and c share the nodes
+        s = th - self._a.x[k]
+        return self._a.on_interval(k, s) / ref[0] - 1.0, self._c.on_interval(k, s) / ref[1] - 1.0
 
     def describe(self) -> dict:
         return {"source": self.source, "theta": self.theta.tolist(), "a_A": np.asarray(self.a_A).tolist(),

@@ -128,3 +128,14 @@ def test_lattice_and_mode_finding_match_scipy_without_importing_it():
             "print(any(k == 'scipy' or k.startswith('scipy.') for k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_strains_are_the_lattice_ratios_bit_for_bit(lat):
+    """``strains`` (one interval search for both tables, references kept) is a(θ)/a(θ_ref) − 1 and
+    c(θ)/c(θ_ref) − 1 exactly, inside and beyond the table, for several references in turn."""
+    th = np.concatenate([np.random.default_rng(3).uniform(-0.2, 1.2, 2000), lat.theta])
+    for ref in (0.95, 0.5, float(lat.theta[2]), 0.95):
+        ea, ec = lat.strains(th, ref)
+        assert np.array_equal(ea, lat.a(th) / float(lat.a(ref)) - 1.0)
+        assert np.array_equal(ec, lat.c(th) / float(lat.c(ref)) - 1.0)
+    assert lat.strains(np.array([0.95]), 0.95) == (0.0, 0.0)
