@@ -11,8 +11,9 @@ as a :class:`RecordedModel`, so the mesh is the one the in-process path builds, 
 (``tests/test_mesh_process.py``).
 
 A crash inside gmsh becomes one :class:`~nmcfx.errors.MeshError` naming the signal instead of
-killing the run (under MPI: every rank). Ctrl-C reaches both processes; the parent reaps the
-child and re-raises ``KeyboardInterrupt``. ``NMCFX_MESH_PROCESS=0`` meshes in the process
+killing the run (under MPI: every rank). Ctrl-C reaches both processes: the parent, waiting on
+the pipe, stops at once, kills the child (which inside gmsh would not notice before gmsh
+returns) and re-raises ``KeyboardInterrupt``. ``NMCFX_MESH_PROCESS=0`` meshes in the process
 itself (as does a platform without ``fork``).
 """
 
@@ -98,7 +99,6 @@ def _child(write_fd: int, mesh_on_root: Callable[[object], dict], verbose: bool,
     """The forked child: mesh, record, send, leave. Never returns."""
     code = 0
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         from nmcfx.errors import InputError, NmcfxError
 
         from ._build import _raw_message

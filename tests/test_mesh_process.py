@@ -150,6 +150,35 @@ def test_ctrl_c_in_the_child_is_a_keyboard_interrupt_here(monkeypatch):
     _no_children_left()
 
 
+def _slow(model):
+    import time
+
+    time.sleep(60)  # (gmsh meshing a large body: the child does not notice Ctrl-C before it returns)
+
+
+def test_ctrl_c_while_the_child_meshes_stops_at_once(monkeypatch):
+    """The parent, waiting for the mesh, is interrupted (here by a timer raising KeyboardInterrupt, as
+    Ctrl-C does): it kills the child and re-raises within a fraction of a second, leaving no process."""
+    import time
+
+    monkeypatch.setenv("NMCFX_MESH_PROCESS", "1")
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mesh_and_distribute(MPI.COMM_SELF, _slow, 2, "disk")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0.0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - t0 < 30.0  # not the child's 60 s
+    _no_children_left()
+
+
 def test_a_call_the_child_did_not_record_is_a_mesh_error():
     model = _mesh_process.RecordedModel({("getNodes", (), ()): (np.arange(2), np.zeros(6), None)})
     first = model.getNodes()
