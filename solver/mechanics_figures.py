@@ -8,6 +8,7 @@ Two figures with few axes on purpose: matplotlib's per-axes cost dominates small
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +27,13 @@ def _figure(w, h):
     return fig
 
 
+@functools.cache
 def _pixel_image_class():
+    """The artist class of :func:`_PixelImage` (defined on first use: matplotlib is imported only when
+    figures are drawn)."""
     from matplotlib.artist import Artist
 
     class PixelImage(Artist):
-        """RGBA bytes (first row at the bottom, as the renderer takes them) filling a box of the figure (left, bottom, width, height in
-        figure fractions), upsampled to the output's pixels by nearest neighbour in bytes and handed to the
-        renderer as is. ``imshow`` would resample the panels in floating point: ~30 MB at this size."""
-
         def __init__(self, rgba, box):
             super().__init__()
             self.rgba, self.box = rgba, box
@@ -52,6 +52,10 @@ def _pixel_image_class():
 
 
 def _PixelImage(rgba, box):
+    """An artist drawing RGBA bytes (first row at the bottom, as the renderer takes them) into a box of
+    the figure (left, bottom, width, height in figure fractions), upsampled to the output's pixels by
+    nearest neighbour in bytes and handed to the renderer as they are. (``imshow`` resamples in floating
+    point: ~30 MB for the stress maps.)"""
     return _pixel_image_class()(rgba, box)
 
 
