@@ -174,7 +174,10 @@ def mesh_in_child(mesh_on_root: Callable[[object], dict], what: str, verbose: bo
             os.waitpid(pid, 0)
     if os.WIFSIGNALED(status_code):
         sig = os.WTERMSIG(status_code)
-        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
         raise MeshError(f"gmsh crashed while meshing the {what} (the meshing process died of {name})")
     if os.WEXITSTATUS(status_code) == _INTERRUPTED:
         raise KeyboardInterrupt
