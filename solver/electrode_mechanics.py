@@ -587,12 +587,14 @@ def particle_stress_table(sim) -> list[dict]:
 def particle_stress_figure(history, names, step_log, rows, path: Path, *, title: str = "", bonding: str = "free"):
     """Peak σ1 (top) and peak surface hoop stress (bottom) of every particle against time; the
     onsets of the charge steps are marked on each trace (dots)."""
-    from .figures import _plt, _wrap
+    import matplotlib
 
-    plt = _plt()
+    from .figures import _figure, _wrap
+
     t = np.array([r["time_s"] for r in history]) / 3600
-    cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-    fig, axes = plt.subplots(2, 1, figsize=(9, 6.4), sharex=True)
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    fig = _figure(9, 6.4)
+    axes = fig.subplots(2, 1, sharex=True)
     fig.subplots_adjust(left=0.09, right=0.8, bottom=0.08, top=0.9, hspace=0.12)
     starts = {s["index"]: s["start_time_s"] / 3600 for s in step_log}
     for ax, key, label in ((axes[0], "sigma1_max_MPa", "peak tensile stress σ1 (MPa)"),
@@ -614,19 +616,18 @@ def particle_stress_figure(history, names, step_log, rows, path: Path, *, title:
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
 
 
 def stress_maps(images, extent, outlines, path: Path, *, title: str = ""):
     """σ1 (left) and hydrostatic stress (right) over the electrode at up to four snapshots; one
     diverging colour scale per column, centred on 0 (MPa)."""
-    from .figures import _plt, _wrap
+    from .figures import _figure, _wrap
 
-    plt = _plt()
     if len(images) > 4:
         idx = np.unique(np.linspace(0, len(images) - 1, 4).round().astype(int))
         images = [images[i] for i in idx]
-    fig, axes = plt.subplots(len(images), 2, figsize=(10.5, 2.6 * len(images) + 0.8), squeeze=False)
+    fig = _figure(10.5, 2.6 * len(images) + 0.8)
+    axes = fig.subplots(len(images), 2, squeeze=False)
     fig.subplots_adjust(left=0.05, right=0.92, bottom=0.05, top=0.9, wspace=0.25, hspace=0.3)
     for j, label in enumerate(("max. principal σ1 (MPa)", "hydrostatic σ_h (MPa)")):
         vals = np.concatenate([img[j][np.isfinite(img[j])] for _, img in images])
@@ -645,4 +646,3 @@ def stress_maps(images, extent, outlines, path: Path, *, title: str = ""):
     if title:
         fig.suptitle(_wrap(title, 110), fontsize=10)
     fig.savefig(path, dpi=130)
-    plt.close(fig)

@@ -35,16 +35,6 @@ def _figure(width_in: float, height_in: float):
     return fig
 
 
-def _plt():
-    """pyplot on the Agg backend, for callers that still use it (``_figure`` needs no pyplot)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def theta_maps(images, extent, path: Path, *, title: str = "", vmin=None, vmax=None, outlines=None):
     """One panel per snapshot: θ on the pixel grid (NaN outside the particle).
 
