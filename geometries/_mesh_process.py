@@ -14,7 +14,7 @@ A crash inside gmsh becomes one :class:`~nmcfx.errors.MeshError` naming the sign
 killing the run (under MPI: every rank). Ctrl-C reaches both processes: the parent, waiting on
 the pipe, stops at once, kills the child (which inside gmsh would not notice before gmsh
 returns) and re-raises ``KeyboardInterrupt``. ``NMCFX_MESH_PROCESS=0`` meshes in the process
-itself (as does a platform without ``fork``).
+itself, as nmcfx does by default off Linux (:func:`enabled`).
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ _INTERRUPTED = 130
 
 
 def enabled() -> bool:
-    """Whether meshing runs in a forked process (``NMCFX_MESH_PROCESS``, default on where fork exists)."""
-    return hasattr(os, "fork") and os.environ.get("NMCFX_MESH_PROCESS", "1") != "0"
+    """Whether meshing runs in a forked process: ``NMCFX_MESH_PROCESS`` = 1 or 0; by default on Linux
+    (on macOS a fork after system frameworks are loaded is unsafe, and Python no longer forks there)."""
+    default = "1" if sys.platform.startswith("linux") else "0"
+    return hasattr(os, "fork") and os.environ.get("NMCFX_MESH_PROCESS", default) != "0"
 
 
 class _Recorder:

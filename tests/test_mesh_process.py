@@ -199,3 +199,13 @@ def test_nmcfx_mesh_process_0_meshes_here(monkeypatch):
 
     mesh_and_distribute(MPI.COMM_SELF, on_root, 2, "two regions")
     assert seen == [os.getpid()]  # (in the forked child, the append would be lost)
+
+
+def test_forked_meshing_is_the_default_on_linux_only(monkeypatch):
+    monkeypatch.delenv("NMCFX_MESH_PROCESS", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert _mesh_process.enabled()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert not _mesh_process.enabled()
+    monkeypatch.setenv("NMCFX_MESH_PROCESS", "1")
+    assert _mesh_process.enabled()
