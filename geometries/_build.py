@@ -63,7 +63,8 @@ def mesh_and_distribute(
                 status = _mesh_process.mesh_in_child(mesh_on_root, what, verbose)
             except MeshError as exc:
                 status = ("mesh", str(exc))
-        else:
+            forked = status is not None  # (None: no child could be started)
+        if not forked:
             try:
                 session = GmshModel(verbose)
                 model = session.open()

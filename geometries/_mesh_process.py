@@ -14,7 +14,8 @@ A crash inside gmsh becomes one :class:`~nmcfx.errors.MeshError` naming the sign
 killing the run (under MPI: every rank). Ctrl-C reaches both processes: the parent, waiting on
 the pipe, stops at once, kills the child (which inside gmsh would not notice before gmsh
 returns) and re-raises ``KeyboardInterrupt``. ``NMCFX_MESH_PROCESS=0`` meshes in the process
-itself, as nmcfx does by default off Linux (:func:`enabled`).
+itself, as nmcfx does by default off Linux (:func:`enabled`) and whenever no child can be started
+(a refused fork: ENOMEM under strict overcommit on a large rank 0, no file descriptors left).
 """
 
 from __future__ import annotations
@@ -142,21 +143,30 @@ def _child(write_fd: int, mesh_on_root: Callable[[object], dict], verbose: bool,
             os._exit(code)
 
 
-def mesh_in_child(mesh_on_root: Callable[[object], dict], what: str, verbose: bool = False) -> tuple:
+def mesh_in_child(mesh_on_root: Callable[[object], dict], what: str, verbose: bool = False) -> tuple | None:
     """Run ``mesh_on_root`` in a forked child (see the module docstring). Returns the status tuple of
     :func:`~nmcfx.geometries._build.mesh_and_distribute` — ``("ok", meta, calls)`` with the recorded
-    model calls, ``("input", field, message)`` or ``("mesh", message)``; raises ``KeyboardInterrupt``
-    if the child was interrupted."""
+    model calls, ``("input", field, message)`` or ``("mesh", message)`` — or None if no child could be
+    started (the caller meshes in its own process); raises ``KeyboardInterrupt`` if the child was
+    interrupted."""
     import importlib
 
     importlib.import_module("dolfinx.io.gmsh")  # imported before the fork: the child must not import it
 
     sys.stdout.flush()
     sys.stderr.flush()
-    read_fd, write_fd = os.pipe()
-    with warnings.catch_warnings():  # (Python warns about fork in a process with threads: the child
-        warnings.simplefilter("ignore", DeprecationWarning)  # uses only its own thread)
-        pid = os.fork()
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:  # no file descriptors left: mesh here
+        return None
+    try:
+        with warnings.catch_warnings():  # (Python warns about fork in a process with threads: the
+            warnings.simplefilter("ignore", DeprecationWarning)  # child uses only its own thread)
+            pid = os.fork()
+    except OSError:  # e.g. ENOMEM under strict overcommit on a large rank 0: mesh here
+        os.close(read_fd)
+        os.close(write_fd)
+        return None
     if pid == 0:
         os.close(read_fd)
         _child(write_fd, mesh_on_root, verbose, what)

@@ -209,3 +209,30 @@ def test_forked_meshing_is_the_default_on_linux_only(monkeypatch):
     assert not _mesh_process.enabled()
     monkeypatch.setenv("NMCFX_MESH_PROCESS", "1")
     assert _mesh_process.enabled()
+
+
+def test_when_no_child_can_be_started_the_mesh_is_made_here(monkeypatch):
+    """A fork refused (ENOMEM under strict overcommit on a large rank 0) is no error: the mesh is
+    made in this process, the same mesh."""
+    import errno
+
+    monkeypatch.setenv("NMCFX_MESH_CACHE", "0")
+    monkeypatch.setenv("NMCFX_MESH_PROCESS", "1")
+    forked = geo.disk(2.0, mesh_size_um=0.3)
+
+    def refuse():
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(os, "fork", refuse)
+    seen = []
+
+    def on_root(model):
+        seen.append(os.getpid())
+        return _two_regions(model)
+
+    mesh_and_distribute(MPI.COMM_SELF, on_root, 2, "two regions")
+    assert seen == [os.getpid()]
+    here = geo.disk(2.0, mesh_size_um=0.3)
+    for a, b in zip(_mesh_arrays(here), _mesh_arrays(forked)):
+        assert np.array_equal(a, b)
+    _no_children_left()
