@@ -41,6 +41,11 @@ def enabled() -> bool:
     return hasattr(os, "fork") and os.environ.get("NMCFX_MESH_PROCESS", default) != "0"
 
 
+def _call_key(prefix: str, name: str, args: tuple, kwargs: dict) -> tuple:
+    """How a recorded call is looked up: method path, positional and keyword arguments."""
+    return prefix + name, args, tuple(sorted(kwargs.items()))
+
+
 class _Recorder:
     """Forwards calls to a gmsh model (``gmsh.model`` or ``gmsh.model.mesh``) and keeps their results."""
 
@@ -53,7 +58,7 @@ class _Recorder:
         def call(*args, **kwargs):
             result = fn(*args, **kwargs)
             # a copy: model_to_mesh modifies some results in place (node indices)
-            self._calls[(self._prefix + name, args, tuple(sorted(kwargs.items())))] = copy.deepcopy(result)
+            self._calls[_call_key(self._prefix, name, args, kwargs)] = copy.deepcopy(result)
             return result
 
         return call
@@ -73,7 +78,7 @@ class RecordedModel:
             raise AttributeError(name)
 
         def call(*args, **kwargs):
-            key = (self._prefix + name, args, tuple(sorted(kwargs.items())))
+            key = _call_key(self._prefix, name, args, kwargs)
             if key not in self._calls:
                 raise MeshError(f"the meshing process did not record gmsh.model.{key[0]}{args}: "
                                 "set NMCFX_MESH_PROCESS=0 to mesh in this process")
