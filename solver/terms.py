@@ -143,13 +143,16 @@ class NonlinearDiffusion(Term):
     #: Jacobian: :meth:`update` then evaluates D alone (most residual evaluations need no Jacobian)
     derivative_on_demand = False
     _derivative_stale = True
+    _located = None  # the table position of θ at the last update (lookup only)
 
     def update(self, p: Problem):
         lazy = self.derivative_on_demand
         self._derivative_stale = lazy
         if self._lookup is not None:
-            self._lookup.evaluate(self.field.u.x.array, self.D.value.x.array,
-                                  None if lazy else self.D.derivative.x.array)
+            # located once: derivative_values evaluates D' at the same θ from it
+            self._located = self._lookup.locate(self.field.u.x.array)
+            self._lookup.evaluate_located(self._located, self.D.value.x.array,
+                                          None if lazy else self.D.derivative.x.array)
         elif lazy:
             self.D.value.x.array[:] = self.D.fn(clipped(self.field))
         else:
@@ -159,7 +162,8 @@ class NonlinearDiffusion(Term):
         """D'(θ) at the point of the last :meth:`update` (evaluated now if that update skipped it)."""
         if self._derivative_stale:
             if self._lookup is not None:
-                self._lookup.evaluate(self.field.u.x.array, None, self.D.derivative.x.array)
+                located = self._located if self._located is not None else self._lookup.locate(self.field.u.x.array)
+                self._lookup.evaluate_located(located, None, self.D.derivative.x.array)
             else:
                 self.D.derivative.x.array[:] = self.D.dfn(clipped(self.field))
             self._derivative_stale = False
