@@ -183,7 +183,14 @@ class NodalAssembler:
     ``loads``: constant vectors b_s (∫ φ_i over sector s) with their scalar constants q_s.
     """
 
-    def __init__(self, field, problem, *, mass: str, diffusion, loads: list[tuple[np.ndarray, object]]):
+    #: ``ordering``: a PETSc fill-reducing ordering (e.g. "metisnd") computed once per mesh; the matrix
+    #: pattern is then numbered in it (:attr:`perm`: solver index i is DOF perm[i]), so that an LU with
+    #: the "natural" ordering factorises exactly what that ordering would, without recomputing it in
+    #: every solver (one rank only: several ranks assemble with DOLFINx's local numbering)
+    perm = iperm = None
+
+    def __init__(self, field, problem, *, mass: str, diffusion, loads: list[tuple[np.ndarray, object]],
+                 ordering: str | None = None):
         # weakly: the SNES callbacks (C level, invisible to the garbage collector) hold this assembler
         self.field, self.problem = field, weakref.proxy(problem)
         if diffusion.scale is not None:
@@ -194,11 +201,11 @@ class NodalAssembler:
         # same (cached) mesh reuses them (the space's cell→DOF map is checked to be the same)
         projection = diffusion.projection_matrix(problem.mesh)
         key = ("nodal_assembler", field.V.element.basix_element.degree, mass,
-               None if projection is None else projection.tobytes())
+               None if projection is None else projection.tobytes(), ordering)
         dofs = np.asarray(field.V.dofmap.list, dtype=np.int64)
         static = mesh_static(problem.mesh).get(key)
         if static is None or not np.array_equal(static["dofs"], dofs[:len(static["dofs"])]):
-            static = self._static(field, mass, projection)
+            static = self._static(field, mass, projection, ordering)
             mesh_static(problem.mesh)[key] = static
         self.__dict__.update(static)
         self.diffusion = diffusion
@@ -210,11 +217,18 @@ class NodalAssembler:
         self.last_iterate = None
 
     @staticmethod
-    def _static(field, mass: str, projection) -> dict:
+    def _static(field, mass: str, projection, ordering: str | None = None) -> dict:
         """Geometry, element tensors, CSR pattern and mass values (see the class docstring)."""
         geo = ElementGeometry(field.V, projection=projection, owned_only=True)
-        out = {"geo": geo, "dofs": geo.dofs, "n": geo.n, "pattern": CSRPattern(geo.dofs, geo.n),
-               "p1": geo.degree == 1}
+        pattern = CSRPattern(geo.dofs, geo.n)
+        out = {"geo": geo, "dofs": geo.dofs, "n": geo.n, "p1": geo.degree == 1}
+        if ordering is not None:
+            perm = fill_reducing_order(pattern, ordering)
+            iperm = np.empty_like(perm)
+            iperm[perm] = np.arange(len(perm))
+            out["perm"], out["iperm"] = perm, iperm
+            pattern = CSRPattern(iperm[geo.dofs], geo.n)
+        out["pattern"] = pattern
         nc, nd = geo.dofs.shape
         if out["p1"]:
             # all K^a are the same (|T|/(d+1) K_T): keep K_T = ∫ P∇φ_e·∇φ_b only
@@ -231,7 +245,7 @@ class NodalAssembler:
             out["M_lumped"] = geo.lumped_mass()
             out["M"] = None
             out["M_vals"] = np.zeros(out["pattern"].nnz)
-            out["M_vals"][out["pattern"].diagonal] = out["M_lumped"]
+            out["M_vals"][out["pattern"].diagonal] = out["M_lumped"] if ordering is None else out["M_lumped"][out["perm"]]
         else:
             out["M_lumped"] = None
             out["M_vals"] = out["pattern"].scatter(geo.mass_matrices())
@@ -319,6 +333,24 @@ class NodalAssembler:
         self._cache = None
 
 
+def fill_reducing_order(pattern: CSRPattern, ordering: str) -> np.ndarray:
+    """PETSc's symmetric fill-reducing ``ordering`` of the pattern: row i of the reordered matrix is
+    row perm[i] (what its LU factorisation uses)."""
+    n = len(pattern.indptr) - 1
+    A = PETSc.Mat().createAIJWithArrays((n, n), (pattern.indptr, pattern.indices, np.zeros(pattern.nnz)),
+                                        comm=PETSc.COMM_SELF)
+    try:
+        rows, cols = A.getOrdering(ordering)
+        perm = rows.getIndices().astype(np.intp)
+        if not np.array_equal(perm, cols.getIndices()):
+            raise ValueError(f"ordering {ordering!r} is not symmetric")
+        rows.destroy()
+        cols.destroy()
+    finally:
+        A.destroy()
+    return perm
+
+
 def is_affine(mesh) -> bool:
     """Simplex cells with a degree-1 coordinate map."""
     cmap = mesh.geometry.cmaps[0]
@@ -344,5 +376,5 @@ def sector_load(field, facet_tags, tag: int, quadrature_degree: int) -> np.ndarr
     return vec.array.copy()
 
 
-__all__ = ["CSRPattern", "ElementGeometry", "NodalAssembler", "is_affine", "mesh_static", "sector_load",
-           "static_value"]
+__all__ = ["CSRPattern", "ElementGeometry", "NodalAssembler", "fill_reducing_order", "is_affine", "mesh_static",
+           "sector_load", "static_value"]
