@@ -211,6 +211,12 @@ class NodalAssembler:
         self.diffusion = diffusion
         diffusion.derivative_on_demand = True  # D' only where a Jacobian is built (see jacobian)
         self.loads = loads
+        # NumPy views of the fields' values and of the constants' (fixed memory), read at every iterate
+        self._u, self._u_n = field.u.x.array, field.u_n.x.array
+        self._u_nm1 = None if field.u_nm1 is None else field.u_nm1.x.array
+        self._D = diffusion.D.value.x.array
+        self._bdf, self._dt = [c.value for c in problem.bdf], problem.dt.value
+        self._load_values = [(b, q.value) for b, q in loads]
         self.values = np.zeros(self.pattern.nnz)  # shared with the PETSc matrix (one rank)
         self._cache = None
         self._track_iterate = problem.comm.size > 1  # (several ranks: compare with the ghosted iterate)
@@ -266,7 +272,7 @@ class NodalAssembler:
     def _cell_terms(self, theta: np.ndarray, dt: float):
         """Per-cell quantities shared by the residual and the Jacobian at one iterate. P1: the cell
         coefficient (the mean of D) and r_b = (K_T θ_T)_b; P2: θ_T and dt Σ_a D_a K^a (cells, nd·nd)."""
-        D = self.diffusion.D.value.x.array
+        D = self._D
         th = theta[self.dofs]
         if self.p1:
             Dbar = D[self.dofs].mean(axis=1)
@@ -278,14 +284,12 @@ class NodalAssembler:
 
     def residual(self, out: np.ndarray) -> np.ndarray:
         """F(θ) for the field's current values into ``out`` (length n)."""
-        p = self.problem
-        f = self.field
-        theta = f.u.x.array
-        a0, a1, a2 = (float(c.value) for c in p.bdf)
-        dt = float(p.dt.value)
-        inc = a0 * theta + a1 * f.u_n.x.array
+        theta = self._u
+        a0, a1, a2 = (float(c) for c in self._bdf)
+        dt = float(self._dt)
+        inc = a0 * theta + a1 * self._u_n
         if a2 != 0.0:
-            inc += a2 * f.u_nm1.x.array
+            inc += a2 * self._u_nm1
         cell = self._cell_terms(theta, dt)
         self._cache = cell
         self.last_iterate = theta.copy() if self._track_iterate else None
@@ -301,19 +305,18 @@ class NodalAssembler:
         out[:] = np.bincount(self.dofs.ravel(), weights=local.ravel(), minlength=self.n)
         if self.M_lumped is not None:
             out += self.M_lumped * inc
-        for b, q in self.loads:
-            qv = float(q.value)
+        for b, q in self._load_values:
+            qv = float(q)
             if qv != 0.0:
                 out += (dt * qv) * b
         return out
 
     def jacobian(self) -> np.ndarray:
         """J(θ) at the point of the last residual into the shared value array."""
-        p = self.problem
-        a0 = float(p.bdf[0].value)
-        dt = float(p.dt.value)
+        a0 = float(self._bdf[0])
+        dt = float(self._dt)
         if self._cache is None or self._cache[0] != dt:
-            self._cache = self._cell_terms(self.field.u.x.array, dt)
+            self._cache = self._cell_terms(self._u, dt)
         dD = self.diffusion.derivative_values()[self.dofs]
         nc, nd = self.dofs.shape
         if self.p1:
