@@ -591,6 +591,9 @@ def _draw_figures(out, title, history, names, step_log, rows, bonding, images, e
     """particles_stress.png and (2D) stress_maps.png."""
     particle_stress_figure(history, names, step_log, rows, out / "particles_stress.png", title=title, bonding=bonding)
     if images:
+        from .figures import release_memory
+
+        release_memory()
         stress_maps(images, extent, outlines, out / "stress_maps.png", title=title)
 
 

@@ -288,13 +288,18 @@ class ElectrodeOutputs:
 def _draw_figures(outdir, title, hist, step_log, names, images, extent, outlines):
     """voltage.png, particles.png and the electrode, potential and electrolyte maps."""
     from . import electrode_figures as figs
+    from .figures import release_memory
 
     figs.voltage(hist, step_log, outdir / "voltage.png", title=title)
+    release_memory()
     figs.particles(hist, names, step_log, outdir / "particles.png", title=title)
     if images:
+        release_memory()
         figs.maps(images, extent, outlines, outdir / "electrode_maps.png", title=title)
+        release_memory()
         figs.potential_maps(images, extent, outlines, outdir / "potential_maps.png", title=title)
         if "c_l" in images[0][1]:
+            release_memory()
             figs.electrolyte_maps(images, extent, outlines, outdir / "electrolyte_maps.png", title=title)
 
 

@@ -581,15 +581,13 @@ def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict
 
 def _draw_figures(out, title, series, hoop_profiles, xrd, theta_hist, settings, images, extent):
     """stress_summary.png and stress_maps.png."""
-    import gc
-
     from . import mechanics_figures as figs
+    from .figures import release_memory
 
-    gc.collect()  # the transport's figures are cycles of artists: freed now, not after the peak
     figs.stress_summary(series, hoop_profiles, xrd, theta_hist, THETA_BINS, out / "stress_summary.png", title=title,
                         toughness=settings.toughness_MPa_sqrt_m, wavelength_A=settings.xrd_wavelength_A)
     if images:
-        gc.collect()
+        release_memory()
         figs.stress_maps(images, extent, out / "stress_maps.png", title=title)
 
 

@@ -279,7 +279,9 @@ def _draw_figures(outdir, title, line_s, times, prof, hist, step_ends, images, e
     # the largest canvas last: its drawing then starts from the smaller figures' leftovers, not
     # they from its own (9 MB less peak RSS with six θ maps; benchmarks/README.md, target 6)
     figures.kymograph(line_s, times, prof, outdir / "kymograph.png", title=title)
+    figures.release_memory()
     figures.center_trace(hist, outdir / "center_trace.png", title=title, step_ends=step_ends)
+    figures.release_memory()
     if images:
         figures.theta_maps(images, extent, outdir / "theta_maps.png", title=title, outlines=outlines)
 

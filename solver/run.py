@@ -304,21 +304,28 @@ def _simulate(run: PreparedRun, outdir: Path, comm, progress, resume, overwrite,
 
 
 def _draw(figure_jobs):
-    """Draw the figures; a Ctrl-C meanwhile is ignored, as in the time loop's last hooks (no PNG is left
-    half-written, and the run is complete)."""
+    """Draw the figures, each from the memory the one before left (a Ctrl-C meanwhile is ignored, as in
+    the time loop's last hooks: no PNG is left half-written, and the run is complete)."""
+    import gc
     from types import SimpleNamespace
 
+    from .figures import release_memory
     from .problem import _sigint_as_flag
 
-    with _sigint_as_flag(SimpleNamespace(interrupted=False)):
-        for job in figure_jobs:
-            job()
+    gc.freeze()  # the collections between figures then only look at the figures' objects
+    try:
+        with _sigint_as_flag(SimpleNamespace(interrupted=False)):
+            for job in figure_jobs:
+                job()
+                release_memory()
+    finally:
+        gc.unfreeze()
 
 
 def free_memory(*, clear_caches: bool = False):
-    """Collect garbage and hand freed heap pages back to the system (glibc's ``malloc_trim``); with
-    ``clear_caches`` also drop the meshes and elasticity solvers kept for a next run in this process."""
-    import gc
+    """Collect garbage and hand freed heap pages back to the system; with ``clear_caches`` also drop
+    the meshes and elasticity solvers kept for a next run in this process."""
+    from .figures import release_memory
 
     if clear_caches:
         from nmcfx.geometries._build import clear_mesh_cache
@@ -327,13 +334,7 @@ def free_memory(*, clear_caches: bool = False):
 
         clear_solver_pool()
         clear_mesh_cache()
-    gc.collect()
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
+    release_memory()
 
 
 #: solvers of runs that failed in this process, kept alive (see execute)
