@@ -40,6 +40,10 @@ Usage (the run path does this for a config with ``[mechanics]``)::
     setup = electrode_mechanics_from_config(cfg, base_dir=".", theta0=0.99)
     obs = ElectrodeMechanicsObserver(setup, outdir, output_settings, comm)
     sim = ElectrodeSimulation(model, material, protocol, solver_settings, observers=[obs, outputs])
+    sim.run()
+    for o in (outputs, obs):  # the figures, drawn from their data alone (rank 0)
+        if o.figure_job:
+            o.figure_job()
 
 The observer must come before the :class:`~nmcfx.solver.electrode_outputs.ElectrodeOutputs` in
 the list: it adds its columns to the record the outputs then write.

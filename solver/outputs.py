@@ -8,7 +8,9 @@
     metadata.json      resolved config, versions, MPI size, git revision (written first)
     summary.json       headline numbers (written last)
 
-Only rank 0 writes files; fields are written collectively.
+Only rank 0 writes files; fields are written collectively. The figures are not drawn by ``finish``:
+it leaves ``figure_job`` (rank 0), a call holding their data only, which :func:`.run.execute` makes
+once the run's solvers are freed (matplotlib's memory then does not come on top of theirs).
 """
 
 from __future__ import annotations
