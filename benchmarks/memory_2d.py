@@ -133,8 +133,7 @@ def print_table(summary: dict):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", nargs="+", choices=tuple(CASES), default=[c for c in CASES if c != "xu2022_stress"],
-                   help="which runs (default: all but the mechanics example)")
+    p.add_argument("--cases", nargs="+", choices=tuple(CASES), default=list(CASES), help="which runs (default: all)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", default=str(HERE / "results" / "memory_2d.json"))
     args = p.parse_args(argv)

@@ -97,7 +97,8 @@ class _History:
 
 def run(spec: RunSpec | str | os.PathLike | Mapping, outdir: str | os.PathLike | None = None, *,
         overrides: Mapping[str, Any] | None = None, comm=None, progress: bool | None = None,
-        resume: bool = False, overwrite: bool = False, observers: Sequence = ()) -> RunResult:
+        resume: bool = False, overwrite: bool = False, observers: Sequence = (),
+        keep_for_next_run: bool = True) -> RunResult:
     """Run a simulation into ``outdir`` (default ``runs/<spec name>``) and return its results.
 
     ``spec``: a :class:`RunSpec`, a TOML path or a config dict (validated first);
@@ -105,7 +106,9 @@ def run(spec: RunSpec | str | os.PathLike | Mapping, outdir: str | os.PathLike |
     case runs on (default ``MPI.COMM_WORLD``); ``progress``: progress bar (default: the
     config's ``output.progress``); ``resume``: continue from ``outdir/checkpoint``;
     ``overwrite``: replace an earlier run in ``outdir`` (refused otherwise);
-    ``observers``: extra ``Simulation`` observers (e.g. a θ-map recorder).
+    ``observers``: extra ``Simulation`` observers (e.g. a θ-map recorder);
+    ``keep_for_next_run``: keep the mesh and elasticity solver for a later run on the same mesh in
+    this process (False frees them before the figures are drawn, as ``nmcfx run`` does).
     Bad input or an occupied ``outdir`` raises :class:`nmcfx.errors.InputError` before
     anything is written (and before meshing).
     """
@@ -132,5 +135,5 @@ def run(spec: RunSpec | str | os.PathLike | Mapping, outdir: str | os.PathLike |
     history = _History()
     extra = {"overwrite": overwrite} if check_run_directory is not None else {}
     summary = execute(prepared, outdir, comm=comm, progress=progress, resume=resume,
-                      observers=[*observers, history], **extra)
+                      observers=[*observers, history], keep_for_next_run=keep_for_next_run, **extra)
     return RunResult(spec, outdir, summary, history.columns(), history.steps)

@@ -231,7 +231,7 @@ def _cmd_run(args, comm) -> int:
     outdir = Path(args.output) if args.output else Path("runs") / name
     try:
         result = run(spec, outdir, comm=comm, progress=False if args.quiet else None, resume=args.resume,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, keep_for_next_run=False)  # one run in this process
     except KeyboardInterrupt:  # Ctrl-C: the run checkpointed where it stopped; say how to continue
         if not (outdir / "checkpoint" / "state.json").is_file():
             raise

@@ -40,6 +40,10 @@ Usage (the run path does this for a config with ``[mechanics]``)::
     setup = electrode_mechanics_from_config(cfg, base_dir=".", theta0=0.99)
     obs = ElectrodeMechanicsObserver(setup, outdir, output_settings, comm)
     sim = ElectrodeSimulation(model, material, protocol, solver_settings, observers=[obs, outputs])
+    sim.run()
+    for o in (outputs, obs):  # the figures, drawn from their data alone (rank 0)
+        if o.figure_job:
+            o.figure_job()
 
 The observer must come before the :class:`~nmcfx.solver.electrode_outputs.ElectrodeOutputs` in
 the list: it adds its columns to the record the outputs then write.
@@ -50,7 +54,9 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -378,6 +384,8 @@ class ElectrodeMechanicsObserver:
         self.particles: list[ParticleStress] = []
         self.bonded: BondedElectrode | None = None
         self._writers = []
+        #: after finish (rank 0): draws the figures; it holds their data only, not the solvers
+        self.figure_job: Callable[[], None] | None = None
         self.images: list[tuple[float, np.ndarray]] = []  # (t, [σ1, σ_h] on the pixel grid), rank 0
         self.wall = 0.0
         self.iterations = 0
@@ -489,11 +497,10 @@ class ElectrodeMechanicsObserver:
             for r in rows:
                 w.writerow([_fmt(r[c]) if not isinstance(r[c], str) else r[c] for c in TABLE_COLUMNS])
         write_json(out / "mechanics.json", summary)
-        if self.output.figures and len(sim.history) > 1:
-            particle_stress_figure(sim.history, self.names, sim.step_log, rows, out / "particles_stress.png",
-                                   title=self.title, bonding=self.setup.bonding)
-            if self.images:
-                stress_maps(self.images, self.extent, self.outlines, out / "stress_maps.png", title=self.title)
+        if self.output.figures and len(sim.history) > 1:  # drawn once the run has freed its solvers
+            self.figure_job = partial(_draw_figures, out, self.title, list(sim.history), self.names,
+                                      list(sim.step_log), rows, self.setup.bonding, self.images,
+                                      getattr(self, "extent", None), getattr(self, "outlines", None))
         if self.output.progress and summary.get("peak"):
             pk = summary["peak"]
             how = "free particles" if self.bonded is None else \
@@ -584,6 +591,16 @@ def particle_stress_table(sim) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- figures
+def _draw_figures(out, title, history, names, step_log, rows, bonding, images, extent, outlines):
+    """particles_stress.png and (2D) stress_maps.png."""
+    particle_stress_figure(history, names, step_log, rows, out / "particles_stress.png", title=title, bonding=bonding)
+    if images:
+        from .figures import release_memory
+
+        release_memory()
+        stress_maps(images, extent, outlines, out / "stress_maps.png", title=title)
+
+
 def particle_stress_figure(history, names, step_log, rows, path: Path, *, title: str = "", bonding: str = "free"):
     """Peak σ1 (top) and peak surface hoop stress (bottom) of every particle against time; the
     onsets of the charge steps are marked on each trace (dots)."""

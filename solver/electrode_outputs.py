@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,8 @@ class ElectrodeOutputs:
         self._bar = None
         self.images: list[tuple[float, dict]] = []
         self._electrolyte_images = False  # c_l and φ_l maps (resolved electrolyte)
+        #: after finish (rank 0): draws the figures; it holds their data only, not the solver
+        self.figure_job: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ observer API
     def state(self) -> dict:
@@ -257,23 +261,14 @@ class ElectrodeOutputs:
             w.writeheader()
             for r in rows:
                 w.writerow({k: _fmt(v) for k, v in r.items()})
-        if self.settings.figures:
-            from . import electrode_figures as figs
-
+        if self.settings.figures:  # drawn once the run has freed its solvers (run.execute)
             hist = {c: np.array([r.get(c, np.nan) for r in sim.history], dtype=float)
                     for c in sim.history[0] if c != "protocol_step"}
             hist["protocol_step"] = np.array([r["protocol_step"] for r in sim.history])
             el = sim.solver.electrode
             outlines = [_outline(p) for p in (el.layout.particles if el.layout is not None else [])]
-            figs.voltage(hist, sim.step_log, self.outdir / "voltage.png", title=self.title)
-            figs.particles(hist, self.names, sim.step_log, self.outdir / "particles.png", title=self.title)
-            if self.images:
-                figs.maps(self.images, self.extent, outlines, self.outdir / "electrode_maps.png", title=self.title)
-                figs.potential_maps(self.images, self.extent, outlines, self.outdir / "potential_maps.png",
-                                    title=self.title)
-                if "c_l" in self.images[0][1]:
-                    figs.electrolyte_maps(self.images, self.extent, outlines, self.outdir / "electrolyte_maps.png",
-                                          title=self.title)
+            self.figure_job = partial(_draw_figures, self.outdir, self.title, hist, list(sim.step_log), self.names,
+                                      self.images, getattr(self, "extent", None), outlines)
 
     def close(self):
         if self._bar is not None:
@@ -288,6 +283,24 @@ class ElectrodeOutputs:
         for fh in (self._csv_file, self._steps_file):
             if fh is not None and not fh.closed:
                 fh.close()
+
+
+def _draw_figures(outdir, title, hist, step_log, names, images, extent, outlines):
+    """voltage.png, particles.png and the electrode, potential and electrolyte maps."""
+    from . import electrode_figures as figs
+    from .figures import release_memory
+
+    figs.voltage(hist, step_log, outdir / "voltage.png", title=title)
+    release_memory()
+    figs.particles(hist, names, step_log, outdir / "particles.png", title=title)
+    if images:
+        release_memory()
+        figs.maps(images, extent, outlines, outdir / "electrode_maps.png", title=title)
+        release_memory()
+        figs.potential_maps(images, extent, outlines, outdir / "potential_maps.png", title=title)
+        if "c_l" in images[0][1]:
+            release_memory()
+            figs.electrolyte_maps(images, extent, outlines, outdir / "electrolyte_maps.png", title=title)
 
 
 def _outline(p) -> np.ndarray:

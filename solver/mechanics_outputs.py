@@ -35,6 +35,8 @@ from __future__ import annotations
 import csv
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,8 @@ class MechanicsObserver:
         self.theta_hist: list[tuple[float, np.ndarray]] = []
         self._csv = None
         self._writers = []
+        #: after finish (rank 0): draws the figures; it holds their data only, not the solver
+        self.figure_job: Callable[[], None] | None = None
         self.solver = None
         self._released = False
         self.two_way = self.settings.coupling == "two_way"
@@ -406,22 +410,11 @@ class MechanicsObserver:
                     fmt = f"{name}," + ",".join(["%.6g"] * block.shape[1]) + "\n"
                     fh.writelines(fmt % tuple(row) for row in block.tolist())
         write_json(out / "mechanics.json", summary)
-        if self.output.figures and self.rows:
-            import gc
-
-            from . import mechanics_figures as figs
-
-            gc.collect()  # the transport's figures are cycles of artists: freed now, not after the peak
-
+        if self.output.figures and self.rows:  # drawn once the run has freed its solvers (run.execute)
             rows = np.array(self.rows)
-            series = {c: rows[:, i] for i, c in enumerate(COLUMNS)}
-            figs.stress_summary(series, self.hoop_profiles, self.xrd, self.theta_hist, THETA_BINS,
-                                out / "stress_summary.png", title=self.title,
-                                toughness=self.settings.toughness_MPa_sqrt_m,
-                                wavelength_A=self.settings.xrd_wavelength_A)
-            if self.images:
-                gc.collect()
-                figs.stress_maps(self.images, self.extent, out / "stress_maps.png", title=self.title)
+            self.figure_job = partial(_draw_figures, out, self.title, {c: rows[:, i] for i, c in enumerate(COLUMNS)},
+                                      self.hoop_profiles, self.xrd, self.theta_hist, self.settings, self.images,
+                                      getattr(self, "extent", None))
         if self.output.progress:
             p = summary["peak"]
             print(f"mechanics ({summary['resolved']['assumption']}): peak tensile stress {p['sigma1_max_MPa']:.0f} MPa "
@@ -584,6 +577,18 @@ def lattice_statistics(theta, w, a_free, c_free, a_strained, c_strained) -> dict
             "c_free_mean_A": mean(c_free), "c_free_std_A": std(c_free),
             "a_strained_mean_A": mean(a_strained), "a_strained_std_A": std(a_strained),
             "c_strained_mean_A": mean(c_strained), "c_strained_std_A": std(c_strained)}
+
+
+def _draw_figures(out, title, series, hoop_profiles, xrd, theta_hist, settings, images, extent):
+    """stress_summary.png and stress_maps.png."""
+    from . import mechanics_figures as figs
+    from .figures import release_memory
+
+    figs.stress_summary(series, hoop_profiles, xrd, theta_hist, THETA_BINS, out / "stress_summary.png", title=title,
+                        toughness=settings.toughness_MPa_sqrt_m, wavelength_A=settings.xrd_wavelength_A)
+    if images:
+        release_memory()
+        figs.stress_maps(images, extent, out / "stress_maps.png", title=title)
 
 
 def _write_table(path, header, data: np.ndarray):

@@ -8,7 +8,9 @@
     metadata.json      resolved config, versions, MPI size, git revision (written first)
     summary.json       headline numbers (written last)
 
-Only rank 0 writes files; fields are written collectively.
+Only rank 0 writes files; fields are written collectively. The figures are not drawn by ``finish``:
+it leaves ``figure_job`` (rank 0), a call holding their data only, which :func:`.run.execute` makes
+once the run's solvers are freed (matplotlib's memory then does not come on top of theirs).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +102,8 @@ class RunOutputs:
         self._vtx = None
         self._bar = None
         self.images: list[tuple[float, np.ndarray]] = []
+        #: after finish (rank 0): draws the figures; it holds their data only, not the solver
+        self.figure_job: Callable[[], None] | None = None
         self.profile_times: list[float] = []
         self.profiles: list[np.ndarray] = []
 
@@ -230,6 +236,7 @@ class RunOutputs:
         if self._vtx is not None:
             self._vtx.close()
             self._vtx = None
+        self._image_probe = self._line_probe = None  # (they hold the mesh)
         if not self.root:
             return
         if self._bar is not None:
@@ -244,18 +251,11 @@ class RunOutputs:
             table = np.column_stack([times, prof]) if len(times) else np.zeros((0, 1 + len(self.line_s)))
             table[~np.isfinite(table)] = np.nan
             fh.writelines(",".join(map(repr, row)) + "\r\n" for row in table.tolist())
-        if self.settings.figures:
-            from . import figures
-
-            # the largest canvas last: its drawing then starts from the smaller figures' leftovers, not
-            # they from its own (9 MB less peak RSS with six θ maps; benchmarks/README.md, target 6)
+        if self.settings.figures:  # drawn once the run has freed its solvers (run.execute)
             hist = {c: np.array([getattr(r, c) for r in sim.history]) for c in self.COLUMNS}
-            figures.kymograph(self.line_s, times, prof, self.outdir / "kymograph.png", title=self.title)
-            figures.center_trace(hist, self.outdir / "center_trace.png", title=self.title,
-                                 step_ends=[s["end_time_s"] for s in sim.step_log[:-1]])
-            if self.images:
-                figures.theta_maps(self.images, self.extent, self.outdir / "theta_maps.png", title=self.title,
-                                   outlines=self.outlines)
+            self.figure_job = partial(_draw_figures, self.outdir, self.title, self.line_s, times, prof, hist,
+                                      [s["end_time_s"] for s in sim.step_log[:-1]], self.images, self.extent,
+                                      self.outlines)
 
     def close(self):
         """Release files after an error (keeps what was written so far)."""
@@ -272,6 +272,20 @@ class RunOutputs:
             fh = getattr(self, name, None)
             if fh is not None and not fh.closed:
                 fh.close()
+
+
+def _draw_figures(outdir, title, line_s, times, prof, hist, step_ends, images, extent, outlines):
+    """kymograph.png, center_trace.png, theta_maps.png."""
+    from . import figures
+
+    # the largest canvas last: its drawing then starts from the smaller figures' leftovers, not
+    # they from its own (9 MB less peak RSS with six θ maps; benchmarks/README.md, target 6)
+    figures.kymograph(line_s, times, prof, outdir / "kymograph.png", title=title)
+    figures.release_memory()
+    figures.center_trace(hist, outdir / "center_trace.png", title=title, step_ends=step_ends)
+    figures.release_memory()
+    if images:
+        figures.theta_maps(images, extent, outdir / "theta_maps.png", title=title, outlines=outlines)
 
 
 def write_json(path: Path, data: dict):

@@ -210,17 +210,37 @@ def default_snapshots_s(protocol: Protocol) -> list[float]:
 
 
 def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progress: bool | None = None,
-            resume: bool = False, overwrite: bool = False, observers=()) -> dict:
+            resume: bool = False, overwrite: bool = False, observers=(), keep_for_next_run: bool = True) -> dict:
     """Run into ``outdir``. With ``resume`` continue from ``outdir/checkpoint`` (same config, same ranks).
     A directory holding an earlier run is refused unless ``overwrite`` (see :mod:`.rundir`).
 
     ``observers``: extra :class:`Simulation` observers (studies record what they need this way).
+    ``keep_for_next_run``: keep the mesh and the elasticity solver for a later run in this process on
+    the same mesh (sweeps, calibration); ``nmcfx run`` frees them before drawing the figures.
     """
     outdir = Path(outdir)
+    wall0 = time.perf_counter()
+    summary, figure_jobs = _simulate(run, outdir, comm, progress, resume, overwrite, observers)
+    # the figures come last, drawn from their data alone: the solvers' memory is returned first
+    # (matplotlib then does not add its ~35 MB on top of it; benchmarks/README.md, target 6)
+    if run.output.figures:  # (the same on every rank)
+        free_memory(clear_caches=not keep_for_next_run)
+    with collective_errors(comm, "--output"):
+        if comm.rank == 0:
+            _draw(figure_jobs)
+    summary["wall_time_s"] = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
+    with collective_errors(comm, "--output"):
+        if comm.rank == 0:
+            write_json(outdir / "summary.json", summary)
+    return summary
+
+
+def _simulate(run: PreparedRun, outdir: Path, comm, progress, resume, overwrite, observers) -> tuple[dict, list]:
+    """:func:`execute` up to the figures: the summary (its wall time still to fill in) and the outputs'
+    figure jobs. Nothing of the solvers outlives this call but what the caches keep."""
     # refuse (on every rank, writing nothing) or create the directory; earlier results are kept unless overwrite
     prepare_run_directory(outdir, config=run.config, resume=resume, overwrite=overwrite, comm=comm)
     checkpoint = Checkpointer(outdir / "checkpoint", comm, run.config, every_wall_s=run.solver.checkpoint_wall_s)
-    wall0 = time.perf_counter()
     st = run.solver
     snaps = ([60.0 * t for t in run.output.snapshot_times_min] if run.output.snapshot_times_min is not None
              else default_snapshots_s(run.protocol))
@@ -279,13 +299,42 @@ def execute(run: PreparedRun, outdir: Path | str, *, comm=MPI.COMM_WORLD, progre
                 obs.release()
         else:
             _KEPT_AFTER_FAILURE.append((sv, mech_observers))
-    wall = comm.allreduce(time.perf_counter() - wall0, op=MPI.MAX)
-    summary = summarize_electrode(sim, wall, title=run.title) if run.is_electrode else summarize(sim, wall,
-                                                                                                   title=run.title)
-    with collective_errors(comm, "--output"):
-        if comm.rank == 0:
-            write_json(outdir / "summary.json", summary)
-    return summary
+    summary = (summarize_electrode if run.is_electrode else summarize)(sim, float("nan"), title=run.title)
+    return summary, [o.figure_job for o in (outputs, *mech_observers) if getattr(o, "figure_job", None)]
+
+
+def _draw(figure_jobs):
+    """Draw the figures, each from the memory the one before left (a Ctrl-C meanwhile is ignored, as in
+    the time loop's last hooks: no PNG is left half-written, and the run is complete)."""
+    import gc
+    from types import SimpleNamespace
+
+    from .figures import release_memory
+    from .problem import _sigint_as_flag
+
+    gc.freeze()  # the collections between figures then only look at the figures' objects
+    try:
+        with _sigint_as_flag(SimpleNamespace(interrupted=False)):
+            for job in figure_jobs:
+                job()
+                release_memory()
+    finally:
+        gc.unfreeze()
+
+
+def free_memory(*, clear_caches: bool = False):
+    """Collect garbage and hand freed heap pages back to the system; with ``clear_caches`` also drop
+    the meshes and elasticity solvers kept for a next run in this process."""
+    from .figures import release_memory
+
+    if clear_caches:
+        from nmcfx.geometries._build import clear_mesh_cache
+
+        from .mechanics import clear_solver_pool
+
+        clear_solver_pool()
+        clear_mesh_cache()
+    release_memory()
 
 
 #: solvers of runs that failed in this process, kept alive (see execute)

@@ -118,3 +118,50 @@ def test_second_run_on_the_same_mesh_reuses_the_solver(tmp_path):
     assert not mechanics._POOL
     execute(prepare(cfg, comm=COMM), tmp_path / "c", comm=COMM)
     assert json.loads((tmp_path / "c" / "mechanics.json").read_text())["cost"]["factorizations"] == 1
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_figures_are_drawn_after_the_solvers_are_freed(tmp_path, monkeypatch, keep):
+    """The figures come after the run has let go of its solvers: while they are drawn no form, function
+    or transport solver of the run is alive; the elasticity solver survives only in the pool, kept for a
+    next run (the API's default) — ``nmcfx run`` (``keep_for_next_run=False``) frees it too."""
+    import gc
+
+    from dolfinx.fem import Form, Function
+
+    from nmcfx.solver import figures, mechanics
+    from nmcfx.solver.transport import TransportSolver
+
+    mechanics.clear_solver_pool()
+    seen = {}
+    draw = figures.kymograph
+
+    def kymograph(*args, **kwargs):
+        gc.unfreeze()  # (objects frozen while the figures are drawn are not listed)
+        gc.collect()
+        alive = gc.get_objects()
+        gc.freeze()
+        seen["forms"] = sum(isinstance(o, Form) for o in alive)
+        seen["functions"] = sum(isinstance(o, Function) for o in alive)
+        seen["transport"] = sum(isinstance(o, TransportSolver) for o in alive)
+        seen["elasticity"] = sum(isinstance(o, ElasticitySolver) for o in alive)
+        seen["pooled"] = len(mechanics._POOL)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(figures, "kymograph", kymograph)
+    cfg = {"title": "figures last", "geometry": {"shape": "disk", "diameter_um": 2.4, "mesh_size_um": 0.3,
+                                                 "surface_mesh_size_um": 0.1},
+           "protocol": {"initial_theta": 0.95, "steps": [{"type": "charge", "c_rate": 1.0, "duration_min": 3}]},
+           "mechanics": {}, "output": {"fields": "none", "progress": False, "snapshot_times_min": [3]}}
+    summary = execute(prepare(cfg, comm=COMM), tmp_path, comm=COMM, keep_for_next_run=keep)
+    try:
+        if COMM.rank == 0:
+            if keep and COMM.size == 1:  # (the pool is serial only) the kept solver and its forms
+                assert seen["transport"] == 0 and seen["elasticity"] == seen["pooled"] == 1
+            else:
+                assert seen == {"forms": 0, "functions": 0, "transport": 0, "elasticity": 0, "pooled": 0}
+            for name in ("kymograph", "center_trace", "theta_maps", "stress_summary", "stress_maps"):
+                assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
+            assert json.loads((tmp_path / "summary.json").read_text())["wall_time_s"] == summary["wall_time_s"] > 0
+    finally:
+        mechanics.clear_solver_pool()
