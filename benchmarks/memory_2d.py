@@ -1,6 +1,6 @@
 """Peak memory of whole 2D `nmcfx run` processes, as a user runs them (issue 10 target 6).
 
-    python benchmarks/memory_2d.py                  # every 2D example + Lun 2025 Fig. 4c, 3 runs each (~1 min)
+    python benchmarks/memory_2d.py                  # every 2D example, Lun 2025 Fig. 4c, an electrode; 3 runs each (~3 min)
     python benchmarks/memory_2d.py --repeat 5 --cases disk_100mAg fig4c
 
 Each case is a fresh ``nmcfx run`` process with its default outputs (VTX fields, figures). Its
@@ -35,6 +35,19 @@ TARGET_MB = 200.0
 FIG4C_TOML = FIG4C_BASE
 OUTPUTS_OFF = '\nfields = "none"\nfigures = false\n'
 
+#: the preset composite electrode (Sharma 2022 Fig. 4a-like, README's mesh) for 2 h at C/20, default outputs
+ELECTRODE_TOML = """
+title = "preset electrode, 2 h at C/20"
+[geometry]
+shape = "electrode"
+preset = "sharma2022"
+mesh_size_um = 1.5
+surface_mesh_size_um = 0.6
+[protocol]
+initial_theta = 0.99
+steps = [{ type = "charge", c_rate = 0.05, duration_min = 120 }]
+"""
+
 #: case -> (what it is, `nmcfx run` arguments before -o; "{fig4c}" / "{fig4c_off}": the configs above)
 CASES = {
     "disk_100mAg": ("2.4 µm disk, 100 mA/g, 20 min (example)", ["--example", "disk_100mAg"]),
@@ -46,6 +59,7 @@ CASES = {
     "lithiation": ("example", ["--example", "lithiation"]),
     "xu2022_cccv": ("Butler–Volmer CC/CCCV cycle (example)", ["--example", "xu2022_cccv"]),
     "xu2022_stress": ("with mechanics (example)", ["--example", "xu2022_stress"]),
+    "electrode": ("preset electrode (9 particles), 2 h at C/20", ["{electrode}"]),
 }
 
 
@@ -94,10 +108,12 @@ def run_cases(names, repeat: int, nmcfx: Path) -> dict:
         d = Path(d)
         (d / "fig4c.toml").write_text(FIG4C_TOML)
         (d / "fig4c_off.toml").write_text(FIG4C_TOML + OUTPUTS_OFF)
+        (d / "electrode.toml").write_text(ELECTRODE_TOML)
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         for i in range(repeat):
             for n in names:
-                args = [a.format(fig4c=d / "fig4c.toml", fig4c_off=d / "fig4c_off.toml") for a in CASES[n][1]]
+                args = [a.format(fig4c=d / "fig4c.toml", fig4c_off=d / "fig4c_off.toml", electrode=d / "electrode.toml")
+                        for a in CASES[n][1]]
                 print(f"  {n} ({i + 1}/{repeat}) ...", end="", flush=True, file=sys.stderr)
                 r = process_peak_rss([str(nmcfx), "run", *args, "-o", str(d / n), "--overwrite"], cwd=d, env=env)
                 print(f" {r['peak_mb']:.0f} MB" if r["returncode"] == 0 else " FAILED", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""nmcfx.materials — cathode material properties (pure numpy/scipy, no DOLFINx).
+"""nmcfx.materials — cathode material properties (pure NumPy: no SciPy, no DOLFINx).
 
 Public API::
 

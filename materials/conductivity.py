@@ -14,9 +14,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from nmcfx.errors import InputError
+
+from ._pchip import pchip
 
 DEFAULT_CONDUCTIVITY_CSV = Path(__file__).resolve().parent / "data" / "nmc_conductivity_default.csv"
 
@@ -38,7 +39,7 @@ class ConductivityTable:
             raise InputError(field, f"conductivities must be > 0 S/m (it is interpolated in log σ), got {bad:g}")
         self.theta, self.sigma = th, sg
         self.source, self.provenance = source, provenance
-        self._log = PchipInterpolator(th, np.log10(sg), extrapolate=False)
+        self._log = pchip(th, np.log10(sg))  # (NumPy: SciPy's PCHIP, without loading SciPy)
         self._dlog = self._log.derivative()
 
     def __call__(self, theta) -> np.ndarray:

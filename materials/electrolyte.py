@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.interpolate import PchipInterpolator
 
 from nmcfx.errors import InputError
+
+from ._pchip import pchip
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_ELECTROLYTE_CSV = DATA_DIR / "electrolyte_lipf6_valoen2005.csv"
@@ -188,7 +189,7 @@ class TabulatedElectrolyte(ElectrolyteProperties):
                 bad = v[~(np.isfinite(v) & (v > lo) & (v < hi))][0]
                 rng = f"< {hi:g}" if lo == -math.inf else f"> {lo:g}"
                 raise InputError(field, f"column {col} must be finite and {rng}, got {bad:g}")
-            f = PchipInterpolator(c, v, extrapolate=False)
+            f = pchip(c, v)  # evaluated within the table (_clip)
             self._interp[col] = (f, f.derivative())
         self.c_range = (float(c[0]), float(c[-1]))
         self.name, self.provenance = name, provenance

@@ -133,18 +133,19 @@ def test_figures_are_drawn_after_the_solvers_are_freed(tmp_path, monkeypatch, ke
     from nmcfx.solver.transport import TransportSolver
 
     mechanics.clear_solver_pool()
+    kinds = {"forms": Form, "functions": Function, "transport": TransportSolver, "elasticity": ElasticitySolver}
+    gc.collect()
+    earlier = [o for o in gc.get_objects() if isinstance(o, tuple(kinds.values()))]  # (other tests' objects)
+    known = {id(o) for o in earlier}
     seen = {}
     draw = figures.kymograph
 
     def kymograph(*args, **kwargs):
         gc.unfreeze()  # (objects frozen while the figures are drawn are not listed)
         gc.collect()
-        alive = gc.get_objects()
+        new = [o for o in gc.get_objects() if id(o) not in known]
         gc.freeze()
-        seen["forms"] = sum(isinstance(o, Form) for o in alive)
-        seen["functions"] = sum(isinstance(o, Function) for o in alive)
-        seen["transport"] = sum(isinstance(o, TransportSolver) for o in alive)
-        seen["elasticity"] = sum(isinstance(o, ElasticitySolver) for o in alive)
+        seen.update({name: sum(isinstance(o, kind) for o in new) for name, kind in kinds.items()})
         seen["pooled"] = len(mechanics._POOL)
         return draw(*args, **kwargs)
 
