@@ -60,8 +60,8 @@ class HermiteTable:
 
     def locate(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(i, u): the table interval of every θ (clipped to [lo, hi]) and the local coordinate in it,
-        u = (θ − x_i)/h; :meth:`evaluate_located` takes them (a value now and a slope later at the
-        same θ locate once)."""
+        u = (θ − x_i)/h, for :meth:`evaluate_located` (so a value now and a slope later at the same θ
+        locate it once)."""
         s = np.maximum(theta, self.lo)  # (= np.clip, a third of its cost)
         np.minimum(s, self.hi, out=s)
         s -= self.lo

@@ -443,8 +443,8 @@ class Problem:
 
     def _nodal_ordering(self) -> str | None:
         """The fill-reducing ordering the nodal assembler numbers its matrix in (one rank, the automatic
-        PETSc LU): computed once per mesh instead of by every solver's factorisation (1.6 ms of a
-        20 ms Fig. 4c run at 767 unknowns); the LU then uses the natural ordering of that numbering."""
+        PETSc LU): computed once per mesh instead of by every solver's factorisation (1.7 ms of a
+        ~50 ms warm Fig. 4c run at 767 unknowns); the LU then uses the natural ordering of that numbering."""
         opts, user = self.petsc_options, self._user_options
         ordering = opts.get("pc_factor_mat_ordering_type")
         if (self.comm.size != 1 or opts.get("pc_factor_mat_solver_type") != "petsc" or ordering is None
