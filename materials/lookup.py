@@ -44,6 +44,8 @@ class HermiteTable:
         # p(u) = c0 + u (c1 + u (c2 + u c3)) on [x_i, x_i+1], u = (x − x_i)/h
         f0, f1, d0, d1 = f[:-1], f[1:], d[:-1] * h, d[1:] * h
         self.coef = np.column_stack([f0, d0, 3.0 * (f1 - f0) - 2.0 * d0 - d1, 2.0 * (f0 - f1) + d0 + d1])
+        # the slope's coefficients (c1, 2 c2, 3 c3): gathered only where a derivative is asked for
+        self._slope_coef = np.column_stack([self.coef[:, 1], 2.0 * self.coef[:, 2], 3.0 * self.coef[:, 3]])
         self.last = nodes - 2
 
     def __call__(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -54,26 +56,39 @@ class HermiteTable:
 
     def evaluate(self, theta: np.ndarray, value: np.ndarray | None, derivative: np.ndarray | None) -> None:
         """value[:] = p(θ), derivative[:] = p'(θ) (θ clipped to [lo, hi]); either may be None (not evaluated)."""
-        s = np.clip(theta, self.lo, self.hi)
+        self.evaluate_located(self.locate(theta), value, derivative)
+
+    def locate(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(i, u): the table interval of every θ (clipped to [lo, hi]) and the local coordinate in it,
+        u = (θ − x_i)/h, for :meth:`evaluate_located` (so a value now and a slope later at the same θ
+        locate it once)."""
+        s = np.maximum(theta, self.lo)  # (= np.clip, a third of its cost)
+        np.minimum(s, self.hi, out=s)
         s -= self.lo
         s *= self.inv_h
         i = s.astype(np.intp)
         np.minimum(i, self.last, out=i)
-        u = s - i
-        c = self.coef[i]
-        c0, c1, c2, c3 = c[:, 0], c[:, 1], c[:, 2], c[:, 3]
+        s -= i  # u
+        return i, s
+
+    def evaluate_located(self, located: tuple[np.ndarray, np.ndarray], value: np.ndarray | None,
+                         derivative: np.ndarray | None) -> None:
+        """:meth:`evaluate` at the θ of ``located`` (from :meth:`locate`)."""
+        i, u = located
         # value: Horner; slope: (c1 + u (2 c2 + 3 u c3)) / h
         if value is not None:
-            np.multiply(u, c3, out=value)
-            value += c2
+            c = np.take(self.coef, i, axis=0)  # (n, 4) rows: one gather (indexing is ~4x slower)
+            np.multiply(u, c[:, 3], out=value)
+            value += c[:, 2]
             value *= u
-            value += c1
+            value += c[:, 1]
             value *= u
-            value += c0
+            value += c[:, 0]
         if derivative is None:
             return
-        np.multiply(u, 3.0 * c3, out=derivative)
-        derivative += 2.0 * c2
+        c = np.take(self._slope_coef, i, axis=0)
+        np.multiply(u, c[:, 2], out=derivative)
+        derivative += c[:, 1]
         derivative *= u
-        derivative += c1
+        derivative += c[:, 0]
         derivative *= self.inv_h

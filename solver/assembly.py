@@ -12,7 +12,10 @@ so that, with θ_T and D_T the cell's nodal values,
     residual   F_b += dt Σ_a D_a (K^a θ_T)_b
     Jacobian   J_be += dt [Σ_a D_a K^a_be + D'_e (K^e θ_T)_b]     (exact for the nodal D_h)
 
-The tensors are integrated once with basix quadrature (exact: degree 2p for P_p), scattered
+On affine cells K^a_T = Σ_m g_T,m R_m: the symmetric metric |det J| J⁻¹ P J⁻ᵀ (m = 3 components
+in 2D, 6 in 3D) times reference tensors R_m integrated once, so P2 keeps only g per cell and
+Σ_a D_a K^a is one matrix product per iterate. The tensors are integrated with basix
+quadrature (exact: degree 2p for P_p), scattered
 into a fixed CSR pattern with one ``bincount`` per iterate, and the PETSc matrix shares the
 CSR value array (no copy, the LU's symbolic factorisation is reused). This is the same
 discrete problem as the UFL forms of :mod:`.terms` (P1: the vertex-rule Jacobian of the
@@ -112,6 +115,21 @@ class ElementGeometry:
         GP = G if self.projection is None else np.einsum("cqed,fd->cqef", G, self.projection)
         return np.einsum("q,c,qa,cqbd,cqed->cabe", wts, self.detJ, phi, G, GP, optimize=True)
 
+    def metric_tensors(self) -> tuple[np.ndarray, np.ndarray]:
+        """(g, R) with ``stiffness_tensors()`` = Σ_m g[:, m] R[m] exactly (affine cells): g (cells, m) the
+        independent entries of the symmetric |det J| J⁻¹ P J⁻ᵀ (diagonal first, then k < l), R (m, nd, nd, nd)
+        R_m[a, b, e] = ∫_ref φ̂_a ∂_k φ̂_b ∂_l φ̂_e (+ the (l, k) term off the diagonal)."""
+        p = self.degree
+        pts, wts, phi, dphi = self.tabulate(3 * p - 2 if p > 1 else 2)
+        inv = self.invJ if self.projection is None else np.einsum("ckd,fd->ckf", self.invJ, self.projection)
+        C = np.einsum("ckd,cld->ckl", inv, self.invJ) * self.detJ[:, None, None]  # (P∇φ_e)·∇φ_b = ∇̂φ̂_b·C∇̂φ̂_e
+        tdim = self.tdim
+        pairs = [(k, k) for k in range(tdim)] + [(k, l) for k in range(tdim) for l in range(k + 1, tdim)]
+        ref = np.einsum("q,qa,qbk,qel->klabe", wts, phi, dphi, dphi)
+        g = np.stack([C[:, k, l] for k, l in pairs], axis=1)
+        R = np.stack([ref[k, l] if k == l else ref[k, l] + ref[l, k] for k, l in pairs])
+        return g, R
+
     def mass_matrices(self) -> np.ndarray:
         """M_T[b, e] = ∫_T φ_b φ_e (consistent): (cells, nd, nd)."""
         pts, wts, phi, _ = self.tabulate(2 * self.degree)
@@ -165,7 +183,14 @@ class NodalAssembler:
     ``loads``: constant vectors b_s (∫ φ_i over sector s) with their scalar constants q_s.
     """
 
-    def __init__(self, field, problem, *, mass: str, diffusion, loads: list[tuple[np.ndarray, object]]):
+    #: ``ordering``: a PETSc fill-reducing ordering (e.g. "metisnd") computed once per mesh; the matrix
+    #: pattern is then numbered in it (:attr:`perm`: solver index i is DOF perm[i]), so that an LU with
+    #: the "natural" ordering factorises exactly what that ordering would, without recomputing it in
+    #: every solver (one rank only: several ranks assemble with DOLFINx's local numbering)
+    perm = iperm = None
+
+    def __init__(self, field, problem, *, mass: str, diffusion, loads: list[tuple[np.ndarray, object]],
+                 ordering: str | None = None):
         # weakly: the SNES callbacks (C level, invisible to the garbage collector) hold this assembler
         self.field, self.problem = field, weakref.proxy(problem)
         if diffusion.scale is not None:
@@ -176,40 +201,57 @@ class NodalAssembler:
         # same (cached) mesh reuses them (the space's cell→DOF map is checked to be the same)
         projection = diffusion.projection_matrix(problem.mesh)
         key = ("nodal_assembler", field.V.element.basix_element.degree, mass,
-               None if projection is None else projection.tobytes())
+               None if projection is None else projection.tobytes(), ordering)
         dofs = np.asarray(field.V.dofmap.list, dtype=np.int64)
         static = mesh_static(problem.mesh).get(key)
         if static is None or not np.array_equal(static["dofs"], dofs[:len(static["dofs"])]):
-            static = self._static(field, mass, projection)
+            static = self._static(field, mass, projection, ordering)
             mesh_static(problem.mesh)[key] = static
         self.__dict__.update(static)
         self.diffusion = diffusion
         diffusion.derivative_on_demand = True  # D' only where a Jacobian is built (see jacobian)
         self.loads = loads
+        # NumPy views of the fields' values and of the constants' (fixed memory), read at every iterate
+        self._u, self._u_n = field.u.x.array, field.u_n.x.array
+        self._u_nm1 = None if field.u_nm1 is None else field.u_nm1.x.array
+        self._D = diffusion.D.value.x.array
+        self._bdf, self._dt = [c.value for c in problem.bdf], problem.dt.value
+        self._load_values = [(b, q.value) for b, q in loads]
         self.values = np.zeros(self.pattern.nnz)  # shared with the PETSc matrix (one rank)
         self._cache = None
         self._track_iterate = problem.comm.size > 1  # (several ranks: compare with the ghosted iterate)
         self.last_iterate = None
 
     @staticmethod
-    def _static(field, mass: str, projection) -> dict:
+    def _static(field, mass: str, projection, ordering: str | None = None) -> dict:
         """Geometry, element tensors, CSR pattern and mass values (see the class docstring)."""
         geo = ElementGeometry(field.V, projection=projection, owned_only=True)
-        out = {"geo": geo, "dofs": geo.dofs, "n": geo.n, "pattern": CSRPattern(geo.dofs, geo.n),
-               "p1": geo.degree == 1}
+        pattern = CSRPattern(geo.dofs, geo.n)
+        out = {"geo": geo, "dofs": geo.dofs, "n": geo.n, "p1": geo.degree == 1}
+        if ordering is not None:
+            perm = fill_reducing_order(pattern, ordering)
+            iperm = np.empty_like(perm)
+            iperm[perm] = np.arange(len(perm))
+            out["perm"], out["iperm"] = perm, iperm
+            pattern = CSRPattern(iperm[geo.dofs], geo.n)
+        out["pattern"] = pattern
         nc, nd = geo.dofs.shape
         if out["p1"]:
             # all K^a are the same (|T|/(d+1) K_T): keep K_T = ∫ P∇φ_e·∇φ_b only
             out["K"] = geo.stiffness_tensors()[:, 0] * (geo.tdim + 1)
         else:
-            K = geo.stiffness_tensors()
-            out["K_ab_e"] = K.reshape(nc, nd * nd, nd)  # r = K θ as a batched mat-vec
-            out["K_a_be"] = K.reshape(nc, nd, nd * nd)  # Kc = D K as a batched vec-mat
+            # K^a = Σ_m g_m R_m: per cell only the metric g (cells, m); the reference tensors as the matrices
+            # of Σ_a D_a K^a_be = (g ⊗ D) R_A and Σ_f K^e_bf θ_f = (g ⊗ θ) R_B
+            g, R = geo.metric_tensors()
+            m = g.shape[1]
+            out["g"] = g
+            out["R_A"] = np.ascontiguousarray(R.reshape(m * nd, nd * nd))  # [(m, a), (b, e)] = R_m[a, b, e]
+            out["R_B"] = np.ascontiguousarray(R.transpose(0, 3, 2, 1).reshape(m * nd, nd * nd))  # R_m[e, b, f]
         if mass == "lumped":
             out["M_lumped"] = geo.lumped_mass()
             out["M"] = None
             out["M_vals"] = np.zeros(out["pattern"].nnz)
-            out["M_vals"][out["pattern"].diagonal] = out["M_lumped"]
+            out["M_vals"][out["pattern"].diagonal] = out["M_lumped"] if ordering is None else out["M_lumped"][out["perm"]]
         else:
             out["M_lumped"] = None
             out["M_vals"] = out["pattern"].scatter(geo.mass_matrices())
@@ -227,72 +269,89 @@ class NodalAssembler:
         return A
 
     # ------------------------------------------------------------------ evaluation
-    def _cell_terms(self, theta: np.ndarray):
-        """Per-cell quantities shared by the residual and the Jacobian at one iterate: the cell
-        coefficient (P1: the mean of D; P2: D at the cell's nodes) and r_ab = (K^a θ_T)_b."""
-        D = self.diffusion.D.value.x.array
+    def _cell_terms(self, theta: np.ndarray, dt: float):
+        """Per-cell quantities shared by the residual and the Jacobian at one iterate. P1: the cell
+        coefficient (the mean of D) and r_b = (K_T θ_T)_b; P2: θ_T and dt Σ_a D_a K^a (cells, nd·nd)."""
+        D = self._D
         th = theta[self.dofs]
         if self.p1:
             Dbar = D[self.dofs].mean(axis=1)
             r = np.einsum("cbe,ce->cb", self.K, th)  # (K_T θ_T)_b
-            return Dbar, r
+            return dt, Dbar, r
         nc, nd = self.dofs.shape
-        r = (self.K_ab_e @ th[:, :, None]).reshape(nc, nd, nd)  # (K^a θ)_b
-        return D[self.dofs], r
+        gD = (self.g * dt)[:, :, None] * D[self.dofs][:, None, :]
+        return dt, th, gD.reshape(nc, -1) @ self.R_A
 
     def residual(self, out: np.ndarray) -> np.ndarray:
         """F(θ) for the field's current values into ``out`` (length n)."""
-        p = self.problem
-        f = self.field
-        theta = f.u.x.array
-        a0, a1, a2 = (float(c.value) for c in p.bdf)
-        dt = float(p.dt.value)
-        inc = a0 * theta + a1 * f.u_n.x.array
+        theta = self._u
+        a0, a1, a2 = (float(c) for c in self._bdf)
+        dt = float(self._dt)
+        inc = a0 * theta + a1 * self._u_n
         if a2 != 0.0:
-            inc += a2 * f.u_nm1.x.array
-        cell = self._cell_terms(theta)
+            inc += a2 * self._u_nm1
+        cell = self._cell_terms(theta, dt)
         self._cache = cell
         self.last_iterate = theta.copy() if self._track_iterate else None
         if self.p1:
-            Dbar, r = cell
+            _, Dbar, r = cell
             local = (Dbar[:, None] * dt) * r
         else:
-            Dc, r = cell
-            local = dt * np.einsum("ca,cab->cb", Dc, r)  # Σ_a D_a (K^a θ)_b
+            _, th, Kc = cell
+            nc, nd = self.dofs.shape
+            local = np.einsum("cbe,ce->cb", Kc.reshape(nc, nd, nd), th)  # dt Σ_a D_a (K^a θ)_b
         if self.M_lumped is None:  # consistent mass, cell by cell (M_ref is symmetric)
             local += (inc[self.dofs] @ self.M_ref) * self.detJ_column
         out[:] = np.bincount(self.dofs.ravel(), weights=local.ravel(), minlength=self.n)
         if self.M_lumped is not None:
             out += self.M_lumped * inc
-        for b, q in self.loads:
-            qv = float(q.value)
+        for b, q in self._load_values:
+            qv = float(q)
             if qv != 0.0:
                 out += (dt * qv) * b
         return out
 
     def jacobian(self) -> np.ndarray:
         """J(θ) at the point of the last residual into the shared value array."""
-        p = self.problem
-        a0 = float(p.bdf[0].value)
-        dt = float(p.dt.value)
-        if self._cache is None:
-            self._cache = self._cell_terms(self.field.u.x.array)
+        a0 = float(self._bdf[0])
+        dt = float(self._dt)
+        if self._cache is None or self._cache[0] != dt:
+            self._cache = self._cell_terms(self._u, dt)
         dD = self.diffusion.derivative_values()[self.dofs]
+        nc, nd = self.dofs.shape
         if self.p1:
-            Dbar, r = self._cache
-            nd = self.dofs.shape[1]
+            _, Dbar, r = self._cache
             local = self.K * (Dbar * dt)[:, None, None] + (r * (dt / nd))[:, :, None] * dD[:, None, :]
         else:
-            Dc, r = self._cache
-            nc, nd = self.dofs.shape
-            Kc = (Dc[:, None, :] @ self.K_a_be).reshape(nc, nd, nd)  # Σ_a D_a K^a
-            local = dt * (Kc + np.swapaxes(r, 1, 2) * dD[:, None, :])
-        self.values[:] = self.pattern.scatter(local)
-        self.values += a0 * self.M_vals
+            _, th, Kc = self._cache
+            # dt Σ_a D_a K^a_be + dt D'_e (K^e θ)_b
+            gth = (self.g * dt)[:, :, None] * th[:, None, :]
+            local = (gth.reshape(nc, -1) @ self.R_B).reshape(nc, nd, nd)
+            local *= dD[:, None, :]
+            local += Kc.reshape(nc, nd, nd)
+        np.add(self.pattern.scatter(local), a0 * self.M_vals, out=self.values)
         return self.values
 
     def invalidate(self):
         self._cache = None
+
+
+def fill_reducing_order(pattern: CSRPattern, ordering: str) -> np.ndarray:
+    """PETSc's symmetric fill-reducing ``ordering`` of the pattern: row i of the reordered matrix is
+    row perm[i] (what its LU factorisation uses)."""
+    n = len(pattern.indptr) - 1
+    A = PETSc.Mat().createAIJWithArrays((n, n), (pattern.indptr, pattern.indices, np.zeros(pattern.nnz)),
+                                        comm=PETSc.COMM_SELF)
+    try:
+        rows, cols = A.getOrdering(ordering)
+        perm = rows.getIndices().astype(np.intp)
+        if not np.array_equal(perm, cols.getIndices()):
+            raise ValueError(f"ordering {ordering!r} is not symmetric")
+        rows.destroy()
+        cols.destroy()
+    finally:
+        A.destroy()
+    return perm
 
 
 def is_affine(mesh) -> bool:
@@ -320,5 +379,5 @@ def sector_load(field, facet_tags, tag: int, quadrature_degree: int) -> np.ndarr
     return vec.array.copy()
 
 
-__all__ = ["CSRPattern", "ElementGeometry", "NodalAssembler", "is_affine", "mesh_static", "sector_load",
-           "static_value"]
+__all__ = ["CSRPattern", "ElementGeometry", "NodalAssembler", "fill_reducing_order", "is_affine", "mesh_static",
+           "sector_load", "static_value"]

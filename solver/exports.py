@@ -160,7 +160,11 @@ class ThresholdRegion:
         if self._quad is not None:
             q = self._quad
             w = np.where(q.values(self.field.u.x.array) > threshold, q.w, 0.0)
-            vals = reduce_array(self.comm, np.concatenate([[w.sum()], w @ q.x]), MPI.SUM)
+            vals = np.empty(1 + q.x.shape[1])
+            vals[0] = w.sum()
+            vals[1:] = w @ q.x
+            if self.comm.size > 1:
+                vals = reduce_array(self.comm, vals, MPI.SUM)
         else:
             self.threshold.value = threshold
             vals = reduce_array(self.comm, np.array([fem.assemble_scalar(f) for f in self.forms]), MPI.SUM)

@@ -138,18 +138,23 @@ class NonlinearDiffusion(Term):
 
         self._lookup = mat.D_chem_lookup(scale=1e12) if type(mat).D_chem is Material.D_chem and isinstance(
             mat, Material) else None
+        # views of θ, D and D' (fixed memory), read at every iterate
+        self._arrays = (f.u.x.array, self.D.value.x.array, self.D.derivative.x.array)
 
     #: set by an assembler that asks for D' itself (:meth:`derivative_values`) only where it builds a
     #: Jacobian: :meth:`update` then evaluates D alone (most residual evaluations need no Jacobian)
     derivative_on_demand = False
     _derivative_stale = True
+    _located = None  # the table position of θ at the last update (lookup only)
 
     def update(self, p: Problem):
         lazy = self.derivative_on_demand
         self._derivative_stale = lazy
         if self._lookup is not None:
-            self._lookup.evaluate(self.field.u.x.array, self.D.value.x.array,
-                                  None if lazy else self.D.derivative.x.array)
+            theta, D, dD = self._arrays
+            # located once: derivative_values evaluates D' at the same θ from it
+            self._located = self._lookup.locate(theta)
+            self._lookup.evaluate_located(self._located, D, None if lazy else dD)
         elif lazy:
             self.D.value.x.array[:] = self.D.fn(clipped(self.field))
         else:
@@ -159,7 +164,9 @@ class NonlinearDiffusion(Term):
         """D'(θ) at the point of the last :meth:`update` (evaluated now if that update skipped it)."""
         if self._derivative_stale:
             if self._lookup is not None:
-                self._lookup.evaluate(self.field.u.x.array, None, self.D.derivative.x.array)
+                theta, _, dD = self._arrays
+                located = self._located if self._located is not None else self._lookup.locate(theta)
+                self._lookup.evaluate_located(located, None, dD)
             else:
                 self.D.derivative.x.array[:] = self.D.dfn(clipped(self.field))
             self._derivative_stale = False
