@@ -870,14 +870,14 @@ class _NodalNonlinearProblem:
         options = dict(problem.petsc_options)
         if perm is not None:  # the matrix is already in the fill-reducing numbering
             options["pc_factor_mat_ordering_type"] = "natural"
+        # set with the prefix written out and removed the same way (a pushed prefix applies to setting
+        # only: the options would stay in PETSc's database and reach the next solver of this prefix)
         opts = PETSc.Options()
-        opts.prefixPush(prefix)
         for k, v in options.items():
-            opts[k] = v
+            opts[f"{prefix}{k}"] = v
         snes.setFromOptions()
         for k in options:
-            del opts[k]
-        opts.prefixPop()
+            del opts[f"{prefix}{k}"]
         counters, clock = problem.counters, MPI.Wtime
         u = field.u.x.array
         # the callbacks hold the problem weakly (as Problem's own): the SNES keeps them at C level,

@@ -125,3 +125,19 @@ def test_own_loop_hands_a_non_decreasing_newton_to_the_snes_and_gets_its_answer(
     assert r_own.newton_iterations == r_snes.newton_iterations
     assert np.array_equal(th_own, th_snes)
 
+
+
+def test_a_run_leaves_no_petsc_options_behind(tmp_path):
+    """The nodal problem's PETSc options are removed once its solver has read them: a leftover (here
+    the natural LU ordering of the once-per-mesh numbering) would reach the next solver of the same
+    prefix — a user-chosen LU on the same mesh then factorised without any fill-reducing ordering."""
+    from petsc4py import PETSc
+
+    def left() -> list[str]:
+        return [k for k in PETSc.Options().getAll() if k.startswith("nmcfx_theta_")]
+
+    _run(tmp_path, "default")
+    assert left() == []
+    r, counters = _run(tmp_path, "user_lu", petsc_options={"pc_factor_mat_solver_type": "petsc"})
+    assert left() == []
+    assert r.summary["steps"] > 3
