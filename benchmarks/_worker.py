@@ -358,13 +358,17 @@ def mode_fixed(args) -> dict:
     # overhead at equal arithmetic, so both sides use P1)
     spec = fixed_case_config(args.case, tuple(args.mesh)).with_overrides(
         {"solver": fixed_settings(dt) | {"degree": 1}})
+    # the same with PETSc's Newton test (a user tolerance, the bare script's: nmcfx's update criterion,
+    # chord steps and own Newton loop off), so that the Newton iterations are the bare script's too
+    spec_petsc = fixed_case_config(args.case, tuple(args.mesh)).with_overrides(
+        {"solver": fixed_settings(dt) | {"degree": 1, "petsc_options": {"snes_rtol": 1e-10}}})
     snaps_s = [60.0 * m for m in spec.get("output.snapshot_times_min")]
     work = tmpdir()
 
-    def tier_execute(i):
+    def tier_execute(i, spec=spec):
         return run_framework(spec, work / f"exec{i}")
 
-    def tier_simulation(core: bool):
+    def tier_simulation(core: bool, spec=spec):
         T.reset()
         ev0 = petsc_times()
         COMM.Barrier()
@@ -429,12 +433,15 @@ def mode_fixed(args) -> dict:
         run_framework(warmup_config(spec), work / "warmup")
         lu = T.solver.petsc_options.get("pc_factor_mat_solver_type", "mumps")
         tier_bare()  # warm-up of the bare forms
-        runs = {"bare": [], "execute": [], "simulation": [], "solver_core": []}
+        runs = {"bare": [], "execute": [], "simulation": [], "solver_core": [], "execute_petsc": [],
+                "solver_core_petsc": []}
         for i in range(args.repeat):
             runs["bare"].append(tier_bare())
             runs["execute"].append(tier_execute(i))
             runs["simulation"].append(tier_simulation(core=False))
             runs["solver_core"].append(tier_simulation(core=True))
+            runs["execute_petsc"].append(tier_execute(f"p{i}", spec_petsc))
+            runs["solver_core_petsc"].append(tier_simulation(core=True, spec=spec_petsc))
     finally:
         if COMM.rank == 0:
             shutil.rmtree(work, ignore_errors=True)
