@@ -280,12 +280,7 @@ class NodalAssembler:
             return dt, Dbar, r
         nc, nd = self.dofs.shape
         gD = (self.g * dt)[:, :, None] * D[self.dofs][:, None, :]
-        Kc = (gD.reshape(nc, -1) @ self.R_A).reshape(nc, nd, nd)
-        # Σ_b K^a_be = 0 (the basis sums to one): the last row is set from the others so that each cell
-        # conserves Li to its own round-off. Without it the reference tensors' rounding — the same in
-        # every cell — adds up over the cells into a drift of the Li balance (2e-13 over a run)
-        Kc[:, -1, :] = -Kc[:, :-1, :].sum(axis=1)
-        return dt, th, Kc.reshape(nc, nd * nd)
+        return dt, th, gD.reshape(nc, -1) @ self.R_A
 
     def residual(self, out: np.ndarray) -> np.ndarray:
         """F(θ) for the field's current values into ``out`` (length n)."""
@@ -305,6 +300,10 @@ class NodalAssembler:
             _, th, Kc = cell
             nc, nd = self.dofs.shape
             local = np.einsum("cbe,ce->cb", Kc.reshape(nc, nd, nd), th)  # dt Σ_a D_a (K^a θ)_b
+            # Σ_b = 0 (the basis sums to one): the last entry from the others, so that each cell conserves
+            # Li to its own round-off. Otherwise the reference tensors' rounding, the same in every cell,
+            # adds up over the cells into a drift of the Li balance (2e-13 over the flagship)
+            local[:, -1] = -local[:, :-1].sum(axis=1)
         if self.M_lumped is None:  # consistent mass, cell by cell (M_ref is symmetric)
             local += (inc[self.dofs] @ self.M_ref) * self.detJ_column
         out[:] = np.bincount(self.dofs.ravel(), weights=local.ravel(), minlength=self.n)
