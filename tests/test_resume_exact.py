@@ -75,7 +75,7 @@ def _same(a, b, exact: bool):
         except ValueError:
             assert u == v, (a, col)
             continue
-        scale = max(1.0, float(np.nanmax(np.abs(fu))) if len(fu) else 1.0)
+        scale = max(1.0, float(np.nanmax(np.abs(fu))) if np.isfinite(fu).any() else 1.0)  # (all-NaN columns)
         assert np.array_equal(np.isnan(fu), np.isnan(fv)), (a, col)
         assert np.nanmax(np.abs(fu - fv), initial=0.0) <= 1e-10 * scale, (a, col)
 
